@@ -1,0 +1,470 @@
+#!/usr/bin/env bash
+# Throwaway test environment: a single-node Apache Kafka 4.x (KRaft, broker+controller,
+# run from Maven Central jars) and a throwaway PostgreSQL cluster, both on loopback only.
+#
+#   testenv.sh install                 PostgreSQL from apt if missing; Kafka jars into .cache/kafka
+#   testenv.sh up DIR                  start both (fresh data under DIR), write DIR/env
+#   testenv.sh down DIR                stop both
+#   testenv.sh restart-kafka DIR       stop + start Kafka, same port, same data
+#   testenv.sh restart-postgres DIR    stop + start PostgreSQL, same port, same data
+#   testenv.sh status DIR              show what runs (exit 0 only if both answer)
+#   testenv.sh kafka-class CLASS ARGS  run a Kafka main class (tools) on the cached classpath
+#
+# Environment knobs: TESTENV_TIMEOUT (seconds, default 120), KAFKA_HEAP_OPTS,
+# KAFKA_JVM_OPTS (extra broker JVM options).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE="$REPO/.cache/kafka"
+LIBS="$CACHE/libs"
+STAMP="$CACHE/stamp"
+TIMEOUT=${TESTENV_TIMEOUT:-120}
+KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}
+# Short-lived CLI JVMs: start fast, little JIT work.
+TOOL_JVM_OPTS=(-Xms32m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto)
+
+log() { printf 'testenv: %s\n' "$*" >&2; }
+die() { printf 'testenv: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- helpers
+
+pg_bin() {
+    local d
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+    [[ -n "$d" && -x "$d/initdb" ]] || die "PostgreSQL not installed; run: $0 install"
+    printf '%s\n' "$d"
+}
+
+pom_hash() { sha256sum "$HERE/pom.xml" | cut -d' ' -f1; }
+
+require_libs() {
+    [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(pom_hash)" ]] && compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null \
+        || die "Kafka jars missing or stale in $LIBS; run: $0 install"
+}
+
+# log4j2 config for CLI tools: warnings only, to stderr.
+tools_log4j() {
+    [[ -f "$CACHE/log4j2-tools.properties" ]] && return 0
+    cat >"$CACHE/log4j2-tools.properties.tmp" <<'EOF'
+status = warn
+appender.err.type = Console
+appender.err.name = STDERR
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.err.ref = STDERR
+EOF
+    mv "$CACHE/log4j2-tools.properties.tmp" "$CACHE/log4j2-tools.properties"
+}
+
+kafka_class() { # CLASS ARGS... : run a Kafka tool class in the foreground
+    require_libs
+    tools_log4j
+    java "${TOOL_JVM_OPTS[@]}" -Dlog4j2.configurationFile="$CACHE/log4j2-tools.properties" \
+        -cp "$LIBS/*" "$@"
+}
+
+free_ports() { # N -> N distinct free loopback ports, one per line
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+for s in socks:
+    s.close()
+EOF
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Alive and not a zombie (an unreaped child still answers kill -0).
+pid_alive() {
+    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
+    local st
+    st=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ "$st" != Z && "$st" != X ]]
+}
+
+# Is PID our Kafka broker for this DIR? (guards against a recycled pid)
+is_our_kafka() {
+    pid_alive "${1:-}" || return 1
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$KDIR/server.properties"
+}
+
+tail_log() { # FILE
+    if [[ -f "$1" ]]; then
+        printf -- '----- last 40 lines of %s -----\n' "$1" >&2
+        tail -n 40 "$1" >&2 || true
+        printf -- '-----\n' >&2
+    else
+        printf 'testenv: (no log at %s)\n' "$1" >&2
+    fi
+}
+
+set_dir() { # DIR [create]: set paths and load state if present
+    [[ -n "${1:-}" ]] || die "missing DIR argument"
+    if [[ "${2:-}" == create ]]; then mkdir -p "$1"; fi
+    [[ -d "$1" ]] || die "no such directory: $1"
+    DIR=$(cd "$1" && pwd)
+    KDIR="$DIR/kafka"
+    PGROOT="$DIR/pg"
+    STATE="$DIR/state"
+    KAFKA_PORT="" KAFKA_CTRL_PORT="" PG_PORT="" PG_SOCKDIR="" KAFKA_PID=""
+    if [[ -f "$STATE" ]]; then
+        # shellcheck disable=SC1090
+        . "$STATE"
+    fi
+    if [[ -f "$KDIR/pid" ]]; then KAFKA_PID=$(cat "$KDIR/pid"); fi
+}
+
+write_state() {
+    cat >"$STATE.tmp" <<EOF
+KAFKA_PORT=$KAFKA_PORT
+KAFKA_CTRL_PORT=$KAFKA_CTRL_PORT
+PG_PORT=$PG_PORT
+PG_SOCKDIR=$PG_SOCKDIR
+EOF
+    mv "$STATE.tmp" "$STATE"
+}
+
+pg_pid() { # pid of the postmaster of our data dir, empty if not running
+    local f="$PGROOT/data/postmaster.pid" p
+    [[ -f "$f" ]] || return 0
+    p=$(head -1 "$f")
+    if pid_alive "$p"; then printf '%s\n' "$p"; fi
+}
+
+write_env() {
+    local kpid="" ppid=""
+    if is_our_kafka "$KAFKA_PID"; then kpid=$KAFKA_PID; fi
+    ppid=$(pg_pid)
+    cat >"$DIR/env.tmp" <<EOF
+export HRX_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export HRX_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+export HRX_TESTENV_DIR=$DIR
+export HRX_KAFKA_PID=$kpid
+export HRX_POSTGRES_PID=$ppid
+EOF
+    mv "$DIR/env.tmp" "$DIR/env"
+}
+
+as_pg() { runuser -u postgres -- "$@"; }
+
+# ---------------------------------------------------------------- install
+
+cmd_install() {
+    local t0=$SECONDS
+    if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || [[ -n "${TESTENV_FORCE_PG_INSTALL:-}" ]]; then
+        log "installing PostgreSQL from apt"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    fi
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || die "PostgreSQL install failed (no initdb)"
+
+    command -v java >/dev/null || die "java not found"
+    local want; want=$(pom_hash)
+    if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
+        log "Kafka jars cached in $LIBS"
+    else
+        command -v mvn >/dev/null || die "mvn not found"
+        log "copying Kafka runtime jars into $LIBS"
+        rm -rf "$LIBS" "$LIBS.tmp" "$STAMP"
+        mkdir -p "$CACHE"
+        (cd "$HERE" && mvn -B -q -Dstyle.color=never dependency:copy-dependencies -DincludeScope=runtime \
+            -DoutputDirectory="$LIBS.tmp") || die "mvn dependency:copy-dependencies failed"
+        rm -rf "$HERE/target"   # maven may leave an empty target/ next to the pom
+        compgen -G "$LIBS.tmp/kafka_2.13-*.jar" >/dev/null || die "no kafka_2.13 jar was copied"
+        mv "$LIBS.tmp" "$LIBS"
+        printf '%s\n' "$want" >"$STAMP"
+    fi
+    tools_log4j
+    log "install done in $((SECONDS - t0)) s ($(ls "$LIBS" | wc -l) jars)"
+}
+
+# ---------------------------------------------------------------- kafka
+
+kafka_init() { # fresh config + formatted storage in $KDIR
+    rm -rf "$KDIR"
+    mkdir -p "$KDIR/data"
+    cat >"$KDIR/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CTRL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTRL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KDIR/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+EOF
+    cat >"$KDIR/log4j2.properties" <<'EOF'
+status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = STDOUT
+logger.state.name = state.change.logger
+logger.state.level = warn
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+EOF
+    local cid
+    cid=$(python3 -c 'import base64,uuid
+while True:
+    s=base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"): print(s); break')
+    kafka_class kafka.tools.StorageTool format -t "$cid" -c "$KDIR/server.properties" --standalone \
+        >"$KDIR/format.log" 2>&1 || { tail_log "$KDIR/format.log"; die "kafka storage format failed"; }
+}
+
+kafka_start() {
+    require_libs
+    tools_log4j
+    if is_our_kafka "$KAFKA_PID"; then die "Kafka already running (pid $KAFKA_PID)"; fi
+    rm -f "$KDIR/pid"
+    # setsid: own session, so the broker does not get the caller's terminal signals.
+    # exec inside bash -c: the recorded pid is the JVM's own.
+    # shellcheck disable=SC2086
+    setsid bash -c 'echo $$ >"$1/pid"; shift; exec "$@"' _ "$KDIR" \
+        java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+        ${KAFKA_JVM_OPTS:-} \
+        -Dlog4j2.configurationFile="$KDIR/log4j2.properties" \
+        -cp "$LIBS/*" kafka.Kafka "$KDIR/server.properties" \
+        >>"$KDIR/server.log" 2>&1 </dev/null &
+    local i
+    for i in $(seq 1 50); do [[ -s "$KDIR/pid" ]] && break; sleep 0.1; done
+    KAFKA_PID=$(cat "$KDIR/pid" 2>/dev/null || true)
+    [[ -n "$KAFKA_PID" ]] || die "Kafka did not start"
+}
+
+kafka_wait() {
+    local deadline=$((SECONDS + TIMEOUT)) out
+    while :; do
+        if ! is_our_kafka "$KAFKA_PID"; then
+            tail_log "$KDIR/server.log"
+            die "Kafka (pid $KAFKA_PID) exited during startup"
+        fi
+        if port_open "$KAFKA_PORT"; then
+            # A metadata request that lists our broker: it is registered and unfenced.
+            if out=$(timeout 30 java "${TOOL_JVM_OPTS[@]}" \
+                    -Dlog4j2.configurationFile="$CACHE/log4j2-tools.properties" -cp "$LIBS/*" \
+                    org.apache.kafka.tools.BrokerApiVersionsCommand \
+                    --bootstrap-server "127.0.0.1:$KAFKA_PORT" 2>&1) \
+                && grep -q "(id: 1 " <<<"$out"; then
+                return 0
+            fi
+        fi
+        if ((SECONDS >= deadline)); then
+            tail_log "$KDIR/server.log"
+            die "Kafka did not answer on 127.0.0.1:$KAFKA_PORT within ${TIMEOUT}s"
+        fi
+        sleep 1
+    done
+}
+
+kafka_stop() {
+    if ! is_our_kafka "$KAFKA_PID"; then rm -f "$KDIR/pid"; return 0; fi
+    kill -TERM "$KAFKA_PID" 2>/dev/null || true
+    local i
+    for i in $(seq 1 600); do   # up to 60 s for a clean shutdown
+        pid_alive "$KAFKA_PID" || break
+        sleep 0.1
+    done
+    if pid_alive "$KAFKA_PID"; then
+        log "Kafka (pid $KAFKA_PID) did not stop in 60 s; killing"
+        kill -KILL "$KAFKA_PID" 2>/dev/null || true
+        for i in $(seq 1 100); do pid_alive "$KAFKA_PID" || break; sleep 0.1; done
+    fi
+    pid_alive "$KAFKA_PID" && die "could not stop Kafka (pid $KAFKA_PID)"
+    rm -f "$KDIR/pid"
+}
+
+# ---------------------------------------------------------------- postgres
+
+pg_init() {
+    local bin; bin=$(pg_bin)
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    rm -rf "$PGROOT"
+    mkdir -p "$PGROOT"
+    chown postgres: "$PGROOT"
+    chmod 700 "$PGROOT"
+    as_pg test -w "$PGROOT" ||
+        die "user postgres cannot reach $PGROOT (a parent directory is not world-searchable); use a DIR like /tmp/something"
+    # Unix socket paths are limited to 107 bytes.
+    PG_SOCKDIR="$PGROOT"
+    if ((${#PG_SOCKDIR} > 80)); then
+        PG_SOCKDIR=$(mktemp -d /tmp/testenv-pgsock.XXXXXX)
+        chown postgres: "$PG_SOCKDIR"
+    fi
+    as_pg "$bin/initdb" -D "$PGROOT/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
+        >"$PGROOT/initdb.log" 2>&1 || { tail_log "$PGROOT/initdb.log"; die "initdb failed"; }
+    cat >>"$PGROOT/data/postgresql.conf" <<EOF
+
+# --- testenv.sh ---
+port = $PG_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PG_SOCKDIR'
+fsync = off
+full_page_writes = off
+max_connections = 200
+logging_collector = off
+EOF
+}
+
+pg_start() {
+    local bin; bin=$(pg_bin)
+    [[ -n "$(pg_pid)" ]] && die "PostgreSQL already running (pid $(pg_pid))"
+    if [[ -n "$PG_SOCKDIR" && ! -d "$PG_SOCKDIR" ]]; then   # /tmp socket dir may have been cleaned
+        mkdir -p "$PG_SOCKDIR"; chown postgres: "$PG_SOCKDIR"
+    fi
+    as_pg "$bin/pg_ctl" -D "$PGROOT/data" -l "$PGROOT/server.log" -w -t "$TIMEOUT" start >/dev/null 2>&1 || {
+        tail_log "$PGROOT/server.log"
+        die "PostgreSQL did not start on 127.0.0.1:$PG_PORT"
+    }
+}
+
+pg_wait() {
+    local bin deadline=$((SECONDS + TIMEOUT)); bin=$(pg_bin)
+    until "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -t 5 &&
+          "$bin/psql" -X -q -A -t -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c 'select 1' >/dev/null 2>&1; do
+        if [[ -z "$(pg_pid)" ]]; then
+            tail_log "$PGROOT/server.log"; die "PostgreSQL exited during startup"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail_log "$PGROOT/server.log"
+            die "PostgreSQL did not answer on 127.0.0.1:$PG_PORT within ${TIMEOUT}s"
+        fi
+        sleep 0.5
+    done
+}
+
+pg_stop() {
+    [[ -d "$PGROOT/data" ]] || return 0
+    [[ -n "$(pg_pid)" ]] || return 0
+    local bin; bin=$(pg_bin)
+    as_pg "$bin/pg_ctl" -D "$PGROOT/data" -m fast -w -t 60 stop >/dev/null 2>&1 ||
+        as_pg "$bin/pg_ctl" -D "$PGROOT/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+    [[ -z "$(pg_pid)" ]] || die "could not stop PostgreSQL (pid $(pg_pid))"
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_up() {
+    set_dir "${1:-}" create
+    local t0=$SECONDS
+    if is_our_kafka "$KAFKA_PID" || [[ -n "$(pg_pid)" ]]; then
+        die "servers of $DIR still run; run: $0 down $DIR"
+    fi
+    require_libs
+    pg_bin >/dev/null
+    rm -f "$DIR/env" "$STATE"
+    if [[ -n "$PG_SOCKDIR" && "$PG_SOCKDIR" == /tmp/testenv-pgsock.* ]]; then rm -rf "$PG_SOCKDIR"; fi
+    local ports; mapfile -t ports < <(free_ports 3)
+    ((${#ports[@]} == 3)) || die "could not pick free ports"
+    KAFKA_PORT=${ports[0]} KAFKA_CTRL_PORT=${ports[1]} PG_PORT=${ports[2]} PG_SOCKDIR=""
+
+    # On any failure below, stop whatever was started so nothing is left running.
+    trap 'rc=$?; if ((rc != 0)); then log "up failed; stopping what was started"; kafka_stop || true; pg_stop || true; fi' EXIT
+    kafka_init
+    kafka_start                       # boots in the background while PostgreSQL starts
+    pg_init
+    write_state
+    pg_start
+    pg_wait
+    kafka_wait
+    write_env
+    trap - EXIT
+    log "up in $((SECONDS - t0)) s; env in $DIR/env"
+    cat "$DIR/env"
+}
+
+cmd_down() {
+    set_dir "${1:-}"
+    kafka_stop
+    pg_stop
+    if [[ -n "$PG_SOCKDIR" && "$PG_SOCKDIR" == /tmp/testenv-pgsock.* ]]; then rm -rf "$PG_SOCKDIR"; fi
+    [[ -f "$DIR/env" ]] && write_env
+    log "down: $DIR"
+}
+
+cmd_restart_kafka() {
+    set_dir "${1:-}"
+    [[ -n "$KAFKA_PORT" && -f "$KDIR/server.properties" ]] || die "no Kafka set up in $DIR; run: $0 up $DIR"
+    kafka_stop
+    kafka_start
+    kafka_wait
+    write_env
+    log "Kafka restarted (pid $KAFKA_PID) on 127.0.0.1:$KAFKA_PORT"
+}
+
+cmd_restart_postgres() {
+    set_dir "${1:-}"
+    [[ -n "$PG_PORT" && -d "$PGROOT/data" ]] || die "no PostgreSQL set up in $DIR; run: $0 up $DIR"
+    pg_stop
+    pg_start
+    pg_wait
+    write_env
+    log "PostgreSQL restarted (pid $(pg_pid)) on 127.0.0.1:$PG_PORT"
+}
+
+cmd_status() {
+    set_dir "${1:-}"
+    local ok=0 ppid
+    if is_our_kafka "$KAFKA_PID" && port_open "$KAFKA_PORT"; then
+        echo "kafka:    running  pid $KAFKA_PID  127.0.0.1:$KAFKA_PORT (controller $KAFKA_CTRL_PORT)"
+    else
+        echo "kafka:    stopped${KAFKA_PORT:+  (port $KAFKA_PORT)}"; ok=3
+    fi
+    ppid=$(pg_pid)
+    if [[ -n "$ppid" ]] && "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 3; then
+        echo "postgres: running  pid $ppid  127.0.0.1:$PG_PORT  data $PGROOT/data"
+    else
+        echo "postgres: stopped${PG_PORT:+  (port $PG_PORT)}"; ok=3
+    fi
+    [[ -f "$DIR/env" ]] && cat "$DIR/env"
+    return $ok
+}
+
+usage() {
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+main() {
+    local cmd=${1:-}
+    shift || true
+    case "$cmd" in
+        install) cmd_install ;;
+        up) cmd_up "$@" ;;
+        down) cmd_down "$@" ;;
+        restart-kafka) cmd_restart_kafka "$@" ;;
+        restart-postgres) cmd_restart_postgres "$@" ;;
+        status) cmd_status "$@" ;;
+        kafka-class) [[ $# -ge 1 ]] || usage; kafka_class "$@" ;;
+        *) usage ;;
+    esac
+}
+
+main "$@"

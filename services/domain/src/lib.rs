@@ -1,0 +1,34 @@
+//! The hrx domain core: everything the exchange decides, with no I/O.
+//!
+//! - [`ids`]: patient, facility, event and key identifiers, validated by parsing.
+//! - [`time`]: UTC instants and durations in the wire's range.
+//! - [`kinds`]: record kinds (and their FHIR resource types), sensitivity labels,
+//!   purposes, facility levels.
+//! - [`dsse`]: the DSSE v1 envelope — PAE, Ed25519 signing and verification, key ids,
+//!   event hashes.
+//! - [`event`]: facility and registry events, unchecked (as decoded) and parsed.
+//! - [`rejection`]: the typed reason every refusal carries.
+//! - [`chain`]: per-facility hash-chain rules (next, duplicate, gap, mismatch, fork).
+//! - [`content`]: content rules, including the FHIR body checks.
+//! - [`verify`]: the verification pipeline that strings them together.
+//!
+//! Invariant: this crate depends on no async runtime, network, database or wire
+//! format; adapters convert their types into these, and only by parsing.
+
+pub mod chain;
+pub mod content;
+pub mod dsse;
+pub mod event;
+pub mod ids;
+pub mod kinds;
+pub mod rejection;
+pub mod time;
+pub mod verify;
+
+pub use chain::{ChainContext, ChainHead, ChainStep};
+pub use dsse::{Envelope, PayloadType, PublicKey, SigningKey};
+pub use ids::{EventId, FacilityId, KeyId, PatientId, Sha256};
+pub use kinds::{FacilityLevel, Purpose, RecordKind, SensitivityLabel};
+pub use rejection::{Reason, Rejection};
+pub use time::{Duration, Timestamp};
+pub use verify::{KeyOwner, KeyRecord, Keyring, Verdict};

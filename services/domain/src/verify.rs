@@ -1,0 +1,267 @@
+//! The verification pipeline of BRIEF section 4, in the order the test-vector README
+//! fixes: envelope form, key, signature, payload, header, key validity, chain, content.
+//!
+//! The steps are separate functions so that a store-backed caller can fetch chain
+//! context between them (it learns the facility and seq only after decoding);
+//! [`verify_facility_envelope`] runs them all for a caller that knows only the head.
+//! Decoding protobuf is the caller's business (see `hrx-proto`): this crate never
+//! sees the wire format.
+
+use std::collections::HashMap;
+
+use crate::chain::{self, ChainContext, ChainHead, ChainStep};
+use crate::content;
+use crate::dsse::{Envelope, PayloadType, PublicKey};
+use crate::event::{
+    FacilityEvent, FacilityHeader, RegistryEvent, RegistryHeader, unchecked,
+};
+use crate::ids::{FacilityId, KeyId, Sha256};
+use crate::rejection::{Reason, Rejection};
+use crate::time::Timestamp;
+
+/// Who a key signs for.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum KeyOwner {
+    Facility(FacilityId),
+    /// The national root key: signs registry events.
+    Root,
+}
+
+/// A public key as the registry knows it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct KeyRecord {
+    pub public_key: PublicKey,
+    pub owner: KeyOwner,
+    pub valid_from: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl KeyRecord {
+    pub fn key_id(&self) -> KeyId {
+        self.public_key.key_id()
+    }
+
+    /// Step 7: is this key valid for `owner` at `at`?
+    pub fn check_valid(&self, owner: &KeyOwner, at: Timestamp) -> Result<(), Rejection> {
+        if &self.owner != owner {
+            return Err(Rejection::new(
+                Reason::KeyNotValidForFacility,
+                "the signing key is registered to another facility",
+            ));
+        }
+        if at < self.valid_from {
+            return Err(Rejection::new(
+                Reason::KeyNotValidForFacility,
+                "recorded_at is before the signing key's valid_from",
+            ));
+        }
+        if self.revoked_at.is_some_and(|r| r <= at) {
+            return Err(Rejection::new(
+                Reason::KeyRevoked,
+                "the signing key was revoked at or before recorded_at",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Lookup of public keys by key id.
+pub trait Keyring {
+    fn key(&self, key_id: &KeyId) -> Option<&KeyRecord>;
+}
+
+impl Keyring for HashMap<KeyId, KeyRecord> {
+    fn key(&self, key_id: &KeyId) -> Option<&KeyRecord> {
+        self.get(key_id)
+    }
+}
+
+impl Keyring for [KeyRecord] {
+    fn key(&self, key_id: &KeyId) -> Option<&KeyRecord> {
+        self.iter().find(|k| &k.key_id() == key_id)
+    }
+}
+
+impl Keyring for Vec<KeyRecord> {
+    fn key(&self, key_id: &KeyId) -> Option<&KeyRecord> {
+        self.as_slice().key(key_id)
+    }
+}
+
+/// A facility event whose signature, payload, header and key are valid (steps 1–7).
+/// Its place in the chain and its content are still to be checked.
+#[derive(Clone, Debug)]
+pub struct AuthenticatedEvent {
+    pub envelope: Envelope,
+    pub event_hash: Sha256,
+    pub key_id: KeyId,
+    pub header: FacilityHeader,
+    pub body: unchecked::Body,
+}
+
+/// Steps 1–4, common to both payload types: form, key, signature.
+fn check_signature<'k, K: Keyring + ?Sized>(
+    envelope: &Envelope,
+    expected: PayloadType,
+    keys: &'k K,
+) -> Result<(KeyId, &'k KeyRecord), Rejection> {
+    let (payload_type, key_id) = envelope.check_form()?;
+    if payload_type != expected {
+        return Err(Rejection::new(
+            Reason::UnknownPayloadType,
+            "this payload type is not accepted here",
+        ));
+    }
+    let key = keys
+        .key(&key_id)
+        .ok_or_else(|| Rejection::new(Reason::UnknownKey, "no registered key has this key_id"))?;
+    key.public_key.verify(envelope)?;
+    Ok((key_id, key))
+}
+
+fn malformed() -> Rejection {
+    Rejection::new(
+        Reason::MalformedPayload,
+        "payload is not a valid event with a header and a body",
+    )
+}
+
+/// Steps 1–7 for a facility event. `decode` turns payload bytes into an unchecked
+/// event; any error it returns is reported as `MALFORMED_PAYLOAD`.
+pub fn authenticate_facility_event<K, D, E>(
+    envelope: Envelope,
+    keys: &K,
+    decode: D,
+) -> Result<AuthenticatedEvent, Rejection>
+where
+    K: Keyring + ?Sized,
+    D: FnOnce(&[u8]) -> Result<unchecked::FacilityEvent, E>,
+{
+    let (key_id, key) = check_signature(&envelope, PayloadType::FacilityEvent, keys)?;
+    let event = decode(&envelope.payload).map_err(|_| malformed())?;
+    let (Some(raw_header), Some(body)) = (event.header, event.body) else {
+        return Err(malformed());
+    };
+    let header = FacilityHeader::parse(&raw_header)?;
+    key.check_valid(
+        &KeyOwner::Facility(header.facility_id.clone()),
+        header.link.recorded_at,
+    )?;
+    let event_hash = envelope.event_hash();
+    Ok(AuthenticatedEvent {
+        envelope,
+        event_hash,
+        key_id,
+        header,
+        body,
+    })
+}
+
+/// The outcome of verifying one event.
+#[derive(Clone, Debug)]
+pub enum Verdict<E> {
+    /// Valid in every respect; extends the chain.
+    Accepted(E),
+    /// The same event again: acknowledged, not applied twice.
+    Duplicate,
+    /// Refused. `extends_chain` is true when signature and chain were good and only the
+    /// content was wrong: the event takes its place in the chain and is recorded as
+    /// rejected, and the facility corrects it with a later event.
+    Rejected {
+        rejection: Rejection,
+        extends_chain: bool,
+    },
+}
+
+impl<E> Verdict<E> {
+    fn refuse(rejection: Rejection) -> Self {
+        Verdict::Rejected {
+            rejection,
+            extends_chain: false,
+        }
+    }
+
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Verdict::Rejected { rejection, .. } => Some(rejection),
+            _ => None,
+        }
+    }
+}
+
+/// Steps 8–9 for an authenticated facility event, given its chain context.
+pub fn settle_facility_event(
+    event: AuthenticatedEvent,
+    ctx: &ChainContext,
+) -> Verdict<FacilityEvent> {
+    match chain::check(ctx, &event.header.link, event.event_hash) {
+        Err(r) => Verdict::refuse(r),
+        Ok(ChainStep::Duplicate) => Verdict::Duplicate,
+        Ok(ChainStep::Extends) => match content::check_body(&event.header, &event.body) {
+            Ok(body) => Verdict::Accepted(FacilityEvent {
+                header: event.header,
+                body,
+            }),
+            Err(rejection) => Verdict::Rejected {
+                rejection,
+                extends_chain: true,
+            },
+        },
+    }
+}
+
+/// The whole pipeline for a caller that knows the facility's head only.
+pub fn verify_facility_envelope<K, D, E>(
+    envelope: Envelope,
+    keys: &K,
+    head: ChainHead,
+    decode: D,
+) -> Verdict<FacilityEvent>
+where
+    K: Keyring + ?Sized,
+    D: FnOnce(&[u8]) -> Result<unchecked::FacilityEvent, E>,
+{
+    match authenticate_facility_event(envelope, keys, decode) {
+        Err(r) => Verdict::refuse(r),
+        Ok(event) => {
+            let ctx = ChainContext::head_only(head, &event.header.link);
+            settle_facility_event(event, &ctx)
+        }
+    }
+}
+
+/// The whole pipeline for a registry event, against the registry chain's head.
+/// Registry events must be signed by a key whose owner is [`KeyOwner::Root`].
+pub fn verify_registry_envelope<K, D, E>(
+    envelope: &Envelope,
+    keys: &K,
+    head: ChainHead,
+    decode: D,
+) -> Verdict<RegistryEvent>
+where
+    K: Keyring + ?Sized,
+    D: FnOnce(&[u8]) -> Result<unchecked::RegistryEvent, E>,
+{
+    let run = || -> Result<Verdict<RegistryEvent>, Rejection> {
+        let (_, key) = check_signature(envelope, PayloadType::RegistryEvent, keys)?;
+        let event = decode(&envelope.payload).map_err(|_| malformed())?;
+        let (Some(raw_header), Some(body)) = (event.header, event.body) else {
+            return Err(malformed());
+        };
+        let header = RegistryHeader::parse(&raw_header)?;
+        key.check_valid(&KeyOwner::Root, header.link.recorded_at)?;
+        let event_hash = envelope.event_hash();
+        let ctx = ChainContext::head_only(head, &header.link);
+        Ok(match chain::check(&ctx, &header.link, event_hash)? {
+            ChainStep::Duplicate => Verdict::Duplicate,
+            ChainStep::Extends => match content::check_registry_body(&body) {
+                Ok(body) => Verdict::Accepted(RegistryEvent { header, body }),
+                Err(rejection) => Verdict::Rejected {
+                    rejection,
+                    extends_chain: true,
+                },
+            },
+        })
+    };
+    run().unwrap_or_else(Verdict::refuse)
+}

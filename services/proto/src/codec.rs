@@ -1,0 +1,189 @@
+//! Conversions between the generated wire types and `hrx-domain` types.
+//!
+//! Decoding goes to the domain's *unchecked* forms: protobuf decoding only proves the
+//! bytes are well-formed protobuf, and the domain's parsers decide everything else, so
+//! that there is one place where validity is defined.
+
+use hrx_domain::event::unchecked;
+use hrx_domain::{Envelope, Rejection, Timestamp};
+use prost::Message;
+
+use crate::v1;
+
+pub use prost::DecodeError;
+
+impl From<v1::SignedEnvelope> for Envelope {
+    fn from(e: v1::SignedEnvelope) -> Self {
+        Envelope {
+            payload_type: e.payload_type,
+            payload: e.payload,
+            key_id: e.key_id,
+            signature: e.signature,
+        }
+    }
+}
+
+impl From<Envelope> for v1::SignedEnvelope {
+    fn from(e: Envelope) -> Self {
+        v1::SignedEnvelope {
+            payload_type: e.payload_type,
+            payload: e.payload,
+            key_id: e.key_id,
+            signature: e.signature,
+        }
+    }
+}
+
+/// Decodes a protobuf-encoded `SignedEnvelope`.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    v1::SignedEnvelope::decode(bytes).map(Envelope::from)
+}
+
+/// Encodes an envelope as a protobuf `SignedEnvelope`.
+pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
+    v1::SignedEnvelope::from(e.clone()).encode_to_vec()
+}
+
+fn raw(t: Option<prost_types::Timestamp>) -> Option<unchecked::RawTime> {
+    t.map(|t| unchecked::RawTime {
+        seconds: t.seconds,
+        nanos: t.nanos,
+    })
+}
+
+fn raw_duration(d: Option<prost_types::Duration>) -> Option<unchecked::RawTime> {
+    d.map(|d| unchecked::RawTime {
+        seconds: d.seconds,
+        nanos: d.nanos,
+    })
+}
+
+/// A domain timestamp on the wire.
+pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.seconds(),
+        nanos: t.nanos(),
+    }
+}
+
+fn evidence(e: Option<v1::ConsentEvidence>) -> Option<unchecked::Evidence> {
+    e.map(|e| unchecked::Evidence {
+        form_id: e.form_id,
+        sha256: e.sha256,
+    })
+}
+
+/// Decodes a facility-event payload into its unchecked form.
+pub fn decode_facility_event(payload: &[u8]) -> Result<unchecked::FacilityEvent, DecodeError> {
+    use v1::facility_event::Body as W;
+    let e = v1::FacilityEvent::decode(payload)?;
+    Ok(unchecked::FacilityEvent {
+        header: e.header.map(|h| unchecked::FacilityHeader {
+            event_id: h.event_id,
+            facility_id: h.facility_id,
+            seq: h.seq,
+            prev_hash: h.prev_hash,
+            recorded_at: raw(h.recorded_at),
+        }),
+        body: e.body.map(|b| match b {
+            W::Record(r) => unchecked::Body::Record(unchecked::Record {
+                patient_id: r.patient_id,
+                kind: r.kind,
+                occurred_at: raw(r.occurred_at),
+                author: r.author,
+                sensitivity: r.sensitivity,
+                supersedes: r.supersedes,
+                content_type: r.content_type,
+                body: r.body,
+            }),
+            W::ConsentGrant(g) => unchecked::Body::ConsentGrant(unchecked::ConsentGrant {
+                patient_id: g.patient_id,
+                purposes: g.purposes,
+                kinds: g.kinds,
+                include_sensitive: g.include_sensitive,
+                data_from: raw(g.data_from),
+                data_until: raw(g.data_until),
+                expires_at: raw(g.expires_at),
+                evidence: evidence(g.evidence),
+                grantee: g.grantee.map(|g| match g {
+                    v1::consent_grant::Grantee::GranteeFacilityId(f) => unchecked::Grantee::Facility(f),
+                    v1::consent_grant::Grantee::AnyFacility(a) => unchecked::Grantee::AnyFacility(a),
+                }),
+            }),
+            W::ConsentRevocation(r) => unchecked::Body::ConsentRevocation(unchecked::ConsentRevocation {
+                patient_id: r.patient_id,
+                grant_event_id: r.grant_event_id,
+                evidence: evidence(r.evidence),
+            }),
+            W::BreakGlass(b) => unchecked::Body::BreakGlass(unchecked::BreakGlass {
+                patient_id: b.patient_id,
+                reason: b.reason,
+                clinician: b.clinician,
+                duration: raw_duration(b.duration),
+            }),
+        }),
+    })
+}
+
+/// Decodes a registry-event payload into its unchecked form.
+pub fn decode_registry_event(payload: &[u8]) -> Result<unchecked::RegistryEvent, DecodeError> {
+    use v1::registry_event::Body as W;
+    let e = v1::RegistryEvent::decode(payload)?;
+    Ok(unchecked::RegistryEvent {
+        header: e.header.map(|h| unchecked::RegistryHeader {
+            event_id: h.event_id,
+            seq: h.seq,
+            prev_hash: h.prev_hash,
+            recorded_at: raw(h.recorded_at),
+        }),
+        body: e.body.map(|b| match b {
+            W::FacilityRegistered(f) => unchecked::RegistryBody::FacilityRegistered {
+                facility_id: f.facility_id,
+                name: f.name,
+                province: f.province,
+                level: f.level,
+            },
+            W::KeyAdded(k) => unchecked::RegistryBody::KeyAdded {
+                facility_id: k.facility_id,
+                public_key: k.public_key,
+                valid_from: raw(k.valid_from),
+            },
+            W::KeyRevoked(k) => unchecked::RegistryBody::KeyRevoked {
+                key_id: k.key_id,
+                revoked_at: raw(k.revoked_at),
+                reason: k.reason,
+            },
+        }),
+    })
+}
+
+/// A domain rejection on the wire.
+pub fn rejection(r: &Rejection) -> v1::Rejection {
+    v1::Rejection {
+        reason: r.reason().code(),
+        field: r.field().unwrap_or_default().to_owned(),
+        message: r.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_a_decode_error_not_a_panic() {
+        assert!(decode_facility_event(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode_envelope(&[0x0a, 0x10]).is_err());
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let e = Envelope {
+            payload_type: "t".into(),
+            payload: vec![1, 2, 3],
+            key_id: "k".into(),
+            signature: vec![4; 64],
+        };
+        assert_eq!(decode_envelope(&encode_envelope(&e)).unwrap(), e);
+    }
+}
