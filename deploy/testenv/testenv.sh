@@ -116,6 +116,7 @@ set_dir() { # DIR [create]: set paths and load state if present
     PGROOT="$DIR/pg"
     STATE="$DIR/state"
     KAFKA_PORT="" KAFKA_CTRL_PORT="" PG_PORT="" PG_SOCKDIR="" KAFKA_PID=""
+    # state may move PGROOT to /tmp (when user postgres cannot reach DIR)
     if [[ -f "$STATE" ]]; then
         # shellcheck disable=SC1090
         . "$STATE"
@@ -129,6 +130,7 @@ KAFKA_PORT=$KAFKA_PORT
 KAFKA_CTRL_PORT=$KAFKA_CTRL_PORT
 PG_PORT=$PG_PORT
 PG_SOCKDIR=$PG_SOCKDIR
+PGROOT=$PGROOT
 EOF
     mv "$STATE.tmp" "$STATE"
 }
@@ -178,7 +180,8 @@ cmd_install() {
         rm -rf "$LIBS" "$LIBS.tmp" "$STAMP"
         mkdir -p "$CACHE"
         (cd "$HERE" && mvn -B -q -Dstyle.color=never dependency:copy-dependencies -DincludeScope=runtime \
-            -DoutputDirectory="$LIBS.tmp") || die "mvn dependency:copy-dependencies failed"
+            -DoutputDirectory="$LIBS.tmp") >"$CACHE/mvn.log" 2>&1 ||
+            { tail_log "$CACHE/mvn.log"; die "mvn dependency:copy-dependencies failed"; }
         rm -rf "$HERE/target"   # maven may leave an empty target/ next to the pom
         compgen -G "$LIBS.tmp/kafka_2.13-*.jar" >/dev/null || die "no kafka_2.13 jar was copied"
         mv "$LIBS.tmp" "$LIBS"
@@ -253,8 +256,7 @@ kafka_start() {
         -Dlog4j2.configurationFile="$KDIR/log4j2.properties" \
         -cp "$LIBS/*" kafka.Kafka "$KDIR/server.properties" \
         >>"$KDIR/server.log" 2>&1 </dev/null &
-    local i
-    for i in $(seq 1 50); do [[ -s "$KDIR/pid" ]] && break; sleep 0.1; done
+    for _ in $(seq 1 50); do [[ -s "$KDIR/pid" ]] && break; sleep 0.1; done
     KAFKA_PID=$(cat "$KDIR/pid" 2>/dev/null || true)
     [[ -n "$KAFKA_PID" ]] || die "Kafka did not start"
 }
@@ -287,15 +289,14 @@ kafka_wait() {
 kafka_stop() {
     if ! is_our_kafka "$KAFKA_PID"; then rm -f "$KDIR/pid"; return 0; fi
     kill -TERM "$KAFKA_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 1 600); do   # up to 60 s for a clean shutdown
+    for _ in $(seq 1 600); do   # up to 60 s for a clean shutdown
         pid_alive "$KAFKA_PID" || break
         sleep 0.1
     done
     if pid_alive "$KAFKA_PID"; then
         log "Kafka (pid $KAFKA_PID) did not stop in 60 s; killing"
         kill -KILL "$KAFKA_PID" 2>/dev/null || true
-        for i in $(seq 1 100); do pid_alive "$KAFKA_PID" || break; sleep 0.1; done
+        for _ in $(seq 1 100); do pid_alive "$KAFKA_PID" || break; sleep 0.1; done
     fi
     pid_alive "$KAFKA_PID" && die "could not stop Kafka (pid $KAFKA_PID)"
     rm -f "$KDIR/pid"
@@ -306,12 +307,21 @@ kafka_stop() {
 pg_init() {
     local bin; bin=$(pg_bin)
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    PGROOT="$DIR/pg"
     rm -rf "$PGROOT"
     mkdir -p "$PGROOT"
     chown postgres: "$PGROOT"
     chmod 700 "$PGROOT"
-    as_pg test -w "$PGROOT" ||
-        die "user postgres cannot reach $PGROOT (a parent directory is not world-searchable); use a DIR like /tmp/something"
+    if ! as_pg test -w "$PGROOT"; then
+        # A parent of DIR is not searchable by user postgres (e.g. under /root):
+        # keep the cluster in /tmp and point DIR/pg at it.
+        rmdir "$PGROOT"
+        PGROOT=$(mktemp -d /tmp/testenv-pg.XXXXXX)
+        chown postgres: "$PGROOT"
+        chmod 700 "$PGROOT"
+        ln -s "$PGROOT" "$DIR/pg"
+        log "user postgres cannot reach $DIR; PostgreSQL data in $PGROOT (linked as $DIR/pg)"
+    fi
     # Unix socket paths are limited to 107 bytes.
     PG_SOCKDIR="$PGROOT"
     if ((${#PG_SOCKDIR} > 80)); then
@@ -381,6 +391,7 @@ cmd_up() {
     pg_bin >/dev/null
     rm -f "$DIR/env" "$STATE"
     if [[ -n "$PG_SOCKDIR" && "$PG_SOCKDIR" == /tmp/testenv-pgsock.* ]]; then rm -rf "$PG_SOCKDIR"; fi
+    if [[ "$PGROOT" == /tmp/testenv-pg.* ]]; then rm -rf "$PGROOT"; fi   # from an earlier up
     local ports; mapfile -t ports < <(free_ports 3)
     ((${#ports[@]} == 3)) || die "could not pick free ports"
     KAFKA_PORT=${ports[0]} KAFKA_CTRL_PORT=${ports[1]} PG_PORT=${ports[2]} PG_SOCKDIR=""
