@@ -181,6 +181,21 @@ impl<E> Verdict<E> {
         }
     }
 
+    /// The same verdict with the accepted event mapped.
+    pub fn map<F>(self, f: impl FnOnce(E) -> F) -> Verdict<F> {
+        match self {
+            Verdict::Accepted(e) => Verdict::Accepted(f(e)),
+            Verdict::Duplicate => Verdict::Duplicate,
+            Verdict::Rejected {
+                rejection,
+                extends_chain,
+            } => Verdict::Rejected {
+                rejection,
+                extends_chain,
+            },
+        }
+    }
+
     pub fn rejection(&self) -> Option<&Rejection> {
         match self {
             Verdict::Rejected { rejection, .. } => Some(rejection),
