@@ -2,12 +2,13 @@
 //! times. Every vector states the verdict it is meant to have, and generation fails if
 //! the Rust implementation disagrees, so a vector can never silently record a bug.
 
+use crate::vectors::{
+    self, Context, ContextKey, EnvelopeHex, Expected, Head, Input, KeyEntry, KeyFile, Tamper,
+    Vector,
+};
 use anyhow::bail;
 use hrx_domain::dsse::PayloadType;
 use hrx_domain::{Sha256, SigningKey};
-use crate::vectors::{
-    self, Context, ContextKey, EnvelopeHex, Expected, Head, Input, KeyEntry, KeyFile, Tamper, Vector,
-};
 use serde_json::{Value, json};
 
 const FACILITY: &str = PayloadType::FACILITY_EVENT;
@@ -65,14 +66,20 @@ fn context_keys(keys: &KeyFile) -> Vec<ContextKey> {
                 _ => "2026-01-01T00:00:00Z",
             }
             .to_owned(),
-            revoked_at: (k.name == "district-k0-revoked").then(|| "2026-02-15T00:00:00Z".to_owned()),
+            revoked_at: (k.name == "district-k0-revoked")
+                .then(|| "2026-02-15T00:00:00Z".to_owned()),
         })
         .collect()
 }
 
 fn event_id(n: u32) -> String {
     // UUIDv7-shaped: 2026-03-02 millisecond timestamp prefix, version 7, variant 10.
-    format!("019cab6a-{:04x}-7{:03x}-8000-{:012x}", 0x1000 + n, n, u64::from(n) * 0x1_0001)
+    format!(
+        "019cab6a-{:04x}-7{:03x}-8000-{:012x}",
+        0x1000 + n,
+        n,
+        u64::from(n) * 0x1_0001
+    )
 }
 
 fn header(facility: &str, seq: u64, prev: &str, n: u32, recorded_at: &str) -> Value {
@@ -234,7 +241,10 @@ impl Gen {
         };
         let got = vectors::evaluate(envelope.clone(), &context)?;
         if got != expected {
-            bail!("vector {}: meant {expected:?}, the Rust implementation says {got:?}", s.name);
+            bail!(
+                "vector {}: meant {expected:?}, the Rust implementation says {got:?}",
+                s.name
+            );
         }
         let event_hash = envelope.event_hash();
         let head = Head {
@@ -267,7 +277,10 @@ impl Gen {
 
 /// Every key and vector, in file order.
 pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
-    let mut g = Gen { keys: keys(), out: Vec::new() };
+    let mut g = Gen {
+        keys: keys(),
+        out: Vec::new(),
+    };
     let t = "2026-03-02T08:15:00Z";
 
     // A chain of three records from the district hospital.
@@ -371,20 +384,85 @@ pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
     let good = |n: u32| json!({"header": header(DISTRICT, 4, &h3.event_hash, n, t), "record": record(PATIENT_AN, "OBSERVATION", hba1c(PATIENT_AN, 8.1), &[])});
     let with_record = |n: u32, r: Value| json!({"header": header(DISTRICT, 4, &h3.event_hash, n, t), "record": r});
 
-    let mut s = Spec::new("invalid-01-payload-bit-flip", "One bit of the payload flipped after signing.", "district-k1", good(101)).head(&h3).rejects("BAD_SIGNATURE");
-    s.tamper = Some(Tamper { field: "payload".into(), byte: Some(40), xor: Some(0x01), truncate_to: None });
+    let mut s = Spec::new(
+        "invalid-01-payload-bit-flip",
+        "One bit of the payload flipped after signing.",
+        "district-k1",
+        good(101),
+    )
+    .head(&h3)
+    .rejects("BAD_SIGNATURE");
+    s.tamper = Some(Tamper {
+        field: "payload".into(),
+        byte: Some(40),
+        xor: Some(0x01),
+        truncate_to: None,
+    });
     g.add(s)?;
-    let mut s = Spec::new("invalid-02-signature-bit-flip", "One bit of the signature flipped.", "district-k1", good(102)).head(&h3).rejects("BAD_SIGNATURE");
-    s.tamper = Some(Tamper { field: "signature".into(), byte: Some(5), xor: Some(0x80), truncate_to: None });
+    let mut s = Spec::new(
+        "invalid-02-signature-bit-flip",
+        "One bit of the signature flipped.",
+        "district-k1",
+        good(102),
+    )
+    .head(&h3)
+    .rejects("BAD_SIGNATURE");
+    s.tamper = Some(Tamper {
+        field: "signature".into(),
+        byte: Some(5),
+        xor: Some(0x80),
+        truncate_to: None,
+    });
     g.add(s)?;
-    let mut s = Spec::new("invalid-03-wrong-payload-type", "Correctly signed, but the payload type is application/json.", "district-k1", good(103)).head(&h3).rejects("UNKNOWN_PAYLOAD_TYPE");
+    let mut s = Spec::new(
+        "invalid-03-wrong-payload-type",
+        "Correctly signed, but the payload type is application/json.",
+        "district-k1",
+        good(103),
+    )
+    .head(&h3)
+    .rejects("UNKNOWN_PAYLOAD_TYPE");
     s.payload_type = "application/json";
     g.add(s)?;
-    g.add(Spec::new("invalid-04-other-facility-key", "The district hospital's event signed with the provincial hospital's key.", "provincial-k1", good(104)).head(&h3).rejects("KEY_NOT_VALID_FOR_FACILITY"))?;
-    g.add(Spec::new("invalid-05-unknown-key", "Signed with a key the registry does not know.", "unregistered", good(105)).head(&h3).rejects("UNKNOWN_KEY"))?;
-    g.add(Spec::new("invalid-06-revoked-key", "Signed with a key revoked on 2026-02-15, event recorded 2026-03-02.", "district-k0-revoked", good(106)).head(&h3).rejects("KEY_REVOKED"))?;
+    g.add(
+        Spec::new(
+            "invalid-04-other-facility-key",
+            "The district hospital's event signed with the provincial hospital's key.",
+            "provincial-k1",
+            good(104),
+        )
+        .head(&h3)
+        .rejects("KEY_NOT_VALID_FOR_FACILITY"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-05-unknown-key",
+            "Signed with a key the registry does not know.",
+            "unregistered",
+            good(105),
+        )
+        .head(&h3)
+        .rejects("UNKNOWN_KEY"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-06-revoked-key",
+            "Signed with a key revoked on 2026-02-15, event recorded 2026-03-02.",
+            "district-k0-revoked",
+            good(106),
+        )
+        .head(&h3)
+        .rejects("KEY_REVOKED"),
+    )?;
     let full = vectors::event_from_json(&good(107))?;
-    let mut s = Spec::new("invalid-07-truncated-payload", "The facility signed a payload cut in the middle of a field.", "district-k1", good(107)).head(&h3).rejects("MALFORMED_PAYLOAD");
+    let mut s = Spec::new(
+        "invalid-07-truncated-payload",
+        "The facility signed a payload cut in the middle of a field.",
+        "district-k1",
+        good(107),
+    )
+    .head(&h3)
+    .rejects("MALFORMED_PAYLOAD");
     let bytes = prost::Message::encode_to_vec(&full);
     s.payload_override = Some(bytes[..bytes.len() / 2].to_vec());
     s.event = None;
@@ -407,26 +485,88 @@ pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
         .head(&h3)
         .rejects("FORK"),
     )?;
-    g.add(Spec::new("invalid-11-malformed-patient-id", "An 11-digit patient id: extends the chain, not projected.", "district-k1",
-        with_record(111, record("02606200123", "OBSERVATION", hba1c("02606200123", 8.1), &[]))).head(&h3).rejects_field("record.patient_id"))?;
-    g.add(Spec::new("invalid-12-resource-type-mismatch", "Kind OBSERVATION carrying a Condition.", "district-k1",
-        with_record(112, record(PATIENT_AN, "OBSERVATION", condition(PATIENT_AN), &[]))).head(&h3).rejects_field("record.body.resourceType"))?;
-    g.add(Spec::new("invalid-13-body-about-another-patient", "The record's patient is An, the FHIR subject is Bình.", "district-k1",
-        with_record(113, record(PATIENT_AN, "OBSERVATION", hba1c(PATIENT_BINH, 8.1), &[]))).head(&h3).rejects_field("record.body.subject"))?;
+    g.add(
+        Spec::new(
+            "invalid-11-malformed-patient-id",
+            "An 11-digit patient id: extends the chain, not projected.",
+            "district-k1",
+            with_record(
+                111,
+                record("02606200123", "OBSERVATION", hba1c("02606200123", 8.1), &[]),
+            ),
+        )
+        .head(&h3)
+        .rejects_field("record.patient_id"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-12-resource-type-mismatch",
+            "Kind OBSERVATION carrying a Condition.",
+            "district-k1",
+            with_record(
+                112,
+                record(PATIENT_AN, "OBSERVATION", condition(PATIENT_AN), &[]),
+            ),
+        )
+        .head(&h3)
+        .rejects_field("record.body.resourceType"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-13-body-about-another-patient",
+            "The record's patient is An, the FHIR subject is Bình.",
+            "district-k1",
+            with_record(
+                113,
+                record(PATIENT_AN, "OBSERVATION", hba1c(PATIENT_BINH, 8.1), &[]),
+            ),
+        )
+        .head(&h3)
+        .rejects_field("record.body.subject"),
+    )?;
     let big = fhir(json!({
         "resourceType": "DocumentReference", "status": "current", "subject": patient_ref(PATIENT_AN),
         "description": "x".repeat(512 * 1024)
     }));
-    g.add(Spec::new("invalid-14-oversized-body", "A body over 512 KiB.", "district-k1",
-        with_record(114, record(PATIENT_AN, "DOCUMENT", big, &[]))).head(&h3).rejects_field("record.body"))?;
+    g.add(
+        Spec::new(
+            "invalid-14-oversized-body",
+            "A body over 512 KiB.",
+            "district-k1",
+            with_record(114, record(PATIENT_AN, "DOCUMENT", big, &[])),
+        )
+        .head(&h3)
+        .rejects_field("record.body"),
+    )?;
     let mut s = Spec::new("invalid-15-duplicate", "Seq 3 sent again, byte for byte: acknowledged, not applied.", "district-k1",
         json!({"header": header(DISTRICT, 3, &h2.event_hash, 3, t), "record": record(PATIENT_AN, "OBSERVATION", hba1c(PATIENT_AN, 8.1), &[])})).head(&h3);
     s.expected = ("duplicate", None, None, false);
     g.add(s)?;
-    let mut s = Spec::new("invalid-16-short-signature", "A 63-byte signature.", "district-k1", good(116)).head(&h3).rejects("MALFORMED_ENVELOPE");
-    s.tamper = Some(Tamper { field: "signature".into(), byte: None, xor: None, truncate_to: Some(63) });
+    let mut s = Spec::new(
+        "invalid-16-short-signature",
+        "A 63-byte signature.",
+        "district-k1",
+        good(116),
+    )
+    .head(&h3)
+    .rejects("MALFORMED_ENVELOPE");
+    s.tamper = Some(Tamper {
+        field: "signature".into(),
+        byte: None,
+        xor: None,
+        truncate_to: Some(63),
+    });
     g.add(s)?;
-    g.add(Spec::new("invalid-17-key-not-yet-valid", "Signed with a key valid only from 2026-06-01.", "district-k2-future", good(117)).head(&h3).rejects("KEY_NOT_VALID_FOR_FACILITY"))?;
+    g.add(
+        Spec::new(
+            "invalid-17-key-not-yet-valid",
+            "Signed with a key valid only from 2026-06-01.",
+            "district-k2-future",
+            good(117),
+        )
+        .head(&h3)
+        .rejects("KEY_NOT_VALID_FOR_FACILITY"),
+    )?;
     g.add(
         Spec::new("invalid-18-uppercase-event-id", "An event id in uppercase: not the canonical form.", "district-k1",
             json!({"header": {"event_id": event_id(118).to_uppercase(), "facility_id": DISTRICT, "seq": 4, "prev_hash": h3.event_hash, "recorded_at": t},
@@ -442,18 +582,36 @@ pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
         .rejects_field("break_glass.duration"),
     )?;
     g.add(
-        Spec::new("invalid-20-grant-without-expiry", "A consent grant with no expiry.", "district-k1",
+        Spec::new(
+            "invalid-20-grant-without-expiry",
+            "A consent grant with no expiry.",
+            "district-k1",
             json!({"header": header(DISTRICT, 4, &h3.event_hash, 120, t), "consent_grant": {
                 "patient_id": PATIENT_AN, "purposes": ["TREATMENT"],
                 "evidence": {"form_id": "PCT-1", "sha256": Sha256::digest(b"form").to_hex()},
-                "any_facility": true}}))
+                "any_facility": true}}),
+        )
         .head(&h3)
         .rejects_field("consent_grant.expires_at"),
     )?;
-    let mut s = Spec::new("invalid-21-registry-type-from-facility", "A facility event sent under the registry payload type.", "district-k1", good(121)).head(&h3).rejects("UNKNOWN_PAYLOAD_TYPE");
+    let mut s = Spec::new(
+        "invalid-21-registry-type-from-facility",
+        "A facility event sent under the registry payload type.",
+        "district-k1",
+        good(121),
+    )
+    .head(&h3)
+    .rejects("UNKNOWN_PAYLOAD_TYPE");
     s.payload_type = PayloadType::REGISTRY_EVENT;
     g.add(s)?;
-    let mut s = Spec::new("invalid-22-missing-header", "A payload with a body but no header.", "district-k1", json!({"record": record(PATIENT_AN, "OBSERVATION", hba1c(PATIENT_AN, 8.1), &[])})).head(&h3).rejects("MALFORMED_PAYLOAD");
+    let mut s = Spec::new(
+        "invalid-22-missing-header",
+        "A payload with a body but no header.",
+        "district-k1",
+        json!({"record": record(PATIENT_AN, "OBSERVATION", hba1c(PATIENT_AN, 8.1), &[])}),
+    )
+    .head(&h3)
+    .rejects("MALFORMED_PAYLOAD");
     s.expected.3 = false;
     g.add(s)?;
     Ok((g.keys, g.out))
@@ -462,9 +620,15 @@ pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
 /// Each file of `tests/vectors/` (name, text) except the README.
 pub fn files() -> anyhow::Result<Vec<(String, String)>> {
     let (keys, vectors) = generate()?;
-    let mut files = vec![("keys.json".to_owned(), serde_json::to_string_pretty(&keys)? + "\n")];
+    let mut files = vec![(
+        "keys.json".to_owned(),
+        serde_json::to_string_pretty(&keys)? + "\n",
+    )];
     for v in &vectors {
-        files.push((format!("{}.json", v.name), serde_json::to_string_pretty(v)? + "\n"));
+        files.push((
+            format!("{}.json", v.name),
+            serde_json::to_string_pretty(v)? + "\n",
+        ));
     }
     Ok(files)
 }

@@ -5,15 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
+use hrx_domain::KeyId;
 use hrx_domain::chain::ChainHead;
 use hrx_domain::dsse::{Envelope, PublicKey, SigningKey, pae};
-use hrx_domain::KeyId;
-use ring::signature::{Ed25519KeyPair, KeyPair};
 use hrx_domain::verify::{KeyOwner, KeyRecord, Verdict, verify_facility_envelope};
 use hrx_domain::{EventId, FacilityId, Purpose, RecordKind, SensitivityLabel, Sha256, Timestamp};
 use hrx_proto::codec;
 use hrx_proto::v1;
 use prost::Message;
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -145,7 +145,9 @@ pub fn load() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
     let mut vectors = Vec::new();
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "json") && path.file_name() != Some("keys.json".as_ref()) {
+        if path.extension().is_some_and(|e| e == "json")
+            && path.file_name() != Some("keys.json".as_ref())
+        {
             let v: Vector = serde_json::from_slice(&std::fs::read(&path)?)
                 .with_context(|| format!("reading {}", path.display()))?;
             vectors.push(v);
@@ -169,10 +171,15 @@ fn time_field(v: &Value, name: &str) -> anyhow::Result<Option<prost_types::Times
 }
 
 fn hex_field(v: &Value, name: &str) -> anyhow::Result<Vec<u8>> {
-    Ok(hex::decode(str_field(v, name)).with_context(|| format!("{name} is not hex"))?)
+    hex::decode(str_field(v, name)).with_context(|| format!("{name} is not hex"))
 }
 
-fn enum_list<T>(v: &Value, name: &str, parse: fn(&str) -> Option<T>, code: fn(T) -> i32) -> anyhow::Result<Vec<i32>> {
+fn enum_list<T>(
+    v: &Value,
+    name: &str,
+    parse: fn(&str) -> Option<T>,
+    code: fn(T) -> i32,
+) -> anyhow::Result<Vec<i32>> {
     let Some(items) = v.get(name).and_then(Value::as_array) else {
         return Ok(Vec::new());
     };
@@ -184,7 +191,9 @@ fn enum_list<T>(v: &Value, name: &str, parse: fn(&str) -> Option<T>, code: fn(T)
             if s == "UNSPECIFIED" {
                 Ok(0)
             } else {
-                parse(s).map(code).ok_or_else(|| anyhow!("unknown {name} value {s}"))
+                parse(s)
+                    .map(code)
+                    .ok_or_else(|| anyhow!("unknown {name} value {s}"))
             }
         })
         .collect()
@@ -222,11 +231,18 @@ pub fn event_from_json(v: &Value) -> anyhow::Result<v1::FacilityEvent> {
             kind: if kind == "UNSPECIFIED" {
                 0
             } else {
-                RecordKind::from_name(kind).map(RecordKind::code).ok_or_else(|| anyhow!("unknown kind"))?
+                RecordKind::from_name(kind)
+                    .map(RecordKind::code)
+                    .ok_or_else(|| anyhow!("unknown kind"))?
             },
             occurred_at: time_field(r, "occurred_at")?,
             author: str_field(r, "author").to_owned(),
-            sensitivity: enum_list(r, "sensitivity", SensitivityLabel::from_name, SensitivityLabel::code)?,
+            sensitivity: enum_list(
+                r,
+                "sensitivity",
+                SensitivityLabel::from_name,
+                SensitivityLabel::code,
+            )?,
             supersedes: str_field(r, "supersedes").to_owned(),
             content_type: str_field(r, "content_type").to_owned(),
             body: str_field(r, "body").as_bytes().to_vec(),
@@ -243,7 +259,12 @@ pub fn event_from_json(v: &Value) -> anyhow::Result<v1::FacilityEvent> {
             patient_id: str_field(g, "patient_id").to_owned(),
             purposes: enum_list(g, "purposes", Purpose::from_name, Purpose::code)?,
             kinds: enum_list(g, "kinds", RecordKind::from_name, RecordKind::code)?,
-            include_sensitive: enum_list(g, "include_sensitive", SensitivityLabel::from_name, SensitivityLabel::code)?,
+            include_sensitive: enum_list(
+                g,
+                "include_sensitive",
+                SensitivityLabel::from_name,
+                SensitivityLabel::code,
+            )?,
             data_from: time_field(g, "data_from")?,
             data_until: time_field(g, "data_until")?,
             expires_at: time_field(g, "expires_at")?,
@@ -256,18 +277,20 @@ pub fn event_from_json(v: &Value) -> anyhow::Result<v1::FacilityEvent> {
             grant_event_id: str_field(r, "grant_event_id").to_owned(),
             evidence: evidence(r.get("evidence"))?,
         }))
-    } else if let Some(b) = v.get("break_glass") {
-        Some(Body::BreakGlass(v1::BreakGlassDeclaration {
-            patient_id: str_field(b, "patient_id").to_owned(),
-            reason: str_field(b, "reason").to_owned(),
-            clinician: str_field(b, "clinician").to_owned(),
-            duration: b.get("duration_seconds").and_then(Value::as_i64).map(|s| prost_types::Duration {
-                seconds: s,
-                nanos: 0,
-            }),
-        }))
     } else {
-        None
+        v.get("break_glass").map(|b| {
+            Body::BreakGlass(v1::BreakGlassDeclaration {
+                patient_id: str_field(b, "patient_id").to_owned(),
+                reason: str_field(b, "reason").to_owned(),
+                clinician: str_field(b, "clinician").to_owned(),
+                duration: b.get("duration_seconds").and_then(Value::as_i64).map(|s| {
+                    prost_types::Duration {
+                        seconds: s,
+                        nanos: 0,
+                    }
+                }),
+            })
+        })
     };
     Ok(v1::FacilityEvent { header, body })
 }
@@ -288,7 +311,10 @@ pub fn build_envelope(input: &Input, keys: &KeyFile) -> anyhow::Result<Envelope>
         (None, Some(event)) => event_from_json(event)?.encode_to_vec(),
         (None, None) => bail!("a vector needs an event or a payload_override"),
     };
-    let signature = pair.sign(&pae(&input.payload_type, &payload)).as_ref().to_vec();
+    let signature = pair
+        .sign(&pae(&input.payload_type, &payload))
+        .as_ref()
+        .to_vec();
     let public_key: [u8; 32] = pair.public_key().as_ref().try_into()?;
     let mut env = Envelope {
         payload_type: input.payload_type.clone(),
@@ -303,7 +329,9 @@ pub fn build_envelope(input: &Input, keys: &KeyFile) -> anyhow::Result<Envelope>
             other => bail!("cannot tamper with {other}"),
         };
         if let (Some(byte), Some(xor)) = (t.byte, t.xor) {
-            *target.get_mut(byte).ok_or_else(|| anyhow!("tamper byte out of range"))? ^= xor;
+            *target
+                .get_mut(byte)
+                .ok_or_else(|| anyhow!("tamper byte out of range"))? ^= xor;
         }
         if let Some(n) = t.truncate_to {
             target.truncate(n);
@@ -327,7 +355,11 @@ pub fn keyring(ctx: &Context) -> anyhow::Result<Vec<KeyRecord>> {
                     KeyOwner::Facility(FacilityId::parse(&k.facility_id)?)
                 },
                 valid_from: Timestamp::parse_rfc3339(&k.valid_from)?,
-                revoked_at: k.revoked_at.as_deref().map(Timestamp::parse_rfc3339).transpose()?,
+                revoked_at: k
+                    .revoked_at
+                    .as_deref()
+                    .map(Timestamp::parse_rfc3339)
+                    .transpose()?,
             })
         })
         .collect()
@@ -347,7 +379,12 @@ pub fn head(ctx: &Context) -> anyhow::Result<ChainHead> {
 
 /// Judges an envelope in a vector's context with the Rust implementation.
 pub fn evaluate(envelope: Envelope, ctx: &Context) -> anyhow::Result<Expected> {
-    let verdict = verify_facility_envelope(envelope, &keyring(ctx)?, head(ctx)?, codec::decode_facility_event);
+    let verdict = verify_facility_envelope(
+        envelope,
+        &keyring(ctx)?,
+        head(ctx)?,
+        codec::decode_facility_event,
+    );
     Ok(match verdict {
         Verdict::Accepted(_) => Expected {
             verdict: "accepted".into(),

@@ -141,7 +141,10 @@ mod tests {
         let head = ChainHead::after(&first, h(1));
         let l = link(2, h(9), 2);
         let ctx = ChainContext::head_only(head, &l);
-        assert_eq!(check(&ctx, &l, h(2)).unwrap_err().reason(), Reason::ChainMismatch);
+        assert_eq!(
+            check(&ctx, &l, h(2)).unwrap_err().reason(),
+            Reason::ChainMismatch
+        );
     }
 
     #[test]
@@ -150,7 +153,9 @@ mod tests {
         let head = ChainHead::after(&first, h(1));
         let gap = link(3, h(1), 3);
         assert_eq!(
-            check(&ChainContext::head_only(head, &gap), &gap, h(3)).unwrap_err().reason(),
+            check(&ChainContext::head_only(head, &gap), &gap, h(3))
+                .unwrap_err()
+                .reason(),
             Reason::SequenceGap
         );
         assert_eq!(
@@ -159,13 +164,17 @@ mod tests {
         );
         let other = link(1, Sha256::ZERO, 7);
         assert_eq!(
-            check(&ChainContext::head_only(head, &other), &other, h(7)).unwrap_err().reason(),
+            check(&ChainContext::head_only(head, &other), &other, h(7))
+                .unwrap_err()
+                .reason(),
             Reason::Fork
         );
         // Same event id re-used at a new seq with a new hash: a fork too.
         let reused = link(2, h(1), 1);
         assert_eq!(
-            check(&ChainContext::head_only(head, &reused), &reused, h(8)).unwrap_err().reason(),
+            check(&ChainContext::head_only(head, &reused), &reused, h(8))
+                .unwrap_err()
+                .reason(),
             Reason::Fork
         );
     }

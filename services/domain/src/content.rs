@@ -6,13 +6,13 @@
 
 use serde_json::Value;
 
+use crate::dsse::PublicKey;
+use crate::event::{Body, RegistryBody};
 use crate::event::{
     BreakGlass, ConsentGrant, ConsentRevocation, Evidence, FHIR_JSON, FacilityHeader, Grantee,
-    MAX_BODY_BYTES, MAX_BREAK_GLASS_REASON_BYTES, MAX_BREAK_GLASS_SECONDS, Record, optional_timestamp,
-    timestamp, unchecked,
+    MAX_BODY_BYTES, MAX_BREAK_GLASS_REASON_BYTES, MAX_BREAK_GLASS_SECONDS, Record,
+    optional_timestamp, timestamp, unchecked,
 };
-use crate::event::{Body, RegistryBody};
-use crate::dsse::PublicKey;
 use crate::ids::{EventId, FacilityId, KeyId, PatientId, Sha256};
 use crate::kinds::{FacilityLevel, Purpose, RecordKind, SensitivityLabel};
 use crate::rejection::Rejection;
@@ -38,7 +38,10 @@ fn codes<T>(
     from_code: fn(i32) -> Option<T>,
 ) -> Result<Vec<T>, Rejection> {
     raw.iter()
-        .map(|c| from_code(*c).ok_or_else(|| Rejection::invalid_field(field, "unspecified or unknown value")))
+        .map(|c| {
+            from_code(*c)
+                .ok_or_else(|| Rejection::invalid_field(field, "unspecified or unknown value"))
+        })
         .collect()
 }
 
@@ -57,11 +60,18 @@ pub fn check_record(r: &unchecked::Record) -> Result<Record, Rejection> {
         .ok_or_else(|| Rejection::invalid_field("record.kind", "unspecified or unknown kind"))?;
     let occurred_at = timestamp(r.occurred_at, "record.occurred_at")?;
     let author = non_empty(&r.author, "record.author")?;
-    let sensitivity = codes(&r.sensitivity, "record.sensitivity", SensitivityLabel::from_code)?;
+    let sensitivity = codes(
+        &r.sensitivity,
+        "record.sensitivity",
+        SensitivityLabel::from_code,
+    )?;
     let supersedes = if r.supersedes.is_empty() {
         None
     } else {
-        Some(EventId::parse(&r.supersedes).map_err(|e| Rejection::invalid_field("record.supersedes", e))?)
+        Some(
+            EventId::parse(&r.supersedes)
+                .map_err(|e| Rejection::invalid_field("record.supersedes", e))?,
+        )
     };
     if r.content_type != FHIR_JSON {
         return Err(Rejection::invalid_field(
@@ -86,13 +96,19 @@ fn check_fhir_body(kind: RecordKind, patient_id: &PatientId, body: &[u8]) -> Res
     if body.len() > MAX_BODY_BYTES {
         return Err(Rejection::invalid_field(
             "record.body",
-            format_args!("{} bytes is more than the {MAX_BODY_BYTES}-byte limit", body.len()),
+            format_args!(
+                "{} bytes is more than the {MAX_BODY_BYTES}-byte limit",
+                body.len()
+            ),
         ));
     }
     let json: Value = serde_json::from_slice(body)
         .map_err(|_| Rejection::invalid_field("record.body", "must be UTF-8 JSON"))?;
     let Value::Object(resource) = json else {
-        return Err(Rejection::invalid_field("record.body", "must be a JSON object"));
+        return Err(Rejection::invalid_field(
+            "record.body",
+            "must be a JSON object",
+        ));
     };
     let expected = kind.fhir_resource_type();
     if resource.get("resourceType").and_then(Value::as_str) != Some(expected) {
@@ -146,11 +162,17 @@ fn evidence(raw: Option<&unchecked::Evidence>, field: &'static str) -> Result<Ev
 }
 
 /// Checks a consent grant. `recorded_at` bounds its expiry.
-pub fn check_grant(header: &FacilityHeader, g: &unchecked::ConsentGrant) -> Result<ConsentGrant, Rejection> {
+pub fn check_grant(
+    header: &FacilityHeader,
+    g: &unchecked::ConsentGrant,
+) -> Result<ConsentGrant, Rejection> {
     let patient_id = patient(&g.patient_id, "consent_grant.patient_id")?;
     let purposes = codes(&g.purposes, "consent_grant.purposes", Purpose::from_code)?;
     if purposes.is_empty() {
-        return Err(Rejection::invalid_field("consent_grant.purposes", "at least one purpose is required"));
+        return Err(Rejection::invalid_field(
+            "consent_grant.purposes",
+            "at least one purpose is required",
+        ));
     }
     let kinds = codes(&g.kinds, "consent_grant.kinds", RecordKind::from_code)?;
     let include_sensitive = codes(
@@ -160,19 +182,26 @@ pub fn check_grant(header: &FacilityHeader, g: &unchecked::ConsentGrant) -> Resu
     )?;
     let data_from = optional_timestamp(g.data_from, "consent_grant.data_from")?;
     let data_until = optional_timestamp(g.data_until, "consent_grant.data_until")?;
-    if let (Some(from), Some(until)) = (data_from, data_until) {
-        if until <= from {
-            return Err(Rejection::invalid_field("consent_grant.data_until", "must be after data_from"));
-        }
+    if let (Some(from), Some(until)) = (data_from, data_until)
+        && until <= from
+    {
+        return Err(Rejection::invalid_field(
+            "consent_grant.data_until",
+            "must be after data_from",
+        ));
     }
     let expires_at = timestamp(g.expires_at, "consent_grant.expires_at")?;
     if expires_at <= header.link.recorded_at {
-        return Err(Rejection::invalid_field("consent_grant.expires_at", "must be after recorded_at"));
+        return Err(Rejection::invalid_field(
+            "consent_grant.expires_at",
+            "must be after recorded_at",
+        ));
     }
     let evidence = evidence(g.evidence.as_ref(), "consent_grant.evidence")?;
     let grantee = match &g.grantee {
         Some(unchecked::Grantee::Facility(f)) => Grantee::Facility(
-            FacilityId::parse(f).map_err(|e| Rejection::invalid_field("consent_grant.grantee", e))?,
+            FacilityId::parse(f)
+                .map_err(|e| Rejection::invalid_field("consent_grant.grantee", e))?,
         ),
         Some(unchecked::Grantee::AnyFacility(true)) => Grantee::AnyFacility,
         Some(unchecked::Grantee::AnyFacility(false)) | None => {
@@ -211,7 +240,10 @@ pub fn check_revocation(r: &unchecked::ConsentRevocation) -> Result<ConsentRevoc
     })
 }
 
-pub fn check_break_glass(header: &FacilityHeader, b: &unchecked::BreakGlass) -> Result<BreakGlass, Rejection> {
+pub fn check_break_glass(
+    header: &FacilityHeader,
+    b: &unchecked::BreakGlass,
+) -> Result<BreakGlass, Rejection> {
     let patient_id = patient(&b.patient_id, "break_glass.patient_id")?;
     let reason = non_empty(&b.reason, "break_glass.reason")?;
     if reason.len() > MAX_BREAK_GLASS_REASON_BYTES {
@@ -226,7 +258,9 @@ pub fn check_break_glass(header: &FacilityHeader, b: &unchecked::BreakGlass) -> 
         .ok_or_else(|| Rejection::invalid_field("break_glass.duration", "required"))?;
     let duration = Duration::new(raw.seconds, raw.nanos)
         .map_err(|_| Rejection::invalid_field("break_glass.duration", "must be positive"))?;
-    if duration.as_nanos() == 0 || duration.as_nanos() > i128::from(MAX_BREAK_GLASS_SECONDS) * 1_000_000_000 {
+    if duration.as_nanos() == 0
+        || duration.as_nanos() > i128::from(MAX_BREAK_GLASS_SECONDS) * 1_000_000_000
+    {
         return Err(Rejection::invalid_field(
             "break_glass.duration",
             "must be more than 0 s and at most 24 h",
@@ -236,7 +270,9 @@ pub fn check_break_glass(header: &FacilityHeader, b: &unchecked::BreakGlass) -> 
         .link
         .recorded_at
         .checked_add(duration)
-        .ok_or_else(|| Rejection::invalid_field("break_glass.duration", "ends past the year 9999"))?;
+        .ok_or_else(|| {
+            Rejection::invalid_field("break_glass.duration", "ends past the year 9999")
+        })?;
     Ok(BreakGlass {
         patient_id,
         reason,
@@ -255,12 +291,16 @@ pub fn check_registry_body(body: &unchecked::RegistryBody) -> Result<RegistryBod
             province,
             level,
         } => RegistryBody::FacilityRegistered {
-            facility_id: FacilityId::parse(facility_id)
-                .map_err(|e| Rejection::invalid_field("registry.facility_registered.facility_id", e))?,
+            facility_id: FacilityId::parse(facility_id).map_err(|e| {
+                Rejection::invalid_field("registry.facility_registered.facility_id", e)
+            })?,
             name: non_empty(name, "registry.facility_registered.name")?,
             province: non_empty(province, "registry.facility_registered.province")?,
             level: FacilityLevel::from_code(*level).ok_or_else(|| {
-                Rejection::invalid_field("registry.facility_registered.level", "unspecified or unknown level")
+                Rejection::invalid_field(
+                    "registry.facility_registered.level",
+                    "unspecified or unknown level",
+                )
             })?,
         },
         unchecked::RegistryBody::KeyAdded {
@@ -271,7 +311,10 @@ pub fn check_registry_body(body: &unchecked::RegistryBody) -> Result<RegistryBod
             facility_id: FacilityId::parse(facility_id)
                 .map_err(|e| Rejection::invalid_field("registry.key_added.facility_id", e))?,
             public_key: PublicKey::from_slice(public_key).ok_or_else(|| {
-                Rejection::invalid_field("registry.key_added.public_key", "must be 32 bytes (Ed25519)")
+                Rejection::invalid_field(
+                    "registry.key_added.public_key",
+                    "must be 32 bytes (Ed25519)",
+                )
             })?,
             valid_from: timestamp(*valid_from, "registry.key_added.valid_from")?,
         },
@@ -280,7 +323,8 @@ pub fn check_registry_body(body: &unchecked::RegistryBody) -> Result<RegistryBod
             revoked_at,
             reason,
         } => RegistryBody::KeyRevoked {
-            key_id: KeyId::parse(key_id).map_err(|e| Rejection::invalid_field("registry.key_revoked.key_id", e))?,
+            key_id: KeyId::parse(key_id)
+                .map_err(|e| Rejection::invalid_field("registry.key_revoked.key_id", e))?,
             revoked_at: timestamp(*revoked_at, "registry.key_revoked.revoked_at")?,
             reason: reason.clone(),
         },

@@ -164,7 +164,8 @@ impl SigningKey {
 
     /// From a PKCS#8 v1 or v2 document (what `generate_pkcs8` and OpenSSL write).
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| KeyError::Rejected)?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| KeyError::Rejected)?;
         Ok(Self::from_pair(pair))
     }
 
@@ -177,7 +178,8 @@ impl SigningKey {
     }
 
     fn from_pair(pair: Ed25519KeyPair) -> Self {
-        let public = PublicKey::from_slice(pair.public_key().as_ref()).expect("Ed25519 public keys are 32 bytes");
+        let public = PublicKey::from_slice(pair.public_key().as_ref())
+            .expect("Ed25519 public keys are 32 bytes");
         Self { pair, public }
     }
 
@@ -231,7 +233,8 @@ mod tests {
     fn rfc8032_test_vector_1() {
         // RFC 8032 section 7.1, TEST 1 (empty message) — checks we sign the PAE, not
         // the raw message, by comparing against a direct ring signature.
-        let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").unwrap();
+        let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap();
         let key = SigningKey::from_seed(&seed.try_into().unwrap()).unwrap();
         assert_eq!(
             hex::encode(key.public_key().as_bytes()),

@@ -228,7 +228,14 @@ mod tests {
     #[test]
     fn patient_id_is_exactly_twelve_ascii_digits() {
         assert!(PatientId::parse("001085012345").is_ok());
-        for bad in ["", "00108501234", "0010850123456", "00108501234a", "٠٠١٠٨٥٠١٢٣٤٥", " 001085012345"] {
+        for bad in [
+            "",
+            "00108501234",
+            "0010850123456",
+            "00108501234a",
+            "٠٠١٠٨٥٠١٢٣٤٥",
+            " 001085012345",
+        ] {
             assert_eq!(PatientId::parse(bad), Err(IdError::Digits(12)), "{bad:?}");
         }
     }

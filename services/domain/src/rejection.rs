@@ -109,7 +109,10 @@ impl Rejection {
         Self {
             reason: Reason::SequenceGap,
             field: None,
-            message: format!("seq {seq} arrived but the facility's head is {head_seq}; expected seq {}", head_seq + 1),
+            message: format!(
+                "seq {seq} arrived but the facility's head is {head_seq}; expected seq {}",
+                head_seq + 1
+            ),
         }
     }
 

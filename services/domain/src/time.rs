@@ -29,8 +29,7 @@ const MAX_SECONDS: i64 = 253_402_300_799;
 
 impl Timestamp {
     pub fn new(seconds: i64, nanos: i32) -> Result<Self, TimeError> {
-        if !(MIN_SECONDS..=MAX_SECONDS).contains(&seconds) || !(0..1_000_000_000).contains(&nanos)
-        {
+        if !(MIN_SECONDS..=MAX_SECONDS).contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
             return Err(TimeError::OutOfRange);
         }
         Ok(Self {
@@ -89,7 +88,8 @@ impl Timestamp {
     pub fn to_rfc3339(&self) -> String {
         let t = OffsetDateTime::from_unix_timestamp_nanos(self.unix_nanos())
             .expect("range checked at construction");
-        t.format(&Rfc3339).expect("RFC 3339 formats every year 1..9999")
+        t.format(&Rfc3339)
+            .expect("RFC 3339 formats every year 1..9999")
     }
 }
 
@@ -160,7 +160,9 @@ mod tests {
     #[test]
     fn add_carries_nanos() {
         let t = Timestamp::new(10, 900_000_000).unwrap();
-        let u = t.checked_add(Duration::new(1, 200_000_000).unwrap()).unwrap();
+        let u = t
+            .checked_add(Duration::new(1, 200_000_000).unwrap())
+            .unwrap();
         assert_eq!((u.seconds(), u.nanos()), (12, 100_000_000));
     }
 }

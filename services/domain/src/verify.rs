@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use crate::chain::{self, ChainContext, ChainHead, ChainStep};
 use crate::content;
 use crate::dsse::{Envelope, PayloadType, PublicKey};
-use crate::event::{
-    FacilityEvent, FacilityHeader, RegistryEvent, RegistryHeader, unchecked,
-};
+use crate::event::{FacilityEvent, FacilityHeader, RegistryEvent, RegistryHeader, unchecked};
 use crate::ids::{FacilityId, KeyId, Sha256};
 use crate::rejection::{Reason, Rejection};
 use crate::time::Timestamp;

@@ -28,10 +28,15 @@ pub fn write_private_key(path: &Path, pkcs8: &[u8]) -> anyhow::Result<()> {
 }
 
 pub fn read_private_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
     let pem = pem::parse(text).map_err(|_| anyhow!("{} is not a PEM file", path.display()))?;
     if pem.tag() != PEM_TAG {
-        bail!("{} is not a PKCS#8 private key (PEM tag {})", path.display(), pem.tag());
+        bail!(
+            "{} is not a PKCS#8 private key (PEM tag {})",
+            path.display(),
+            pem.tag()
+        );
     }
     SigningKey::from_pkcs8(pem.contents()).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
@@ -75,8 +80,10 @@ impl PublicKeyFile {
     }
 
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read public key file {}", path.display()))?;
-        serde_json::from_slice(&bytes).map_err(|e| anyhow!("{} is not a public key file: {e}", path.display()))
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read public key file {}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow!("{} is not a public key file: {e}", path.display()))
     }
 
     /// The registry entry this file describes; checks the key id matches the key.
@@ -91,12 +98,15 @@ impl PublicKeyFile {
         let owner = if self.facility_id.is_empty() {
             KeyOwner::Root
         } else {
-            KeyOwner::Facility(FacilityId::parse(&self.facility_id).map_err(|e| anyhow!("facility_id: {e}"))?)
+            KeyOwner::Facility(
+                FacilityId::parse(&self.facility_id).map_err(|e| anyhow!("facility_id: {e}"))?,
+            )
         };
         Ok(KeyRecord {
             public_key,
             owner,
-            valid_from: Timestamp::parse_rfc3339(&self.valid_from).map_err(|e| anyhow!("valid_from: {e}"))?,
+            valid_from: Timestamp::parse_rfc3339(&self.valid_from)
+                .map_err(|e| anyhow!("valid_from: {e}"))?,
             revoked_at: self
                 .revoked_at
                 .as_deref()
@@ -152,15 +162,20 @@ pub enum EnvelopeFileError {
 pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope, EnvelopeFileError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
-        let doc: DsseJson = serde_json::from_slice(bytes).map_err(|e| EnvelopeFileError::Json(e.to_string()))?;
+        let doc: DsseJson =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeFileError::Json(e.to_string()))?;
         let [sig] = doc.signatures.as_slice() else {
             return Err(EnvelopeFileError::SignatureCount(doc.signatures.len()));
         };
         Ok(Envelope {
             payload_type: doc.payload_type,
-            payload: STANDARD.decode(&doc.payload).map_err(|_| EnvelopeFileError::Base64("payload"))?,
+            payload: STANDARD
+                .decode(&doc.payload)
+                .map_err(|_| EnvelopeFileError::Base64("payload"))?,
             key_id: sig.keyid.clone(),
-            signature: STANDARD.decode(&sig.sig).map_err(|_| EnvelopeFileError::Base64("sig"))?,
+            signature: STANDARD
+                .decode(&sig.sig)
+                .map_err(|_| EnvelopeFileError::Base64("sig"))?,
         })
     } else {
         hrx_proto::codec::decode_envelope(bytes).map_err(|_| EnvelopeFileError::Protobuf)
@@ -180,12 +195,18 @@ mod tests {
             signature: vec![9; 64],
         };
         assert_eq!(parse_envelope(envelope_to_json(&e).as_bytes()).unwrap(), e);
-        assert_eq!(parse_envelope(&hrx_proto::codec::encode_envelope(&e)).unwrap(), e);
+        assert_eq!(
+            parse_envelope(&hrx_proto::codec::encode_envelope(&e)).unwrap(),
+            e
+        );
     }
 
     #[test]
     fn two_signatures_are_refused() {
         let doc = r#"{"payloadType":"t","payload":"","signatures":[{"keyid":"a","sig":""},{"keyid":"b","sig":""}]}"#;
-        assert!(matches!(parse_envelope(doc.as_bytes()), Err(EnvelopeFileError::SignatureCount(2))));
+        assert!(matches!(
+            parse_envelope(doc.as_bytes()),
+            Err(EnvelopeFileError::SignatureCount(2))
+        ));
     }
 }

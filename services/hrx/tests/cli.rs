@@ -24,7 +24,9 @@ fn stderr(o: &Output) -> String {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fhir").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/fhir")
+        .join(name)
 }
 
 fn s(p: &Path) -> &str {
@@ -45,25 +47,59 @@ fn keygen_sign_verify_accepts_an_observation_and_chains() {
     let obs = fixture("observation-hba1c.json");
     let e1 = dir.path().join("e1.json");
     let key = dir.path().join("district.key.pem");
-    let out = hrx(&["sign", s(&obs), "--key", s(&key), "--facility", "26012", "--seq", "1", "--author", "CCHN-002614", "-o", s(&e1)]);
+    let out = hrx(&[
+        "sign",
+        s(&obs),
+        "--key",
+        s(&key),
+        "--facility",
+        "26012",
+        "--seq",
+        "1",
+        "--author",
+        "CCHN-002614",
+        "-o",
+        s(&e1),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let hash1 = stdout(&out).trim().to_owned();
 
     let out = hrx(&["verify", s(&e1), "--key", s(&pubkey)]);
     assert!(out.status.success(), "{}", stdout(&out));
-    assert!(stdout(&out).starts_with("accepted: facility event"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("accepted: facility event"),
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&out).contains(&hash1));
 
     // The next event, chained with --after; verified against its head.
     let e2 = dir.path().join("e2.json");
-    let out = hrx(&["sign", s(&obs), "--key", s(&key), "--facility", "26012", "--after", s(&e1), "--author", "CCHN-002614", "-o", s(&e2)]);
+    let out = hrx(&[
+        "sign",
+        s(&obs),
+        "--key",
+        s(&key),
+        "--facility",
+        "26012",
+        "--after",
+        s(&e1),
+        "--author",
+        "CCHN-002614",
+        "-o",
+        s(&e2),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = hrx(&["verify", s(&e2), "--key", s(&pubkey), "--after", s(&e1)]);
     assert!(out.status.success(), "{}", stdout(&out));
     // Without its head, seq 2 is a gap.
     let out = hrx(&["verify", s(&e2), "--key", s(&pubkey)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).starts_with("rejected: SEQUENCE_GAP"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("rejected: SEQUENCE_GAP"),
+        "{}",
+        stdout(&out)
+    );
     // Resending the head is a duplicate.
     let out = hrx(&["verify", s(&e1), "--key", s(&pubkey), "--after", s(&e1)]);
     assert!(out.status.success());
@@ -78,20 +114,44 @@ fn keygen_sign_verify_accepts_an_observation_and_chains() {
     std::fs::write(&tampered, bytes).unwrap();
     let out = hrx(&["verify", s(&tampered), "--key", s(&pubkey)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).starts_with("rejected: BAD_SIGNATURE"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("rejected: BAD_SIGNATURE"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn sign_refuses_content_the_exchange_would_reject() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("k");
-    assert!(hrx(&["keygen", "--facility", "26012", "--out", s(&prefix)]).status.success());
+    assert!(
+        hrx(&["keygen", "--facility", "26012", "--out", s(&prefix)])
+            .status
+            .success()
+    );
     let out = hrx(&[
-        "sign", s(&fixture("observation-hba1c.json")), "--key", s(&dir.path().join("k.key.pem")),
-        "--facility", "26012", "--seq", "1", "--author", "x", "--kind", "CONDITION", "-o", s(&dir.path().join("e.json")),
+        "sign",
+        s(&fixture("observation-hba1c.json")),
+        "--key",
+        s(&dir.path().join("k.key.pem")),
+        "--facility",
+        "26012",
+        "--seq",
+        "1",
+        "--author",
+        "x",
+        "--kind",
+        "CONDITION",
+        "-o",
+        s(&dir.path().join("e.json")),
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("record.body.resourceType"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("record.body.resourceType"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!dir.path().join("e.json").exists());
 }
 
@@ -101,7 +161,11 @@ fn verify_names_the_reason_of_every_vector() {
     let dir = tempfile::tempdir().unwrap();
     for v in &all {
         let env = dir.path().join(format!("{}.env", v.name));
-        std::fs::write(&env, hrx_proto::codec::encode_envelope(&v.envelope.to_envelope().unwrap())).unwrap();
+        std::fs::write(
+            &env,
+            hrx_proto::codec::encode_envelope(&v.envelope.to_envelope().unwrap()),
+        )
+        .unwrap();
         let mut args: Vec<String> = vec!["verify".into(), s(&env).into()];
         for (i, k) in v.context.keys.iter().enumerate() {
             let p = dir.path().join(format!("{}-{i}.pub.json", v.name));
@@ -110,19 +174,30 @@ fn verify_names_the_reason_of_every_vector() {
         }
         if let Some(h) = &v.context.head {
             args.extend([
-                "--head-seq".into(), h.seq.to_string(),
-                "--head-hash".into(), h.event_hash.clone(),
-                "--head-event-id".into(), h.event_id.clone(),
+                "--head-seq".into(),
+                h.seq.to_string(),
+                "--head-hash".into(),
+                h.event_hash.clone(),
+                "--head-event-id".into(),
+                h.event_id.clone(),
             ]);
         }
         let out = hrx(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let text = stdout(&out);
         match v.expected.verdict.as_str() {
             "accepted" => {
-                assert!(out.status.success() && text.starts_with("accepted:"), "{}: {text}", v.name);
+                assert!(
+                    out.status.success() && text.starts_with("accepted:"),
+                    "{}: {text}",
+                    v.name
+                );
             }
             "duplicate" => {
-                assert!(out.status.success() && text.starts_with("duplicate:"), "{}: {text}", v.name);
+                assert!(
+                    out.status.success() && text.starts_with("duplicate:"),
+                    "{}: {text}",
+                    v.name
+                );
             }
             _ => {
                 assert_eq!(out.status.code(), Some(1), "{}: {text}", v.name);
@@ -131,7 +206,11 @@ fn verify_names_the_reason_of_every_vector() {
                     Some(f) => format!("rejected: {reason} [{f}]:"),
                     None => format!("rejected: {reason}:"),
                 };
-                assert!(text.starts_with(&want), "{}: expected {want:?}, got {text:?}", v.name);
+                assert!(
+                    text.starts_with(&want),
+                    "{}: expected {want:?}, got {text:?}",
+                    v.name
+                );
             }
         }
     }
@@ -143,13 +222,21 @@ fn errors_are_one_line_without_backtrace() {
     let garbage = dir.path().join("garbage.env");
     std::fs::write(&garbage, [0xff, 0x00, 0x13, 0x37]).unwrap();
     let key = dir.path().join("k");
-    assert!(hrx(&["keygen", "--facility", "26012", "--out", s(&key)]).status.success());
+    assert!(
+        hrx(&["keygen", "--facility", "26012", "--out", s(&key)])
+            .status
+            .success()
+    );
     let pubkey = dir.path().join("k.pub.json");
 
     // Garbage envelope: a rejection, not a crash.
     let out = hrx(&["verify", s(&garbage), "--key", s(&pubkey)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).starts_with("rejected: MALFORMED_ENVELOPE"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("rejected: MALFORMED_ENVELOPE"),
+        "{}",
+        stdout(&out)
+    );
 
     for args in [
         vec!["verify", "/nonexistent/e.json", "--key", s(&pubkey)],
@@ -162,6 +249,9 @@ fn errors_are_one_line_without_backtrace() {
         let err = stderr(&out);
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("hrx: error: "), "{err}");
-        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
     }
 }

@@ -106,15 +106,21 @@ pub fn decode_facility_event(payload: &[u8]) -> Result<unchecked::FacilityEvent,
                 expires_at: raw(g.expires_at),
                 evidence: evidence(g.evidence),
                 grantee: g.grantee.map(|g| match g {
-                    v1::consent_grant::Grantee::GranteeFacilityId(f) => unchecked::Grantee::Facility(f),
-                    v1::consent_grant::Grantee::AnyFacility(a) => unchecked::Grantee::AnyFacility(a),
+                    v1::consent_grant::Grantee::GranteeFacilityId(f) => {
+                        unchecked::Grantee::Facility(f)
+                    }
+                    v1::consent_grant::Grantee::AnyFacility(a) => {
+                        unchecked::Grantee::AnyFacility(a)
+                    }
                 }),
             }),
-            W::ConsentRevocation(r) => unchecked::Body::ConsentRevocation(unchecked::ConsentRevocation {
-                patient_id: r.patient_id,
-                grant_event_id: r.grant_event_id,
-                evidence: evidence(r.evidence),
-            }),
+            W::ConsentRevocation(r) => {
+                unchecked::Body::ConsentRevocation(unchecked::ConsentRevocation {
+                    patient_id: r.patient_id,
+                    grant_event_id: r.grant_event_id,
+                    evidence: evidence(r.evidence),
+                })
+            }
             W::BreakGlass(b) => unchecked::Body::BreakGlass(unchecked::BreakGlass {
                 patient_id: b.patient_id,
                 reason: b.reason,

@@ -16,7 +16,11 @@ pub const EXIT_REJECTED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 
 #[derive(clap::Parser, Debug)]
-#[command(name = "hrx", version, about = "hrx — the health record exchange between facilities")]
+#[command(
+    name = "hrx",
+    version,
+    about = "hrx — the health record exchange between facilities"
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +31,7 @@ enum Command {
     /// Create an Ed25519 key pair for a facility (or the national root) and print its key id.
     Keygen(keygen::KeygenArgs),
     /// Sign a FHIR resource as a facility event: writes a DSSE envelope.
-    Sign(sign::SignArgs),
+    Sign(Box<sign::SignArgs>),
     /// Verify an envelope against the signer's public key and the facility's head.
     Verify(verify::VerifyArgs),
 }
@@ -35,7 +39,7 @@ enum Command {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Keygen(a) => keygen::run(a),
-        Command::Sign(a) => sign::run(a),
+        Command::Sign(a) => sign::run(*a),
         Command::Verify(a) => verify::run(a),
     }
 }

@@ -90,7 +90,9 @@ fn infer_time(resource: &Value) -> Option<Timestamp> {
 }
 
 fn infer_patient(resource: &Value) -> Option<String> {
-    let r = resource.get("subject").or_else(|| resource.get("patient"))?;
+    let r = resource
+        .get("subject")
+        .or_else(|| resource.get("patient"))?;
     r.get("reference")
         .and_then(Value::as_str)
         .and_then(|s| s.strip_prefix("Patient/"))
@@ -100,7 +102,10 @@ fn infer_patient(resource: &Value) -> Option<String> {
 
 fn infer_kind(resource: &Value) -> Option<RecordKind> {
     let rt = resource.get("resourceType")?.as_str()?;
-    RecordKind::ALL.iter().copied().find(|k| k.fhir_resource_type() == rt)
+    RecordKind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.fhir_resource_type() == rt)
 }
 
 fn time_arg(name: &str, value: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
@@ -112,22 +117,28 @@ fn time_arg(name: &str, value: Option<&str>) -> anyhow::Result<Option<Timestamp>
 
 pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     let key = read_private_key(&a.key)?;
-    let body = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let body =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
     let resource: Value = serde_json::from_slice(&body)
         .map_err(|e| anyhow!("{} is not JSON: {e}", a.file.display()))?;
     let facility = FacilityId::parse(&a.facility).map_err(|e| anyhow!("--facility: {e}"))?;
 
     let (seq, prev_hash) = match &a.after {
         Some(prev) => {
-            let bytes = std::fs::read(prev).with_context(|| format!("cannot read {}", prev.display()))?;
+            let bytes =
+                std::fs::read(prev).with_context(|| format!("cannot read {}", prev.display()))?;
             let env = parse_envelope(&bytes).map_err(|e| anyhow!("{}: {e}", prev.display()))?;
             let event = codec::decode_facility_event(&env.payload)
                 .map_err(|_| anyhow!("{} does not hold a facility event", prev.display()))?;
-            let header = event.header.ok_or_else(|| anyhow!("{} has no header", prev.display()))?;
+            let header = event
+                .header
+                .ok_or_else(|| anyhow!("{} has no header", prev.display()))?;
             (header.seq + 1, env.event_hash())
         }
         None => {
-            let seq = a.seq.ok_or_else(|| anyhow!("give --seq (and --prev-hash), or --after"))?;
+            let seq = a
+                .seq
+                .ok_or_else(|| anyhow!("give --seq (and --prev-hash), or --after"))?;
             let prev = match (&a.prev_hash, seq) {
                 (Some(h), _) => Sha256::from_hex(h).map_err(|e| anyhow!("--prev-hash: {e}"))?,
                 (None, 1) => Sha256::ZERO,
@@ -138,7 +149,9 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     };
 
     let kind = match &a.kind {
-        Some(k) => RecordKind::from_name(k).ok_or_else(|| anyhow!("--kind: unknown record kind"))?,
+        Some(k) => {
+            RecordKind::from_name(k).ok_or_else(|| anyhow!("--kind: unknown record kind"))?
+        }
         None => infer_kind(&resource)
             .ok_or_else(|| anyhow!("cannot tell the record kind from resourceType; pass --kind"))?,
     };
@@ -148,11 +161,13 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| anyhow!("cannot find the patient in subject/patient; pass --patient"))?,
     };
     PatientId::parse(&patient).map_err(|e| anyhow!("patient id: {e}"))?;
-    let recorded_at = time_arg("recorded-at", a.recorded_at.as_deref())?.unwrap_or_else(Timestamp::now);
+    let recorded_at =
+        time_arg("recorded-at", a.recorded_at.as_deref())?.unwrap_or_else(Timestamp::now);
     let occurred_at = match time_arg("occurred-at", a.occurred_at.as_deref())? {
         Some(t) => t,
-        None => infer_time(&resource)
-            .ok_or_else(|| anyhow!("cannot find a full date-time in the resource; pass --occurred-at"))?,
+        None => infer_time(&resource).ok_or_else(|| {
+            anyhow!("cannot find a full date-time in the resource; pass --occurred-at")
+        })?,
     };
     let sensitivity = a
         .labels

@@ -40,11 +40,14 @@ pub struct VerifyArgs {
 
 fn head(a: &VerifyArgs) -> anyhow::Result<ChainHead> {
     if let Some(prev) = &a.after {
-        let bytes = std::fs::read(prev).with_context(|| format!("cannot read {}", prev.display()))?;
+        let bytes =
+            std::fs::read(prev).with_context(|| format!("cannot read {}", prev.display()))?;
         let env = parse_envelope(&bytes).map_err(|e| anyhow!("{}: {e}", prev.display()))?;
         let event = codec::decode_facility_event(&env.payload)
             .map_err(|_| anyhow!("{} does not hold a facility event", prev.display()))?;
-        let h = event.header.ok_or_else(|| anyhow!("{} has no header", prev.display()))?;
+        let h = event
+            .header
+            .ok_or_else(|| anyhow!("{} has no header", prev.display()))?;
         return Ok(ChainHead {
             seq: h.seq,
             event_hash: env.event_hash(),
@@ -77,7 +80,8 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<Vec<KeyRecord>>>()?;
     let head = head(&a)?;
-    let bytes = std::fs::read(&a.envelope).with_context(|| format!("cannot read {}", a.envelope.display()))?;
+    let bytes = std::fs::read(&a.envelope)
+        .with_context(|| format!("cannot read {}", a.envelope.display()))?;
     let envelope = match parse_envelope(&bytes) {
         Ok(e) => e,
         Err(e) => {
@@ -86,17 +90,24 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let event_hash = envelope.event_hash();
-    let verdict = if a.registry {
-        verify::verify_registry_envelope(&envelope, &keys, head, codec::decode_registry_event)
-            .map(|e| format!("registry event {} seq {}", e.header.link.event_id, e.header.link.seq))
-    } else {
-        verify::verify_facility_envelope(envelope, &keys, head, codec::decode_facility_event).map(|e| {
-            format!(
-                "facility event {} from {} seq {}",
-                e.header.link.event_id, e.header.facility_id, e.header.link.seq
-            )
-        })
-    };
+    let verdict =
+        if a.registry {
+            verify::verify_registry_envelope(&envelope, &keys, head, codec::decode_registry_event)
+                .map(|e| {
+                    format!(
+                        "registry event {} seq {}",
+                        e.header.link.event_id, e.header.link.seq
+                    )
+                })
+        } else {
+            verify::verify_facility_envelope(envelope, &keys, head, codec::decode_facility_event)
+                .map(|e| {
+                    format!(
+                        "facility event {} from {} seq {}",
+                        e.header.link.event_id, e.header.facility_id, e.header.link.seq
+                    )
+                })
+        };
     Ok(match verdict {
         Verdict::Accepted(what) => {
             println!("accepted: {what}, event hash {event_hash}");
@@ -106,14 +117,24 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             println!("duplicate: the same event as the head, event hash {event_hash}");
             ExitCode::SUCCESS
         }
-        Verdict::Rejected { rejection, extends_chain } => {
-            let field = rejection.field().map(|f| format!(" [{f}]")).unwrap_or_default();
+        Verdict::Rejected {
+            rejection,
+            extends_chain,
+        } => {
+            let field = rejection
+                .field()
+                .map(|f| format!(" [{f}]"))
+                .unwrap_or_default();
             let chain = if extends_chain {
                 " (signature and chain are good: the event extends the chain, its content is rejected)"
             } else {
                 ""
             };
-            println!("rejected: {}{field}: {}{chain}", rejection.reason(), rejection.message());
+            println!(
+                "rejected: {}{field}: {}{chain}",
+                rejection.reason(),
+                rejection.message()
+            );
             ExitCode::from(EXIT_REJECTED)
         }
     })
