@@ -321,6 +321,12 @@ def test_tamper():
     assert p == b"\x00\x02" and s == b"\x10" * 64
     p, s = apply_tamper(b"\x00", b"\x10" * 64, {"field": "signature", "byte": 63, "xor": 1})
     assert s[-1] == 0x11 and p == b"\x00"
+    p, s = apply_tamper(b"\x00", b"\x10" * 64, {"field": "signature", "byte": None, "xor": None, "truncate_to": 63})
+    assert s == b"\x10" * 63 and p == b"\x00"
+    with pytest.raises(ValueError):
+        apply_tamper(b"\x00", b"\x10" * 64, {"field": "signature", "byte": 1, "xor": 1, "truncate_to": 63})
+    with pytest.raises(ValueError):
+        apply_tamper(b"\x00", b"\x10" * 64, {"field": "key_id", "byte": 1, "xor": 1})
 
 
 def test_vector_file_roundtrip(tmp_path):

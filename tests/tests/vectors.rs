@@ -11,7 +11,10 @@ fn vector_files_are_what_the_generator_writes() {
     let dir = vectors::dir();
     for (name, text) in hrx_tests::generate::files().unwrap() {
         let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
-        assert!(on_disk == text, "{name} is stale: run `cargo run -p hrx-tests --bin gen-vectors`");
+        assert!(
+            on_disk == text,
+            "{name} is stale: run `cargo run -p hrx-tests --bin gen-vectors`"
+        );
     }
 }
 
@@ -20,7 +23,12 @@ fn keys_derive_from_their_seeds() {
     let (keys, _) = vectors::load().unwrap();
     for k in &keys.keys {
         let key = k.signing_key().unwrap();
-        assert_eq!(hex::encode(key.public_key().as_bytes()), k.public_key, "{}", k.name);
+        assert_eq!(
+            hex::encode(key.public_key().as_bytes()),
+            k.public_key,
+            "{}",
+            k.name
+        );
         assert_eq!(key.key_id().as_str(), k.key_id, "{}", k.name);
     }
 }
@@ -49,10 +57,22 @@ fn verdicts_and_reasons_match() {
 #[test]
 fn the_set_covers_what_the_contract_requires() {
     let (_, vectors) = vectors::load().unwrap();
-    let valid = vectors.iter().filter(|v| v.expected.verdict == "accepted").count();
-    let invalid = vectors.iter().filter(|v| v.expected.verdict != "accepted").count();
-    assert!(valid >= 5 && invalid >= 12, "{valid} valid, {invalid} invalid");
-    let reasons: BTreeSet<_> = vectors.iter().filter_map(|v| v.expected.reason.clone()).collect();
+    let valid = vectors
+        .iter()
+        .filter(|v| v.expected.verdict == "accepted")
+        .count();
+    let invalid = vectors
+        .iter()
+        .filter(|v| v.expected.verdict != "accepted")
+        .count();
+    assert!(
+        valid >= 5 && invalid >= 12,
+        "{valid} valid, {invalid} invalid"
+    );
+    let reasons: BTreeSet<_> = vectors
+        .iter()
+        .filter_map(|v| v.expected.reason.clone())
+        .collect();
     for r in [
         "BAD_SIGNATURE",
         "UNKNOWN_PAYLOAD_TYPE",
@@ -68,8 +88,16 @@ fn the_set_covers_what_the_contract_requires() {
     ] {
         assert!(reasons.contains(r), "no vector for {r}");
     }
-    let fields: BTreeSet<_> = vectors.iter().filter_map(|v| v.expected.field.clone()).collect();
-    for f in ["record.patient_id", "record.body.resourceType", "record.body.subject", "record.body"] {
+    let fields: BTreeSet<_> = vectors
+        .iter()
+        .filter_map(|v| v.expected.field.clone())
+        .collect();
+    for f in [
+        "record.patient_id",
+        "record.body.resourceType",
+        "record.body.subject",
+        "record.body",
+    ] {
         assert!(fields.contains(f), "no vector for field {f}");
     }
 }
@@ -78,7 +106,10 @@ fn the_set_covers_what_the_contract_requires() {
 fn a_signing_key_from_a_vector_seed_signs_what_the_vector_holds() {
     // The domain's own signing path (not the vectors' raw ring path) gives the same bytes.
     let (keys, vectors) = vectors::load().unwrap();
-    let v = vectors.iter().find(|v| v.name.starts_with("valid-01")).unwrap();
+    let v = vectors
+        .iter()
+        .find(|v| v.name.starts_with("valid-01"))
+        .unwrap();
     let entry = keys.keys.iter().find(|k| k.name == v.input.signer).unwrap();
     let key: SigningKey = entry.signing_key().unwrap();
     let env = v.envelope.to_envelope().unwrap();

@@ -52,17 +52,35 @@ def build_payload(inp: dict) -> bytes:
 
 
 def apply_tamper(payload: bytes, signature: bytes, tamper: dict | None) -> tuple[bytes, bytes]:
+    """Alter the signed envelope after signing.
+
+    {"field", "byte", "xor", "truncate_to"}: either XOR one byte (`byte`, `xor`) or cut
+    the field to `truncate_to` bytes (then `byte` and `xor` are null).
+    """
     if tamper is None:
         return payload, signature
-    which, index, xor = tamper["field"], tamper["byte"], tamper["xor"]
+    unknown = set(tamper) - {"field", "byte", "xor", "truncate_to"}
+    if unknown:
+        raise ValueError(f"unknown tamper keys {sorted(unknown)}")
+    which = tamper["field"]
     if which not in ("payload", "signature"):
         raise ValueError(f"unknown tamper field {which!r}")
     buf = bytearray(payload if which == "payload" else signature)
-    if not 0 <= index < len(buf):
-        raise ValueError(f"tamper byte {index} outside {which} of {len(buf)} bytes")
-    if not 0 <= xor <= 255:
-        raise ValueError(f"tamper xor {xor} is not a byte")
-    buf[index] ^= xor
+    index, xor, cut = tamper.get("byte"), tamper.get("xor"), tamper.get("truncate_to")
+    if (index is None) != (xor is None):
+        raise ValueError("tamper needs both byte and xor, or neither")
+    if (index is None) == (cut is None):
+        raise ValueError("tamper needs exactly one of byte/xor and truncate_to")
+    if cut is not None:
+        if not 0 <= cut < len(buf):
+            raise ValueError(f"truncate_to {cut} does not shorten the {len(buf)}-byte {which}")
+        del buf[cut:]
+    else:
+        if not 0 <= index < len(buf):
+            raise ValueError(f"tamper byte {index} outside {which} of {len(buf)} bytes")
+        if not 0 <= xor <= 255:
+            raise ValueError(f"tamper xor {xor} is not a byte")
+        buf[index] ^= xor
     return (bytes(buf), signature) if which == "payload" else (payload, bytes(buf))
 
 

@@ -238,7 +238,10 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
 
     if envelope.payload_type == REGISTRY_EVENT_TYPE:
         # The README's steps 5–9 describe facility events only.
-        raise UndefinedByContract("registry-event envelopes are not covered by the vector README's verification order")
+        raise UndefinedByContract(
+            "payload_type is the registry-event type: it passes step 1 (one of the two known "
+            "types), but steps 5-9 of tests/vectors/README.md define facility events only"
+        )
     assert envelope.payload_type == FACILITY_EVENT_TYPE
 
     # 5. Payload decodes as a FacilityEvent with a header and a body.
