@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from google.protobuf.message import DecodeError
 
-from . import FACILITY_EVENT_TYPE, KNOWN_PAYLOAD_TYPES, REGISTRY_EVENT_TYPE
+from . import FACILITY_EVENT_TYPE
 from . import dsse
 from .proto import load
 from .times import parse_rfc3339, ts_key
@@ -132,9 +132,6 @@ class Outcome:
         }
 
 
-class UndefinedByContract(Exception):
-    """The README's rules do not decide this case; reported rather than guessed."""
-
 
 def _reject(reason: str, field: Optional[str] = None, extends_chain: bool = False) -> Outcome:
     return Outcome("rejected", reason, field, extends_chain)
@@ -219,8 +216,8 @@ def _refers_to_patient(obj: Any, patient_id: str) -> bool:
 def verify(envelope: Envelope, context: Context) -> Outcome:
     pb = load()
 
-    # 1. Payload type.
-    if envelope.payload_type not in KNOWN_PAYLOAD_TYPES:
+    # 1. Payload type: this path verifies facility events only (README step 1).
+    if envelope.payload_type != FACILITY_EVENT_TYPE:
         return _reject("UNKNOWN_PAYLOAD_TYPE")
 
     # 2. Envelope shape.
@@ -236,12 +233,6 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
     if not dsse.verify(key.public_key, envelope.payload_type, envelope.payload, envelope.signature):
         return _reject("BAD_SIGNATURE")
 
-    if envelope.payload_type == REGISTRY_EVENT_TYPE:
-        # The README's steps 5–9 describe facility events only.
-        raise UndefinedByContract(
-            "payload_type is the registry-event type: it passes step 1 (one of the two known "
-            "types), but steps 5-9 of tests/vectors/README.md define facility events only"
-        )
     assert envelope.payload_type == FACILITY_EVENT_TYPE
 
     # 5. Payload decodes as a FacilityEvent with a header and a body.
@@ -286,9 +277,9 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
     elif h.seq > head.seq + 1:
         return _reject("SEQUENCE_GAP")
     else:
-        # seq < head.seq with a new event id: only the full chain could tell a duplicate
-        # from a fork, and a vector carries only the head.
-        raise UndefinedByContract(f"seq {h.seq} below head seq {head.seq} with only the head known")
+        # seq < head.seq with a new event id: with only the head known, it cannot be the
+        # event recorded at that seq (README step 8).
+        return _reject("FORK")
 
     # 9. Content: the event extends the chain whatever the outcome.
     field = _content_error(pb, event, body_kind)
