@@ -11,11 +11,15 @@
 //! - [`chain`]: per-facility hash-chain rules (next, duplicate, gap, mismatch, fork).
 //! - [`content`]: content rules, including the FHIR body checks.
 //! - [`verify`]: the verification pipeline that strings them together.
+//! - [`consent`]: per-record access decisions (author, grant, break-glass).
+//! - [`audit`]: access events and their hash chain.
 //!
 //! Invariant: this crate depends on no async runtime, network, database or wire
 //! format; adapters convert their types into these, and only by parsing.
 
+pub mod audit;
 pub mod chain;
+pub mod consent;
 pub mod content;
 pub mod dsse;
 pub mod event;
