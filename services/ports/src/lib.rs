@@ -1,0 +1,35 @@
+//! The ports of hrx: what the services need from an event log and a store, as traits.
+//!
+//! - [`log`]: the append-only event log (embedded SQLite, or Kafka) and ingest's chain
+//!   index over it.
+//! - [`store`]: the projections (embedded SQLite, or PostgreSQL): written by the
+//!   projector in batches that commit together with the log positions they came from,
+//!   read by the timeline, consent, registry and monitor services.
+//! - [`testkit`] (feature `testkit`): the behaviour suite every adapter must pass.
+//!
+//! Boundary: services depend on these traits only; adapters depend on these traits and
+//! their engine; nothing here knows SQL, Kafka or protobuf.
+
+pub mod log;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use log::{Append, ChainKey, EventLog, LogChainContext, LogEntry, LogPosition};
+pub use store::*;
+
+/// Infrastructure failures. Messages carry ids and counts only, never patient data.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The engine cannot be reached or is overloaded: the caller may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data breaks an invariant (e.g. an unknown enum code): a bug or corruption.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    /// A concurrent writer got there first (e.g. two appends at one chain position).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+pub type PortResult<T> = Result<T, PortError>;

@@ -1,0 +1,112 @@
+//! The event log port: an append-only, partitioned log of signed envelopes, plus the
+//! chain index ingest keeps over it to answer accepted / duplicate / rejected before an
+//! event is written.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hrx_domain::chain::ChainContext;
+use hrx_domain::{Envelope, EventId, FacilityId, Sha256, Timestamp};
+
+use crate::PortResult;
+
+/// Where an entry sits in the log. The embedded log has one partition.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct LogPosition {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Which hash chain an event belongs to. Also the log's partitioning key: one chain
+/// lives in one partition, so its events are read in order.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum ChainKey {
+    Facility(FacilityId),
+    /// The national center's registry chain.
+    Registry,
+}
+
+impl ChainKey {
+    /// `"26012"` for a facility, `"registry"` for the registry: the message key.
+    pub fn as_key(&self) -> &str {
+        match self {
+            ChainKey::Facility(f) => f.as_str(),
+            ChainKey::Registry => "registry",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == "registry" {
+            Some(ChainKey::Registry)
+        } else {
+            FacilityId::parse(s).ok().map(ChainKey::Facility)
+        }
+    }
+}
+
+impl fmt::Display for ChainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_key())
+    }
+}
+
+/// One envelope to append, with its place in its chain.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Append {
+    pub chain: ChainKey,
+    pub seq: u64,
+    pub event_id: EventId,
+    pub event_hash: Sha256,
+    pub envelope: Envelope,
+}
+
+/// An entry read back from the log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LogEntry {
+    pub position: LogPosition,
+    pub envelope: Envelope,
+    pub appended_at: Timestamp,
+}
+
+/// Ingest's view of a chain around an incoming event, with the log position of the
+/// prior event that has the same id or seq (to answer "duplicate, at position P").
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LogChainContext {
+    pub context: ChainContext,
+    pub prior_position: Option<LogPosition>,
+}
+
+/// The append-only event log.
+///
+/// Appends to one chain must be serialised by the caller (ingest holds a lock per
+/// chain); the log rejects an append whose (chain, seq) or (chain, event_id) is taken
+/// with [`PortError::Conflict`](crate::PortError::Conflict), so a race can never fork
+/// a chain in the log.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Number of partitions (1 for the embedded log).
+    fn partitions(&self) -> u32;
+
+    /// Head of `chain` as written to the log, and the prior events with this event id
+    /// and at this seq, if any.
+    async fn chain_context(
+        &self,
+        chain: &ChainKey,
+        event_id: EventId,
+        seq: u64,
+    ) -> PortResult<LogChainContext>;
+
+    /// Appends a batch atomically (all or nothing) and durably; returns the positions in
+    /// order. Only after this returns may ingest answer "accepted".
+    async fn append(&self, batch: Vec<Append>) -> PortResult<Vec<LogPosition>>;
+
+    /// Up to `max` entries of `partition` from `offset` on, in order.
+    async fn read(&self, partition: u32, offset: u64, max: usize) -> PortResult<Vec<LogEntry>>;
+
+    /// The offset the next append to `partition` will get.
+    async fn end_offset(&self, partition: u32) -> PortResult<u64>;
+
+    /// Returns once `partition` may hold an entry at `offset`, or after `timeout`.
+    async fn wait_for(&self, partition: u32, offset: u64, timeout: Duration);
+}

@@ -1,0 +1,323 @@
+//! The store port: projections written by the projector and read by the services.
+//!
+//! The projector writes a [`ProjectionBatch`] with [`ProjectionStore::apply`]: every
+//! change and the log offsets it came from commit in one transaction, so after a crash
+//! the projector resumes exactly after the last applied batch (nothing lost, nothing
+//! doubled). Reads are split by the service that needs them.
+
+use async_trait::async_trait;
+use hrx_domain::audit::{AccessEvent, AuditEntry};
+use hrx_domain::chain::ChainContext;
+use hrx_domain::consent::{BreakGlassWindow, GrantState};
+use hrx_domain::verify::KeyRecord;
+use hrx_domain::{
+    Envelope, EventId, FacilityId, FacilityLevel, KeyId, PatientId, Reason, RecordKind,
+    SensitivityLabel, Sha256, Timestamp,
+};
+use tokio::sync::watch;
+
+use crate::PortResult;
+use crate::log::{ChainKey, LogPosition};
+
+/// A projected record: what a timeline shows.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoredRecord {
+    pub event_id: EventId,
+    pub facility_id: FacilityId,
+    pub seq: u64,
+    pub patient_id: PatientId,
+    pub kind: RecordKind,
+    pub occurred_at: Timestamp,
+    pub recorded_at: Timestamp,
+    pub author: String,
+    pub sensitivity: Vec<SensitivityLabel>,
+    pub supersedes: Option<EventId>,
+    /// Set when a later record supersedes this one (shown, not hidden).
+    pub superseded_by: Option<EventId>,
+    pub body: Vec<u8>,
+    pub event_hash: Sha256,
+    pub position: LogPosition,
+    /// 1, 2, 3, … per patient in projection order, assigned by the store: the follow
+    /// cursor. Gap-free and in commit order, so a follower resuming after N misses
+    /// nothing and sees nothing twice.
+    pub patient_seq: u64,
+}
+
+/// A record to project (the store assigns `patient_seq`, and sets `superseded_by` on
+/// the record named in `supersedes` if it exists).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NewRecord {
+    pub event_id: EventId,
+    pub facility_id: FacilityId,
+    pub seq: u64,
+    pub patient_id: PatientId,
+    pub kind: RecordKind,
+    pub occurred_at: Timestamp,
+    pub recorded_at: Timestamp,
+    pub author: String,
+    pub sensitivity: Vec<SensitivityLabel>,
+    pub supersedes: Option<EventId>,
+    pub body: Vec<u8>,
+    pub event_hash: Sha256,
+    pub position: LogPosition,
+}
+
+/// A projected break-glass declaration.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BreakGlassUse {
+    pub window: BreakGlassWindow,
+    pub patient_id: PatientId,
+    pub clinician: String,
+    /// Reads made under it so far.
+    pub reads: u64,
+}
+
+/// A facility as registered.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct FacilityInfo {
+    pub facility_id: FacilityId,
+    pub name: String,
+    pub province: String,
+    pub level: FacilityLevel,
+}
+
+/// A registered key with its revocation reason.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct KeyInfo {
+    pub key: KeyRecord,
+    pub revocation_reason: Option<String>,
+}
+
+/// A refused event, for the monitor. Never holds the payload.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RejectionRow {
+    /// Set when the event was in the log (projector rejections).
+    pub position: Option<LogPosition>,
+    /// Set when the header could be read.
+    pub facility_id: Option<FacilityId>,
+    pub event_id: Option<EventId>,
+    pub seq: Option<u64>,
+    pub event_hash: Option<Sha256>,
+    pub reason: Reason,
+    pub field: Option<&'static str>,
+    pub message: String,
+    pub at: Timestamp,
+}
+
+/// One change the projector makes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Projection {
+    Record(NewRecord),
+    Grant {
+        patient_id: PatientId,
+        state: GrantState,
+    },
+    /// Marks a grant revoked (it exists and is the patient's: the projector checked).
+    Revocation {
+        grant_event_id: EventId,
+        revoked_at: Timestamp,
+        revoked_by: EventId,
+    },
+    /// A break-glass declaration; the store also appends its `BreakGlass` audit entry.
+    BreakGlass(BreakGlassUse, AccessEvent),
+    FacilityRegistered(FacilityInfo),
+    KeyAdded(KeyRecord),
+    KeyRevoked {
+        key_id: KeyId,
+        revoked_at: Timestamp,
+        reason: String,
+    },
+    Rejection(RejectionRow),
+}
+
+/// An event that took its place in a chain (accepted, or rejected for content only).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ChainLink {
+    pub chain: ChainKey,
+    pub seq: u64,
+    pub event_id: EventId,
+    pub event_hash: Sha256,
+    pub position: LogPosition,
+}
+
+/// Counters for the monitor, per facility, added by a batch.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StatsDelta {
+    pub facility_id: FacilityId,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: Vec<(Reason, u64)>,
+    pub last_seen: Timestamp,
+}
+
+/// Everything one projector batch changes, committed together with `offsets`.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct ProjectionBatch {
+    pub projections: Vec<Projection>,
+    pub links: Vec<ChainLink>,
+    pub stats: Vec<StatsDelta>,
+    /// (partition, next offset to read): where the projector resumes.
+    pub offsets: Vec<(u32, u64)>,
+}
+
+/// What the projector needs to start.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct ProjectorSnapshot {
+    /// (partition, next offset to read); partitions never applied are absent (start at 0).
+    pub offsets: Vec<(u32, u64)>,
+    /// Every registered facility key (root keys come from configuration).
+    pub keys: Vec<KeyRecord>,
+}
+
+/// The projector's side of the store.
+#[async_trait]
+pub trait ProjectionStore: Send + Sync + 'static {
+    async fn projector_snapshot(&self) -> PortResult<ProjectorSnapshot>;
+
+    /// The projected chain around an incoming event: the head of `chain`, and the
+    /// projected events with this id and at this seq.
+    async fn chain_context(
+        &self,
+        chain: &ChainKey,
+        event_id: EventId,
+        seq: u64,
+    ) -> PortResult<ChainContext>;
+
+    /// A grant with the patient it is about, to check a revocation against.
+    async fn grant(&self, grant_event_id: EventId) -> PortResult<Option<(PatientId, GrantState)>>;
+
+    /// Applies a batch atomically, with its offsets. After a failure nothing of it is
+    /// visible.
+    async fn apply(&self, batch: ProjectionBatch) -> PortResult<()>;
+
+    /// Deletes every projection and offset (the log is untouched): `hrx reproject`.
+    async fn reset_projections(&self) -> PortResult<()>;
+
+    /// A counter that increases after every applied batch: followers and revocation
+    /// checks wake on it. `watch` keeps only the latest value, so no wake-up is lost.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// A page request, newest first by `occurred_at`, ties broken by `event_id` descending.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TimelineQuery {
+    pub patient_id: PatientId,
+    /// Empty: all kinds.
+    pub kinds: Vec<RecordKind>,
+    /// Empty: all authoring facilities.
+    pub facilities: Vec<FacilityId>,
+    pub occurred_from: Option<Timestamp>,
+    /// Exclusive.
+    pub occurred_until: Option<Timestamp>,
+    /// Only records strictly after this (occurred_at, event_id) in the order above.
+    pub after: Option<(Timestamp, EventId)>,
+    pub limit: usize,
+}
+
+/// Timeline reads.
+#[async_trait]
+pub trait TimelineStore: Send + Sync + 'static {
+    async fn timeline(&self, query: &TimelineQuery) -> PortResult<Vec<StoredRecord>>;
+
+    /// One record and its original envelope (read from the log entry it came from).
+    async fn record(&self, event_id: EventId) -> PortResult<Option<(StoredRecord, Envelope)>>;
+
+    /// A patient's records with `patient_seq` > `after`, ascending, at most `limit`.
+    async fn records_after(
+        &self,
+        patient_id: &PatientId,
+        after: u64,
+        limit: usize,
+    ) -> PortResult<Vec<StoredRecord>>;
+}
+
+/// Consent state reads.
+#[async_trait]
+pub trait ConsentStore: Send + Sync + 'static {
+    /// Every grant about the patient, in the order they were projected.
+    async fn grants(&self, patient_id: &PatientId) -> PortResult<Vec<GrantState>>;
+
+    /// Every break-glass window declared for the patient.
+    async fn break_glass(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassWindow>>;
+}
+
+/// The hash-chained audit log. Append-only: no method edits or deletes.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Appends an access event, chained after the last entry, and adds `authors`
+    /// (author facility, records returned) to the exchange matrix; counts a read
+    /// against every break-glass window among the event's bases.
+    async fn append_access(
+        &self,
+        event: AccessEvent,
+        authors: &[(FacilityId, u64)],
+    ) -> PortResult<AuditEntry>;
+
+    /// The patient's access events with seq > `after`, ascending, at most `limit`.
+    async fn accesses(
+        &self,
+        patient_id: &PatientId,
+        after: u64,
+        limit: usize,
+    ) -> PortResult<Vec<AuditEntry>>;
+}
+
+/// Registry reads.
+#[async_trait]
+pub trait RegistryStore: Send + Sync + 'static {
+    async fn facilities(&self) -> PortResult<Vec<FacilityInfo>>;
+    async fn facility(&self, id: &FacilityId) -> PortResult<Option<FacilityInfo>>;
+    /// Keys of one facility, or every key.
+    async fn keys(&self, facility: Option<&FacilityId>) -> PortResult<Vec<KeyInfo>>;
+}
+
+/// Per-facility counters and head.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct FacilityStats {
+    pub facility_id: FacilityId,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: Vec<(Reason, u64)>,
+    pub last_seen: Option<Timestamp>,
+    /// Projected head seq (0 when none).
+    pub head_seq: u64,
+}
+
+/// Reader × author counts.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ExchangeCell {
+    pub reader: FacilityId,
+    pub author: FacilityId,
+    pub records: u64,
+    pub accesses: u64,
+}
+
+/// Monitor reads (metadata only).
+#[async_trait]
+pub trait MonitorStore: Send + Sync + 'static {
+    async fn facility_stats(&self) -> PortResult<Vec<FacilityStats>>;
+    async fn exchange_matrix(&self) -> PortResult<Vec<ExchangeCell>>;
+    async fn break_glass_uses(&self, since: Option<Timestamp>) -> PortResult<Vec<BreakGlassUse>>;
+    /// Newest first.
+    async fn rejections(
+        &self,
+        facility: Option<&FacilityId>,
+        limit: usize,
+    ) -> PortResult<Vec<RejectionRow>>;
+    /// Rejections of envelopes that never reached the log (bad signature, gap, …), as
+    /// ingest saw them; counted in the facility's stats when the facility is known.
+    async fn record_ingest_rejections(&self, rows: Vec<RejectionRow>) -> PortResult<()>;
+    /// (partition, next offset to project).
+    async fn projected_offsets(&self) -> PortResult<Vec<(u32, u64)>>;
+}
+
+/// Everything a whole node needs from its store.
+pub trait Store:
+    ProjectionStore + TimelineStore + ConsentStore + AuditStore + RegistryStore + MonitorStore
+{
+}
+
+impl<T> Store for T where
+    T: ProjectionStore + TimelineStore + ConsentStore + AuditStore + RegistryStore + MonitorStore
+{
+}
