@@ -1,0 +1,257 @@
+//! The `tls/` directory of a node's data directory.
+//!
+//! ```text
+//! tls/ca.pem                      development CA certificate (what clients trust)
+//! tls/ca.key.pem                  its private key (0600)
+//! tls/server.pem                  server certificate: localhost, 127.0.0.1, ::1
+//! tls/server.key.pem              (0600)
+//! tls/national-center.pem         client certificate of the national center
+//! tls/national-center.key.pem     (0600)
+//! tls/facilities/<id>.pem         client certificate of facility <id>, issued on demand
+//! tls/facilities/<id>.key.pem     (0600)
+//! ```
+//!
+//! Existing files are never regenerated: a new CA would invalidate every certificate
+//! already handed out, and a new client certificate would silently replace one a facility
+//! may be using. Every change happens under an exclusive lock on `tls/.lock` (so a CLI
+//! issuing a facility certificate and a starting server cannot interleave), each file is
+//! written to a temporary name and renamed into place (no torn files), and a key is
+//! written before its certificate, so a certificate on disk always has its key. A key
+//! without a certificate is what an interrupted run leaves behind; it was never used and
+//! is replaced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use hrx_domain::FacilityId;
+
+use crate::ca::{CertificateAuthority, CertifiedKey};
+use crate::error::IdentityError;
+use crate::principal::Principal;
+
+/// Names the embedded node's server certificate covers: it listens locally by default.
+const SERVER_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+const CA_COMMON_NAME: &str = "hrx development CA";
+
+/// A node's `tls/` directory, with its CA loaded.
+#[derive(Debug)]
+pub struct TlsDir {
+    dir: PathBuf,
+    ca: CertificateAuthority,
+    server: CertifiedKey,
+}
+
+impl TlsDir {
+    /// Opens `<data_dir>/tls`. On first use it creates the development CA, a server
+    /// certificate for `localhost`, `127.0.0.1` and `::1`, and the national center's client
+    /// certificate; later calls load what is there and generate only what is missing.
+    pub fn open_or_init(data_dir: &Path) -> Result<Self, IdentityError> {
+        let dir = data_dir.join("tls");
+        create_private_dir(&dir)?;
+        let _lock = lock(&dir)?;
+
+        let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key.pem"));
+        let ca = match load_pair(&ca_cert, &ca_key)? {
+            Some(pair) => CertificateAuthority::from_pem(&pair.cert_pem, &pair.key_pem)?,
+            None => {
+                let ca = CertificateAuthority::generate(CA_COMMON_NAME)?;
+                store_pair(
+                    &ca_cert,
+                    &ca_key,
+                    &CertifiedKey {
+                        cert_pem: ca.cert_pem().to_owned(),
+                        key_pem: ca.key_pem(),
+                    },
+                )?;
+                ca
+            }
+        };
+
+        let (server_cert, server_key) = (dir.join("server.pem"), dir.join("server.key.pem"));
+        let server = load_or_issue(&server_cert, &server_key, || ca.issue_server(SERVER_HOSTS))?;
+
+        let (nc_cert, nc_key) = national_center_paths(&dir);
+        load_or_issue(&nc_cert, &nc_key, || {
+            ca.issue_client(&Principal::NationalCenter)
+        })?;
+
+        Ok(Self { dir, ca, server })
+    }
+
+    /// The `tls/` directory itself.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The CA certificate, PEM: what servers and clients of this node trust.
+    pub fn ca_cert_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    /// The CA, to issue further certificates.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// The node's server certificate and key.
+    pub fn server(&self) -> &CertifiedKey {
+        &self.server
+    }
+
+    /// The national center's client certificate and key (reissued only if its files have
+    /// been deleted).
+    pub fn national_center(&self) -> Result<CertifiedKey, IdentityError> {
+        let _lock = lock(&self.dir)?;
+        let (cert, key) = national_center_paths(&self.dir);
+        load_or_issue(&cert, &key, || {
+            self.ca.issue_client(&Principal::NationalCenter)
+        })
+    }
+
+    /// Where the national center's certificate and key are (certificate, key).
+    pub fn national_center_paths(&self) -> (PathBuf, PathBuf) {
+        national_center_paths(&self.dir)
+    }
+
+    /// The client certificate and key of facility `id`: the existing ones, or newly issued
+    /// and stored under `tls/facilities/`.
+    pub fn facility(&self, id: &FacilityId) -> Result<CertifiedKey, IdentityError> {
+        let _lock = lock(&self.dir)?;
+        create_private_dir(&self.dir.join("facilities"))?;
+        let (cert, key) = self.facility_paths(id);
+        load_or_issue(&cert, &key, || {
+            self.ca.issue_client(&Principal::Facility(id.clone()))
+        })
+    }
+
+    /// Where facility `id`'s certificate and key are (certificate, key), whether or not
+    /// they have been issued yet.
+    pub fn facility_paths(&self, id: &FacilityId) -> (PathBuf, PathBuf) {
+        let dir = self.dir.join("facilities");
+        (
+            dir.join(format!("{id}.pem")),
+            dir.join(format!("{id}.key.pem")),
+        )
+    }
+}
+
+fn national_center_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        dir.join("national-center.pem"),
+        dir.join("national-center.key.pem"),
+    )
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates `dir` (and its parents) if missing; `dir` itself gets owner-only permissions
+/// because it holds private keys. An existing directory's permissions are left alone.
+fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).map_err(io_error(parent))?;
+    }
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other.map_err(io_error(dir)),
+    }
+}
+
+/// Takes the directory's exclusive lock; it is released when the returned file is dropped
+/// (or the process exits, so a crash cannot leave a stale lock).
+fn lock(dir: &Path) -> Result<File, IdentityError> {
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    file.lock().map_err(io_error(&path))?;
+    Ok(file)
+}
+
+/// Reads a certificate and its key. `None` if the certificate does not exist.
+fn load_pair(cert: &Path, key: &Path) -> Result<Option<CertifiedKey>, IdentityError> {
+    let cert_pem = match fs::read_to_string(cert) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(cert)(e)),
+    };
+    let key_pem = match fs::read_to_string(key) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(IdentityError::MissingKey {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        Err(e) => return Err(io_error(key)(e)),
+    };
+    Ok(Some(CertifiedKey { cert_pem, key_pem }))
+}
+
+/// Loads a certificate and key, or issues and stores them if the certificate is missing.
+/// Call with the directory lock held.
+fn load_or_issue(
+    cert: &Path,
+    key: &Path,
+    issue: impl FnOnce() -> Result<CertifiedKey, IdentityError>,
+) -> Result<CertifiedKey, IdentityError> {
+    if let Some(pair) = load_pair(cert, key)? {
+        return Ok(pair);
+    }
+    let pair = issue()?;
+    store_pair(cert, key, &pair)?;
+    Ok(pair)
+}
+
+/// Writes the key (owner-only) and then the certificate, so that a certificate on disk
+/// always has its key.
+fn store_pair(cert: &Path, key: &Path, pair: &CertifiedKey) -> Result<(), IdentityError> {
+    write_file(key, &pair.key_pem, true)?;
+    write_file(cert, &pair.cert_pem, false)?;
+    // Make the renames durable, so that a crash cannot lose a certificate that has
+    // already been handed out.
+    #[cfg(unix)]
+    if let Some(dir) = cert.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` via a temporary file and a rename. A secret file is
+/// created with mode 0600 from the start, never world-readable even for a moment.
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), IdentityError> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    // A leftover from an interrupted run may have other permissions; `create_new` below
+    // sets them only on creation, so start from nothing.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(&tmp)(e)),
+        _ => {}
+    }
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, if secret { 0o600 } else { 0o644 });
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options.open(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io_error(path))
+}

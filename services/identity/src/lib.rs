@@ -1,0 +1,25 @@
+//! Who is calling the exchange, and how they prove it.
+//!
+//! Every gRPC call to hrx is made over mutual TLS. The caller's identity, a [`Principal`]
+//! (a facility, or the National Center for Medical Information), is carried in its client
+//! certificate as a SAN URI (`urn:hrx:facility:26012`, `urn:hrx:national-center`), and
+//! the server reads it back with [`caller`] once rustls has verified the chain.
+//!
+//! - [`principal`]: the principal and its certificate encoding.
+//! - [`ca`]: a certificate authority that issues server and client certificates.
+//! - [`tls`]: tonic TLS configurations (client authentication is mandatory) and [`caller`].
+//! - [`dir`]: the `tls/` directory of a node's data directory. On first use it creates a
+//!   development CA and certificates, so that the embedded node is secure by default and
+//!   still needs no configuration.
+
+pub mod ca;
+pub mod dir;
+pub mod error;
+pub mod principal;
+pub mod tls;
+
+pub use ca::{CertificateAuthority, CertifiedKey};
+pub use dir::TlsDir;
+pub use error::IdentityError;
+pub use principal::{Principal, principal_from_der};
+pub use tls::{caller, client_tls, server_tls};
