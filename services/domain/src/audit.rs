@@ -22,9 +22,14 @@ impl AccessAction {
     }
 
     pub fn from_code(code: i32) -> Option<Self> {
-        [Self::GetTimeline, Self::GetRecord, Self::Follow, Self::BreakGlass]
-            .into_iter()
-            .find(|a| a.code() == code)
+        [
+            Self::GetTimeline,
+            Self::GetRecord,
+            Self::Follow,
+            Self::BreakGlass,
+        ]
+        .into_iter()
+        .find(|a| a.code() == code)
     }
 }
 

@@ -162,7 +162,10 @@ impl Access<'_> {
             .break_glass
             .iter()
             .flat_map(|w| [w.declared_at, w.expires_at]);
-        grant_times.chain(glass_times).filter(|t| *t > self.now).min()
+        grant_times
+            .chain(glass_times)
+            .filter(|t| *t > self.now)
+            .min()
     }
 }
 
@@ -252,19 +255,49 @@ mod tests {
             sensitivity: labels,
         };
         let ok = rec(RecordKind::Observation, t(50), NONE);
-        assert_eq!(access(&reader, Purpose::Referral, t(10)).decide(&ok), Some(Basis::Consent(id(1))));
-        // Wrong purpose, wrong reader, expired, other kind, outside the period, sensitive.
-        assert_eq!(access(&reader, Purpose::ChronicCare, t(10)).decide(&ok), None);
-        let clinic = fac("26105");
-        assert_eq!(access(&clinic, Purpose::Referral, t(10)).decide(&ok), None);
-        assert_eq!(access(&reader, Purpose::Referral, t(1000)).decide(&ok), None);
-        assert_eq!(access(&reader, Purpose::Referral, t(10)).decide(&rec(RecordKind::Condition, t(50), NONE)), None);
-        assert_eq!(access(&reader, Purpose::Referral, t(10)).decide(&rec(RecordKind::Observation, t(100), NONE)), None);
         assert_eq!(
-            access(&reader, Purpose::Referral, t(10)).decide(&rec(RecordKind::Observation, t(50), &[SensitivityLabel::Hiv])),
+            access(&reader, Purpose::Referral, t(10)).decide(&ok),
+            Some(Basis::Consent(id(1)))
+        );
+        // Wrong purpose, wrong reader, expired, other kind, outside the period, sensitive.
+        assert_eq!(
+            access(&reader, Purpose::ChronicCare, t(10)).decide(&ok),
             None
         );
-        assert_eq!(access(&reader, Purpose::Referral, t(10)).next_change(), Some(t(1000)));
+        let clinic = fac("26105");
+        assert_eq!(access(&clinic, Purpose::Referral, t(10)).decide(&ok), None);
+        assert_eq!(
+            access(&reader, Purpose::Referral, t(1000)).decide(&ok),
+            None
+        );
+        assert_eq!(
+            access(&reader, Purpose::Referral, t(10)).decide(&rec(
+                RecordKind::Condition,
+                t(50),
+                NONE
+            )),
+            None
+        );
+        assert_eq!(
+            access(&reader, Purpose::Referral, t(10)).decide(&rec(
+                RecordKind::Observation,
+                t(100),
+                NONE
+            )),
+            None
+        );
+        assert_eq!(
+            access(&reader, Purpose::Referral, t(10)).decide(&rec(
+                RecordKind::Observation,
+                t(50),
+                &[SensitivityLabel::Hiv]
+            )),
+            None
+        );
+        assert_eq!(
+            access(&reader, Purpose::Referral, t(10)).next_change(),
+            Some(t(1000))
+        );
     }
 
     #[test]
@@ -319,10 +352,16 @@ mod tests {
             grants: &[],
             break_glass: &w,
         };
-        assert_eq!(at(&reader, t(10)).decide(&rec), Some(Basis::BreakGlass(id(9))));
+        assert_eq!(
+            at(&reader, t(10)).decide(&rec),
+            Some(Basis::BreakGlass(id(9)))
+        );
         assert_eq!(at(&reader, t(3600)).decide(&rec), None);
         let clinic = fac("26105");
         assert_eq!(at(&clinic, t(10)).decide(&rec), None);
-        assert_eq!(at(&reader, t(10)).standing(), vec![Basis::BreakGlass(id(9))]);
+        assert_eq!(
+            at(&reader, t(10)).standing(),
+            vec![Basis::BreakGlass(id(9))]
+        );
     }
 }

@@ -116,6 +116,15 @@ impl EventId {
     pub fn as_uuid(&self) -> &uuid::Uuid {
         &self.0
     }
+
+    /// The 16 bytes, big-endian: sorts like the canonical text form.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
 }
 
 impl FromStr for EventId {

@@ -19,43 +19,7 @@ use hrx_domain::verify::{KeyOwner, KeyRecord};
 use hrx_domain::{FacilityId, KeyId, SigningKey, Timestamp};
 use serde::{Deserialize, Serialize};
 
-const PEM_TAG: &str = "PRIVATE KEY";
-
-/// Writes a PKCS#8 private key as PEM, readable by its owner only.
-pub fn write_private_key(path: &Path, pkcs8: &[u8]) -> anyhow::Result<()> {
-    let text = pem::encode(&pem::Pem::new(PEM_TAG, pkcs8));
-    write_new(path, text.as_bytes(), 0o600)
-}
-
-pub fn read_private_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read key file {}", path.display()))?;
-    let pem = pem::parse(text).map_err(|_| anyhow!("{} is not a PEM file", path.display()))?;
-    if pem.tag() != PEM_TAG {
-        bail!(
-            "{} is not a PKCS#8 private key (PEM tag {})",
-            path.display(),
-            pem.tag()
-        );
-    }
-    SigningKey::from_pkcs8(pem.contents()).map_err(|e| anyhow!("{}: {e}", path.display()))
-}
-
-/// Creates a file that must not exist yet (keys are never silently overwritten).
-pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot create {} (does it exist already?)", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
-}
+pub use hrx_node::keys::{read_private_key, write_new, write_private_key};
 
 /// A public key and the registry's facts about it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -8,6 +8,15 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();
+    // Logs go to stderr; RUST_LOG overrides the default (warnings and errors). Logs
+    // carry ids and counts only, never patient data.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,1763 @@
+//! The behaviour suite every event-log and store adapter must pass (feature `testkit`).
+//!
+//! Each function is one behaviour, written against the traits only, and panics (like a
+//! failed `assert!`) when the adapter breaks it. An adapter's test crate runs each
+//! against a **fresh, empty** adapter, one `#[tokio::test]` apiece:
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn log_appends_reads_and_orders() {
+//!     let node = fresh_node();
+//!     hrx_ports::testkit::log_appends_reads_and_orders(&node).await;
+//! }
+//! ```
+//!
+//! What the suite pins down beyond the trait signatures (and so what every adapter
+//! promises): log offsets increase within a partition but may have gaps (Kafka's
+//! transaction markers take offsets); a chain's entries share one partition; grants and
+//! break-glass windows read back in projection order; a failed `append` writes nothing;
+//! the audit chain starts at seq 1 after the zero hash; break-glass read counts and the
+//! audit entry of a declaration survive `reset_projections` and a replay.
+//! Orders the traits leave open (facilities, keys, facility stats, the exchange matrix)
+//! are compared as sets.
+//!
+//! The fixtures (ids, envelopes, records, grants, …) are public so that adapters'
+//! own tests can build data the same way.
+
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use hrx_domain::audit::{AccessAction, AccessEvent, AuditEntry};
+use hrx_domain::chain::{self, ChainHead, ChainStep};
+use hrx_domain::consent::{Basis, BreakGlassWindow, GrantState};
+use hrx_domain::event::{ConsentGrant, Evidence, Grantee, Link};
+use hrx_domain::verify::{KeyOwner, KeyRecord};
+use hrx_domain::{
+    Envelope, EventId, FacilityId, FacilityLevel, PatientId, PayloadType, PublicKey, Purpose,
+    Reason, RecordKind, SensitivityLabel, Sha256, Timestamp,
+};
+
+use crate::{
+    Append, BreakGlassUse, ChainKey, ChainLink, EventLog, ExchangeCell, FacilityInfo,
+    FacilityStats, LogPosition, NewRecord, PortError, PortResult, Projection, ProjectionBatch,
+    RejectionRow, StatsDelta, Store, StoredRecord, TimelineQuery,
+};
+
+// ── Fixtures ─────────────────────────────────────────────────────────────────────────
+
+/// A general hospital.
+pub const F1: &str = "26001";
+/// A provincial hospital.
+pub const F2: &str = "26012";
+/// A commune clinic.
+pub const F3: &str = "26105";
+/// A patient.
+pub const P1: &str = "026062001234";
+/// Another patient.
+pub const P2: &str = "001085012345";
+
+/// The suite's epoch: `at(0)`.
+const T0: i64 = 1_800_000_000;
+
+/// A distinct, valid event id for each `n` (< 2^48), ordered like `n`.
+pub fn event_id(n: u64) -> EventId {
+    EventId::parse(&format!("00000000-0000-7000-8000-{n:012x}")).expect("a canonical UUID")
+}
+
+pub fn facility(code: &str) -> FacilityId {
+    FacilityId::parse(code).expect("a 5-digit facility id")
+}
+
+pub fn patient(code: &str) -> PatientId {
+    PatientId::parse(code).expect("a 12-digit patient id")
+}
+
+/// `seconds` after the suite's epoch (2027-01-15).
+pub fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_unix_seconds(T0 + seconds).expect("in range")
+}
+
+/// A log position in partition 0, for store-only tests (stores do not check that the
+/// log holds an entry there).
+pub fn pos(offset: u64) -> LogPosition {
+    LogPosition {
+        partition: 0,
+        offset,
+    }
+}
+
+/// A distinct envelope for each `n`. Not validly signed: logs and stores don't verify.
+pub fn envelope(n: u64) -> Envelope {
+    Envelope {
+        payload_type: PayloadType::FACILITY_EVENT.to_owned(),
+        payload: format!("facility event {n}").into_bytes(),
+        key_id: "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925".to_owned(),
+        signature: vec![(n % 251) as u8; 64],
+    }
+}
+
+/// Envelope `n` as event `n` at `seq` of `chain`.
+pub fn append(chain: &ChainKey, seq: u64, n: u64) -> Append {
+    let envelope = envelope(n);
+    Append {
+        chain: chain.clone(),
+        seq,
+        event_id: event_id(n),
+        event_hash: envelope.event_hash(),
+        envelope,
+    }
+}
+
+/// Record `n` (from envelope `n`) of `facility` at `seq`, about `patient`: an
+/// observation that occurred at `at(n)`, at log position `pos(n)`. Adjust fields with
+/// struct update syntax.
+pub fn record(n: u64, facility: &FacilityId, seq: u64, patient: &PatientId) -> NewRecord {
+    NewRecord {
+        event_id: event_id(n),
+        facility_id: facility.clone(),
+        seq,
+        patient_id: patient.clone(),
+        kind: RecordKind::Observation,
+        occurred_at: at(n as i64),
+        recorded_at: at(n as i64 + 60),
+        author: format!("BS-{n:04}"),
+        sensitivity: Vec::new(),
+        supersedes: None,
+        body: format!(r#"{{"resourceType":"Observation","id":"obs-{n}"}}"#).into_bytes(),
+        event_hash: envelope(n).event_hash(),
+        position: pos(n),
+    }
+}
+
+/// What a store must return for `r` once projected.
+pub fn stored(r: &NewRecord, patient_seq: u64, superseded_by: Option<EventId>) -> StoredRecord {
+    StoredRecord {
+        event_id: r.event_id,
+        facility_id: r.facility_id.clone(),
+        seq: r.seq,
+        patient_id: r.patient_id.clone(),
+        kind: r.kind,
+        occurred_at: r.occurred_at,
+        recorded_at: r.recorded_at,
+        author: r.author.clone(),
+        sensitivity: r.sensitivity.clone(),
+        supersedes: r.supersedes,
+        superseded_by,
+        body: r.body.clone(),
+        event_hash: r.event_hash,
+        position: r.position,
+        patient_seq,
+    }
+}
+
+/// The chain link a projected record makes in its facility's chain.
+pub fn link(r: &NewRecord) -> ChainLink {
+    ChainLink {
+        chain: ChainKey::Facility(r.facility_id.clone()),
+        seq: r.seq,
+        event_id: r.event_id,
+        event_hash: r.event_hash,
+        position: r.position,
+    }
+}
+
+/// A batch of records with their links and offsets `(0, last position + 1)`.
+pub fn record_batch(records: &[NewRecord]) -> ProjectionBatch {
+    ProjectionBatch {
+        projections: records.iter().cloned().map(Projection::Record).collect(),
+        links: records.iter().map(link).collect(),
+        stats: Vec::new(),
+        offsets: records
+            .iter()
+            .map(|r| r.position.offset + 1)
+            .max()
+            .map(|next| vec![(0, next)])
+            .unwrap_or_default(),
+    }
+}
+
+/// Grant `n` by `by` about `patient` to `grantee`, for `purposes`, all kinds, no
+/// sensitive labels, no data period, granted at `at(n)`, expiring a year later.
+pub fn grant(
+    n: u64,
+    patient: &PatientId,
+    by: &FacilityId,
+    grantee: Grantee,
+    purposes: Vec<Purpose>,
+) -> GrantState {
+    GrantState {
+        grant_event_id: event_id(n),
+        granted_by: by.clone(),
+        granted_at: at(n as i64),
+        grant: ConsentGrant {
+            patient_id: patient.clone(),
+            grantee,
+            purposes,
+            kinds: Vec::new(),
+            include_sensitive: Vec::new(),
+            data_from: None,
+            data_until: None,
+            expires_at: at(n as i64 + 365 * 86_400),
+            evidence: Evidence {
+                form_id: format!("CONSENT-{n}"),
+                sha256: Sha256::digest(format!("form {n}").as_bytes()),
+            },
+        },
+        revoked_at: None,
+    }
+}
+
+/// Break-glass declaration `n` by `by` for `patient` at `at(n)`, one hour long, and the
+/// audit event the projector hands the store with it.
+pub fn break_glass(n: u64, patient: &PatientId, by: &FacilityId) -> (BreakGlassUse, AccessEvent) {
+    let window = BreakGlassWindow {
+        event_id: event_id(n),
+        facility_id: by.clone(),
+        declared_at: at(n as i64),
+        expires_at: at(n as i64 + 3600),
+    };
+    let event = AccessEvent {
+        reader: by.clone(),
+        patient: patient.clone(),
+        purpose: Purpose::Emergency,
+        action: AccessAction::BreakGlass,
+        bases: vec![Basis::BreakGlass(event_id(n))],
+        records_returned: 0,
+        records_withheld: 0,
+        at: at(n as i64),
+    };
+    let use_ = BreakGlassUse {
+        window,
+        patient_id: patient.clone(),
+        clinician: format!("BS-{n:04}"),
+        reads: 0,
+    };
+    (use_, event)
+}
+
+/// A timeline read by `reader` of `patient` at `at(t)`.
+pub fn access(
+    reader: &FacilityId,
+    patient: &PatientId,
+    bases: Vec<Basis>,
+    returned: u64,
+    t: i64,
+) -> AccessEvent {
+    AccessEvent {
+        reader: reader.clone(),
+        patient: patient.clone(),
+        purpose: Purpose::Treatment,
+        action: AccessAction::GetTimeline,
+        bases,
+        records_returned: returned,
+        records_withheld: 1,
+        at: at(t),
+    }
+}
+
+/// A rejection of event `n` (seq `n`) of `facility` at `at(t)`; `position` set for a
+/// projector rejection, `None` for ingest's.
+pub fn rejection(
+    n: u64,
+    facility: Option<&FacilityId>,
+    reason: Reason,
+    t: i64,
+    position: Option<LogPosition>,
+) -> RejectionRow {
+    RejectionRow {
+        position,
+        facility_id: facility.cloned(),
+        event_id: Some(event_id(n)),
+        seq: Some(n),
+        event_hash: Some(envelope(n).event_hash()),
+        reason,
+        field: (reason == Reason::InvalidField).then_some("record.kind"),
+        message: format!("{reason} (test rejection {n})"),
+        at: at(t),
+    }
+}
+
+/// Key `n` of `owner`, valid from `at(0)`.
+pub fn key(n: u8, owner: &FacilityId) -> KeyRecord {
+    KeyRecord {
+        public_key: PublicKey::from_bytes([n; 32]),
+        owner: KeyOwner::Facility(owner.clone()),
+        valid_from: at(0),
+        revoked_at: None,
+    }
+}
+
+/// A timeline page request for `patient` with no filters.
+pub fn timeline_query(patient: &PatientId, limit: usize) -> TimelineQuery {
+    TimelineQuery {
+        patient_id: patient.clone(),
+        kinds: Vec::new(),
+        facilities: Vec::new(),
+        occurred_from: None,
+        occurred_until: None,
+        after: None,
+        limit,
+    }
+}
+
+fn ok<T>(r: PortResult<T>, what: &str) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+fn assert_conflict<T: Debug>(r: PortResult<T>, what: &str) {
+    match r {
+        Err(PortError::Conflict(_)) => {}
+        other => panic!("{what}: expected a conflict, got {other:?}"),
+    }
+}
+
+fn ids(records: &[StoredRecord]) -> Vec<EventId> {
+    records.iter().map(|r| r.event_id).collect()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+// ── Event log ────────────────────────────────────────────────────────────────────────
+
+/// Appends come back from `read` as written, in order, at the positions `append`
+/// returned; a chain's entries share a partition with increasing offsets; `max` bounds a
+/// read; `end_offset` is past every entry; `appended_at` is the time of the append.
+pub async fn log_appends_reads_and_orders<L: EventLog + ?Sized>(log: &L) {
+    assert!(log.partitions() >= 1);
+    for p in 0..log.partitions() {
+        assert_eq!(
+            ok(log.end_offset(p).await, "end_offset"),
+            0,
+            "a fresh log is empty"
+        );
+    }
+    assert!(ok(log.append(Vec::new()).await, "empty append").is_empty());
+
+    let a = ChainKey::Facility(facility(F1));
+    let b = ChainKey::Facility(facility(F2));
+    let before = Timestamp::now();
+    let first = ok(
+        log.append(vec![append(&a, 1, 1), append(&a, 2, 2), append(&b, 1, 3)])
+            .await,
+        "append",
+    );
+    let second = ok(log.append(vec![append(&a, 3, 4)]).await, "append");
+    let after = Timestamp::now();
+    assert_eq!(
+        (first.len(), second.len()),
+        (3, 1),
+        "one position per entry"
+    );
+    let positions = [first, second].concat();
+
+    // A chain lives in one partition, in order.
+    let chain_a = [positions[0], positions[1], positions[3]];
+    assert!(chain_a.iter().all(|p| p.partition == chain_a[0].partition));
+    assert!(chain_a.windows(2).all(|w| w[0].offset < w[1].offset));
+
+    // Each entry reads back where append said, as written, stamped with the append time.
+    // (One second of slack: a broker may keep milliseconds only.)
+    let slack = 1_000_000_000;
+    for (position, n) in positions.iter().zip([1, 2, 3, 4]) {
+        let got = ok(
+            log.read(position.partition, position.offset, 1).await,
+            "read",
+        );
+        assert_eq!(got.len(), 1, "read of one entry");
+        assert_eq!(got[0].position, *position);
+        assert_eq!(got[0].envelope, envelope(n), "envelope {n} as appended");
+        let t = got[0].appended_at.unix_nanos();
+        assert!(before.unix_nanos() - slack <= t && t <= after.unix_nanos() + slack);
+        assert!(ok(log.end_offset(position.partition).await, "end_offset") > position.offset);
+    }
+
+    // A whole partition reads in offset order; `max` bounds a read; the end is empty.
+    let p = chain_a[0].partition;
+    let all = ok(log.read(p, 0, 100).await, "read all");
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].position.offset < w[1].position.offset)
+    );
+    let a_envelopes: Vec<_> = all
+        .iter()
+        .filter(|e| chain_a.contains(&e.position))
+        .map(|e| e.envelope.clone())
+        .collect();
+    assert_eq!(a_envelopes, vec![envelope(1), envelope(2), envelope(4)]);
+    let two = ok(log.read(p, 0, 2).await, "read two");
+    assert_eq!(two, all[..2].to_vec());
+    let end = ok(log.end_offset(p).await, "end_offset");
+    assert!(ok(log.read(p, end, 10).await, "read at end").is_empty());
+    let from_second = ok(log.read(p, chain_a[1].offset, 100).await, "read from");
+    assert_eq!(from_second[0].position, chain_a[1]);
+}
+
+/// A batch that takes a used (chain, seq) or (chain, event_id), or repeats one within
+/// itself, fails with `Conflict` and writes nothing; the chain is as before, and valid
+/// appends still go through.
+pub async fn log_refuses_chain_conflicts_atomically<L: EventLog + ?Sized>(log: &L) {
+    let a = ChainKey::Facility(facility(F1));
+    let b = ChainKey::Facility(facility(F2));
+    let written = ok(
+        log.append(vec![append(&a, 1, 1), append(&a, 2, 2)]).await,
+        "append",
+    );
+    let p = written[0].partition;
+    let end = ok(log.end_offset(p).await, "end_offset");
+
+    // seq 2 is taken: the good entry before it must not be written either.
+    assert_conflict(
+        log.append(vec![append(&a, 3, 3), append(&a, 2, 4)]).await,
+        "a taken seq",
+    );
+    // event 1 is taken, at another seq.
+    let reused = Append {
+        event_id: event_id(1),
+        ..append(&a, 3, 5)
+    };
+    assert_conflict(log.append(vec![reused]).await, "a taken event id");
+    // The same seq twice in one batch.
+    assert_conflict(
+        log.append(vec![append(&a, 3, 6), append(&a, 3, 7)]).await,
+        "a seq repeated within a batch",
+    );
+
+    assert_eq!(
+        ok(log.end_offset(p).await, "end_offset"),
+        end,
+        "nothing written"
+    );
+    let entries = ok(log.read(p, 0, 100).await, "read");
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.envelope.clone())
+            .collect::<Vec<_>>(),
+        vec![envelope(1), envelope(2)],
+        "only the first batch is in the log"
+    );
+    let ctx = ok(log.chain_context(&a, event_id(8), 3).await, "chain_context");
+    assert_eq!(ctx.context.head.seq, 2);
+    assert_eq!(ctx.context.head.event_id, Some(event_id(2)));
+
+    ok(log.append(vec![append(&a, 3, 8)]).await, "the next seq");
+    // Another chain has its own seqs.
+    ok(
+        log.append(vec![append(&b, 1, 9)]).await,
+        "seq 1 of another chain",
+    );
+}
+
+/// `wait_for` returns at once when the entry is there, after the timeout when nothing
+/// arrives, and promptly when an append lands while it waits.
+pub async fn log_wait_for_wakes_on_append<L: EventLog + ?Sized>(log: &L) {
+    let a = ChainKey::Facility(facility(F1));
+    let first = ok(log.append(vec![append(&a, 1, 1)]).await, "append")[0];
+    let p = first.partition;
+
+    let t = Instant::now();
+    log.wait_for(p, first.offset, Duration::from_secs(30)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "an existing entry: no wait"
+    );
+
+    let end = ok(log.end_offset(p).await, "end_offset");
+    let t = Instant::now();
+    log.wait_for(p, end, Duration::from_millis(200)).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "nothing new: the timeout"
+    );
+
+    let waiter = async {
+        let t = Instant::now();
+        log.wait_for(p, end, Duration::from_secs(30)).await;
+        t.elapsed()
+    };
+    let appender = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ok(log.append(vec![append(&a, 2, 2)]).await, "append")
+    };
+    let (waited, appended) = tokio::join!(waiter, appender);
+    assert_eq!(appended[0].partition, p);
+    assert!(
+        waited < Duration::from_secs(10),
+        "an append wakes a waiter (waited {waited:?})"
+    );
+}
+
+/// `chain_context` reports the head and the priors at the incoming event's id and seq,
+/// with the prior's position, so that `chain::check` answers extends / duplicate / fork.
+pub async fn log_chain_context_reports_head_and_priors<L: EventLog + ?Sized>(log: &L) {
+    let a = ChainKey::Facility(facility(F1));
+    let empty = ok(log.chain_context(&a, event_id(1), 1).await, "chain_context");
+    assert_eq!(empty.context.head, ChainHead::EMPTY);
+    assert_eq!(
+        (
+            empty.context.same_event_id,
+            empty.context.same_seq,
+            empty.prior_position
+        ),
+        (None, None, None)
+    );
+
+    let positions = ok(
+        log.append(vec![append(&a, 1, 1), append(&a, 2, 2)]).await,
+        "append",
+    );
+    let h = |n| envelope(n).event_hash();
+
+    // The next event extends the chain.
+    let next = ok(log.chain_context(&a, event_id(3), 3).await, "chain_context");
+    assert_eq!(
+        next.context.head,
+        ChainHead {
+            seq: 2,
+            event_hash: h(2),
+            event_id: Some(event_id(2)),
+        }
+    );
+    assert_eq!(
+        (next.context.same_event_id, next.context.same_seq),
+        (None, None)
+    );
+    assert_eq!(next.prior_position, None);
+    let link3 = Link {
+        event_id: event_id(3),
+        seq: 3,
+        prev_hash: h(2),
+        recorded_at: at(3),
+    };
+    assert_eq!(
+        chain::check(&next.context, &link3, h(3)),
+        Ok(ChainStep::Extends)
+    );
+
+    // Event 1 again: found by id, at its position; a duplicate.
+    let again = ok(log.chain_context(&a, event_id(1), 1).await, "chain_context");
+    let prior1 = chain::Prior {
+        event_id: event_id(1),
+        seq: 1,
+        event_hash: h(1),
+    };
+    assert_eq!(again.context.same_event_id, Some(prior1));
+    assert_eq!(again.context.same_seq, Some(prior1));
+    assert_eq!(again.prior_position, Some(positions[0]));
+    let link1 = Link {
+        event_id: event_id(1),
+        seq: 1,
+        prev_hash: Sha256::ZERO,
+        recorded_at: at(1),
+    };
+    assert_eq!(
+        chain::check(&again.context, &link1, h(1)),
+        Ok(ChainStep::Duplicate)
+    );
+
+    // Another event at seq 1: found by seq; a fork.
+    let fork = ok(log.chain_context(&a, event_id(9), 1).await, "chain_context");
+    assert_eq!(fork.context.same_event_id, None);
+    assert_eq!(fork.context.same_seq, Some(prior1));
+    assert_eq!(fork.prior_position, Some(positions[0]));
+    let link9 = Link {
+        event_id: event_id(9),
+        ..link1
+    };
+    assert_eq!(
+        chain::check(&fork.context, &link9, h(9)).map_err(|r| r.reason()),
+        Err(Reason::Fork)
+    );
+
+    // Event 2's id at seq 1: both priors, each the right one.
+    let both = ok(log.chain_context(&a, event_id(2), 1).await, "chain_context");
+    assert_eq!(both.context.same_event_id.map(|p| p.seq), Some(2));
+    assert_eq!(both.context.same_seq.map(|p| p.event_id), Some(event_id(1)));
+    assert!(both.prior_position.is_some_and(|p| positions.contains(&p)));
+
+    // Other chains are untouched.
+    let b = ChainKey::Facility(facility(F2));
+    let other = ok(log.chain_context(&b, event_id(1), 1).await, "chain_context");
+    assert_eq!(other.context.head, ChainHead::EMPTY);
+    assert_eq!(other.context.same_event_id, None);
+    let registry = ok(
+        log.chain_context(&ChainKey::Registry, event_id(1), 1).await,
+        "chain_context",
+    );
+    assert_eq!(registry.context.head, ChainHead::EMPTY);
+}
+
+// ── Projection ───────────────────────────────────────────────────────────────────────
+
+/// A batch's records, links, stats and offsets are all visible after `apply`; the
+/// snapshot and `projected_offsets` give the offsets; an offsets-only batch (every entry
+/// a duplicate) still moves them.
+pub async fn apply_commits_records_with_offsets<S: Store + ?Sized>(store: &S) {
+    let snapshot = ok(store.projector_snapshot().await, "snapshot");
+    assert!(
+        snapshot.offsets.is_empty() && snapshot.keys.is_empty(),
+        "a fresh store"
+    );
+    assert!(ok(store.projected_offsets().await, "offsets").is_empty());
+
+    let f = facility(F1);
+    let p = patient(P1);
+    let r1 = NewRecord {
+        sensitivity: vec![SensitivityLabel::Hiv, SensitivityLabel::MentalHealth],
+        kind: RecordKind::Condition,
+        ..record(1, &f, 1, &p)
+    };
+    let r2 = record(2, &f, 2, &p);
+    let mut batch = record_batch(&[r1.clone(), r2.clone()]);
+    batch.stats.push(StatsDelta {
+        facility_id: f.clone(),
+        accepted: 2,
+        duplicates: 0,
+        rejected: Vec::new(),
+        last_seen: at(2),
+    });
+    ok(store.apply(batch).await, "apply");
+
+    assert_eq!(ok(store.projected_offsets().await, "offsets"), vec![(0, 3)]);
+    assert_eq!(
+        ok(store.projector_snapshot().await, "snapshot").offsets,
+        vec![(0, 3)]
+    );
+    assert_eq!(
+        ok(store.records_after(&p, 0, 10).await, "records_after"),
+        vec![stored(&r1, 1, None), stored(&r2, 2, None)]
+    );
+    let ctx = ok(
+        store
+            .chain_context(&ChainKey::Facility(f.clone()), event_id(3), 3)
+            .await,
+        "chain_context",
+    );
+    assert_eq!(
+        ctx.head,
+        ChainHead {
+            seq: 2,
+            event_hash: r2.event_hash,
+            event_id: Some(r2.event_id),
+        }
+    );
+    let dup = ok(
+        store
+            .chain_context(&ChainKey::Facility(f.clone()), event_id(1), 1)
+            .await,
+        "chain_context",
+    );
+    assert_eq!(dup.same_event_id.map(|p| p.event_hash), Some(r1.event_hash));
+    assert_eq!(dup.same_seq.map(|p| p.event_id), Some(r1.event_id));
+    let stats = ok(store.facility_stats().await, "facility_stats");
+    assert_eq!(stats.len(), 1);
+    assert_eq!((stats[0].accepted, stats[0].head_seq), (2, 2));
+
+    ok(
+        store
+            .apply(ProjectionBatch {
+                offsets: vec![(0, 5)],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "offsets-only batch",
+    );
+    assert_eq!(ok(store.projected_offsets().await, "offsets"), vec![(0, 5)]);
+}
+
+/// `patient_seq` counts 1, 2, 3, … per patient in projection order (not clinical
+/// order), across batches and interleaved patients; `records_after` pages it.
+pub async fn patient_seq_is_gap_free_per_patient<S: Store + ?Sized>(store: &S) {
+    let f = facility(F1);
+    let (p1, p2) = (patient(P1), patient(P2));
+    // Clinical times run backwards, so projection order is visibly what counts.
+    let r = |n: u64, p: &PatientId| NewRecord {
+        occurred_at: at(1000 - n as i64),
+        ..record(n, &f, n, p)
+    };
+    let batches = [
+        vec![r(1, &p1), r(2, &p2), r(3, &p1)],
+        vec![r(4, &p1)],
+        vec![r(5, &p2), r(6, &p1), r(7, &p2)],
+    ];
+    for b in &batches {
+        ok(store.apply(record_batch(b)).await, "apply");
+    }
+
+    let all1 = ok(store.records_after(&p1, 0, 100).await, "records_after");
+    assert_eq!(
+        all1.iter().map(|r| r.patient_seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        ids(&all1),
+        [1, 3, 4, 6].map(event_id).to_vec(),
+        "projection order"
+    );
+    let all2 = ok(store.records_after(&p2, 0, 100).await, "records_after");
+    assert_eq!(
+        all2.iter()
+            .map(|r| (r.patient_seq, r.event_id))
+            .collect::<Vec<_>>(),
+        vec![(1, event_id(2)), (2, event_id(5)), (3, event_id(7))]
+    );
+
+    // Paging by the cursor: nothing missed, nothing twice.
+    let page = ok(store.records_after(&p1, 1, 2).await, "records_after");
+    assert_eq!(ids(&page), vec![event_id(3), event_id(4)]);
+    let page = ok(store.records_after(&p1, 3, 2).await, "records_after");
+    assert_eq!(ids(&page), vec![event_id(6)]);
+    assert!(ok(store.records_after(&p1, 4, 10).await, "records_after").is_empty());
+    assert!(ok(store.records_after(&p1, 0, 0).await, "limit 0").is_empty());
+    assert!(
+        ok(
+            store.records_after(&patient("079200000001"), 0, 10).await,
+            "records_after"
+        )
+        .is_empty()
+    );
+}
+
+/// A record naming an earlier one in `supersedes` sets that one's `superseded_by`
+/// (within a batch and across batches); both stay on the timeline; naming a record that
+/// is not projected links nothing.
+pub async fn superseded_records_are_linked<S: Store + ?Sized>(store: &S) {
+    let f = facility(F1);
+    let p = patient(P1);
+    let original = record(1, &f, 1, &p);
+    let fix = NewRecord {
+        supersedes: Some(event_id(1)),
+        ..record(2, &f, 2, &p)
+    };
+    let other = record(3, &f, 3, &p);
+    let fix_in_batch = NewRecord {
+        supersedes: Some(event_id(3)),
+        ..record(4, &f, 4, &p)
+    };
+    let dangling = NewRecord {
+        supersedes: Some(event_id(99)),
+        ..record(5, &f, 5, &p)
+    };
+    ok(
+        store.apply(record_batch(&[original.clone()])).await,
+        "apply",
+    );
+    ok(
+        store
+            .apply(record_batch(&[
+                fix.clone(),
+                other.clone(),
+                fix_in_batch.clone(),
+                dangling.clone(),
+            ]))
+            .await,
+        "apply",
+    );
+
+    let all = ok(store.records_after(&p, 0, 100).await, "records_after");
+    assert_eq!(
+        all,
+        vec![
+            stored(&original, 1, Some(event_id(2))),
+            stored(&fix, 2, None),
+            stored(&other, 3, Some(event_id(4))),
+            stored(&fix_in_batch, 4, None),
+            stored(&dangling, 5, None),
+        ]
+    );
+    let page = ok(store.timeline(&timeline_query(&p, 100)).await, "timeline");
+    assert_eq!(page.len(), 5, "superseded records are shown, not hidden");
+}
+
+/// Timeline pages are newest first by `occurred_at`, ties by event id descending; the
+/// cursor resumes strictly after the last record of a page, so paging while records
+/// are projected between pages neither repeats nor skips (records that sort before the
+/// cursor are not shown; those after it are); filters by kind, facility and the
+/// `[from, until)` period combine; other patients' records never appear.
+pub async fn timeline_orders_filters_and_pages_without_duplicates_or_skips<S: Store + ?Sized>(
+    store: &S,
+) {
+    let (f1, f2) = (facility(F1), facility(F2));
+    let (p1, p2) = (patient(P1), patient(P2));
+    // Twelve records at four clinical times, three per time (ties), alternating
+    // facility and kind; event ids are not in time order.
+    let times = [at(400), at(100), at(300), at(200)];
+    let mut initial = Vec::new();
+    for n in 1..=12u64 {
+        let f = if n % 2 == 0 { &f2 } else { &f1 };
+        initial.push(NewRecord {
+            occurred_at: times[(n % 4) as usize],
+            kind: if n % 3 == 0 {
+                RecordKind::Condition
+            } else {
+                RecordKind::Observation
+            },
+            ..record(n, f, n, &p1)
+        });
+    }
+    let p2_record = NewRecord {
+        occurred_at: at(300),
+        ..record(50, &f1, 50, &p2)
+    };
+    let mut batch = record_batch(&initial);
+    batch
+        .projections
+        .push(Projection::Record(p2_record.clone()));
+    ok(store.apply(batch).await, "apply");
+
+    let order = |records: &[NewRecord]| -> Vec<EventId> {
+        let mut keys: Vec<_> = records
+            .iter()
+            .map(|r| (r.occurred_at, r.event_id))
+            .collect();
+        keys.sort_by(|a, b| b.cmp(a));
+        keys.into_iter().map(|(_, id)| id).collect()
+    };
+
+    // One full page, exactly as stored.
+    let full = ok(store.timeline(&timeline_query(&p1, 100)).await, "timeline");
+    assert_eq!(ids(&full), order(&initial));
+    let first = full
+        .iter()
+        .find(|r| r.event_id == event_id(1))
+        .expect("record 1");
+    assert_eq!(first, &stored(&initial[0], 1, None));
+
+    // Page by five, projecting records between pages.
+    let limit = 5;
+    let mut shown = Vec::new();
+    let mut expected = initial.clone();
+    let mut cursor: Option<(Timestamp, EventId)> = None;
+    let mut n = 100;
+    loop {
+        let q = TimelineQuery {
+            after: cursor,
+            ..timeline_query(&p1, limit)
+        };
+        let page = ok(store.timeline(&q).await, "timeline page");
+        shown.extend(ids(&page));
+        if page.len() < limit {
+            break;
+        }
+        let last = page.last().expect("a full page");
+        cursor = Some((last.occurred_at, last.event_id));
+        // Before the cursor (not to be shown): newer than everything, and a tie with
+        // the cursor's time but a greater id. After it (to be shown): older than
+        // everything, and a tie with a smaller id.
+        let newer = NewRecord {
+            occurred_at: at(10_000 + n as i64),
+            ..record(n, &f1, n, &p1)
+        };
+        let tie_before = NewRecord {
+            occurred_at: last.occurred_at,
+            ..record(1000 + n, &f1, 1000 + n, &p1)
+        };
+        let older = NewRecord {
+            occurred_at: at(-(n as i64)),
+            ..record(n + 1, &f2, n + 1, &p1)
+        };
+        let mut between = vec![newer, tie_before, older.clone()];
+        expected.push(older);
+        if cursor.is_some_and(|(_, id)| id > event_id(0)) && n == 100 {
+            // Only once: id 0 sorts below every other id.
+            let tie_after = NewRecord {
+                occurred_at: last.occurred_at,
+                ..record(0, &f1, 0, &p1)
+            };
+            expected.push(tie_after.clone());
+            between.push(tie_after);
+        }
+        ok(
+            store.apply(record_batch(&between)).await,
+            "apply between pages",
+        );
+        n += 2;
+    }
+    let mut want = order(&expected);
+    // Records newer than the first page's end were projected after it was read.
+    want.retain(|id| shown.contains(id) || order(&initial).contains(id) || true);
+    assert_eq!(shown, want, "every page in order, no repeats, no skips");
+
+    // Filters.
+    let conditions = TimelineQuery {
+        kinds: vec![RecordKind::Condition],
+        ..timeline_query(&p1, 100)
+    };
+    let got = ok(store.timeline(&conditions).await, "kinds filter");
+    assert!(!got.is_empty() && got.iter().all(|r| r.kind == RecordKind::Condition));
+    let from_f2 = TimelineQuery {
+        facilities: vec![f2.clone()],
+        ..timeline_query(&p1, 100)
+    };
+    let got = ok(store.timeline(&from_f2).await, "facilities filter");
+    assert!(!got.is_empty() && got.iter().all(|r| r.facility_id == f2));
+    let period = TimelineQuery {
+        occurred_from: Some(at(200)),
+        occurred_until: Some(at(400)),
+        ..timeline_query(&p1, 100)
+    };
+    let got = ok(store.timeline(&period).await, "period filter");
+    let want: Vec<_> = order(&initial)
+        .into_iter()
+        .filter(|id| {
+            let r = initial.iter().find(|r| r.event_id == *id).expect("initial");
+            r.occurred_at >= at(200) && r.occurred_at < at(400)
+        })
+        .collect();
+    assert_eq!(ids(&got), want, "from is inclusive, until exclusive");
+    let combined = TimelineQuery {
+        kinds: vec![RecordKind::Condition],
+        facilities: vec![f2.clone()],
+        occurred_from: Some(at(100)),
+        occurred_until: Some(at(400)),
+        ..timeline_query(&p1, 100)
+    };
+    let got = ok(store.timeline(&combined).await, "combined filters");
+    let want: Vec<_> = order(&initial)
+        .into_iter()
+        .filter(|id| {
+            let r = initial.iter().find(|r| r.event_id == *id).expect("initial");
+            r.kind == RecordKind::Condition
+                && r.facility_id == f2
+                && r.occurred_at >= at(100)
+                && r.occurred_at < at(400)
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(ids(&got), want);
+
+    assert!(ok(store.timeline(&timeline_query(&p1, 0)).await, "limit 0").is_empty());
+    let other = ok(
+        store.timeline(&timeline_query(&p2, 100)).await,
+        "other patient",
+    );
+    assert_eq!(other, vec![stored(&p2_record, 1, None)]);
+}
+
+/// Timestamps round-trip exactly, nanoseconds included, and order correctly across the
+/// whole range (year 1 to 9999, before and after 1970).
+pub async fn timestamps_round_trip_exactly_and_order_across_the_range<S: Store + ?Sized>(
+    store: &S,
+) {
+    let f = facility(F1);
+    let p = patient(P1);
+    let t = |s, ns| Timestamp::new(s, ns).expect("in range");
+    let times = [
+        t(253_402_300_799, 999_999_999), // 9999-12-31T23:59:59.999999999Z
+        t(0, 1),
+        t(0, 0),
+        t(-1, 999_999_999),
+        t(-62_135_596_800, 0), // 0001-01-01T00:00:00Z
+    ];
+    // Projected in an order unrelated to time.
+    let records: Vec<_> = [2, 4, 0, 3, 1]
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| NewRecord {
+            occurred_at: times[k],
+            recorded_at: times[4 - k],
+            ..record(i as u64 + 1, &f, i as u64 + 1, &p)
+        })
+        .collect();
+    ok(store.apply(record_batch(&records)).await, "apply");
+
+    let page = ok(store.timeline(&timeline_query(&p, 10)).await, "timeline");
+    assert_eq!(
+        page.iter().map(|r| r.occurred_at).collect::<Vec<_>>(),
+        times
+    );
+    for r in &records {
+        let got = page
+            .iter()
+            .find(|s| s.event_id == r.event_id)
+            .expect("record");
+        assert_eq!(
+            (got.occurred_at, got.recorded_at),
+            (r.occurred_at, r.recorded_at)
+        );
+    }
+    let one_nano = TimelineQuery {
+        occurred_from: Some(t(0, 0)),
+        occurred_until: Some(t(0, 1)),
+        ..timeline_query(&p, 10)
+    };
+    let got = ok(store.timeline(&one_nano).await, "timeline");
+    assert_eq!(
+        got.iter().map(|r| r.occurred_at).collect::<Vec<_>>(),
+        vec![t(0, 0)]
+    );
+}
+
+/// `record` returns the projected record and the envelope it came from, read from the
+/// log at the record's position; an unknown id is `None`.
+pub async fn record_returns_the_original_envelope<L, S>(log: &L, store: &S)
+where
+    L: EventLog + ?Sized,
+    S: Store + ?Sized,
+{
+    let f = facility(F1);
+    let p = patient(P1);
+    let chain = ChainKey::Facility(f.clone());
+    let positions = ok(
+        log.append(vec![append(&chain, 1, 1), append(&chain, 2, 2)])
+            .await,
+        "append",
+    );
+    let r2 = NewRecord {
+        position: positions[1],
+        ..record(2, &f, 2, &p)
+    };
+    ok(store.apply(record_batch(&[r2.clone()])).await, "apply");
+
+    let (got, env) = ok(store.record(event_id(2)).await, "record").expect("record 2");
+    assert_eq!(got, stored(&r2, 1, None));
+    assert_eq!(env, envelope(2));
+    assert_eq!(
+        ok(store.record(event_id(1)).await, "record"),
+        None,
+        "not projected"
+    );
+}
+
+// ── Consent ──────────────────────────────────────────────────────────────────────────
+
+/// Grants read back exactly and in projection order, per patient; `grant` finds one with
+/// its patient; a revocation (also one in the grant's own batch) sets `revoked_at`;
+/// break-glass windows read back for their patient, appear among the monitor's uses with
+/// no reads yet, and write their audit entry.
+pub async fn grants_revocations_and_break_glass_round_trip<S: Store + ?Sized>(store: &S) {
+    let (f1, f2) = (facility(F1), facility(F2));
+    let (p1, p2) = (patient(P1), patient(P2));
+    let mut g1 = grant(
+        10,
+        &p1,
+        &f1,
+        Grantee::Facility(f2.clone()),
+        vec![Purpose::Referral, Purpose::Treatment],
+    );
+    g1.grant.kinds = vec![RecordKind::Observation, RecordKind::Condition];
+    g1.grant.include_sensitive = vec![SensitivityLabel::Reproductive, SensitivityLabel::Hiv];
+    g1.grant.data_from = Some(at(-86_400));
+    g1.grant.data_until = Some(Timestamp::new(T0, 123_456_789).expect("in range"));
+    let g2 = grant(
+        11,
+        &p1,
+        &f1,
+        Grantee::AnyFacility,
+        vec![Purpose::ChronicCare],
+    );
+    let g_other = grant(
+        12,
+        &p2,
+        &f2,
+        Grantee::Facility(f1.clone()),
+        vec![Purpose::Treatment],
+    );
+    let g3 = grant(13, &p1, &f2, Grantee::AnyFacility, vec![Purpose::Emergency]);
+    ok(
+        store
+            .apply(ProjectionBatch {
+                projections: vec![
+                    Projection::Grant {
+                        patient_id: p1.clone(),
+                        state: g1.clone(),
+                    },
+                    Projection::Grant {
+                        patient_id: p2.clone(),
+                        state: g_other.clone(),
+                    },
+                    Projection::Grant {
+                        patient_id: p1.clone(),
+                        state: g2.clone(),
+                    },
+                ],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "apply grants",
+    );
+    assert_eq!(
+        ok(store.grants(&p1).await, "grants"),
+        vec![g1.clone(), g2.clone()]
+    );
+    assert_eq!(ok(store.grants(&p2).await, "grants"), vec![g_other.clone()]);
+    assert_eq!(
+        ok(store.grant(event_id(10)).await, "grant"),
+        Some((p1.clone(), g1.clone()))
+    );
+    assert_eq!(ok(store.grant(event_id(99)).await, "grant"), None);
+
+    // Revoke g1; grant and revoke g3 in one batch.
+    ok(
+        store
+            .apply(ProjectionBatch {
+                projections: vec![
+                    Projection::Revocation {
+                        grant_event_id: event_id(10),
+                        revoked_at: at(500),
+                        revoked_by: event_id(20),
+                    },
+                    Projection::Grant {
+                        patient_id: p1.clone(),
+                        state: g3.clone(),
+                    },
+                    Projection::Revocation {
+                        grant_event_id: event_id(13),
+                        revoked_at: at(600),
+                        revoked_by: event_id(21),
+                    },
+                ],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "apply revocations",
+    );
+    let revoked = |g: &GrantState, t| GrantState {
+        revoked_at: Some(t),
+        ..g.clone()
+    };
+    assert_eq!(
+        ok(store.grants(&p1).await, "grants"),
+        vec![revoked(&g1, at(500)), g2.clone(), revoked(&g3, at(600))]
+    );
+    assert_eq!(ok(store.grants(&p2).await, "grants"), vec![g_other]);
+
+    // Break-glass.
+    let (use_, event) = break_glass(30, &p1, &f2);
+    ok(
+        store
+            .apply(ProjectionBatch {
+                projections: vec![Projection::BreakGlass(use_.clone(), event.clone())],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "apply break-glass",
+    );
+    assert_eq!(
+        ok(store.break_glass(&p1).await, "break_glass"),
+        vec![use_.window.clone()]
+    );
+    assert!(ok(store.break_glass(&p2).await, "break_glass").is_empty());
+    assert_eq!(
+        ok(store.break_glass_uses(None).await, "uses"),
+        vec![use_.clone()]
+    );
+    assert_eq!(
+        ok(store.break_glass_uses(Some(at(30))).await, "uses since"),
+        vec![use_.clone()],
+        "since is inclusive"
+    );
+    assert!(ok(store.break_glass_uses(Some(at(31))).await, "uses since").is_empty());
+    let audit = ok(store.accesses(&p1, 0, 10).await, "accesses");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].event, event);
+    assert!(audit[0].is_intact());
+}
+
+// ── Audit ────────────────────────────────────────────────────────────────────────────
+
+/// Access events chain (seq 1, 2, 3, … from the zero hash, each after the previous
+/// entry's hash) and verify; `accesses` pages one patient's entries; the exchange matrix
+/// adds records and one access per author; a read under a break-glass window counts
+/// against it.
+pub async fn audit_chain_is_intact_and_counts_exchange<S: Store + ?Sized>(store: &S) {
+    let (f1, f2, f3) = (facility(F1), facility(F2), facility(F3));
+    let (p1, p2) = (patient(P1), patient(P2));
+    let (use_, declared) = break_glass(40, &p1, &f3);
+    ok(
+        store
+            .apply(ProjectionBatch {
+                projections: vec![Projection::BreakGlass(use_, declared)],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "apply break-glass",
+    );
+
+    let e1 = ok(
+        store
+            .append_access(
+                access(&f2, &p1, vec![Basis::Consent(event_id(10))], 4, 100),
+                &[(f1.clone(), 3), (f3.clone(), 1)],
+            )
+            .await,
+        "append_access",
+    );
+    let e2 = ok(
+        store
+            .append_access(access(&f2, &p2, vec![Basis::Author], 0, 101), &[])
+            .await,
+        "append_access",
+    );
+    let e3 = ok(
+        store
+            .append_access(
+                access(
+                    &f3,
+                    &p1,
+                    vec![Basis::BreakGlass(event_id(40)), Basis::Author],
+                    2,
+                    102,
+                ),
+                &[(f1.clone(), 2)],
+            )
+            .await,
+        "append_access",
+    );
+    let e4 = ok(
+        store
+            .append_access(
+                access(&f2, &p1, vec![Basis::Author], 1, 103),
+                &[(f1.clone(), 1)],
+            )
+            .await,
+        "append_access",
+    );
+
+    let p1_entries = ok(store.accesses(&p1, 0, 100).await, "accesses");
+    assert_eq!(p1_entries.len(), 4);
+    let first = &p1_entries[0];
+    assert_eq!((first.seq, first.prev_hash), (1, Sha256::ZERO));
+    assert_eq!(p1_entries[1..], [e1.clone(), e3.clone(), e4.clone()]);
+    let chain: Vec<&AuditEntry> = vec![first, &e1, &e2, &e3, &e4];
+    for w in chain.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1);
+        assert_eq!(w[1].prev_hash, w[0].entry_hash);
+    }
+    assert!(chain.iter().all(|e| e.is_intact()));
+    assert!(p1_entries.iter().all(AuditEntry::is_intact));
+
+    assert_eq!(
+        ok(store.accesses(&p1, e1.seq, 1).await, "accesses page"),
+        vec![e3.clone()]
+    );
+    assert_eq!(ok(store.accesses(&p2, 0, 100).await, "accesses"), vec![e2]);
+    assert!(ok(store.accesses(&p1, e4.seq, 100).await, "accesses").is_empty());
+
+    let cell = |r: &FacilityId, a: &FacilityId, records, accesses| ExchangeCell {
+        reader: r.clone(),
+        author: a.clone(),
+        records,
+        accesses,
+    };
+    assert_eq!(
+        sorted_cells(ok(store.exchange_matrix().await, "matrix")),
+        sorted_cells(vec![
+            cell(&f2, &f1, 4, 2),
+            cell(&f2, &f3, 1, 1),
+            cell(&f3, &f1, 2, 1),
+        ])
+    );
+    let uses = ok(store.break_glass_uses(None).await, "uses");
+    assert_eq!(uses.len(), 1);
+    assert_eq!(
+        uses[0].reads, 1,
+        "one read under the window; the declaration is none"
+    );
+}
+
+fn sorted_cells(mut cells: Vec<ExchangeCell>) -> Vec<ExchangeCell> {
+    cells.sort_by(|a, b| (&a.reader, &a.author).cmp(&(&b.reader, &b.author)));
+    cells
+}
+
+/// Replaying a break-glass declaration after `reset_projections` restores the window
+/// but writes no second audit entry, and the reads counted under it are kept.
+pub async fn break_glass_audit_is_idempotent_across_reset<S: Store + ?Sized>(store: &S) {
+    let (f1, f3) = (facility(F1), facility(F3));
+    let p = patient(P1);
+    let (use_, declared) = break_glass(7, &p, &f3);
+    let batch = ProjectionBatch {
+        projections: vec![Projection::BreakGlass(use_.clone(), declared.clone())],
+        offsets: vec![(0, 8)],
+        ..ProjectionBatch::default()
+    };
+    ok(store.apply(batch.clone()).await, "apply");
+    ok(
+        store
+            .append_access(
+                access(&f3, &p, vec![Basis::BreakGlass(event_id(7))], 2, 50),
+                &[(f1, 2)],
+            )
+            .await,
+        "append_access",
+    );
+    let before = ok(store.accesses(&p, 0, 100).await, "accesses");
+    assert_eq!(before.len(), 2);
+
+    ok(store.reset_projections().await, "reset");
+    assert!(ok(store.break_glass(&p).await, "break_glass").is_empty());
+    assert!(ok(store.break_glass_uses(None).await, "uses").is_empty());
+    assert_eq!(ok(store.accesses(&p, 0, 100).await, "accesses"), before);
+
+    ok(store.apply(batch).await, "replay");
+    assert_eq!(
+        ok(store.accesses(&p, 0, 100).await, "accesses"),
+        before,
+        "no second audit entry for the declaration"
+    );
+    assert_eq!(
+        ok(store.break_glass(&p).await, "break_glass"),
+        vec![use_.window.clone()]
+    );
+    assert_eq!(
+        ok(store.break_glass_uses(None).await, "uses"),
+        vec![BreakGlassUse { reads: 1, ..use_ }],
+        "reads survive the reset"
+    );
+    let next = ok(
+        store
+            .append_access(access(&f3, &p, vec![Basis::Author], 0, 60), &[])
+            .await,
+        "append_access",
+    );
+    assert_eq!(next.prev_hash, before[1].entry_hash, "the chain continues");
+}
+
+/// `reset_projections` empties every projection and the offsets, and keeps the log,
+/// the audit log, the exchange matrix, and ingest's rejections and their counts.
+/// A replay then starts `patient_seq` at 1 again.
+pub async fn reset_projections_keeps_log_audit_and_ingest_rejections<L, S>(log: &L, store: &S)
+where
+    L: EventLog + ?Sized,
+    S: Store + ?Sized,
+{
+    let (f1, f2, f3) = (facility(F1), facility(F2), facility(F3));
+    let p = patient(P1);
+    let chain = ChainKey::Facility(f1.clone());
+    let positions = ok(
+        log.append(vec![append(&chain, 1, 1), append(&chain, 2, 2)])
+            .await,
+        "append",
+    );
+    let partition = positions[0].partition;
+    let log_before = ok(log.read(partition, 0, 100).await, "read");
+    let end_before = ok(log.end_offset(partition).await, "end_offset");
+
+    let r1 = NewRecord {
+        position: positions[0],
+        ..record(1, &f1, 1, &p)
+    };
+    let mut batch = record_batch(&[r1.clone()]);
+    batch.offsets = vec![(partition, positions[1].offset + 1)];
+    let (use_, declared) = break_glass(2, &p, &f2);
+    batch.projections.extend([
+        Projection::Grant {
+            patient_id: p.clone(),
+            state: grant(3, &p, &f1, Grantee::AnyFacility, vec![Purpose::Treatment]),
+        },
+        Projection::BreakGlass(use_, declared),
+        Projection::FacilityRegistered(FacilityInfo {
+            facility_id: f1.clone(),
+            name: "Bệnh viện Đa khoa".into(),
+            province: "Hà Nội".into(),
+            level: FacilityLevel::Specialized,
+        }),
+        Projection::KeyAdded(key(1, &f1)),
+        Projection::Rejection(rejection(
+            2,
+            Some(&f1),
+            Reason::InvalidField,
+            2,
+            Some(positions[1]),
+        )),
+    ]);
+    batch.stats.push(StatsDelta {
+        facility_id: f1.clone(),
+        accepted: 1,
+        duplicates: 0,
+        rejected: vec![(Reason::InvalidField, 1)],
+        last_seen: at(2),
+    });
+    ok(store.apply(batch.clone()).await, "apply");
+    ok(
+        store
+            .append_access(
+                access(&f2, &p, vec![Basis::Author], 1, 10),
+                &[(f1.clone(), 1)],
+            )
+            .await,
+        "append_access",
+    );
+    let ingest_rows = vec![
+        rejection(90, Some(&f3), Reason::BadSignature, 20, None),
+        rejection(91, Some(&f1), Reason::SequenceGap, 21, None),
+    ];
+    ok(
+        store.record_ingest_rejections(ingest_rows.clone()).await,
+        "record_ingest_rejections",
+    );
+    let audit_before = ok(store.accesses(&p, 0, 100).await, "accesses");
+    let matrix_before = ok(store.exchange_matrix().await, "matrix");
+    assert_eq!(audit_before.len(), 2);
+
+    ok(store.reset_projections().await, "reset");
+
+    // The log is untouched.
+    assert_eq!(ok(log.read(partition, 0, 100).await, "read"), log_before);
+    assert_eq!(
+        ok(log.end_offset(partition).await, "end_offset"),
+        end_before
+    );
+    // Every projection is gone.
+    assert!(ok(store.records_after(&p, 0, 10).await, "records_after").is_empty());
+    assert!(ok(store.timeline(&timeline_query(&p, 10)).await, "timeline").is_empty());
+    assert_eq!(ok(store.record(event_id(1)).await, "record"), None);
+    assert!(ok(store.grants(&p).await, "grants").is_empty());
+    assert_eq!(ok(store.grant(event_id(3)).await, "grant"), None);
+    assert!(ok(store.break_glass(&p).await, "break_glass").is_empty());
+    assert!(ok(store.break_glass_uses(None).await, "uses").is_empty());
+    assert!(ok(store.facilities().await, "facilities").is_empty());
+    assert_eq!(ok(store.facility(&f1).await, "facility"), None);
+    assert!(ok(store.keys(None).await, "keys").is_empty());
+    let snapshot = ok(store.projector_snapshot().await, "snapshot");
+    assert!(snapshot.offsets.is_empty() && snapshot.keys.is_empty());
+    assert!(ok(store.projected_offsets().await, "offsets").is_empty());
+    assert_eq!(
+        ok(
+            store.chain_context(&chain, event_id(3), 3).await,
+            "chain_context"
+        )
+        .head,
+        ChainHead::EMPTY
+    );
+    // Audit and ingest's rejections are kept.
+    assert_eq!(
+        ok(store.accesses(&p, 0, 100).await, "accesses"),
+        audit_before
+    );
+    assert_eq!(ok(store.exchange_matrix().await, "matrix"), matrix_before);
+    assert_eq!(
+        ok(store.rejections(None, 100).await, "rejections"),
+        vec![ingest_rows[1].clone(), ingest_rows[0].clone()],
+        "only ingest's rejections, newest first"
+    );
+    let stats = ok(store.facility_stats().await, "facility_stats");
+    let by = |f: &FacilityId| stats.iter().find(|s| &s.facility_id == f).cloned();
+    let s1 = by(&f1).expect("f1 keeps its ingest count");
+    assert_eq!(
+        (s1.accepted, s1.duplicates, s1.rejected.clone(), s1.head_seq),
+        (0, 0, vec![(Reason::SequenceGap, 1)], 0)
+    );
+    let s3 = by(&f3).expect("f3 has only an ingest rejection");
+    assert_eq!(
+        (s3.rejected.clone(), s3.head_seq),
+        (vec![(Reason::BadSignature, 1)], 0)
+    );
+    assert!(by(&f2).is_none(), "f2 had only projected activity");
+
+    // The replay rebuilds, from patient_seq 1.
+    ok(store.apply(batch).await, "replay");
+    assert_eq!(
+        ok(store.records_after(&p, 0, 10).await, "records_after"),
+        vec![stored(&r1, 1, None)]
+    );
+    assert_eq!(
+        ok(store.accesses(&p, 0, 100).await, "accesses"),
+        audit_before,
+        "the replayed break-glass adds no audit entry"
+    );
+}
+
+// ── Registry ─────────────────────────────────────────────────────────────────────────
+
+/// Facilities upsert (a second registration replaces the first); keys read back per
+/// facility and in the projector snapshot; a key revocation sets `revoked_at` and the
+/// reason.
+pub async fn registry_and_keys_round_trip<S: Store + ?Sized>(store: &S) {
+    let (f1, f2) = (facility(F1), facility(F2));
+    let info = |f: &FacilityId, name: &str, level| FacilityInfo {
+        facility_id: f.clone(),
+        name: name.to_owned(),
+        province: "Hà Nội".to_owned(),
+        level,
+    };
+    let (k1, k2, k3) = (key(1, &f1), key(2, &f1), key(3, &f2));
+    ok(
+        store
+            .apply(ProjectionBatch {
+                projections: vec![
+                    Projection::FacilityRegistered(info(
+                        &f2,
+                        "Bệnh viện tỉnh",
+                        FacilityLevel::Basic,
+                    )),
+                    Projection::FacilityRegistered(info(&f1, "Bệnh viện A", FacilityLevel::Basic)),
+                    Projection::KeyAdded(k1.clone()),
+                    Projection::KeyAdded(k2.clone()),
+                    Projection::KeyAdded(k3.clone()),
+                ],
+                links: vec![ChainLink {
+                    chain: ChainKey::Registry,
+                    seq: 1,
+                    event_id: event_id(1),
+                    event_hash: envelope(1).event_hash(),
+                    position: pos(1),
+                }],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "apply",
+    );
+    ok(
+        store
+            .apply(ProjectionBatch {
+                projections: vec![
+                    Projection::FacilityRegistered(info(
+                        &f1,
+                        "Bệnh viện Đa khoa A",
+                        FacilityLevel::Specialized,
+                    )),
+                    Projection::KeyRevoked {
+                        key_id: k2.key_id(),
+                        revoked_at: at(100),
+                        reason: "key compromised".into(),
+                    },
+                ],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "apply",
+    );
+
+    let by_id = |mut v: Vec<FacilityInfo>| {
+        v.sort_by(|a, b| a.facility_id.cmp(&b.facility_id));
+        v
+    };
+    assert_eq!(
+        by_id(ok(store.facilities().await, "facilities")),
+        vec![
+            info(&f1, "Bệnh viện Đa khoa A", FacilityLevel::Specialized),
+            info(&f2, "Bệnh viện tỉnh", FacilityLevel::Basic),
+        ]
+    );
+    assert_eq!(
+        ok(store.facility(&f2).await, "facility"),
+        Some(info(&f2, "Bệnh viện tỉnh", FacilityLevel::Basic))
+    );
+    assert_eq!(ok(store.facility(&facility(F3)).await, "facility"), None);
+
+    let k2_revoked = KeyRecord {
+        revoked_at: Some(at(100)),
+        ..k2.clone()
+    };
+    let key_ids = |keys: Vec<KeyRecord>| sorted(keys.iter().map(|k| k.key_id()).collect());
+    let f1_keys = ok(store.keys(Some(&f1)).await, "keys");
+    assert_eq!(f1_keys.len(), 2);
+    for k in &f1_keys {
+        if k.key.key_id() == k2.key_id() {
+            assert_eq!(k.key, k2_revoked);
+            assert_eq!(k.revocation_reason.as_deref(), Some("key compromised"));
+        } else {
+            assert_eq!(k.key, k1);
+            assert_eq!(k.revocation_reason, None);
+        }
+    }
+    let all = ok(store.keys(None).await, "keys");
+    assert_eq!(
+        key_ids(all.into_iter().map(|k| k.key).collect()),
+        key_ids(vec![k1.clone(), k2.clone(), k3.clone()])
+    );
+    let snapshot = ok(store.projector_snapshot().await, "snapshot");
+    let mut keys = snapshot.keys;
+    keys.sort_by_key(|k| k.key_id());
+    let mut want = vec![k1, k2_revoked, k3];
+    want.sort_by_key(|k| k.key_id());
+    assert_eq!(
+        keys, want,
+        "the snapshot has every key, revocations included"
+    );
+    let registry = ok(
+        store
+            .chain_context(&ChainKey::Registry, event_id(2), 2)
+            .await,
+        "chain_context",
+    );
+    assert_eq!(registry.head.seq, 1);
+}
+
+// ── Monitor ──────────────────────────────────────────────────────────────────────────
+
+/// Stats deltas add up per facility across batches, with ingest's rejections counted
+/// in (a facility known only from those included; a row without a facility counted
+/// nowhere); heads come from the projected chains; rejections list newest first, per
+/// facility or all, exactly as recorded.
+pub async fn monitor_stats_add_up<S: Store + ?Sized>(store: &S) {
+    let (f1, f2, f3) = (facility(F1), facility(F2), facility(F3));
+    let p = patient(P1);
+    let invalid = rejection(3, Some(&f1), Reason::InvalidField, 5, Some(pos(3)));
+    let fork = rejection(6, Some(&f1), Reason::Fork, 12, Some(pos(6)));
+    let mut b1 = record_batch(&[record(1, &f1, 1, &p), record(2, &f1, 2, &p)]);
+    b1.projections.push(Projection::Rejection(invalid.clone()));
+    b1.links.push(ChainLink {
+        chain: ChainKey::Facility(f1.clone()),
+        seq: 3,
+        event_id: event_id(3),
+        event_hash: envelope(3).event_hash(),
+        position: pos(3),
+    });
+    b1.stats.push(StatsDelta {
+        facility_id: f1.clone(),
+        accepted: 2,
+        duplicates: 1,
+        rejected: vec![(Reason::InvalidField, 1)],
+        last_seen: at(10),
+    });
+    ok(store.apply(b1).await, "apply");
+
+    let mut b2 = record_batch(&[record(4, &f2, 1, &p)]);
+    b2.projections.push(Projection::Rejection(fork.clone()));
+    b2.stats.extend([
+        StatsDelta {
+            facility_id: f1.clone(),
+            accepted: 1,
+            duplicates: 0,
+            rejected: vec![(Reason::InvalidField, 1), (Reason::Fork, 1)],
+            last_seen: at(20),
+        },
+        StatsDelta {
+            facility_id: f2.clone(),
+            accepted: 1,
+            duplicates: 0,
+            rejected: Vec::new(),
+            last_seen: at(15),
+        },
+    ]);
+    ok(store.apply(b2).await, "apply");
+
+    let bad_signature = rejection(80, Some(&f1), Reason::BadSignature, 1, None);
+    let gap = rejection(81, Some(&f3), Reason::SequenceGap, 30, None);
+    let malformed = RejectionRow {
+        facility_id: None,
+        event_id: None,
+        seq: None,
+        event_hash: None,
+        ..rejection(82, None, Reason::MalformedEnvelope, 40, None)
+    };
+    ok(
+        store
+            .record_ingest_rejections(vec![bad_signature.clone(), gap.clone(), malformed.clone()])
+            .await,
+        "record_ingest_rejections",
+    );
+    ok(
+        store.record_ingest_rejections(Vec::new()).await,
+        "nothing to record",
+    );
+
+    let mut stats = ok(store.facility_stats().await, "facility_stats");
+    stats.sort_by(|a, b| a.facility_id.cmp(&b.facility_id));
+    for s in &mut stats {
+        s.rejected.sort();
+    }
+    assert_eq!(stats.len(), 3, "f1, f2 and f3 (ingest only)");
+    assert_eq!(
+        stats[0],
+        FacilityStats {
+            facility_id: f1.clone(),
+            accepted: 3,
+            duplicates: 1,
+            rejected: sorted(vec![
+                (Reason::InvalidField, 2),
+                (Reason::Fork, 1),
+                (Reason::BadSignature, 1),
+            ]),
+            last_seen: Some(at(20)),
+            head_seq: 3,
+        }
+    );
+    assert_eq!(
+        stats[1],
+        FacilityStats {
+            facility_id: f2.clone(),
+            accepted: 1,
+            duplicates: 0,
+            rejected: Vec::new(),
+            last_seen: Some(at(15)),
+            head_seq: 1,
+        }
+    );
+    assert_eq!(stats[2].facility_id, f3);
+    assert_eq!(
+        (
+            stats[2].accepted,
+            stats[2].rejected.clone(),
+            stats[2].head_seq
+        ),
+        (0, vec![(Reason::SequenceGap, 1)], 0)
+    );
+
+    assert_eq!(
+        ok(store.rejections(None, 100).await, "rejections"),
+        vec![
+            malformed,
+            gap.clone(),
+            fork.clone(),
+            invalid.clone(),
+            bad_signature.clone()
+        ],
+        "newest first, as recorded"
+    );
+    assert_eq!(
+        ok(store.rejections(Some(&f1), 2).await, "rejections"),
+        vec![fork, invalid]
+    );
+    assert_eq!(
+        ok(store.rejections(Some(&f3), 10).await, "rejections"),
+        vec![gap]
+    );
+    assert!(ok(store.rejections(Some(&f2), 10).await, "rejections").is_empty());
+}
+
+/// The `changes` counter advances after a committed batch, the batch is visible once
+/// it has, and a follower waiting on it wakes.
+pub async fn changes_counter_advances_after_apply<S: Store + ?Sized>(store: &S) {
+    let f = facility(F1);
+    let p = patient(P1);
+    let mut rx = store.changes();
+    let v0 = *rx.borrow_and_update();
+
+    ok(
+        store.apply(record_batch(&[record(1, &f, 1, &p)])).await,
+        "apply",
+    );
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("the counter changes after apply")
+        .expect("the store keeps the sender");
+    let v1 = *rx.borrow_and_update();
+    assert!(v1 > v0);
+    assert_eq!(
+        ok(store.records_after(&p, 0, 10).await, "records_after").len(),
+        1
+    );
+    assert!(
+        *store.changes().borrow() >= v1,
+        "a new subscriber sees the latest value"
+    );
+
+    let follower = async {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("a waiting follower wakes")
+            .expect("the store keeps the sender");
+        ok(store.records_after(&p, 1, 10).await, "records_after")
+    };
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ok(
+            store.apply(record_batch(&[record(2, &f, 2, &p)])).await,
+            "apply",
+        );
+    };
+    let (seen, ()) = tokio::join!(follower, writer);
+    assert_eq!(
+        ids(&seen),
+        vec![event_id(2)],
+        "what woke the follower is visible"
+    );
+    assert!(*rx.borrow() > v1);
+}

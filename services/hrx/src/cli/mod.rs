@@ -3,7 +3,13 @@
 //! Exit codes: 0 success (and an accepted or duplicate verdict), 1 an envelope was
 //! rejected, 2 the command itself failed (bad arguments, unreadable files).
 
+mod demo;
+mod emit;
+mod fhir;
 mod keygen;
+mod registry;
+mod reproject;
+mod serve;
 mod sign;
 mod verify;
 
@@ -34,6 +40,16 @@ enum Command {
     Sign(Box<sign::SignArgs>),
     /// Verify an envelope against the signer's public key and the facility's head.
     Verify(verify::VerifyArgs),
+    /// Run the whole story on a throwaway node: registration, referral, follow, break-glass, audit, monitor.
+    Demo(demo::DemoArgs),
+    /// Run the whole exchange in one process on a data directory (default ./hrx-data).
+    Serve(serve::ServeArgs),
+    /// Register facilities and manage their keys on a running node (national center).
+    Registry(registry::RegistryArgs),
+    /// Sign FHIR files as a registered facility and submit them to a running node.
+    Emit(emit::EmitArgs),
+    /// Rebuild every projection from the event log (node stopped).
+    Reproject(reproject::ReprojectArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -41,7 +57,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Keygen(a) => keygen::run(a),
         Command::Sign(a) => sign::run(*a),
         Command::Verify(a) => verify::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Registry(a) => registry::run(a),
+        Command::Emit(a) => emit::run(a),
+        Command::Reproject(a) => reproject::run(a),
     }
+}
+
+/// The async runtime of the subcommands that talk to or run a node.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// `PATH` with `suffix` appended to its file name.

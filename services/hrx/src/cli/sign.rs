@@ -15,6 +15,7 @@ use hrx_proto::{codec, v1};
 use prost::Message as _;
 use serde_json::Value;
 
+use super::fhir::{infer_kind, infer_patient, infer_time};
 use crate::files::{envelope_to_json, parse_envelope, read_private_key, write_new};
 
 #[derive(clap::Args, Debug)]
@@ -63,49 +64,6 @@ pub struct SignArgs {
     /// When the facility recorded the event (RFC 3339); default now.
     #[arg(long)]
     recorded_at: Option<String>,
-}
-
-/// FHIR elements that carry a resource's clinical time, most specific first.
-const TIME_ELEMENTS: &[&str] = &[
-    "effectiveDateTime",
-    "occurrenceDateTime",
-    "performedDateTime",
-    "onsetDateTime",
-    "authoredOn",
-    "recordedDate",
-    "started",
-    "issued",
-    "date",
-];
-
-fn infer_time(resource: &Value) -> Option<Timestamp> {
-    let direct = TIME_ELEMENTS.iter().filter_map(|e| resource.get(*e));
-    let periods = ["period", "effectivePeriod", "performedPeriod"]
-        .iter()
-        .filter_map(|p| resource.get(*p).and_then(|p| p.get("start")));
-    direct
-        .chain(periods)
-        .filter_map(Value::as_str)
-        .find_map(|s| Timestamp::parse_rfc3339(s).ok())
-}
-
-fn infer_patient(resource: &Value) -> Option<String> {
-    let r = resource
-        .get("subject")
-        .or_else(|| resource.get("patient"))?;
-    r.get("reference")
-        .and_then(Value::as_str)
-        .and_then(|s| s.strip_prefix("Patient/"))
-        .or_else(|| r.get("identifier")?.get("value")?.as_str())
-        .map(str::to_owned)
-}
-
-fn infer_kind(resource: &Value) -> Option<RecordKind> {
-    let rt = resource.get("resourceType")?.as_str()?;
-    RecordKind::ALL
-        .iter()
-        .copied()
-        .find(|k| k.fhir_resource_type() == rt)
 }
 
 fn time_arg(name: &str, value: Option<&str>) -> anyhow::Result<Option<Timestamp>> {

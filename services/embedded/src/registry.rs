@@ -1,0 +1,172 @@
+//! [`RegistryStore`]: facilities and their keys as the registry chain declared them;
+//! and the key writes of a projection batch.
+
+use async_trait::async_trait;
+use hrx_domain::verify::{KeyOwner, KeyRecord};
+use hrx_domain::{FacilityId, FacilityLevel, KeyId, PublicKey, Timestamp};
+use hrx_ports::{FacilityInfo, KeyInfo, PortResult, RegistryStore};
+use rusqlite::{Connection, Transaction, params};
+
+use crate::SqliteNode;
+use crate::codec::{self, Cols};
+use crate::error::{EmbeddedError, Result};
+
+/// How the owner column spells the national root key (a facility id is five digits, so
+/// the two cannot collide).
+const ROOT: &str = "root";
+
+fn owner_text(o: &KeyOwner) -> &str {
+    match o {
+        KeyOwner::Facility(f) => f.as_str(),
+        KeyOwner::Root => ROOT,
+    }
+}
+
+/// A key added by the registry. A second `KeyAdded` for a registered key id fails the
+/// batch (a conflict): re-adding must not silently undo a revocation or move a key to
+/// another facility, and the projector rejects it as content first.
+pub(crate) fn insert_key(tx: &Transaction<'_>, k: &KeyRecord) -> Result<()> {
+    let (valid_s, valid_ns) = codec::ts(k.valid_from);
+    let (revoked_s, revoked_ns) = codec::opt_ts(k.revoked_at);
+    tx.prepare_cached(
+        "INSERT INTO keys (key_id, public_key, owner, valid_from_s, valid_from_ns, \
+         revoked_s, revoked_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        k.key_id().as_str(),
+        k.public_key.as_bytes(),
+        owner_text(&k.owner),
+        valid_s,
+        valid_ns,
+        revoked_s,
+        revoked_ns,
+    ])?;
+    Ok(())
+}
+
+/// Revokes a key; as for grants, the first revocation stands, and a missing key fails
+/// the batch.
+pub(crate) fn revoke_key(
+    tx: &Transaction<'_>,
+    key: &KeyId,
+    at: Timestamp,
+    reason: &str,
+) -> Result<()> {
+    let (s, ns) = codec::ts(at);
+    let changed = tx
+        .prepare_cached(
+            "UPDATE keys SET revoked_s = ?1, revoked_ns = ?2, revocation_reason = ?3 \
+             WHERE key_id = ?4 AND revoked_s IS NULL",
+        )?
+        .execute(params![s, ns, reason, key.as_str()])?;
+    if changed == 0
+        && !tx
+            .prepare_cached("SELECT 1 FROM keys WHERE key_id = ?1")?
+            .exists([key.as_str()])?
+    {
+        return Err(EmbeddedError::Corrupt(format!(
+            "key revocation names key {key}, which is not registered"
+        )));
+    }
+    Ok(())
+}
+
+const KEY_COLUMNS: &str = "key_id, public_key, owner, valid_from_s, valid_from_ns, revoked_s, \
+     revoked_ns, revocation_reason";
+
+fn decode_key(c: &mut Cols<'_, '_>) -> Result<KeyInfo> {
+    let key_id = c.text()?;
+    let public_key = PublicKey::from_slice(&c.blob()?)
+        .ok_or_else(|| EmbeddedError::Corrupt(format!("key {key_id} is not 32 bytes")))?;
+    // The id is derived from the key; a mismatch means the row was altered.
+    if public_key.key_id().as_str() != key_id {
+        return Err(EmbeddedError::Corrupt(format!(
+            "key {key_id} is stored with another public key"
+        )));
+    }
+    let owner =
+        match c.text()?.as_str() {
+            ROOT => KeyOwner::Root,
+            f => KeyOwner::Facility(FacilityId::parse(f).map_err(|_| {
+                EmbeddedError::Corrupt(format!("key {key_id} has an unknown owner"))
+            })?),
+        };
+    Ok(KeyInfo {
+        key: KeyRecord {
+            public_key,
+            owner,
+            valid_from: c.ts()?,
+            revoked_at: c.opt_ts()?,
+        },
+        revocation_reason: c.opt_text()?,
+    })
+}
+
+/// Every key, in registration order.
+pub(crate) fn all_keys(conn: &Connection) -> Result<Vec<KeyInfo>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY rowid"))?;
+    codec::collect(&mut stmt, [], decode_key)
+}
+
+fn facility_keys(conn: &Connection, f: &FacilityId) -> Result<Vec<KeyInfo>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM keys WHERE owner = ?1 ORDER BY rowid"
+    ))?;
+    codec::collect(&mut stmt, [f.as_str()], decode_key)
+}
+
+fn decode_facility(c: &mut Cols<'_, '_>) -> Result<FacilityInfo> {
+    Ok(FacilityInfo {
+        facility_id: c.facility()?,
+        name: c.text()?,
+        province: c.text()?,
+        level: c.code(FacilityLevel::from_code)?,
+    })
+}
+
+#[async_trait]
+impl RegistryStore for SqliteNode {
+    /// Ordered by facility id.
+    async fn facilities(&self) -> PortResult<Vec<FacilityInfo>> {
+        Ok(self
+            .inner
+            .db
+            .read(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT facility_id, name, province, level FROM facilities \
+                     ORDER BY facility_id",
+                )?;
+                codec::collect(&mut stmt, [], decode_facility)
+            })
+            .await?)
+    }
+
+    async fn facility(&self, id: &FacilityId) -> PortResult<Option<FacilityInfo>> {
+        let id = id.clone();
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT facility_id, name, province, level FROM facilities \
+                     WHERE facility_id = ?1",
+                )?;
+                codec::first(&mut stmt, [id.as_str()], decode_facility)
+            })
+            .await?)
+    }
+
+    /// In registration order.
+    async fn keys(&self, facility: Option<&FacilityId>) -> PortResult<Vec<KeyInfo>> {
+        let facility = facility.cloned();
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| match &facility {
+                Some(f) => facility_keys(conn, f),
+                None => all_keys(conn),
+            })
+            .await?)
+    }
+}

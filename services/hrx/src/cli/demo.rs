@@ -1,0 +1,627 @@
+//! `hrx demo`: the whole story of the brief on a throwaway node — registration, signed
+//! records from a district hospital, a referral read allowed by consent and the same
+//! read refused without it, a clinic following a patient live, a break-glass access,
+//! the patient's access list, and the national center's monitor.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use hrx_domain::event::FHIR_JSON;
+use hrx_domain::{FacilityId, FacilityLevel, Purpose, Reason, RecordKind, Timestamp};
+use hrx_node::client::{FacilityClient, NationalCenter};
+use hrx_node::{Node, NodeConfig};
+use hrx_proto::{codec, v1};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt as _;
+
+const DISTRICT: &str = "26012";
+const PROVINCIAL: &str = "26001";
+const CLINIC: &str = "26105";
+
+/// (id, name, date of birth) of the demo's patients.
+const PATIENTS: [(&str, &str); 3] = [
+    ("026062001234", "Nguyễn Văn An"),
+    ("026185004321", "Trần Thị Bình"),
+    ("026070009876", "Lê Văn Cường"),
+];
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the demo's data directory instead of deleting it (to run `hrx reproject` on it).
+    #[arg(long)]
+    keep: Option<std::path::PathBuf>,
+}
+
+fn fac(id: &str) -> FacilityId {
+    FacilityId::parse(id).expect("demo facility ids are valid")
+}
+
+fn at(s: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(s).expect("demo times are valid")
+}
+
+fn coding(system: &str, code: &str, display: &str) -> Value {
+    json!({"coding": [{"system": system, "code": code, "display": display}], "text": display})
+}
+
+fn patient_ref(p: &str) -> Value {
+    json!({"reference": format!("Patient/{p}")})
+}
+
+/// A record body from a FHIR resource.
+fn record(
+    patient: &str,
+    kind: RecordKind,
+    occurred: &str,
+    resource: Value,
+) -> v1::facility_event::Body {
+    v1::facility_event::Body::Record(v1::Record {
+        patient_id: patient.to_owned(),
+        kind: kind.code(),
+        occurred_at: Some(codec::timestamp(at(occurred))),
+        author: "CCHN-002614".into(),
+        sensitivity: vec![],
+        supersedes: String::new(),
+        content_type: FHIR_JSON.into(),
+        body: serde_json::to_vec(&resource).expect("JSON serialises"),
+    })
+}
+
+fn encounter(p: &str, when: &str, reason: &str) -> v1::facility_event::Body {
+    record(
+        p,
+        RecordKind::Encounter,
+        when,
+        json!({
+            "resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": patient_ref(p), "period": {"start": when},
+            "reasonCode": [{"text": reason}],
+        }),
+    )
+}
+
+fn condition(p: &str, when: &str, icd10: &str, display: &str) -> v1::facility_event::Body {
+    record(
+        p,
+        RecordKind::Condition,
+        when,
+        json!({
+            "resourceType": "Condition", "subject": patient_ref(p), "recordedDate": when,
+            "code": coding("http://hl7.org/fhir/sid/icd-10", icd10, display),
+        }),
+    )
+}
+
+fn lab(
+    p: &str,
+    when: &str,
+    loinc: &str,
+    display: &str,
+    value: f64,
+    unit: &str,
+) -> v1::facility_event::Body {
+    record(
+        p,
+        RecordKind::Observation,
+        when,
+        json!({
+            "resourceType": "Observation", "status": "final", "subject": patient_ref(p),
+            "code": coding("http://loinc.org", loinc, display), "effectiveDateTime": when,
+            "valueQuantity": {"value": value, "unit": unit},
+        }),
+    )
+}
+
+fn medication(p: &str, when: &str, atc: &str, display: &str) -> v1::facility_event::Body {
+    record(
+        p,
+        RecordKind::MedicationRequest,
+        when,
+        json!({
+            "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+            "subject": patient_ref(p), "authoredOn": when,
+            "medicationCodeableConcept": coding("http://www.whocc.no/atc", atc, display),
+        }),
+    )
+}
+
+fn referral(p: &str, when: &str) -> v1::facility_event::Body {
+    record(
+        p,
+        RecordKind::Document,
+        when,
+        json!({
+            "resourceType": "DocumentReference", "status": "current", "subject": patient_ref(p), "date": when,
+            "type": coding("http://loinc.org", "57133-1", "Giấy chuyển tuyến (referral note)"),
+            "content": [{"attachment": {"contentType": "application/pdf", "url": "https://his.26012.example/ct/2026-0312"}}],
+        }),
+    )
+}
+
+fn grant(
+    patient: &str,
+    grantee: &str,
+    purposes: &[Purpose],
+    days: i64,
+) -> v1::facility_event::Body {
+    let expires = Timestamp::now()
+        .checked_add(hrx_domain::Duration::from_secs(days * 86_400).expect("positive"))
+        .expect("in range");
+    v1::facility_event::Body::ConsentGrant(v1::ConsentGrant {
+        patient_id: patient.into(),
+        purposes: purposes.iter().map(|p| p.code()).collect(),
+        kinds: vec![],
+        include_sensitive: vec![],
+        data_from: None,
+        data_until: None,
+        expires_at: Some(codec::timestamp(expires)),
+        evidence: Some(v1::ConsentEvidence {
+            form_id: format!("PCT-{grantee}-2026-000871"),
+            sha256: hrx_domain::Sha256::digest(b"scanned, signed consent form")
+                .as_bytes()
+                .to_vec(),
+        }),
+        grantee: Some(v1::consent_grant::Grantee::GranteeFacilityId(
+            grantee.into(),
+        )),
+    })
+}
+
+/// What a record is about, from its FHIR body: the code's display text.
+fn summary(e: &v1::TimelineEntry) -> String {
+    let v: Value = serde_json::from_slice(&e.body).unwrap_or(Value::Null);
+    let code = ["code", "medicationCodeableConcept", "type"]
+        .iter()
+        .find_map(|k| {
+            v.get(*k)
+                .and_then(|c| c.get("text"))
+                .and_then(Value::as_str)
+        });
+    let reason = v.pointer("/reasonCode/0/text").and_then(Value::as_str);
+    let value = v.pointer("/valueQuantity/value").map(|x| {
+        let unit = v
+            .pointer("/valueQuantity/unit")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        format!(" = {x} {unit}")
+    });
+    format!(
+        "{}{}",
+        code.or(reason).unwrap_or("-"),
+        value.unwrap_or_default()
+    )
+}
+
+fn kind_name(code: i32) -> &'static str {
+    RecordKind::from_code(code).map(|k| k.name()).unwrap_or("?")
+}
+
+fn basis(e: &v1::TimelineEntry) -> String {
+    match e
+        .basis
+        .as_ref()
+        .map(|b| (v1::AccessBasis::try_from(b.basis), &b.source_event_id))
+    {
+        Some((Ok(v1::AccessBasis::Author), _)) => "author".into(),
+        Some((Ok(v1::AccessBasis::Consent), id)) => format!("consent {}", &id[..8]),
+        Some((Ok(v1::AccessBasis::BreakGlass), id)) => format!("break-glass {}", &id[..8]),
+        _ => "?".into(),
+    }
+}
+
+fn date(t: Option<prost_types::Timestamp>) -> String {
+    t.and_then(|t| Timestamp::new(t.seconds, t.nanos).ok())
+        .map(|t| t.to_rfc3339()[..10].to_owned())
+        .unwrap_or_default()
+}
+
+fn print_entries(entries: &[v1::TimelineEntry]) {
+    for e in entries {
+        println!(
+            "    {}  {:<18} from {}  {:<16} {}",
+            date(e.occurred_at),
+            kind_name(e.kind),
+            e.facility_id,
+            basis(e),
+            summary(e)
+        );
+    }
+}
+
+async fn timeline(
+    reader: &FacilityClient,
+    patient: &str,
+    purpose: Purpose,
+) -> anyhow::Result<v1::GetTimelineResponse> {
+    Ok(reader
+        .timeline()
+        .get_timeline(v1::GetTimelineRequest {
+            patient_id: patient.into(),
+            purpose: purpose.code(),
+            page_size: 50,
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
+async fn emit_all(
+    f: &mut FacilityClient,
+    bodies: Vec<v1::facility_event::Body>,
+) -> anyhow::Result<usize> {
+    let envelopes: Vec<_> = bodies.into_iter().map(|b| f.sign(b).1).collect();
+    let results = f.submit(envelopes).await?;
+    let ok = results
+        .iter()
+        .filter(|r| r.status == v1::SubmitStatus::Accepted as i32)
+        .count();
+    if ok != results.len() {
+        bail!(
+            "{} of {} demo events were not accepted",
+            results.len() - ok,
+            results.len()
+        );
+    }
+    Ok(ok)
+}
+
+async fn settle(nc: &NationalCenter) -> anyhow::Result<()> {
+    let mut m = v1::monitor_service_client::MonitorServiceClient::new(nc.channel());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lag = m
+            .get_projector_lag(v1::GetProjectorLagRequest {})
+            .await?
+            .into_inner();
+        if lag.partitions.iter().all(|p| p.projected >= p.log_end) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the projector did not catch up");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let tmp = tempfile::tempdir()?;
+    let dir = match &a.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => tmp.path().to_owned(),
+    };
+    super::runtime()?.block_on(async move {
+        let node = Node::build(NodeConfig::ephemeral(&dir)).await?;
+        let addr = node.grpc_addr();
+        println!("== hrx demo: one embedded node in {}", dir.display());
+        println!("   national root key {}", node.root_key_id());
+        println!(
+            "   gRPC with mutual TLS on {addr}; metrics on http://{}/metrics\n",
+            node.metrics_addr()
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(node.run(async {
+            let _ = stopped.await;
+        }));
+        let result = story(&dir, addr).await;
+        let _ = stop.send(());
+        running.await.context("node task")??;
+        result?;
+        println!("\n== done: the node stopped cleanly.");
+        if let Some(d) = &a.keep {
+            println!(
+                "   data kept in {}; try `hrx reproject --data-dir {}`",
+                d.display(),
+                d.display()
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn story(dir: &std::path::Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let nc = NationalCenter::open(dir, addr).await?;
+    println!("== 1. The National Center registers three facilities (root-signed registry events)");
+    for (id, name, level) in [
+        (
+            DISTRICT,
+            "Trung tâm Y tế khu vực Vĩnh Tường (district hospital)",
+            FacilityLevel::Basic,
+        ),
+        (
+            PROVINCIAL,
+            "Bệnh viện Đa khoa tỉnh Phú Thọ (provincial hospital)",
+            FacilityLevel::Specialized,
+        ),
+        (
+            CLINIC,
+            "Phòng khám Nội tiết – Đái tháo đường (diabetes clinic)",
+            FacilityLevel::Initial,
+        ),
+    ] {
+        let r = nc
+            .register_facility(&fac(id), name, "Phú Thọ", level)
+            .await?;
+        println!("   {id}  {name}\n          signing key {}", r.key_id);
+    }
+    let mut district = FacilityClient::open(dir, addr, &fac(DISTRICT)).await?;
+    let mut provincial = FacilityClient::open(dir, addr, &fac(PROVINCIAL)).await?;
+    let clinic = FacilityClient::open(dir, addr, &fac(CLINIC)).await?;
+
+    println!(
+        "\n== 2. The district hospital emits signed FHIR records (one hash chain, Ed25519/DSSE)"
+    );
+    let [(an, an_name), (binh, binh_name), (cuong, cuong_name)] = PATIENTS;
+    let n = emit_all(
+        &mut district,
+        vec![
+            encounter(an, "2026-10-02T01:30:00Z", "Khám định kỳ đái tháo đường"),
+            condition(
+                an,
+                "2026-10-02T01:45:00Z",
+                "E11.9",
+                "Đái tháo đường type 2 (E11.9)",
+            ),
+            lab(
+                an,
+                "2026-10-02T02:10:00Z",
+                "4548-4",
+                "HbA1c (LOINC 4548-4)",
+                8.1,
+                "%",
+            ),
+            medication(
+                an,
+                "2026-10-02T02:30:00Z",
+                "A10BA02",
+                "Metformin 850 mg x 2/ngày",
+            ),
+            referral(an, "2026-11-18T03:00:00Z"),
+            encounter(binh, "2026-11-03T01:00:00Z", "Đau ngực, khó thở"),
+            condition(
+                binh,
+                "2026-11-03T01:20:00Z",
+                "I10",
+                "Tăng huyết áp vô căn (I10)",
+            ),
+            lab(
+                binh,
+                "2026-11-03T01:25:00Z",
+                "8480-6",
+                "Huyết áp tâm thu (LOINC 8480-6)",
+                165.0,
+                "mmHg",
+            ),
+            condition(cuong, "2026-09-15T02:00:00Z", "A15.0", "Lao phổi (A15.0)"),
+        ],
+    )
+    .await?;
+    println!("   {n} records accepted for {an_name}, {binh_name} and {cuong_name}");
+    let (_, bad) = district
+        .emit(record(
+            an,
+            RecordKind::Observation,
+            "2026-11-18T03:00:00Z",
+            json!({
+                "resourceType": "Condition", "subject": patient_ref(an)
+            }),
+        ))
+        .await?;
+    let rej = bad.rejection.clone().unwrap_or_default();
+    println!(
+        "   one malformed record is refused: {} [{}] (it still extends the chain: {})",
+        Reason::from_code(rej.reason)
+            .map(|r| r.name())
+            .unwrap_or("?"),
+        rej.field,
+        bad.extends_chain
+    );
+    settle(&nc).await?;
+
+    println!("\n== 3. Referral: the provincial hospital opens {an_name}'s history");
+    let page = timeline(&provincial, an, Purpose::Referral).await?;
+    println!(
+        "   without consent: {} records shown, {} withheld (deny by default)",
+        page.entries.len(),
+        page.withheld_count
+    );
+    let accepted = emit_all(
+        &mut district,
+        vec![
+            grant(an, PROVINCIAL, &[Purpose::Referral, Purpose::Treatment], 90),
+            grant(an, CLINIC, &[Purpose::ChronicCare], 365),
+        ],
+    )
+    .await?;
+    println!(
+        "   {an_name} signs consent forms at the district hospital: {accepted} grants recorded"
+    );
+    settle(&nc).await?;
+    let page = timeline(&provincial, an, Purpose::Referral).await?;
+    println!(
+        "   with consent: {} records shown, {} withheld:",
+        page.entries.len(),
+        page.withheld_count
+    );
+    print_entries(&page.entries);
+    let other = timeline(&provincial, binh, Purpose::Referral).await?;
+    println!(
+        "   the same read for {binh_name} (no consent): {} shown, {} withheld",
+        other.entries.len(),
+        other.withheld_count
+    );
+
+    println!("\n== 4. The diabetes clinic follows {an_name} live (CHRONIC_CARE)");
+    let mut stream = clinic
+        .timeline()
+        .follow(v1::FollowRequest {
+            patient_id: an.into(),
+            purpose: Purpose::ChronicCare.code(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut backlog = 0;
+    while backlog < 5 {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .map_err(|_| anyhow!("the follow stream stalled"))?
+            .ok_or_else(|| anyhow!("the follow stream closed"))??;
+        if matches!(item.item, Some(v1::follow_response::Item::Entry(_))) {
+            backlog += 1;
+        }
+    }
+    println!("   backlog delivered: {backlog} records");
+    let sent = Instant::now();
+    district
+        .emit(lab(
+            an,
+            "2026-11-25T02:00:00Z",
+            "4548-4",
+            "HbA1c (LOINC 4548-4)",
+            7.4,
+            "%",
+        ))
+        .await?;
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .map_err(|_| anyhow!("no live record within 5 s"))?
+            .ok_or_else(|| anyhow!("the follow stream closed"))??;
+        if let Some(v1::follow_response::Item::Entry(e)) = item.item {
+            println!(
+                "   live: {} {} delivered {} ms after submission",
+                kind_name(e.kind),
+                summary(&e),
+                sent.elapsed().as_millis()
+            );
+            break;
+        }
+    }
+    drop(stream);
+
+    println!(
+        "\n== 5. Break-glass: {binh_name} arrives unconscious at the provincial emergency department"
+    );
+    let (glass, r) = provincial
+        .emit(v1::facility_event::Body::BreakGlass(
+            v1::BreakGlassDeclaration {
+                patient_id: binh.into(),
+                reason: "Bệnh nhân hôn mê, không thể lấy đồng ý".into(),
+                clinician: "CCHN-009921".into(),
+                duration: Some(prost_types::Duration {
+                    seconds: 4 * 3600,
+                    nanos: 0,
+                }),
+            },
+        ))
+        .await?;
+    if r.status != v1::SubmitStatus::Accepted as i32 {
+        bail!("break-glass declaration refused");
+    }
+    settle(&nc).await?;
+    let page = timeline(&provincial, binh, Purpose::Emergency).await?;
+    println!(
+        "   declared {} for 4 h: {} records shown:",
+        &glass.to_string()[..8],
+        page.entries.len()
+    );
+    print_entries(&page.entries);
+
+    println!("\n== 6. {an_name} asks who read their records");
+    let accesses = district
+        .consent()
+        .list_accesses(v1::ListAccessesRequest {
+            patient_id: an.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .accesses;
+    for a in &accesses {
+        let action = v1::AccessAction::try_from(a.action)
+            .map(|x| x.as_str_name().trim_start_matches("ACCESS_ACTION_"))
+            .unwrap_or("?");
+        let purpose = Purpose::from_code(a.purpose)
+            .map(|p| p.name())
+            .unwrap_or("?");
+        println!(
+            "    #{:<3} {} {:<12} purpose {:<12} returned {:>2}, withheld {:>2}",
+            a.audit_seq,
+            a.reader_facility_id,
+            action,
+            purpose,
+            a.records_returned,
+            a.records_withheld
+        );
+    }
+
+    println!("\n== 7. The National Center's monitor (metadata only)");
+    let mut monitor = v1::monitor_service_client::MonitorServiceClient::new(nc.channel());
+    for s in monitor
+        .list_facility_stats(v1::ListFacilityStatsRequest {})
+        .await?
+        .into_inner()
+        .facilities
+    {
+        let rejected: Vec<String> = s
+            .rejected
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    Reason::from_code(r.reason).map(|x| x.name()).unwrap_or("?"),
+                    r.count
+                )
+            })
+            .collect();
+        println!(
+            "   facility {}: {} accepted, head seq {}, rejected: {}",
+            s.facility_id,
+            s.accepted,
+            s.head_seq,
+            if rejected.is_empty() {
+                "none".to_owned()
+            } else {
+                rejected.join(", ")
+            }
+        );
+    }
+    for c in monitor
+        .get_exchange_matrix(v1::GetExchangeMatrixRequest::default())
+        .await?
+        .into_inner()
+        .cells
+    {
+        println!(
+            "   {} read {} records authored by {} ({} reads)",
+            c.reader_facility_id, c.records, c.author_facility_id, c.accesses
+        );
+    }
+    for u in monitor
+        .list_break_glass(v1::ListBreakGlassRequest::default())
+        .await?
+        .into_inner()
+        .uses
+    {
+        println!(
+            "   break-glass by {} (clinician {}), {} reads",
+            u.facility_id, u.clinician, u.reads
+        );
+    }
+    let lag = monitor
+        .get_projector_lag(v1::GetProjectorLagRequest {})
+        .await?
+        .into_inner();
+    for p in lag.partitions {
+        println!(
+            "   projector: {} of {} log entries projected",
+            p.projected, p.log_end
+        );
+    }
+    Ok(())
+}

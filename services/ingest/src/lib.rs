@@ -1,0 +1,333 @@
+//! Ingest: facilities submit signed events; each gets its own answer.
+//!
+//! For every envelope: authenticate (form, key, signature, payload, header, key
+//! validity), check the submitter is the event's facility, then place it in its chain
+//! against the *log's* chain index (not the projections, which may lag), with earlier
+//! events of the same batch overlaid. Events that extend a chain — valid ones, and
+//! ones rejected for content only — are appended in one atomic append per facility;
+//! only after the append returns is anything answered "accepted". Everything refused
+//! before the log is recorded for the monitor, so nothing is silently dropped.
+//!
+//! Appends to one chain are serialised by a per-chain lock held from the chain lookup
+//! to the append, so concurrent submissions can never fork a chain.
+
+mod grpc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use hrx_domain::chain::{ChainContext, ChainHead, Prior};
+use hrx_domain::verify::{self, KeyRecord, Verdict};
+use hrx_domain::{Envelope, FacilityId, KeyId, Reason, Rejection, Sha256, Timestamp};
+use hrx_ports::{Append, ChainKey, EventLog, LogPosition, PortResult, RejectionRow, Store};
+use hrx_proto::codec;
+use hrx_rpc::chains::ChainLocks;
+
+pub use grpc::IngestGrpc;
+
+/// Most envelopes accepted in one SubmitEvents call.
+pub const MAX_BATCH: usize = 1000;
+
+/// What ingest answers for one envelope.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    Accepted {
+        event_hash: Sha256,
+        position: LogPosition,
+    },
+    Duplicate {
+        event_hash: Sha256,
+        position: Option<LogPosition>,
+    },
+    Rejected {
+        event_hash: Option<Sha256>,
+        rejection: Rejection,
+        /// Set when the event was appended all the same (content-only rejection).
+        position: Option<LogPosition>,
+    },
+}
+
+/// The ingest service's logic, independent of gRPC.
+pub struct Ingest {
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Store>,
+    locks: ChainLocks,
+    /// Registered facility keys, refreshed from the store when a key is not found
+    /// (a key registered a moment ago).
+    keys: RwLock<Arc<HashMap<KeyId, KeyRecord>>>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").finish_non_exhaustive()
+    }
+}
+
+/// An envelope that passed authentication, waiting for its place in the chain.
+struct Pending {
+    index: usize,
+    event: verify::AuthenticatedEvent,
+}
+
+impl Ingest {
+    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn Store>, locks: ChainLocks) -> Self {
+        Self {
+            log,
+            store,
+            locks,
+            keys: RwLock::new(Arc::new(HashMap::new())),
+        }
+    }
+
+    async fn refresh_keys(&self) -> PortResult<Arc<HashMap<KeyId, KeyRecord>>> {
+        let keys: HashMap<_, _> = self
+            .store
+            .keys(None)
+            .await?
+            .into_iter()
+            .map(|k| (k.key.key_id(), k.key))
+            .collect();
+        let keys = Arc::new(keys);
+        *self.keys.write().expect("keyring lock poisoned") = keys.clone();
+        Ok(keys)
+    }
+
+    fn current_keys(&self) -> Arc<HashMap<KeyId, KeyRecord>> {
+        self.keys.read().expect("keyring lock poisoned").clone()
+    }
+
+    /// Steps 1–7, retrying once with fresh keys when the key is unknown or not yet
+    /// valid (the registry may have just added it).
+    async fn authenticate(
+        &self,
+        envelope: Envelope,
+    ) -> PortResult<Result<verify::AuthenticatedEvent, Rejection>> {
+        let first = verify::authenticate_facility_event(
+            envelope.clone(),
+            &*self.current_keys(),
+            codec::decode_facility_event,
+        );
+        match first {
+            Err(r)
+                if matches!(
+                    r.reason(),
+                    Reason::UnknownKey | Reason::KeyNotValidForFacility | Reason::KeyRevoked
+                ) =>
+            {
+                let keys = self.refresh_keys().await?;
+                Ok(verify::authenticate_facility_event(
+                    envelope,
+                    &*keys,
+                    codec::decode_facility_event,
+                ))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Judges and appends a batch submitted by `caller`; one outcome per envelope, in
+    /// order. Fails only when the log or store is unavailable, in which case nothing
+    /// of the failing facility's group was appended.
+    pub async fn submit(
+        &self,
+        caller: &FacilityId,
+        envelopes: Vec<Envelope>,
+    ) -> PortResult<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; envelopes.len()];
+        let mut refused = Vec::new();
+        // Group authenticated events by facility, keeping submission order within each.
+        let mut groups: Vec<(FacilityId, Vec<Pending>)> = Vec::new();
+        for (index, envelope) in envelopes.into_iter().enumerate() {
+            let event_hash = envelope.event_hash();
+            let facility_hint = header_facility(&envelope);
+            let authenticated = match self.authenticate(envelope).await? {
+                Ok(a) if &a.header.facility_id != caller => Err(Rejection::new(
+                    Reason::NotAuthorised,
+                    "a facility may submit only its own events",
+                )),
+                other => other,
+            };
+            match authenticated {
+                Ok(event) => {
+                    let f = event.header.facility_id.clone();
+                    match groups.iter_mut().find(|(g, _)| *g == f) {
+                        Some((_, v)) => v.push(Pending { index, event }),
+                        None => groups.push((f, vec![Pending { index, event }])),
+                    }
+                }
+                Err(rejection) => {
+                    refused.push(row(facility_hint, None, Some(event_hash), &rejection));
+                    outcomes[index] = Some(Outcome::Rejected {
+                        event_hash: Some(event_hash),
+                        rejection,
+                        position: None,
+                    });
+                }
+            }
+        }
+        for (facility, pending) in groups {
+            for (index, outcome, refusal) in self.place(&facility, pending).await? {
+                if let Some(r) = refusal {
+                    refused.push(r);
+                }
+                outcomes[index] = Some(outcome);
+            }
+        }
+        if !refused.is_empty() {
+            self.store.record_ingest_rejections(refused).await?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every envelope answered"))
+            .collect())
+    }
+
+    /// Places one facility's events in its chain and appends those that extend it.
+    async fn place(
+        &self,
+        facility: &FacilityId,
+        pending: Vec<Pending>,
+    ) -> PortResult<Vec<(usize, Outcome, Option<RejectionRow>)>> {
+        let chain = ChainKey::Facility(facility.clone());
+        let _guard = self.locks.lock(&chain).await;
+        let mut appends: Vec<(usize, Append, Option<Rejection>)> = Vec::new();
+        let mut results = Vec::new();
+        // Head after the events of this batch that extend the chain.
+        let mut batch_head: Option<ChainHead> = None;
+        for Pending { index, event } in pending {
+            let link = event.header.link.clone();
+            let logged = self
+                .log
+                .chain_context(&chain, link.event_id, link.seq)
+                .await?;
+            let mut ctx = logged.context;
+            let mut prior_position = logged.prior_position;
+            if let Some(head) = batch_head {
+                ctx.head = head;
+            }
+            // Earlier events of this same batch are priors too.
+            for (_, a, _) in &appends {
+                let prior = Prior {
+                    event_id: a.event_id,
+                    seq: a.seq,
+                    event_hash: a.event_hash,
+                };
+                if a.event_id == link.event_id {
+                    ctx.same_event_id = Some(prior);
+                    prior_position = None;
+                }
+                if a.seq == link.seq {
+                    ctx.same_seq = Some(prior);
+                }
+            }
+            let ctx: ChainContext = ctx;
+            let event_hash = event.event_hash;
+            let envelope = event.envelope.clone();
+            match verify::settle_facility_event(event, &ctx) {
+                Verdict::Duplicate => results.push((
+                    index,
+                    Outcome::Duplicate {
+                        event_hash,
+                        position: prior_position,
+                    },
+                    None,
+                )),
+                Verdict::Rejected {
+                    rejection,
+                    extends_chain: false,
+                } => {
+                    let r = row(
+                        Some(facility.clone()),
+                        Some(&link),
+                        Some(event_hash),
+                        &rejection,
+                    );
+                    results.push((
+                        index,
+                        Outcome::Rejected {
+                            event_hash: Some(event_hash),
+                            rejection,
+                            position: None,
+                        },
+                        Some(r),
+                    ));
+                }
+                verdict => {
+                    // Accepted, or rejected for content only: either way it extends the
+                    // chain and goes to the log; the projector records the rejection.
+                    batch_head = Some(ChainHead::after(&link, event_hash));
+                    appends.push((
+                        index,
+                        Append {
+                            chain: chain.clone(),
+                            seq: link.seq,
+                            event_id: link.event_id,
+                            event_hash,
+                            envelope,
+                        },
+                        verdict.rejection().cloned(),
+                    ));
+                }
+            }
+        }
+        if !appends.is_empty() {
+            let batch = appends.iter().map(|(_, a, _)| a.clone()).collect();
+            let positions = self.log.append(batch).await?;
+            for ((index, a, rejection), position) in appends.into_iter().zip(positions) {
+                let outcome = match rejection {
+                    None => Outcome::Accepted {
+                        event_hash: a.event_hash,
+                        position,
+                    },
+                    Some(rejection) => Outcome::Rejected {
+                        event_hash: Some(a.event_hash),
+                        rejection,
+                        position: Some(position),
+                    },
+                };
+                results.push((index, outcome, None));
+            }
+        }
+        Ok(results)
+    }
+
+    /// The facility's head as written to the log.
+    pub async fn head(&self, facility: &FacilityId) -> PortResult<ChainHead> {
+        // Any event id and seq 0 only fetch the head.
+        let probe = hrx_domain::EventId::from_uuid(Default::default());
+        Ok(self
+            .log
+            .chain_context(&ChainKey::Facility(facility.clone()), probe, 0)
+            .await?
+            .context
+            .head)
+    }
+}
+
+/// The facility named in an envelope's header, if the payload decodes: for counting a
+/// refusal against the right facility even when its signature is bad.
+fn header_facility(envelope: &Envelope) -> Option<FacilityId> {
+    codec::decode_facility_event(&envelope.payload)
+        .ok()?
+        .header
+        .and_then(|h| FacilityId::parse(&h.facility_id).ok())
+}
+
+fn row(
+    facility: Option<FacilityId>,
+    link: Option<&hrx_domain::event::Link>,
+    event_hash: Option<Sha256>,
+    rejection: &Rejection,
+) -> RejectionRow {
+    RejectionRow {
+        position: None,
+        facility_id: facility,
+        event_id: link.map(|l| l.event_id),
+        seq: link.map(|l| l.seq),
+        event_hash,
+        reason: rejection.reason(),
+        field: rejection.field(),
+        message: rejection.message().to_owned(),
+        at: Timestamp::now(),
+    }
+}

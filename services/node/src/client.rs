@@ -1,0 +1,374 @@
+//! Talking to a node: as the national center (registering facilities and keys) or as a
+//! facility (signing and submitting events, reading timelines). Used by the CLI, the
+//! demo and the end-to-end tests, always over mutual TLS with the certificates of the
+//! node's data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hrx_domain::dsse::PayloadType;
+use hrx_domain::{
+    Envelope, EventId, FacilityId, FacilityLevel, KeyId, Sha256, SigningKey, Timestamp,
+};
+use hrx_identity::{CertifiedKey, TlsDir};
+use hrx_proto::codec;
+use hrx_proto::v1;
+use prost::Message as _;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::keys::{self, KeyFileError};
+use crate::root_key_path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Identity(#[from] hrx_identity::IdentityError),
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("the node refused registry event {index}: {message}")]
+    Refused { index: usize, message: String },
+}
+
+/// A mutually authenticated channel to a node.
+pub async fn connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: &CertifiedKey,
+) -> Result<Channel, ClientError> {
+    let connect_error = |source| ClientError::Connect { addr, source };
+    Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(connect_error)?
+        .tls_config(hrx_identity::client_tls(ca_pem, identity, "localhost"))
+        .map_err(connect_error)?
+        .connect()
+        .await
+        .map_err(connect_error)
+}
+
+/// Where a facility's current signing key lives in a node's data directory.
+pub fn facility_key_path(data_dir: &Path, id: &FacilityId) -> PathBuf {
+    data_dir
+        .join("facilities")
+        .join(id.as_str())
+        .join("signing.key.pem")
+}
+
+/// The national center's client: signs registry events with the root key.
+pub struct NationalCenter {
+    data_dir: PathBuf,
+    tls: TlsDir,
+    root: SigningKey,
+    channel: Channel,
+}
+
+impl std::fmt::Debug for NationalCenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NationalCenter")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A facility's registration as the node stored it.
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub facility_id: FacilityId,
+    pub key_id: KeyId,
+    pub signing_key_path: PathBuf,
+    pub certificate_path: PathBuf,
+    pub certificate_key_path: PathBuf,
+}
+
+impl NationalCenter {
+    pub async fn open(data_dir: &Path, addr: SocketAddr) -> Result<Self, ClientError> {
+        let tls = TlsDir::open_or_init(data_dir)?;
+        let root = keys::read_private_key(&root_key_path(data_dir))?;
+        let channel = connect(addr, tls.ca_cert_pem(), &tls.national_center()?).await?;
+        Ok(Self {
+            data_dir: data_dir.to_owned(),
+            tls,
+            root,
+            channel,
+        })
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn registry(&self) -> v1::registry_service_client::RegistryServiceClient<Channel> {
+        v1::registry_service_client::RegistryServiceClient::new(self.channel.clone())
+    }
+
+    /// Signs `bodies` as the next registry events and submits them.
+    pub async fn submit(
+        &self,
+        bodies: Vec<v1::registry_event::Body>,
+    ) -> Result<Vec<v1::SubmitResult>, ClientError> {
+        let head = self
+            .registry()
+            .get_registry_head(v1::GetRegistryHeadRequest {})
+            .await?
+            .into_inner();
+        let (mut seq, mut prev) = (head.seq, head.event_hash);
+        if seq == 0 {
+            prev = Sha256::ZERO.as_bytes().to_vec();
+        }
+        let mut envelopes = Vec::new();
+        for body in bodies {
+            seq += 1;
+            let event = v1::RegistryEvent {
+                header: Some(v1::RegistryEventHeader {
+                    event_id: EventId::new_v7().to_string(),
+                    seq,
+                    prev_hash: prev.clone(),
+                    recorded_at: Some(codec::timestamp(Timestamp::now())),
+                }),
+                body: Some(body),
+            };
+            let envelope = self
+                .root
+                .sign(PayloadType::RegistryEvent, event.encode_to_vec());
+            prev = envelope.event_hash().as_bytes().to_vec();
+            envelopes.push(v1::SignedEnvelope::from(envelope));
+        }
+        let results = self
+            .registry()
+            .submit_registry_events(v1::SubmitRegistryEventsRequest { envelopes })
+            .await?
+            .into_inner()
+            .results;
+        for (index, r) in results.iter().enumerate() {
+            if r.status != v1::SubmitStatus::Accepted as i32 {
+                let message = r
+                    .rejection
+                    .as_ref()
+                    .map(|r| r.message.clone())
+                    .unwrap_or_default();
+                return Err(ClientError::Refused { index, message });
+            }
+        }
+        Ok(results)
+    }
+
+    /// Registers a facility: issues its client certificate, creates its signing key in
+    /// the data directory (if it has none), and submits "facility registered" and "key
+    /// added" to the registry.
+    pub async fn register_facility(
+        &self,
+        id: &FacilityId,
+        name: &str,
+        province: &str,
+        level: FacilityLevel,
+    ) -> Result<Registered, ClientError> {
+        self.tls.facility(id)?;
+        let path = facility_key_path(&self.data_dir, id);
+        let (key, _) = keys::read_or_create(&path)?;
+        self.submit(vec![
+            v1::registry_event::Body::FacilityRegistered(v1::FacilityRegistered {
+                facility_id: id.to_string(),
+                name: name.to_owned(),
+                province: province.to_owned(),
+                level: level.code(),
+            }),
+            v1::registry_event::Body::KeyAdded(v1::KeyAdded {
+                facility_id: id.to_string(),
+                public_key: key.public_key().as_bytes().to_vec(),
+                valid_from: Some(codec::timestamp(Timestamp::now())),
+            }),
+        ])
+        .await?;
+        let (certificate_path, certificate_key_path) = self.tls.facility_paths(id);
+        Ok(Registered {
+            facility_id: id.clone(),
+            key_id: key.key_id(),
+            signing_key_path: path,
+            certificate_path,
+            certificate_key_path,
+        })
+    }
+
+    /// Revokes a key from `revoked_at` on.
+    pub async fn revoke_key(
+        &self,
+        key_id: &KeyId,
+        revoked_at: Timestamp,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        self.submit(vec![v1::registry_event::Body::KeyRevoked(v1::KeyRevoked {
+            key_id: key_id.to_string(),
+            revoked_at: Some(codec::timestamp(revoked_at)),
+            reason: reason.to_owned(),
+        })])
+        .await
+        .map(|_| ())
+    }
+
+    /// Rotates a facility's signing key: a new key becomes its current key and is
+    /// registered; the old key stays valid until revoked.
+    pub async fn add_key(&self, id: &FacilityId) -> Result<KeyId, ClientError> {
+        let path = facility_key_path(&self.data_dir, id);
+        if path.exists() {
+            let old = keys::read_private_key(&path)?;
+            let archived =
+                path.with_file_name(format!("signing.{}.key.pem", &old.key_id().as_str()[..16]));
+            std::fs::rename(&path, &archived).map_err(|source| KeyFileError::Create {
+                path: archived,
+                source,
+            })?;
+        }
+        let (key, _) = keys::read_or_create(&path)?;
+        self.submit(vec![v1::registry_event::Body::KeyAdded(v1::KeyAdded {
+            facility_id: id.to_string(),
+            public_key: key.public_key().as_bytes().to_vec(),
+            valid_from: Some(codec::timestamp(Timestamp::now())),
+        })])
+        .await?;
+        Ok(key.key_id())
+    }
+}
+
+/// A facility's client: keeps its chain (seq, prev hash) and signs with its key.
+pub struct FacilityClient {
+    pub id: FacilityId,
+    key: SigningKey,
+    channel: Channel,
+    seq: u64,
+    prev: Sha256,
+}
+
+impl std::fmt::Debug for FacilityClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FacilityClient")
+            .field("id", &self.id)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FacilityClient {
+    /// Connects as facility `id` with its certificate and signing key from the data
+    /// directory, and learns its head from the node.
+    pub async fn open(
+        data_dir: &Path,
+        addr: SocketAddr,
+        id: &FacilityId,
+    ) -> Result<Self, ClientError> {
+        let tls = TlsDir::open_or_init(data_dir)?;
+        let key = keys::read_private_key(&facility_key_path(data_dir, id))?;
+        let channel = connect(addr, tls.ca_cert_pem(), &tls.facility(id)?).await?;
+        let mut client = Self {
+            id: id.clone(),
+            key,
+            channel,
+            seq: 0,
+            prev: Sha256::ZERO,
+        };
+        client.sync_head().await?;
+        Ok(client)
+    }
+
+    /// A client with explicit credentials (tests use it to present one facility's
+    /// certificate with another's events).
+    pub fn with(id: FacilityId, key: SigningKey, channel: Channel) -> Self {
+        Self {
+            id,
+            key,
+            channel,
+            seq: 0,
+            prev: Sha256::ZERO,
+        }
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn head(&self) -> (u64, Sha256) {
+        (self.seq, self.prev)
+    }
+
+    /// Sets the local head (to resume from a known point, or, in tests, to produce
+    /// gaps and forks on purpose).
+    pub fn set_head(&mut self, seq: u64, prev: Sha256) {
+        self.seq = seq;
+        self.prev = prev;
+    }
+
+    /// Asks the node for this facility's head (after a gap, or at start).
+    pub async fn sync_head(&mut self) -> Result<(), ClientError> {
+        let head = v1::ingest_service_client::IngestServiceClient::new(self.channel.clone())
+            .get_facility_head(v1::GetFacilityHeadRequest {
+                facility_id: self.id.to_string(),
+            })
+            .await?
+            .into_inner()
+            .head
+            .unwrap_or_default();
+        self.seq = head.seq;
+        self.prev = Sha256::from_slice(&head.event_hash).unwrap_or(Sha256::ZERO);
+        Ok(())
+    }
+
+    /// Signs `body` as this facility's next event (advancing the local head).
+    pub fn sign(&mut self, body: v1::facility_event::Body) -> (EventId, Envelope) {
+        self.seq += 1;
+        let event_id = EventId::new_v7();
+        let event = v1::FacilityEvent {
+            header: Some(v1::FacilityEventHeader {
+                event_id: event_id.to_string(),
+                facility_id: self.id.to_string(),
+                seq: self.seq,
+                prev_hash: self.prev.as_bytes().to_vec(),
+                recorded_at: Some(codec::timestamp(Timestamp::now())),
+            }),
+            body: Some(body),
+        };
+        let envelope = self
+            .key
+            .sign(PayloadType::FacilityEvent, event.encode_to_vec());
+        self.prev = envelope.event_hash();
+        (event_id, envelope)
+    }
+
+    /// Submits envelopes as they are.
+    pub async fn submit(
+        &self,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<v1::SubmitResult>, ClientError> {
+        Ok(
+            v1::ingest_service_client::IngestServiceClient::new(self.channel.clone())
+                .submit_events(v1::SubmitEventsRequest {
+                    envelopes: envelopes.into_iter().map(Into::into).collect(),
+                })
+                .await?
+                .into_inner()
+                .results,
+        )
+    }
+
+    /// Signs and submits one body; returns its event id and result.
+    pub async fn emit(
+        &mut self,
+        body: v1::facility_event::Body,
+    ) -> Result<(EventId, v1::SubmitResult), ClientError> {
+        let (id, envelope) = self.sign(body);
+        let result = self.submit(vec![envelope]).await?.remove(0);
+        Ok((id, result))
+    }
+
+    pub fn timeline(&self) -> v1::timeline_service_client::TimelineServiceClient<Channel> {
+        v1::timeline_service_client::TimelineServiceClient::new(self.channel.clone())
+    }
+
+    pub fn consent(&self) -> v1::consent_service_client::ConsentServiceClient<Channel> {
+        v1::consent_service_client::ConsentServiceClient::new(self.channel.clone())
+    }
+}

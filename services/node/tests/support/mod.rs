@@ -1,0 +1,259 @@
+//! Test support: a real node on loopback port 0 in a temp directory, the three
+//! facilities of the brief's workflows, and FHIR record builders.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use hrx_domain::event::FHIR_JSON;
+use hrx_domain::{FacilityId, FacilityLevel, RecordKind, Timestamp};
+use hrx_node::client::{FacilityClient, NationalCenter};
+use hrx_node::{Node, NodeConfig, NodeError};
+use hrx_proto::{codec, v1};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const DISTRICT: &str = "26012";
+pub const PROVINCIAL: &str = "26001";
+pub const CLINIC: &str = "26105";
+pub const EMERGENCY: &str = "26002";
+pub const AN: &str = "026062001234";
+pub const BINH: &str = "026185004321";
+
+pub fn fac(s: &str) -> FacilityId {
+    FacilityId::parse(s).unwrap()
+}
+
+/// A node running on a directory until dropped or stopped.
+pub struct TestNode {
+    pub addr: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl TestNode {
+    pub async fn start(dir: &Path) -> Self {
+        let mut config = NodeConfig::ephemeral(dir);
+        config.heartbeat_ms = 200;
+        let node = Node::build(config).await.expect("node builds");
+        let (addr, metrics) = (node.grpc_addr(), node.metrics_addr());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.run(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the node and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await
+                .expect("node task joins")
+                .expect("node stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The national center plus the facilities of the workflows, registered.
+pub struct World {
+    pub nc: NationalCenter,
+    pub district: FacilityClient,
+    pub provincial: FacilityClient,
+    pub clinic: FacilityClient,
+    pub emergency: FacilityClient,
+}
+
+impl World {
+    pub async fn register(dir: &Path, node: &TestNode) -> Self {
+        let nc = NationalCenter::open(dir, node.addr).await.unwrap();
+        for (id, name, level) in [
+            (
+                DISTRICT,
+                "Trung tâm Y tế khu vực Vĩnh Tường",
+                FacilityLevel::Basic,
+            ),
+            (
+                PROVINCIAL,
+                "Bệnh viện Đa khoa tỉnh Vĩnh Phúc",
+                FacilityLevel::Specialized,
+            ),
+            (
+                CLINIC,
+                "Phòng khám Nội tiết - Đái tháo đường",
+                FacilityLevel::Initial,
+            ),
+            (
+                EMERGENCY,
+                "Bệnh viện Cấp cứu 115",
+                FacilityLevel::Specialized,
+            ),
+        ] {
+            nc.register_facility(&fac(id), name, "Phú Thọ", level)
+                .await
+                .unwrap();
+        }
+        Self {
+            district: FacilityClient::open(dir, node.addr, &fac(DISTRICT))
+                .await
+                .unwrap(),
+            provincial: FacilityClient::open(dir, node.addr, &fac(PROVINCIAL))
+                .await
+                .unwrap(),
+            clinic: FacilityClient::open(dir, node.addr, &fac(CLINIC))
+                .await
+                .unwrap(),
+            emergency: FacilityClient::open(dir, node.addr, &fac(EMERGENCY))
+                .await
+                .unwrap(),
+            nc,
+        }
+    }
+}
+
+pub fn ts(rfc3339: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(rfc3339).unwrap()
+}
+
+/// A record body of `kind` about `patient`, with a minimal valid FHIR resource.
+pub fn record(
+    patient: &str,
+    kind: RecordKind,
+    occurred: Timestamp,
+    labels: &[hrx_domain::SensitivityLabel],
+) -> v1::facility_event::Body {
+    let element = kind.fhir_patient_element();
+    let resource = json!({
+        "resourceType": kind.fhir_resource_type(),
+        element: {"reference": format!("Patient/{patient}")},
+        "note": [{"text": "kết quả xét nghiệm"}],
+    });
+    v1::facility_event::Body::Record(v1::Record {
+        patient_id: patient.to_owned(),
+        kind: kind.code(),
+        occurred_at: Some(codec::timestamp(occurred)),
+        author: "CCHN-002614".into(),
+        sensitivity: labels.iter().map(|l| l.code()).collect(),
+        supersedes: String::new(),
+        content_type: FHIR_JSON.into(),
+        body: serde_json::to_vec(&resource).unwrap(),
+    })
+}
+
+pub fn grant(
+    patient: &str,
+    grantee: &str,
+    purposes: &[hrx_domain::Purpose],
+    expires: Timestamp,
+) -> v1::facility_event::Body {
+    v1::facility_event::Body::ConsentGrant(v1::ConsentGrant {
+        patient_id: patient.into(),
+        purposes: purposes.iter().map(|p| p.code()).collect(),
+        kinds: vec![],
+        include_sensitive: vec![],
+        data_from: None,
+        data_until: None,
+        expires_at: Some(codec::timestamp(expires)),
+        evidence: Some(v1::ConsentEvidence {
+            form_id: "PCT-2026-000871".into(),
+            sha256: vec![7; 32],
+        }),
+        grantee: Some(v1::consent_grant::Grantee::GranteeFacilityId(
+            grantee.into(),
+        )),
+    })
+}
+
+pub fn accepted(r: &v1::SubmitResult) -> bool {
+    r.status == v1::SubmitStatus::Accepted as i32
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A whole timeline for `reader`, page by page.
+pub async fn read_all(
+    reader: &FacilityClient,
+    patient: &str,
+    purpose: hrx_domain::Purpose,
+    page_size: u32,
+) -> (Vec<v1::TimelineEntry>, u64) {
+    let mut cursor = String::new();
+    let mut entries = Vec::new();
+    let mut withheld = 0;
+    loop {
+        let page = reader
+            .timeline()
+            .get_timeline(v1::GetTimelineRequest {
+                patient_id: patient.into(),
+                purpose: purpose.code(),
+                page_size,
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        entries.extend(page.entries);
+        withheld += page.withheld_count;
+        if page.next_cursor.is_empty() {
+            return (entries, withheld);
+        }
+        cursor = page.next_cursor;
+    }
+}
+
+/// Waits until the projector has caught up with the log.
+pub async fn settle(nc: &NationalCenter) {
+    let mut monitor = v1::monitor_service_client::MonitorServiceClient::new(nc.channel());
+    let done = eventually(Duration::from_secs(10), || {
+        let mut m = monitor.clone();
+        async move {
+            let lag = m
+                .get_projector_lag(v1::GetProjectorLagRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            lag.partitions
+                .iter()
+                .all(|p| p.projected >= p.log_end)
+                .then_some(())
+        }
+    })
+    .await;
+    let _ = &mut monitor;
+    assert!(done.is_some(), "the projector did not catch up within 10 s");
+}

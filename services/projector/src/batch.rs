@@ -1,0 +1,387 @@
+//! Turning log entries into one projection batch. Pure decisions come from the domain
+//! (verification, chain rules, content rules); this module strings them together and
+//! overlays the batch under construction on the store's state, so events of one batch
+//! can chain on each other.
+
+use std::collections::HashMap;
+
+use hrx_domain::audit::{AccessAction, AccessEvent};
+use hrx_domain::chain::{ChainContext, ChainHead, Prior};
+use hrx_domain::consent::{Basis, BreakGlassWindow, GrantState};
+use hrx_domain::dsse::PayloadType;
+use hrx_domain::event::{Body, RegistryBody};
+use hrx_domain::verify::{self, KeyOwner, KeyRecord, Verdict};
+use hrx_domain::{
+    EventId, FacilityId, KeyId, PatientId, Purpose, Reason, Rejection, Sha256, Timestamp,
+};
+use hrx_ports::{
+    BreakGlassUse, ChainKey, ChainLink, FacilityInfo, LogEntry, NewRecord, PortResult, Projection,
+    ProjectionBatch, RejectionRow, StatsDelta, Store,
+};
+use hrx_proto::codec;
+
+/// The batch being built and what it changes in memory.
+struct Builder<'s> {
+    store: &'s dyn Store,
+    keys: HashMap<KeyId, KeyRecord>,
+    batch: ProjectionBatch,
+    /// Heads after this batch's links, per chain.
+    heads: HashMap<ChainKey, ChainHead>,
+    /// Grants projected in this batch (a revocation may follow in the same batch).
+    grants: HashMap<EventId, PatientId>,
+    stats: HashMap<FacilityId, StatsDelta>,
+}
+
+/// Builds the batch for `entries`; returns it and the keyring after it.
+pub(crate) async fn build(
+    store: &dyn Store,
+    keys: &HashMap<KeyId, KeyRecord>,
+    entries: Vec<LogEntry>,
+) -> PortResult<(ProjectionBatch, HashMap<KeyId, KeyRecord>)> {
+    let mut b = Builder {
+        store,
+        keys: keys.clone(),
+        batch: ProjectionBatch::default(),
+        heads: HashMap::new(),
+        grants: HashMap::new(),
+        stats: HashMap::new(),
+    };
+    for entry in entries {
+        b.entry(entry).await?;
+    }
+    let mut stats: Vec<_> = b.stats.into_values().collect();
+    stats.sort_by(|a, c| a.facility_id.cmp(&c.facility_id));
+    b.batch.stats = stats;
+    Ok((b.batch, b.keys))
+}
+
+impl Builder<'_> {
+    fn stats(&mut self, facility: &FacilityId, at: Timestamp) -> &mut StatsDelta {
+        let s = self
+            .stats
+            .entry(facility.clone())
+            .or_insert_with(|| StatsDelta {
+                facility_id: facility.clone(),
+                accepted: 0,
+                duplicates: 0,
+                rejected: Vec::new(),
+                last_seen: at,
+            });
+        s.last_seen = s.last_seen.max(at);
+        s
+    }
+
+    fn count_rejection(&mut self, facility: &FacilityId, reason: Reason, at: Timestamp) {
+        let s = self.stats(facility, at);
+        match s.rejected.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => s.rejected.push((reason, 1)),
+        }
+    }
+
+    /// The store's chain context overlaid with this batch's links.
+    async fn context(
+        &self,
+        chain: &ChainKey,
+        event_id: EventId,
+        seq: u64,
+    ) -> PortResult<ChainContext> {
+        let mut ctx = self.store.chain_context(chain, event_id, seq).await?;
+        if let Some(head) = self.heads.get(chain) {
+            ctx.head = *head;
+        }
+        for l in self.batch.links.iter().filter(|l| &l.chain == chain) {
+            let prior = Prior {
+                event_id: l.event_id,
+                seq: l.seq,
+                event_hash: l.event_hash,
+            };
+            if l.event_id == event_id {
+                ctx.same_event_id = Some(prior);
+            }
+            if l.seq == seq {
+                ctx.same_seq = Some(prior);
+            }
+        }
+        Ok(ctx)
+    }
+
+    fn link(
+        &mut self,
+        chain: ChainKey,
+        link: &hrx_domain::event::Link,
+        hash: Sha256,
+        entry: &LogEntry,
+    ) {
+        self.heads
+            .insert(chain.clone(), ChainHead::after(link, hash));
+        self.batch.links.push(ChainLink {
+            chain,
+            seq: link.seq,
+            event_id: link.event_id,
+            event_hash: hash,
+            position: entry.position,
+        });
+    }
+
+    fn reject(
+        &mut self,
+        entry: &LogEntry,
+        facility: Option<FacilityId>,
+        link: Option<&hrx_domain::event::Link>,
+        rejection: &Rejection,
+    ) {
+        let at = link.map(|l| l.recorded_at).unwrap_or(entry.appended_at);
+        if let Some(f) = &facility {
+            self.count_rejection(f, rejection.reason(), at);
+        }
+        self.batch
+            .projections
+            .push(Projection::Rejection(RejectionRow {
+                position: Some(entry.position),
+                facility_id: facility,
+                event_id: link.map(|l| l.event_id),
+                seq: link.map(|l| l.seq),
+                event_hash: Some(entry.envelope.event_hash()),
+                reason: rejection.reason(),
+                field: rejection.field(),
+                message: rejection.message().to_owned(),
+                at,
+            }));
+    }
+
+    async fn entry(&mut self, entry: LogEntry) -> PortResult<()> {
+        match PayloadType::parse(&entry.envelope.payload_type) {
+            Some(PayloadType::RegistryEvent) => self.registry(entry).await,
+            _ => self.facility(entry).await,
+        }
+    }
+
+    async fn facility(&mut self, entry: LogEntry) -> PortResult<()> {
+        let authenticated = verify::authenticate_facility_event(
+            entry.envelope.clone(),
+            &self.keys,
+            codec::decode_facility_event,
+        );
+        let event = match authenticated {
+            Ok(e) => e,
+            Err(rejection) => {
+                let facility = codec::decode_facility_event(&entry.envelope.payload)
+                    .ok()
+                    .and_then(|e| e.header)
+                    .and_then(|h| FacilityId::parse(&h.facility_id).ok());
+                self.reject(&entry, facility, None, &rejection);
+                return Ok(());
+            }
+        };
+        let facility = event.header.facility_id.clone();
+        let link = event.header.link.clone();
+        let chain = ChainKey::Facility(facility.clone());
+        let ctx = self.context(&chain, link.event_id, link.seq).await?;
+        let hash = event.event_hash;
+        match verify::settle_facility_event(event, &ctx) {
+            Verdict::Duplicate => self.stats(&facility, link.recorded_at).duplicates += 1,
+            Verdict::Rejected {
+                rejection,
+                extends_chain,
+            } => {
+                if extends_chain {
+                    self.link(chain, &link, hash, &entry);
+                }
+                self.reject(&entry, Some(facility), Some(&link), &rejection);
+            }
+            Verdict::Accepted(e) => {
+                self.link(chain, &link, hash, &entry);
+                match self.body(&entry, &facility, &link, hash, e.body).await? {
+                    Ok(p) => {
+                        self.batch.projections.push(p);
+                        self.stats(&facility, link.recorded_at).accepted += 1;
+                    }
+                    Err(rejection) => self.reject(&entry, Some(facility), Some(&link), &rejection),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The projection of a valid body, or a rejection that needs projected state to
+    /// decide (a revocation of a grant that doesn't exist or is another patient's).
+    async fn body(
+        &mut self,
+        entry: &LogEntry,
+        facility: &FacilityId,
+        link: &hrx_domain::event::Link,
+        hash: Sha256,
+        body: Body,
+    ) -> PortResult<Result<Projection, Rejection>> {
+        Ok(Ok(match body {
+            Body::Record(r) => Projection::Record(NewRecord {
+                event_id: link.event_id,
+                facility_id: facility.clone(),
+                seq: link.seq,
+                patient_id: r.patient_id,
+                kind: r.kind,
+                occurred_at: r.occurred_at,
+                recorded_at: link.recorded_at,
+                author: r.author,
+                sensitivity: r.sensitivity,
+                supersedes: r.supersedes,
+                body: r.body,
+                event_hash: hash,
+                position: entry.position,
+            }),
+            Body::ConsentGrant(g) => {
+                self.grants.insert(link.event_id, g.patient_id.clone());
+                Projection::Grant {
+                    patient_id: g.patient_id.clone(),
+                    state: GrantState {
+                        grant_event_id: link.event_id,
+                        granted_by: facility.clone(),
+                        granted_at: link.recorded_at,
+                        grant: g,
+                        revoked_at: None,
+                    },
+                }
+            }
+            Body::ConsentRevocation(r) => {
+                let patient = match self.grants.get(&r.grant_event_id) {
+                    Some(p) => Some(p.clone()),
+                    None => self.store.grant(r.grant_event_id).await?.map(|(p, _)| p),
+                };
+                if patient.as_ref() != Some(&r.patient_id) {
+                    return Ok(Err(Rejection::invalid_field(
+                        "consent_revocation.grant_event_id",
+                        "no grant with this event id for this patient",
+                    )));
+                }
+                Projection::Revocation {
+                    grant_event_id: r.grant_event_id,
+                    revoked_at: link.recorded_at,
+                    revoked_by: link.event_id,
+                }
+            }
+            Body::BreakGlass(b) => {
+                let window = BreakGlassWindow {
+                    event_id: link.event_id,
+                    facility_id: facility.clone(),
+                    declared_at: link.recorded_at,
+                    expires_at: b.expires_at,
+                };
+                let audit = AccessEvent {
+                    reader: facility.clone(),
+                    patient: b.patient_id.clone(),
+                    purpose: Purpose::Emergency,
+                    action: AccessAction::BreakGlass,
+                    bases: vec![Basis::BreakGlass(link.event_id)],
+                    records_returned: 0,
+                    records_withheld: 0,
+                    at: link.recorded_at,
+                };
+                tracing::warn!(
+                    facility = %facility,
+                    event_id = %link.event_id,
+                    "break-glass declared"
+                );
+                Projection::BreakGlass(
+                    BreakGlassUse {
+                        window,
+                        patient_id: b.patient_id,
+                        clinician: b.clinician,
+                        reads: 0,
+                    },
+                    audit,
+                )
+            }
+        }))
+    }
+
+    async fn registry(&mut self, entry: LogEntry) -> PortResult<()> {
+        let probe = codec::decode_registry_event(&entry.envelope.payload)
+            .ok()
+            .and_then(|e| e.header)
+            .and_then(|h| EventId::parse(&h.event_id).ok().map(|id| (id, h.seq)));
+        let head = match probe {
+            Some((id, seq)) => self.context(&ChainKey::Registry, id, seq).await?.head,
+            None => self
+                .heads
+                .get(&ChainKey::Registry)
+                .copied()
+                .unwrap_or(ChainHead::EMPTY),
+        };
+        let verdict = verify::verify_registry_envelope(
+            &entry.envelope,
+            &self.keys,
+            head,
+            codec::decode_registry_event,
+        );
+        let hash = entry.envelope.event_hash();
+        match verdict {
+            Verdict::Duplicate => {}
+            Verdict::Rejected {
+                rejection,
+                extends_chain,
+            } => {
+                if extends_chain && let Some(link) = registry_link(&entry) {
+                    self.link(ChainKey::Registry, &link, hash, &entry);
+                }
+                self.reject(&entry, None, None, &rejection);
+            }
+            Verdict::Accepted(e) => {
+                self.link(ChainKey::Registry, &e.header.link, hash, &entry);
+                let p = match e.body {
+                    RegistryBody::FacilityRegistered {
+                        facility_id,
+                        name,
+                        province,
+                        level,
+                    } => Projection::FacilityRegistered(FacilityInfo {
+                        facility_id,
+                        name,
+                        province,
+                        level,
+                    }),
+                    RegistryBody::KeyAdded {
+                        facility_id,
+                        public_key,
+                        valid_from,
+                    } => {
+                        let key = KeyRecord {
+                            public_key,
+                            owner: KeyOwner::Facility(facility_id),
+                            valid_from,
+                            revoked_at: None,
+                        };
+                        self.keys.insert(key.key_id(), key.clone());
+                        Projection::KeyAdded(key)
+                    }
+                    RegistryBody::KeyRevoked {
+                        key_id,
+                        revoked_at,
+                        reason,
+                    } => {
+                        if let Some(k) = self.keys.get_mut(&key_id) {
+                            k.revoked_at = Some(revoked_at);
+                        }
+                        Projection::KeyRevoked {
+                            key_id,
+                            revoked_at,
+                            reason,
+                        }
+                    }
+                };
+                self.batch.projections.push(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The chain link of a registry event whose header parses.
+fn registry_link(entry: &LogEntry) -> Option<hrx_domain::event::Link> {
+    let raw = codec::decode_registry_event(&entry.envelope.payload)
+        .ok()?
+        .header?;
+    hrx_domain::event::RegistryHeader::parse(&raw)
+        .ok()
+        .map(|h| h.link)
+}

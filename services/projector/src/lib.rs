@@ -1,0 +1,190 @@
+//! The projector: tails the event log and turns it into projections.
+//!
+//! Every entry is verified again from scratch — signature, key validity at its
+//! `recorded_at`, chain, content — because the log is the source of truth and a replay
+//! (`hrx reproject`) must reach the same projections from the log alone. A batch of
+//! entries becomes one [`ProjectionBatch`] that the store applies in one transaction
+//! together with the offset after the batch, so a crash at any point resumes exactly
+//! after the last committed batch: nothing lost, nothing doubled.
+//!
+//! Keys and chain heads are kept in memory (a few thousand facilities); history
+//! lookups (a resent event below the head) go to the store, overlaid with the batch
+//! being built.
+
+mod batch;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hrx_domain::KeyId;
+use hrx_domain::verify::KeyRecord;
+use hrx_ports::{EventLog, PortError, Store};
+
+/// Projector settings.
+#[derive(Clone, Debug)]
+pub struct ProjectorConfig {
+    /// Most log entries per batch (one store transaction).
+    pub batch_size: usize,
+    /// The national root key(s) that sign registry events.
+    pub root_keys: Vec<KeyRecord>,
+    /// How long to wait for new entries before checking again.
+    pub idle_wait: Duration,
+}
+
+impl ProjectorConfig {
+    pub fn new(root_keys: Vec<KeyRecord>) -> Self {
+        Self {
+            batch_size: 500,
+            root_keys,
+            idle_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// The projector of one node (or one replica, for the partitions it owns).
+pub struct Projector {
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Store>,
+    config: ProjectorConfig,
+    /// Root and facility keys by id, as of the last projected registry event.
+    keys: HashMap<KeyId, KeyRecord>,
+    /// Next offset to read, per partition.
+    offsets: HashMap<u32, u64>,
+}
+
+impl std::fmt::Debug for Projector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projector")
+            .field("offsets", &self.offsets)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Projector {
+    /// Loads the projector's state from the store: where to resume, which keys exist.
+    pub async fn build(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn Store>,
+        config: ProjectorConfig,
+    ) -> Result<Self, ProjectorError> {
+        let mut p = Self {
+            log,
+            store,
+            config,
+            keys: HashMap::new(),
+            offsets: HashMap::new(),
+        };
+        p.reload().await?;
+        Ok(p)
+    }
+
+    /// Re-reads offsets and keys from the store (after a failed apply, the in-memory
+    /// state may be ahead of what was committed).
+    async fn reload(&mut self) -> Result<(), ProjectorError> {
+        let snapshot = self.store.projector_snapshot().await?;
+        self.offsets = snapshot.offsets.into_iter().collect();
+        self.keys = self
+            .config
+            .root_keys
+            .iter()
+            .chain(snapshot.keys.iter())
+            .map(|k| (k.key_id(), k.clone()))
+            .collect();
+        Ok(())
+    }
+
+    /// Projects at most one batch from `partition`; returns how many entries it took.
+    pub async fn step(&mut self, partition: u32) -> Result<usize, ProjectorError> {
+        let from = self.offsets.get(&partition).copied().unwrap_or(0);
+        let entries = self
+            .log
+            .read(partition, from, self.config.batch_size)
+            .await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let n = entries.len();
+        let next = entries
+            .last()
+            .map(|e| e.position.offset + 1)
+            .unwrap_or(from);
+        let (mut batch, keys) = batch::build(&*self.store, &self.keys, entries).await?;
+        batch.offsets.push((partition, next));
+        match self.store.apply(batch).await {
+            Ok(()) => {
+                self.keys = keys;
+                self.offsets.insert(partition, next);
+                Ok(n)
+            }
+            Err(e) => {
+                self.reload().await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Projects until every partition is at the log's end offset as read at the start.
+    pub async fn catch_up(&mut self) -> Result<u64, ProjectorError> {
+        let mut total = 0u64;
+        for partition in 0..self.log.partitions() {
+            let end = self.log.end_offset(partition).await?;
+            while self.offsets.get(&partition).copied().unwrap_or(0) < end {
+                let n = self.step(partition).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Tails the log until `shutdown` resolves. Store or log outages are retried with
+    /// backoff; they never end the loop.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut progressed = false;
+            let mut failed = false;
+            for partition in 0..self.log.partitions() {
+                match self.step(partition).await {
+                    Ok(n) => progressed |= n > 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e, partition, "projector batch failed; retrying");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            if progressed {
+                continue;
+            }
+            let waits = (0..self.log.partitions()).map(|p| {
+                let offset = self.offsets.get(&p).copied().unwrap_or(0);
+                Box::pin(self.log.wait_for(p, offset, self.config.idle_wait))
+            });
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = futures::future::select_all(waits) => {}
+            }
+        }
+    }
+}

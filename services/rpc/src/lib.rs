@@ -1,0 +1,15 @@
+//! What every hrx gRPC service shares.
+//!
+//! - [`error`]: the one table from error codes to gRPC status codes; service errors
+//!   implement [`error::ServiceError`] and become a `tonic::Status` only through it.
+//! - [`wire`]: conversions between projected data (ports, domain) and wire messages,
+//!   validating by parsing on the way in.
+//! - [`auth`]: the calling principal, from the client certificate.
+//! - [`chains`]: per-chain locks, so appends to one chain are serialised.
+
+pub mod auth;
+pub mod chains;
+pub mod error;
+pub mod wire;
+
+pub use error::{ErrorCode, ServiceError};
