@@ -294,7 +294,7 @@ impl Ingest {
     /// The facility's head as written to the log.
     pub async fn head(&self, facility: &FacilityId) -> PortResult<ChainHead> {
         // Any event id and seq 0 only fetch the head.
-        let probe = hrx_domain::EventId::from_uuid(Default::default());
+        let probe = hrx_domain::EventId::from_bytes([0; 16]);
         Ok(self
             .log
             .chain_context(&ChainKey::Facility(facility.clone()), probe, 0)

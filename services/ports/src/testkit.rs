@@ -742,7 +742,9 @@ pub async fn superseded_records_are_linked<S: Store + ?Sized>(store: &S) {
         ..record(5, &f, 5, &p)
     };
     ok(
-        store.apply(record_batch(&[original.clone()])).await,
+        store
+            .apply(record_batch(std::slice::from_ref(&original)))
+            .await,
         "apply",
     );
     ok(
@@ -826,11 +828,15 @@ pub async fn timeline_orders_filters_and_pages_without_duplicates_or_skips<S: St
         .expect("record 1");
     assert_eq!(first, &stored(&initial[0], 1, None));
 
-    // Page by five, projecting records between pages.
+    // Page by five, projecting records between pages: some that sort before the
+    // cursor (must not be shown) and some after it (must be, each exactly once).
     let limit = 5;
     let mut shown = Vec::new();
     let mut expected = initial.clone();
+    // Every record of p1 in the store, for the filters below.
+    let mut projected = initial.clone();
     let mut cursor: Option<(Timestamp, EventId)> = None;
+    // Ids of records made between pages grow, so each is greater than every id before.
     let mut n = 100;
     loop {
         let q = TimelineQuery {
@@ -844,90 +850,123 @@ pub async fn timeline_orders_filters_and_pages_without_duplicates_or_skips<S: St
         }
         let last = page.last().expect("a full page");
         cursor = Some((last.occurred_at, last.event_id));
-        // Before the cursor (not to be shown): newer than everything, and a tie with
-        // the cursor's time but a greater id. After it (to be shown): older than
-        // everything, and a tie with a smaller id.
         let newer = NewRecord {
             occurred_at: at(10_000 + n as i64),
             ..record(n, &f1, n, &p1)
         };
-        let tie_before = NewRecord {
+        let tie_with_greater_id = NewRecord {
             occurred_at: last.occurred_at,
-            ..record(1000 + n, &f1, 1000 + n, &p1)
+            ..record(n + 1, &f1, n + 1, &p1)
         };
         let older = NewRecord {
             occurred_at: at(-(n as i64)),
-            ..record(n + 1, &f2, n + 1, &p1)
+            ..record(n + 2, &f2, n + 2, &p1)
         };
-        let mut between = vec![newer, tie_before, older.clone()];
+        let mut between = vec![newer, tie_with_greater_id, older.clone()];
         expected.push(older);
-        if cursor.is_some_and(|(_, id)| id > event_id(0)) && n == 100 {
-            // Only once: id 0 sorts below every other id.
-            let tie_after = NewRecord {
+        if n == 100 {
+            // Id 0 is below every other id: on a tie it sorts after the cursor.
+            let tie_with_smaller_id = NewRecord {
                 occurred_at: last.occurred_at,
                 ..record(0, &f1, 0, &p1)
             };
-            expected.push(tie_after.clone());
-            between.push(tie_after);
+            expected.push(tie_with_smaller_id.clone());
+            between.push(tie_with_smaller_id);
         }
         ok(
             store.apply(record_batch(&between)).await,
             "apply between pages",
         );
-        n += 2;
+        projected.extend(between);
+        n += 3;
     }
-    let mut want = order(&expected);
-    // Records newer than the first page's end were projected after it was read.
-    want.retain(|id| shown.contains(id) || order(&initial).contains(id) || true);
-    assert_eq!(shown, want, "every page in order, no repeats, no skips");
+    assert!(n > 103, "several pages were read");
+    assert_eq!(
+        shown,
+        order(&expected),
+        "pages in order, without repeats or skips"
+    );
 
-    // Filters.
+    // Filters, against every record of p1 now stored.
+    let filtered = |keep: &dyn Fn(&NewRecord) -> bool| -> Vec<EventId> {
+        let kept: Vec<NewRecord> = projected.iter().filter(|r| keep(r)).cloned().collect();
+        order(&kept)
+    };
     let conditions = TimelineQuery {
         kinds: vec![RecordKind::Condition],
         ..timeline_query(&p1, 100)
     };
-    let got = ok(store.timeline(&conditions).await, "kinds filter");
-    assert!(!got.is_empty() && got.iter().all(|r| r.kind == RecordKind::Condition));
+    let want = filtered(&|r| r.kind == RecordKind::Condition);
+    assert!(!want.is_empty());
+    assert_eq!(
+        ids(&ok(store.timeline(&conditions).await, "kinds filter")),
+        want
+    );
     let from_f2 = TimelineQuery {
         facilities: vec![f2.clone()],
         ..timeline_query(&p1, 100)
     };
-    let got = ok(store.timeline(&from_f2).await, "facilities filter");
-    assert!(!got.is_empty() && got.iter().all(|r| r.facility_id == f2));
+    let want = filtered(&|r| r.facility_id == f2);
+    assert!(!want.is_empty());
+    assert_eq!(
+        ids(&ok(store.timeline(&from_f2).await, "facilities filter")),
+        want
+    );
     let period = TimelineQuery {
         occurred_from: Some(at(200)),
         occurred_until: Some(at(400)),
         ..timeline_query(&p1, 100)
     };
-    let got = ok(store.timeline(&period).await, "period filter");
-    let want: Vec<_> = order(&initial)
-        .into_iter()
-        .filter(|id| {
-            let r = initial.iter().find(|r| r.event_id == *id).expect("initial");
-            r.occurred_at >= at(200) && r.occurred_at < at(400)
-        })
-        .collect();
-    assert_eq!(ids(&got), want, "from is inclusive, until exclusive");
+    let want = filtered(&|r| r.occurred_at >= at(200) && r.occurred_at < at(400));
+    assert!(!want.is_empty());
+    assert_eq!(
+        ids(&ok(store.timeline(&period).await, "period filter")),
+        want,
+        "from is inclusive, until exclusive"
+    );
     let combined = TimelineQuery {
-        kinds: vec![RecordKind::Condition],
+        kinds: vec![RecordKind::Condition, RecordKind::Allergy],
         facilities: vec![f2.clone()],
         occurred_from: Some(at(100)),
         occurred_until: Some(at(400)),
         ..timeline_query(&p1, 100)
     };
-    let got = ok(store.timeline(&combined).await, "combined filters");
-    let want: Vec<_> = order(&initial)
-        .into_iter()
-        .filter(|id| {
-            let r = initial.iter().find(|r| r.event_id == *id).expect("initial");
-            r.kind == RecordKind::Condition
-                && r.facility_id == f2
-                && r.occurred_at >= at(100)
-                && r.occurred_at < at(400)
-        })
-        .collect();
+    let want = filtered(&|r| {
+        r.kind == RecordKind::Condition
+            && r.facility_id == f2
+            && r.occurred_at >= at(100)
+            && r.occurred_at < at(400)
+    });
     assert!(!want.is_empty());
-    assert_eq!(ids(&got), want);
+    assert_eq!(
+        ids(&ok(store.timeline(&combined).await, "combined filters")),
+        want
+    );
+    // A filtered page resumes from its cursor like an unfiltered one.
+    let first_two = ok(
+        store
+            .timeline(&TimelineQuery {
+                limit: 2,
+                ..period.clone()
+            })
+            .await,
+        "filtered page",
+    );
+    let last = first_two.last().expect("two records");
+    let rest = ok(
+        store
+            .timeline(&TimelineQuery {
+                after: Some((last.occurred_at, last.event_id)),
+                ..period.clone()
+            })
+            .await,
+        "filtered page",
+    );
+    let both: Vec<EventId> = ids(&first_two).into_iter().chain(ids(&rest)).collect();
+    assert_eq!(
+        both,
+        filtered(&|r| r.occurred_at >= at(200) && r.occurred_at < at(400))
+    );
 
     assert!(ok(store.timeline(&timeline_query(&p1, 0)).await, "limit 0").is_empty());
     let other = ok(
@@ -1010,7 +1049,10 @@ where
         position: positions[1],
         ..record(2, &f, 2, &p)
     };
-    ok(store.apply(record_batch(&[r2.clone()])).await, "apply");
+    ok(
+        store.apply(record_batch(std::slice::from_ref(&r2))).await,
+        "apply",
+    );
 
     let (got, env) = ok(store.record(event_id(2)).await, "record").expect("record 2");
     assert_eq!(got, stored(&r2, 1, None));
@@ -1341,7 +1383,7 @@ where
         position: positions[0],
         ..record(1, &f1, 1, &p)
     };
-    let mut batch = record_batch(&[r1.clone()]);
+    let mut batch = record_batch(std::slice::from_ref(&r1));
     batch.offsets = vec![(partition, positions[1].offset + 1)];
     let (use_, declared) = break_glass(2, &p, &f2);
     batch.projections.extend([

@@ -1,0 +1,214 @@
+//! The node as a user runs it: `hrx demo`, `hrx serve` with `hrx registry` and
+//! `hrx emit` against it, and `hrx reproject` giving identical projections.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hrx_domain::PatientId;
+use hrx_embedded::SqliteNode;
+use hrx_ports::{ConsentStore, MonitorStore, RegistryStore, TimelineQuery, TimelineStore};
+
+fn hrx() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hrx"));
+    c.env("RUST_LOG", "error");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("hrx runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Everything projected, as text, for comparison.
+fn snapshot(dir: &Path) -> String {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let db = SqliteNode::open(dir).unwrap();
+        let mut out = String::new();
+        for p in ["026062001234", "026185004321", "026070009876"] {
+            let patient = PatientId::parse(p).unwrap();
+            let q = TimelineQuery {
+                patient_id: patient.clone(),
+                kinds: vec![],
+                facilities: vec![],
+                occurred_from: None,
+                occurred_until: None,
+                after: None,
+                limit: 1000,
+            };
+            out += &format!("{:?}\n", db.timeline(&q).await.unwrap());
+            out += &format!("{:?}\n", db.grants(&patient).await.unwrap());
+            out += &format!("{:?}\n", db.break_glass(&patient).await.unwrap());
+        }
+        out += &format!("{:?}\n", db.facilities().await.unwrap());
+        out += &format!("{:?}\n", db.keys(None).await.unwrap());
+        out += &format!("{:?}\n", db.facility_stats().await.unwrap());
+        out += &format!("{:?}\n", db.rejections(None, 1000).await.unwrap());
+        out
+    })
+}
+
+#[test]
+fn demo_tells_the_story_and_reproject_rebuilds_identical_projections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let out = run(hrx().args(["demo", "--keep"]).arg(&data));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "without consent: 0 records shown, 5 withheld",
+        "with consent: 5 records shown, 0 withheld",
+        "(no consent): 0 shown, 3 withheld",
+        "live: OBSERVATION HbA1c",
+        "for 4 h: 3 records shown",
+        "GET_TIMELINE",
+        "FOLLOW",
+        "INVALID_FIELD 1",
+        "the node stopped cleanly",
+    ] {
+        assert!(
+            text.contains(expected),
+            "demo output lacks {expected:?}:\n{text}"
+        );
+    }
+    let before = snapshot(&data);
+    assert!(
+        before.contains("Observation") || before.contains("OBSERVATION") || before.len() > 1000
+    );
+    let out = run(hrx().args(["reproject", "--data-dir"]).arg(&data));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reprojected"));
+    let after = snapshot(&data);
+    assert_eq!(before, after, "reproject must give identical projections");
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_registry_emit_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let config = dir.path().join("hrx.toml");
+    std::fs::write(
+        &config,
+        "heartbeat_ms = 1000\nmetrics_addr = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut serve = Serve(
+        hrx()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("HRX_DATA_DIR", &data)
+            .env("HRX_GRPC_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&data.join("node.json"));
+
+    let out = run(hrx().args([
+        "registry",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "facility",
+        "add",
+        "--id",
+        "26012",
+        "--name",
+        "Trung tâm Y tế khu vực Vĩnh Tường",
+        "--province",
+        "Phú Thọ",
+        "--level",
+        "basic",
+    ]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("registered facility 26012"));
+    let out = run(hrx().args([
+        "registry",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "facility",
+        "list",
+    ]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("26012  BASIC"));
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/fhir/observation-hba1c.json");
+    let out = run(hrx()
+        .args([
+            "emit",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--facility",
+            "26012",
+            "--author",
+            "CCHN-002614",
+        ])
+        .arg(&fixture)
+        .arg(&fixture));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches(": accepted at 0:").count(), 2, "{text}");
+
+    // A facility that is not registered has no key: one clear error.
+    let out = hrx()
+        .args([
+            "emit",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--facility",
+            "26001",
+            "--author",
+            "x",
+        ])
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+
+    // SIGTERM stops it cleanly and removes node.json.
+    let status = Command::new("kill")
+        .args(["-TERM", &serve.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = serve.0.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(!data.join("node.json").exists());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(serve.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(stdout.contains("national root key"), "{stdout}");
+    assert!(stdout.contains("gRPC (mutual TLS)"), "{stdout}");
+
+    let out = run(hrx().args(["reproject", "--data-dir", data.to_str().unwrap()]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reprojected 4 log entries"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
