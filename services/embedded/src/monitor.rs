@@ -63,9 +63,19 @@ fn facility_stats(conn: &mut Connection) -> Result<Vec<FacilityStats>> {
         entry(&mut by_facility, f).rejected.push((reason, n));
     }
 
-    // Heads from the projected chains; the primary key (chain, seq) answers MAX per
-    // chain without a scan of the rows.
-    let mut stmt = tx.prepare_cached("SELECT chain, MAX(seq) FROM chain_links GROUP BY chain")?;
+    // Heads of the projected chains. A plain `GROUP BY chain` would read every link
+    // (one per event ever projected); this walks the distinct chains through the
+    // (chain, event_id) index and takes each MAX(seq) from the primary key, one index
+    // search per chain.
+    let mut stmt = tx.prepare_cached(
+        "WITH RECURSIVE chains (chain) AS ( \
+           SELECT MIN(chain) FROM chain_links \
+           UNION ALL \
+           SELECT (SELECT MIN(chain) FROM chain_links WHERE chain > chains.chain) \
+           FROM chains WHERE chains.chain IS NOT NULL) \
+         SELECT chain, (SELECT MAX(seq) FROM chain_links l WHERE l.chain = chains.chain) \
+         FROM chains WHERE chain IS NOT NULL",
+    )?;
     for (chain, head) in codec::collect(&mut stmt, [], |c| Ok((c.text()?, c.u64()?)))? {
         match ChainKey::parse(&chain) {
             Some(ChainKey::Facility(f)) => entry(&mut by_facility, f).head_seq = head,

@@ -149,7 +149,9 @@ CREATE TABLE records (
 -- filters are decided in the index before a row (and its body) is read.
 CREATE INDEX records_timeline
     ON records (patient_id, occurred_s DESC, occurred_ns DESC, event_id DESC, kind, facility_id);
-CREATE INDEX records_supersedes ON records (supersedes) WHERE supersedes IS NOT NULL;
+-- Corrections: "which record names this one in supersedes" (patient-scoped).
+CREATE INDEX records_supersedes
+    ON records (supersedes, patient_id, patient_seq) WHERE supersedes IS NOT NULL;
 
 -- Last patient_seq handed out per patient: the follow cursor's counter.
 CREATE TABLE patient_counters (
