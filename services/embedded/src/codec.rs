@@ -38,7 +38,7 @@ pub(crate) fn opt_id(e: Option<&EventId>) -> Option<[u8; 16]> {
 /// An unsigned value for an INTEGER column; `what` names it in the error.
 pub(crate) fn int(v: u64, what: &str) -> Result<i64> {
     i64::try_from(v).map_err(|_| {
-        EmbeddedError::Corrupt(format!("{what} {v} is beyond what the store can hold"))
+        EmbeddedError::Corrupt(format!("{what} exceeds 2^63 - 1 and cannot be stored"))
     })
 }
 

@@ -23,7 +23,7 @@ use crate::codec;
 use crate::consent::grant_by_id;
 use crate::error::{EmbeddedError, Result};
 use crate::log::{ChainTable, chain_context};
-use crate::registry::all_keys;
+use crate::registry::{all_keys, insert_key, revoke_key};
 use crate::schema::SOURCE_PROJECTOR;
 
 fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch) -> Result<()> {
@@ -36,12 +36,12 @@ fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch) -> Result<()> {
                 revoked_at,
                 revoked_by,
             } => revoke_grant(tx, grant_event_id, *revoked_at, revoked_by)?,
-            Projection::BreakGlass(window, event) => {
-                insert_break_glass(tx, window)?;
+            Projection::BreakGlass(declared, event) => {
+                insert_break_glass(tx, declared)?;
                 // The declaration's audit entry, keyed by the declaration's event id: a
                 // replay after `reset_projections` finds it and writes no second one.
                 // The declaration is not itself a read under the window.
-                let id = window.window.event_id;
+                let id = declared.window.event_id;
                 let seen = tx
                     .prepare_cached("SELECT 1 FROM audit_log WHERE break_glass_event_id = ?1")?
                     .exists([codec::id(&id)])?;
@@ -50,12 +50,12 @@ fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch) -> Result<()> {
                 }
             }
             Projection::FacilityRegistered(f) => upsert_facility(tx, f)?,
-            Projection::KeyAdded(key) => crate::registry::insert_key(tx, key)?,
+            Projection::KeyAdded(key) => insert_key(tx, key)?,
             Projection::KeyRevoked {
                 key_id,
                 revoked_at,
                 reason,
-            } => crate::registry::revoke_key(tx, key_id, *revoked_at, reason)?,
+            } => revoke_key(tx, key_id, *revoked_at, reason)?,
             Projection::Rejection(row) => insert_rejection(tx, SOURCE_PROJECTOR, row)?,
         }
     }
@@ -436,6 +436,21 @@ impl ProjectionStore for SqliteNode {
             .inner
             .db
             .read(move |conn| grant_by_id(conn, &grant_event_id))
+            .await?)
+    }
+
+    async fn event_id_taken(&self, event_id: EventId) -> PortResult<bool> {
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM records WHERE event_id = ?1) \
+                         OR EXISTS (SELECT 1 FROM grants WHERE grant_event_id = ?1) \
+                         OR EXISTS (SELECT 1 FROM break_glass WHERE event_id = ?1)",
+                )?;
+                Ok(stmt.query_row([crate::codec::id(&event_id)], |r| r.get::<_, bool>(0))?)
+            })
             .await?)
     }
 

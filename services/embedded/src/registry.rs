@@ -22,30 +22,38 @@ fn owner_text(o: &KeyOwner) -> &str {
     }
 }
 
-/// A key added by the registry. A second `KeyAdded` for a registered key id fails the
-/// batch (a conflict): re-adding must not silently undo a revocation or move a key to
-/// another facility, and the projector rejects it as content first.
+/// A key added by the registry. A second `KeyAdded` for a registered key id changes
+/// nothing: re-adding must not undo a revocation or move a key to another facility,
+/// and failing the batch instead would stop projection for good (the registry event is
+/// in the log and would be replayed forever). It is logged for the operators.
 pub(crate) fn insert_key(tx: &Transaction<'_>, k: &KeyRecord) -> Result<()> {
     let (valid_s, valid_ns) = codec::ts(k.valid_from);
     let (revoked_s, revoked_ns) = codec::opt_ts(k.revoked_at);
-    tx.prepare_cached(
-        "INSERT INTO keys (key_id, public_key, owner, valid_from_s, valid_from_ns, \
-         revoked_s, revoked_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        k.key_id().as_str(),
-        k.public_key.as_bytes(),
-        owner_text(&k.owner),
-        valid_s,
-        valid_ns,
-        revoked_s,
-        revoked_ns,
-    ])?;
+    let key_id = k.key_id();
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO keys (key_id, public_key, owner, valid_from_s, valid_from_ns, \
+             revoked_s, revoked_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (key_id) DO NOTHING",
+        )?
+        .execute(params![
+            key_id.as_str(),
+            k.public_key.as_bytes(),
+            owner_text(&k.owner),
+            valid_s,
+            valid_ns,
+            revoked_s,
+            revoked_ns,
+        ])?;
+    if inserted == 0 {
+        tracing::warn!(key_id = %key_id, "registry re-added a registered key; kept the first");
+    }
     Ok(())
 }
 
-/// Revokes a key; as for grants, the first revocation stands, and a missing key fails
-/// the batch.
+/// Revokes a key. The first revocation stands (its time must not move). A revocation of
+/// a key the registry never added changes nothing and is logged, for the same reason a
+/// re-added key is not an error.
 pub(crate) fn revoke_key(
     tx: &Transaction<'_>,
     key: &KeyId,
@@ -59,14 +67,8 @@ pub(crate) fn revoke_key(
              WHERE key_id = ?4 AND revoked_s IS NULL",
         )?
         .execute(params![s, ns, reason, key.as_str()])?;
-    if changed == 0
-        && !tx
-            .prepare_cached("SELECT 1 FROM keys WHERE key_id = ?1")?
-            .exists([key.as_str()])?
-    {
-        return Err(EmbeddedError::Corrupt(format!(
-            "key revocation names key {key}, which is not registered"
-        )));
+    if changed == 0 {
+        tracing::warn!(key_id = %key, "registry revoked a key that is unknown or already revoked");
     }
     Ok(())
 }

@@ -429,3 +429,53 @@ async fn concurrent_readers_and_writers_all_finish() {
     assert_eq!(audit.len(), 40);
     assert!(audit.windows(2).all(|w| w[1].prev_hash == w[0].entry_hash));
 }
+
+#[tokio::test]
+async fn a_re_added_key_keeps_its_revocation_and_an_unknown_revocation_changes_nothing() {
+    let (_dir, node) = fresh();
+    let f = facility(F1);
+    let k = testkit::key(1, &f);
+    let batch = |projections| ProjectionBatch {
+        projections,
+        ..ProjectionBatch::default()
+    };
+    node.apply(batch(vec![
+        Projection::KeyAdded(k.clone()),
+        Projection::KeyRevoked {
+            key_id: k.key_id(),
+            revoked_at: testkit::at(5),
+            reason: "lost".into(),
+        },
+    ]))
+    .await
+    .unwrap();
+    // Neither of these may stop projection: both events would be replayed forever.
+    node.apply(batch(vec![
+        Projection::KeyAdded(hrx_domain::verify::KeyRecord {
+            owner: hrx_domain::verify::KeyOwner::Facility(facility(F2)),
+            ..k.clone()
+        }),
+        Projection::KeyRevoked {
+            key_id: testkit::key(9, &f).key_id(),
+            revoked_at: testkit::at(6),
+            reason: "never added".into(),
+        },
+        Projection::KeyRevoked {
+            key_id: k.key_id(),
+            revoked_at: testkit::at(7),
+            reason: "again".into(),
+        },
+    ]))
+    .await
+    .unwrap();
+    let keys = hrx_ports::RegistryStore::keys(&node, None).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        keys[0].key,
+        hrx_domain::verify::KeyRecord {
+            revoked_at: Some(testkit::at(5)),
+            ..k
+        }
+    );
+    assert_eq!(keys[0].revocation_reason.as_deref(), Some("lost"));
+}

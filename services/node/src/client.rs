@@ -319,8 +319,16 @@ impl FacilityClient {
 
     /// Signs `body` as this facility's next event (advancing the local head).
     pub fn sign(&mut self, body: v1::facility_event::Body) -> (EventId, Envelope) {
+        self.sign_with_id(EventId::new_v7(), body)
+    }
+
+    /// Signs `body` as the next event with a given event id.
+    pub fn sign_with_id(
+        &mut self,
+        event_id: EventId,
+        body: v1::facility_event::Body,
+    ) -> (EventId, Envelope) {
         self.seq += 1;
-        let event_id = EventId::new_v7();
         let event = v1::FacilityEvent {
             header: Some(v1::FacilityEventHeader {
                 event_id: event_id.to_string(),

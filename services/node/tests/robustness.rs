@@ -135,6 +135,27 @@ async fn every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_i
     assert_eq!(reason(&r).0, hrx_domain::Reason::NotAuthorised.code());
     w.district.sync_head().await.unwrap();
 
+    // Another facility reusing an accepted event id: projected as a content rejection;
+    // the projector does not stall on it.
+    let (_, env) = w.provincial.sign_with_id(accepted_ids[0], obs(AN));
+    let r = w.provincial.submit(vec![env]).await.unwrap().remove(0);
+    assert!(accepted(&r), "ingest checks chains per facility: {r:?}");
+    settle(&w.nc).await;
+    let provincial_rejections =
+        v1::monitor_service_client::MonitorServiceClient::new(w.nc.channel())
+            .list_rejections(v1::ListRejectionsRequest {
+                facility_id: PROVINCIAL.into(),
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .rejections;
+    assert_eq!(
+        provincial_rejections[0].rejection.as_ref().unwrap().field,
+        "header.event_id"
+    );
+
     // The national center cannot submit facility events.
     let err = v1::ingest_service_client::IngestServiceClient::new(w.nc.channel())
         .submit_events(v1::SubmitEventsRequest::default())

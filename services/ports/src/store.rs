@@ -186,6 +186,11 @@ pub trait ProjectionStore: Send + Sync + 'static {
     /// A grant with the patient it is about, to check a revocation against.
     async fn grant(&self, grant_event_id: EventId) -> PortResult<Option<(PatientId, GrantState)>>;
 
+    /// Whether a projected record, grant or break-glass declaration already has this
+    /// event id. Event ids are unique across the exchange; the projector rejects a
+    /// reused one as content instead of letting the batch fail on it forever.
+    async fn event_id_taken(&self, event_id: EventId) -> PortResult<bool>;
+
     /// Applies a batch atomically, with its offsets. After a failure nothing of it is
     /// visible.
     async fn apply(&self, batch: ProjectionBatch) -> PortResult<()>;

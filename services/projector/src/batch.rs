@@ -3,7 +3,7 @@
 //! overlays the batch under construction on the store's state, so events of one batch
 //! can chain on each other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use hrx_domain::audit::{AccessAction, AccessEvent};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
@@ -29,6 +29,10 @@ struct Builder<'s> {
     heads: HashMap<ChainKey, ChainHead>,
     /// Grants projected in this batch (a revocation may follow in the same batch).
     grants: HashMap<EventId, PatientId>,
+    /// Event ids of records, grants and break-glass declarations in this batch.
+    used_ids: HashSet<EventId>,
+    /// Facilities registered in this batch.
+    facilities: HashSet<FacilityId>,
     stats: HashMap<FacilityId, StatsDelta>,
 }
 
@@ -44,6 +48,8 @@ pub(crate) async fn build(
         batch: ProjectionBatch::default(),
         heads: HashMap::new(),
         grants: HashMap::new(),
+        used_ids: HashSet::new(),
+        facilities: HashSet::new(),
         stats: HashMap::new(),
     };
     for entry in entries {
@@ -214,6 +220,19 @@ impl Builder<'_> {
         hash: Sha256,
         body: Body,
     ) -> PortResult<Result<Projection, Rejection>> {
+        // Event ids are unique across the exchange: a reused one (another facility's,
+        // or a revocation's) is refused here rather than failing the batch in the store.
+        if !matches!(body, Body::ConsentRevocation(_)) {
+            if self.used_ids.contains(&link.event_id)
+                || self.store.event_id_taken(link.event_id).await?
+            {
+                return Ok(Err(Rejection::invalid_field(
+                    "header.event_id",
+                    "already used by another event",
+                )));
+            }
+            self.used_ids.insert(link.event_id);
+        }
         Ok(Ok(match body {
             Body::Record(r) => Projection::Record(NewRecord {
                 event_id: link.event_id,
@@ -328,51 +347,88 @@ impl Builder<'_> {
             }
             Verdict::Accepted(e) => {
                 self.link(ChainKey::Registry, &e.header.link, hash, &entry);
-                let p = match e.body {
-                    RegistryBody::FacilityRegistered {
-                        facility_id,
-                        name,
-                        province,
-                        level,
-                    } => Projection::FacilityRegistered(FacilityInfo {
-                        facility_id,
-                        name,
-                        province,
-                        level,
-                    }),
-                    RegistryBody::KeyAdded {
-                        facility_id,
-                        public_key,
-                        valid_from,
-                    } => {
-                        let key = KeyRecord {
-                            public_key,
-                            owner: KeyOwner::Facility(facility_id),
-                            valid_from,
-                            revoked_at: None,
-                        };
-                        self.keys.insert(key.key_id(), key.clone());
-                        Projection::KeyAdded(key)
-                    }
-                    RegistryBody::KeyRevoked {
-                        key_id,
-                        revoked_at,
-                        reason,
-                    } => {
-                        if let Some(k) = self.keys.get_mut(&key_id) {
-                            k.revoked_at = Some(revoked_at);
-                        }
-                        Projection::KeyRevoked {
-                            key_id,
-                            revoked_at,
-                            reason,
-                        }
-                    }
-                };
-                self.batch.projections.push(p);
+                match self.registry_body(e.body).await? {
+                    Ok(p) => self.batch.projections.push(p),
+                    Err(rejection) => self.reject(&entry, None, None, &rejection),
+                }
             }
         }
         Ok(())
+    }
+
+    /// The projection of a valid registry body, or a rejection that needs registry state
+    /// to decide: a key added twice or for an unregistered facility, a revocation of an
+    /// unknown or already revoked key.
+    async fn registry_body(
+        &mut self,
+        body: RegistryBody,
+    ) -> PortResult<Result<Projection, Rejection>> {
+        Ok(Ok(match body {
+            RegistryBody::FacilityRegistered {
+                facility_id,
+                name,
+                province,
+                level,
+            } => {
+                self.facilities.insert(facility_id.clone());
+                Projection::FacilityRegistered(FacilityInfo {
+                    facility_id,
+                    name,
+                    province,
+                    level,
+                })
+            }
+            RegistryBody::KeyAdded {
+                facility_id,
+                public_key,
+                valid_from,
+            } => {
+                if self.keys.contains_key(&public_key.key_id()) {
+                    return Ok(Err(Rejection::invalid_field(
+                        "registry.key_added.public_key",
+                        "this key is already registered",
+                    )));
+                }
+                if !self.facilities.contains(&facility_id)
+                    && self.store.facility(&facility_id).await?.is_none()
+                {
+                    return Ok(Err(Rejection::invalid_field(
+                        "registry.key_added.facility_id",
+                        "no facility with this id is registered",
+                    )));
+                }
+                let key = KeyRecord {
+                    public_key,
+                    owner: KeyOwner::Facility(facility_id),
+                    valid_from,
+                    revoked_at: None,
+                };
+                self.keys.insert(key.key_id(), key.clone());
+                Projection::KeyAdded(key)
+            }
+            RegistryBody::KeyRevoked {
+                key_id,
+                revoked_at,
+                reason,
+            } => {
+                match self.keys.get_mut(&key_id) {
+                    Some(k) if k.owner != KeyOwner::Root && k.revoked_at.is_none() => {
+                        k.revoked_at = Some(revoked_at)
+                    }
+                    _ => {
+                        return Ok(Err(Rejection::invalid_field(
+                            "registry.key_revoked.key_id",
+                            "no registered, unrevoked facility key has this id",
+                        )));
+                    }
+                }
+                Projection::KeyRevoked {
+                    key_id,
+                    revoked_at,
+                    reason,
+                }
+            }
+        }))
     }
 }
 
