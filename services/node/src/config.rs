@@ -1,5 +1,7 @@
 //! Node configuration: defaults, then a TOML file, then `HRX_*` environment variables
-//! (e.g. `HRX_DATA_DIR`, `HRX_GRPC_ADDR`, `HRX_METRICS_ADDR`), each overriding the last.
+//! (the key in upper case: `HRX_DATA_DIR`, `HRX_GRPC_ADDR`, `HRX_KAFKA_BROKERS`, …),
+//! each overriding the last. [`ENV_VARS`] lists every variable; deployment files are
+//! checked against it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +9,87 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+/// Where the log and the store live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One SQLite database in the data directory: no external services.
+    Embedded,
+    /// Apache Kafka for the log, PostgreSQL for the store.
+    Distributed,
+}
+
+/// A part of the exchange a process runs (`--role`, `HRX_ROLES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Ingest,
+    Projector,
+    Timeline,
+    Consent,
+    Registry,
+    Monitor,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Ingest,
+        Role::Projector,
+        Role::Timeline,
+        Role::Consent,
+        Role::Registry,
+        Role::Monitor,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Projector => "projector",
+            Role::Timeline => "timeline",
+            Role::Consent => "consent",
+            Role::Registry => "registry",
+            Role::Monitor => "monitor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s.trim())
+    }
+
+    /// A comma-separated list, e.g. `ingest,projector`.
+    pub fn parse_list(s: &str) -> Result<Vec<Role>, String> {
+        let mut roles: Vec<Role> = s
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| Role::parse(p).ok_or_else(|| format!("unknown role {:?}", p.trim())))
+            .collect::<Result<_, _>>()?;
+        roles.sort();
+        roles.dedup();
+        if roles.is_empty() {
+            return Err("no role given".into());
+        }
+        Ok(roles)
+    }
+}
+
+/// Every environment variable a node reads (each overrides the key of the same name).
+pub const ENV_VARS: &[&str] = &[
+    "HRX_DATA_DIR",
+    "HRX_GRPC_ADDR",
+    "HRX_METRICS_ADDR",
+    "HRX_HEARTBEAT_MS",
+    "HRX_PROJECTOR_BATCH",
+    "HRX_BACKEND",
+    "HRX_ROLES",
+    "HRX_KAFKA_BROKERS",
+    "HRX_KAFKA_PARTITIONS",
+    "HRX_CONSUMER_GROUP",
+    "HRX_DATABASE_URL",
+    "HRX_DATABASE_POOL_SIZE",
+    "HRX_ROOT_PUBLIC_KEY",
+    "HRX_TLS_DIR",
+];
 
 /// Everything a node is configured with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +105,25 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     /// Log entries per projector batch.
     pub projector_batch: usize,
+    /// Embedded (default) or distributed (Kafka + PostgreSQL).
+    pub backend: Backend,
+    /// The roles this process runs, comma-separated (default: all of them).
+    pub roles: String,
+    /// Kafka bootstrap servers, e.g. `kafka-0:9092,kafka-1:9092` (distributed).
+    pub kafka_brokers: Option<String>,
+    /// Partitions of the facility-events topic when hrx creates it.
+    pub kafka_partitions: u32,
+    /// The projectors' Kafka consumer group.
+    pub consumer_group: String,
+    /// PostgreSQL URL, e.g. `postgres://hrx@db/hrx` (distributed).
+    pub database_url: Option<String>,
+    /// Connections in this process's PostgreSQL pool.
+    pub database_pool_size: usize,
+    /// The national root public key (hex), for distributed processes that do not hold
+    /// the root private key; embedded nodes read theirs from the data directory.
+    pub root_public_key: Option<String>,
+    /// The CA, server certificate and keys (default `<data_dir>/tls`).
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -32,6 +134,15 @@ impl Default for NodeConfig {
             metrics_addr: "127.0.0.1:9464".parse().expect("valid address"),
             heartbeat_ms: 10_000,
             projector_batch: 500,
+            backend: Backend::Embedded,
+            roles: "ingest,projector,timeline,consent,registry,monitor".into(),
+            kafka_brokers: None,
+            kafka_partitions: 12,
+            consumer_group: "hrx-projector".into(),
+            database_url: None,
+            database_pool_size: 16,
+            root_public_key: None,
+            tls_dir: None,
         }
     }
 }
@@ -46,6 +157,11 @@ impl NodeConfig {
         f.merge(Env::prefixed("HRX_")).extract().map_err(Box::new)
     }
 
+    /// The roles, parsed.
+    pub fn role_list(&self) -> Result<Vec<Role>, String> {
+        Role::parse_list(&self.roles)
+    }
+
     /// A configuration for tests and `hrx demo`: everything on loopback port 0.
     pub fn ephemeral(data_dir: &Path) -> Self {
         Self {
@@ -54,5 +170,39 @@ impl NodeConfig {
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_vars_name_every_key() {
+        let keys = serde_json_keys();
+        assert_eq!(keys.len(), ENV_VARS.len());
+        for k in keys {
+            assert!(
+                ENV_VARS.contains(&format!("HRX_{}", k.to_uppercase()).as_str()),
+                "{k}"
+            );
+        }
+    }
+
+    fn serde_json_keys() -> Vec<String> {
+        let v = figment::Figment::from(Serialized::defaults(NodeConfig::default()))
+            .extract::<figment::value::Dict>()
+            .unwrap();
+        v.keys().cloned().collect()
+    }
+
+    #[test]
+    fn roles_parse() {
+        assert_eq!(
+            Role::parse_list("projector, ingest,ingest").unwrap(),
+            vec![Role::Ingest, Role::Projector]
+        );
+        assert!(Role::parse_list("ingest,bogus").is_err());
+        assert!(Role::parse_list("").is_err());
     }
 }

@@ -60,6 +60,10 @@ pub struct NewRecord {
     pub body: Vec<u8>,
     pub event_hash: Sha256,
     pub position: LogPosition,
+    /// The original signed envelope, for `TimelineStore::record`. A store that shares a
+    /// database with the log (embedded) may read it from there instead; a store apart
+    /// from the log (PostgreSQL beside Kafka) keeps it with the record.
+    pub envelope: Envelope,
 }
 
 /// A projected break-glass declaration.

@@ -126,6 +126,7 @@ pub fn record(n: u64, facility: &FacilityId, seq: u64, patient: &PatientId) -> N
         body: format!(r#"{{"resourceType":"Observation","id":"obs-{n}"}}"#).into_bytes(),
         event_hash: envelope(n).event_hash(),
         position: pos(n),
+        envelope: envelope(n),
     }
 }
 

@@ -248,6 +248,7 @@ impl Builder<'_> {
                 body: r.body,
                 event_hash: hash,
                 position: entry.position,
+                envelope: entry.envelope.clone(),
             }),
             Body::ConsentGrant(g) => {
                 self.grants.insert(link.event_id, g.patient_id.clone());

@@ -1,0 +1,1 @@
+//! Kafka event-log adapter (being written).

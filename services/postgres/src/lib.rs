@@ -1,0 +1,1 @@
+//! PostgreSQL store adapter (being written).
