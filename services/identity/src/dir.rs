@@ -42,7 +42,41 @@ pub struct TlsDir {
     server: CertifiedKey,
 }
 
+/// What a server process needs, and only that: the CA certificate to verify clients
+/// with, and its own certificate and key. Production deployments mount these three files
+/// (`ca.pem`, `server.pem`, `server.key.pem`) from a secret; the CA's private key never
+/// reaches a server.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    pub ca_cert_pem: String,
+    pub server: CertifiedKey,
+}
+
+impl ServerIdentity {
+    /// Reads `ca.pem`, `server.pem` and `server.key.pem` from `tls_dir`.
+    pub fn load(tls_dir: &Path) -> Result<Self, IdentityError> {
+        let ca = tls_dir.join("ca.pem");
+        let ca_cert_pem = fs::read_to_string(&ca).map_err(io_error(&ca))?;
+        let server = load_pair(&tls_dir.join("server.pem"), &tls_dir.join("server.key.pem"))?
+            .ok_or(IdentityError::Invalid {
+                what: "server.pem is missing from the TLS directory",
+            })?;
+        Ok(Self {
+            ca_cert_pem,
+            server,
+        })
+    }
+}
+
 impl TlsDir {
+    /// The server's part of this directory.
+    pub fn server_identity(&self) -> ServerIdentity {
+        ServerIdentity {
+            ca_cert_pem: self.ca_cert_pem().to_owned(),
+            server: self.server.clone(),
+        }
+    }
+
     /// Opens `<data_dir>/tls`. On first use it creates the development CA, a server
     /// certificate for `localhost`, `127.0.0.1` and `::1`, and the national center's client
     /// certificate; later calls load what is there and generate only what is missing.

@@ -19,7 +19,7 @@ pub mod principal;
 pub mod tls;
 
 pub use ca::{CertificateAuthority, CertifiedKey};
-pub use dir::TlsDir;
+pub use dir::{ServerIdentity, TlsDir};
 pub use error::IdentityError;
 pub use principal::{Principal, principal_from_der};
 pub use tls::{caller, client_tls, server_tls};

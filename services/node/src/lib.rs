@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod config;
+mod distributed;
 pub mod keys;
 
 use std::future::Future;
@@ -24,14 +25,15 @@ use std::time::Duration;
 use hrx_domain::verify::{KeyOwner, KeyRecord};
 use hrx_domain::{KeyId, SigningKey, Timestamp};
 use hrx_embedded::SqliteNode;
-use hrx_identity::TlsDir;
-use hrx_ports::{EventLog, ProjectionStore, Store};
+use hrx_identity::{ServerIdentity, TlsDir};
+use hrx_ports::{EventLog, Store};
+use hrx_proto::v1;
 use hrx_rpc::chains::ChainLocks;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use config::NodeConfig;
+pub use config::{Backend, NodeConfig, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -57,6 +59,10 @@ pub enum NodeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("metrics server: {0}")]
     Metrics(std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// Where the national root key lives in a data directory.
@@ -64,23 +70,49 @@ pub fn root_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("registry").join("root.key.pem")
 }
 
-/// The root key as the registry's verifiers know it.
-pub fn root_record(key: &SigningKey) -> KeyRecord {
-    KeyRecord {
-        public_key: key.public_key(),
-        owner: KeyOwner::Root,
-        valid_from: Timestamp::from_unix_seconds(0).expect("epoch is in range"),
-        revoked_at: None,
+/// The log and the store a node runs on.
+#[derive(Clone)]
+pub struct Backends {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").finish_non_exhaustive()
+    }
+}
+
+/// The national root key as this process knows it: the whole key (embedded: it signs
+/// registry events for the CLI) or only its public half (distributed processes).
+#[derive(Debug)]
+enum Root {
+    Signing { key: SigningKey, created: bool },
+    Public(hrx_domain::PublicKey),
+}
+
+impl Root {
+    fn record(&self) -> KeyRecord {
+        let public_key = match self {
+            Root::Signing { key, .. } => key.public_key(),
+            Root::Public(p) => *p,
+        };
+        KeyRecord {
+            public_key,
+            owner: KeyOwner::Root,
+            valid_from: Timestamp::from_unix_seconds(0).expect("epoch is in range"),
+            revoked_at: None,
+        }
     }
 }
 
 /// A node, built and listening, not yet running.
 pub struct Node {
     config: NodeConfig,
-    tls: TlsDir,
-    db: Arc<SqliteNode>,
-    root: SigningKey,
-    root_created: bool,
+    roles: Vec<Role>,
+    identity: ServerIdentity,
+    backends: Backends,
+    root: Root,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
     metrics: TcpListener,
@@ -91,6 +123,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("data_dir", &self.config.data_dir)
+            .field("roles", &self.roles)
             .field("grpc_addr", &self.grpc_addr)
             .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
@@ -107,24 +140,53 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), NodeError> 
     Ok((l, a))
 }
 
+/// Opens the backends the configuration names (and applies their migrations).
+pub async fn backends(config: &NodeConfig) -> Result<Backends, NodeError> {
+    match config.backend {
+        Backend::Embedded => {
+            let db = Arc::new(SqliteNode::open(&config.data_dir)?);
+            Ok(Backends {
+                log: db.clone(),
+                store: db,
+            })
+        }
+        Backend::Distributed => distributed::backends(config).await,
+    }
+}
+
 impl Node {
     pub async fn build(config: NodeConfig) -> Result<Self, NodeError> {
+        let roles = config.role_list().map_err(NodeError::Config)?;
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
             path: dir.clone(),
             source,
         })?;
-        let tls = TlsDir::open_or_init(dir)?;
-        let (root, root_created) = keys::read_or_create(&root_key_path(dir))?;
-        let db = Arc::new(SqliteNode::open(dir)?);
+        let identity = match &config.tls_dir {
+            Some(tls) => ServerIdentity::load(tls)?,
+            None => TlsDir::open_or_init(dir)?.server_identity(),
+        };
+        let root = match (&config.root_public_key, config.backend) {
+            (Some(hex_key), _) => Root::Public(parse_public_key(hex_key)?),
+            (None, Backend::Embedded) => {
+                let (key, created) = keys::read_or_create(&root_key_path(dir))?;
+                Root::Signing { key, created }
+            }
+            (None, Backend::Distributed) => {
+                return Err(NodeError::Config(
+                    "a distributed process needs HRX_ROOT_PUBLIC_KEY (the national root public key, hex)".into(),
+                ));
+            }
+        };
+        let backends = backends(&config).await?;
         let (grpc, grpc_addr) = bind(config.grpc_addr).await?;
         let (metrics, metrics_addr) = bind(config.metrics_addr).await?;
         Ok(Self {
             config,
-            tls,
-            db,
+            roles,
+            identity,
+            backends,
             root,
-            root_created,
             grpc,
             grpc_addr,
             metrics,
@@ -144,80 +206,88 @@ impl Node {
         &self.config.data_dir
     }
 
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
+
     pub fn root_key_id(&self) -> KeyId {
-        self.root.key_id()
+        self.root.record().key_id()
     }
 
-    /// Whether this start created the national root key (first start).
+    /// Whether this start created the national root key (first start of an embedded node).
     pub fn root_key_created(&self) -> bool {
-        self.root_created
+        matches!(self.root, Root::Signing { created: true, .. })
     }
 
-    /// Runs everything until `shutdown` resolves, then stops the servers and the
-    /// projector cleanly (a batch in flight is either committed or not at all).
+    /// Runs this process's roles until `shutdown` resolves, then stops the servers and
+    /// the projector cleanly (a batch in flight is either committed or not at all).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-        let log: Arc<dyn EventLog> = self.db.clone();
-        let store: Arc<dyn Store> = self.db.clone();
-        let roots = vec![root_record(&self.root)];
+        let Backends { log, store } = self.backends.clone();
+        let roots = vec![self.root.record()];
+        let has = |r: Role| self.roles.contains(&r);
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let mut projector_config = hrx_projector::ProjectorConfig::new(roots.clone());
-        projector_config.batch_size = self.config.projector_batch;
-        let projector =
-            hrx_projector::Projector::build(log.clone(), store.clone(), projector_config).await?;
-        let projector = tokio::spawn(projector.run(stopped(stop_rx.clone())));
+        let projector = if has(Role::Projector) {
+            let mut projector_config = hrx_projector::ProjectorConfig::new(roots.clone());
+            projector_config.batch_size = self.config.projector_batch;
+            let projector =
+                hrx_projector::Projector::build(log.clone(), store.clone(), projector_config)
+                    .await?;
+            Some(tokio::spawn(projector.run(stopped(stop_rx.clone()))))
+        } else {
+            None
+        };
 
-        let locks = ChainLocks::default();
-        let ingest = Arc::new(hrx_ingest::Ingest::new(
-            log.clone(),
-            store.clone(),
-            locks.clone(),
-        ));
-        let timeline = Arc::new(hrx_timeline::Timeline::new(
-            store.clone(),
-            hrx_timeline::TimelineConfig {
-                heartbeat: Duration::from_millis(self.config.heartbeat_ms.max(1)),
-            },
-        ));
         let (health, health_service) = tonic_health::server::health_reporter();
-        let ingest = hrx_ingest::IngestGrpc::new(ingest).into_server();
-        let timeline = hrx_timeline::TimelineGrpc::new(timeline).into_server();
-        let consent = hrx_consent::ConsentGrpc::new(store.clone()).into_server();
-        let registry =
-            hrx_registry::RegistryGrpc::new(log.clone(), store.clone(), locks, roots).into_server();
-        let monitor = hrx_monitor::MonitorGrpc::new(log.clone(), store.clone()).into_server();
-        health.set_serving::<hrx_proto::v1::ingest_service_server::IngestServiceServer<hrx_ingest::IngestGrpc>>().await;
-        health
-            .set_serving::<hrx_proto::v1::timeline_service_server::TimelineServiceServer<
-                hrx_timeline::TimelineGrpc,
-            >>()
-            .await;
-        health.set_serving::<hrx_proto::v1::consent_service_server::ConsentServiceServer<hrx_consent::ConsentGrpc>>().await;
-        health
-            .set_serving::<hrx_proto::v1::registry_service_server::RegistryServiceServer<
-                hrx_registry::RegistryGrpc,
-            >>()
-            .await;
-        health.set_serving::<hrx_proto::v1::monitor_service_server::MonitorServiceServer<hrx_monitor::MonitorGrpc>>().await;
-
-        let grpc = tonic::transport::Server::builder()
+        let mut router = tonic::transport::Server::builder()
             .tls_config(hrx_identity::server_tls(
-                self.tls.ca_cert_pem(),
-                self.tls.server(),
+                &self.identity.ca_cert_pem,
+                &self.identity.server,
             ))?
-            .add_service(health_service)
-            .add_service(ingest)
-            .add_service(timeline)
-            .add_service(consent)
-            .add_service(registry)
-            .add_service(monitor)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc),
-                stopped(stop_rx.clone()),
+            .add_service(health_service);
+        let locks = ChainLocks::default();
+        if has(Role::Ingest) {
+            let ingest = Arc::new(hrx_ingest::Ingest::new(
+                log.clone(),
+                store.clone(),
+                locks.clone(),
+            ));
+            router = router.add_service(hrx_ingest::IngestGrpc::new(ingest).into_server());
+            health.set_serving::<v1::ingest_service_server::IngestServiceServer<hrx_ingest::IngestGrpc>>().await;
+        }
+        if has(Role::Timeline) {
+            let timeline = Arc::new(hrx_timeline::Timeline::new(
+                store.clone(),
+                hrx_timeline::TimelineConfig {
+                    heartbeat: Duration::from_millis(self.config.heartbeat_ms.max(1)),
+                },
+            ));
+            router = router.add_service(hrx_timeline::TimelineGrpc::new(timeline).into_server());
+            health.set_serving::<v1::timeline_service_server::TimelineServiceServer<hrx_timeline::TimelineGrpc>>().await;
+        }
+        if has(Role::Consent) {
+            router = router.add_service(hrx_consent::ConsentGrpc::new(store.clone()).into_server());
+            health.set_serving::<v1::consent_service_server::ConsentServiceServer<hrx_consent::ConsentGrpc>>().await;
+        }
+        if has(Role::Registry) {
+            let registry =
+                hrx_registry::RegistryGrpc::new(log.clone(), store.clone(), locks, roots);
+            router = router.add_service(registry.into_server());
+            health.set_serving::<v1::registry_service_server::RegistryServiceServer<hrx_registry::RegistryGrpc>>().await;
+        }
+        if has(Role::Monitor) {
+            router = router.add_service(
+                hrx_monitor::MonitorGrpc::new(log.clone(), store.clone()).into_server(),
             );
+            health.set_serving::<v1::monitor_service_server::MonitorServiceServer<hrx_monitor::MonitorGrpc>>().await;
+        }
+        let grpc = router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(self.grpc),
+            stopped(stop_rx.clone()),
+        );
         let metrics =
             hrx_monitor::metrics::serve(self.metrics, log, store, stopped(stop_rx.clone()));
         let grpc = tokio::spawn(grpc);
@@ -227,7 +297,9 @@ impl Node {
         let _ = stop_tx.send(true);
         let grpc_result = grpc.await;
         let metrics_result = metrics.await;
-        let _ = projector.await;
+        if let Some(p) = projector {
+            let _ = p.await;
+        }
         match grpc_result {
             Ok(r) => r?,
             Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
@@ -240,15 +312,40 @@ impl Node {
     }
 }
 
+fn parse_public_key(hex_key: &str) -> Result<hrx_domain::PublicKey, NodeError> {
+    let bad = || {
+        NodeError::Config(
+            "HRX_ROOT_PUBLIC_KEY must be 64 hex characters (a raw Ed25519 public key)".into(),
+        )
+    };
+    let bytes: Vec<u8> = (0..hex_key.len())
+        .step_by(2)
+        .map(|i| {
+            hex_key
+                .get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    hrx_domain::PublicKey::from_slice(&bytes).ok_or_else(bad)
+}
+
 /// Rebuilds every projection from the log: deletes them, then projects the whole log
-/// (`hrx reproject`). The node must not be running on this directory.
-pub async fn reproject(data_dir: &Path) -> Result<u64, NodeError> {
-    let (root, _) = keys::read_or_create(&root_key_path(data_dir))?;
-    let db = Arc::new(SqliteNode::open(data_dir)?);
-    db.reset_projections()
+/// (`hrx reproject`). No projector may be running on these backends meanwhile.
+pub async fn reproject(config: &NodeConfig) -> Result<u64, NodeError> {
+    let root = match &config.root_public_key {
+        Some(k) => Root::Public(parse_public_key(k)?),
+        None => {
+            let (key, created) = keys::read_or_create(&root_key_path(&config.data_dir))?;
+            Root::Signing { key, created }
+        }
+    };
+    let Backends { log, store } = backends(config).await?;
+    store
+        .reset_projections()
         .await
         .map_err(hrx_projector::ProjectorError::from)?;
-    let config = hrx_projector::ProjectorConfig::new(vec![root_record(&root)]);
-    let mut projector = hrx_projector::Projector::build(db.clone(), db.clone(), config).await?;
+    let projector_config = hrx_projector::ProjectorConfig::new(vec![root.record()]);
+    let mut projector = hrx_projector::Projector::build(log, store, projector_config).await?;
     Ok(projector.catch_up().await?)
 }

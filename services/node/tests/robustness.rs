@@ -318,7 +318,9 @@ async fn restart_resumes_and_reproject_gives_identical_projections() {
     drop((provincial, district));
     node.stop().await;
 
-    let n = hrx_node::reproject(dir.path()).await.unwrap();
+    let n = hrx_node::reproject(&hrx_node::NodeConfig::ephemeral(dir.path()))
+        .await
+        .unwrap();
     assert!(n >= 32);
     let node = TestNode::start(dir.path()).await;
     let provincial = FacilityClient::open(dir.path(), node.addr, &fac(PROVINCIAL))

@@ -7,6 +7,7 @@ mod demo;
 mod emit;
 mod fhir;
 mod keygen;
+mod migrate;
 mod registry;
 mod reproject;
 mod serve;
@@ -50,6 +51,8 @@ enum Command {
     Emit(emit::EmitArgs),
     /// Rebuild every projection from the event log (node stopped).
     Reproject(reproject::ReprojectArgs),
+    /// Apply the configured backends' schema migrations and exit.
+    Migrate(migrate::MigrateArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -62,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Registry(a) => registry::run(a),
         Command::Emit(a) => emit::run(a),
         Command::Reproject(a) => reproject::run(a),
+        Command::Migrate(a) => migrate::run(a),
     }
 }
 

@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// Prometheus listen address (overrides HRX_METRICS_ADDR).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Roles to run, comma-separated: ingest,projector,timeline,consent,registry,monitor
+    /// (overrides HRX_ROLES; default all).
+    #[arg(long)]
+    role: Option<String>,
 }
 
 /// What `node.json` says about a running node.
@@ -65,6 +69,10 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(a) = args.metrics_addr {
         c.metrics_addr = a;
     }
+    if let Some(r) = &args.role {
+        c.roles = r.clone();
+    }
+    c.role_list().map_err(|e| anyhow!("--role: {e}"))?;
     Ok(c)
 }
 
@@ -91,7 +99,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if node.root_key_created() {
             println!("created the national root key {}", node.root_key_id());
         }
-        println!("hrx node on {}", dir.display());
+        let roles: Vec<&str> = node.roles().iter().map(|r| r.name()).collect();
+        println!("hrx node on {} ({})", dir.display(), roles.join(", "));
         println!("  national root key  {}", node.root_key_id());
         println!("  gRPC (mutual TLS)  {}", node.grpc_addr());
         println!(
