@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole hrx test suite, as the README gives it and .ci/run runs it on a fresh clone:
-# formatting, lints, every Rust test, and the independent Python implementation of the
-# wire contract checked against the same vectors.
+# formatting, lints, every Rust test — the embedded node, and the Kafka + PostgreSQL
+# adapters against a real single-node Kafka (KRaft) and a real PostgreSQL started here —
+# and the independent Python implementation of the wire contract.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,6 +13,20 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Kafka and PostgreSQL for the distributed tests (deploy/testenv)"
+bash deploy/testenv/testenv.sh install
+services=$(mktemp -d "${TMPDIR:-/tmp}/hrx-testenv.XXXXXX")
+cleanup() { bash deploy/testenv/testenv.sh down "$services" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+bash deploy/testenv/testenv.sh up "$services"
+# shellcheck disable=SC1091
+. "$services/env"
+export HRX_TEST_KAFKA_BROKERS="$HRX_KAFKA_BROKERS"
+export HRX_TEST_DATABASE_URL="$HRX_DATABASE_URL"
+# The distributed tests skip without these; here they must run.
+export HRX_TEST_REQUIRE_SERVICES=1
+unset HRX_KAFKA_BROKERS HRX_DATABASE_URL HRX_TESTENV_DIR HRX_KAFKA_PID HRX_POSTGRES_PID
 
 step "cargo test"
 cargo test --workspace --locked

@@ -84,6 +84,7 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_ROLES",
     "HRX_KAFKA_BROKERS",
     "HRX_KAFKA_PARTITIONS",
+    "HRX_KAFKA_TOPIC_PREFIX",
     "HRX_CONSUMER_GROUP",
     "HRX_DATABASE_URL",
     "HRX_DATABASE_POOL_SIZE",
@@ -113,6 +114,9 @@ pub struct NodeConfig {
     pub kafka_brokers: Option<String>,
     /// Partitions of the facility-events topic when hrx creates it.
     pub kafka_partitions: u32,
+    /// Prepended to the topic names (`hrx.facility-events.v1`, `hrx.registry.v1`), to
+    /// keep several exchanges (or test runs) apart on one cluster.
+    pub kafka_topic_prefix: String,
     /// The projectors' Kafka consumer group.
     pub consumer_group: String,
     /// PostgreSQL URL, e.g. `postgres://hrx@db/hrx` (distributed).
@@ -138,6 +142,7 @@ impl Default for NodeConfig {
             roles: "ingest,projector,timeline,consent,registry,monitor".into(),
             kafka_brokers: None,
             kafka_partitions: 12,
+            kafka_topic_prefix: String::new(),
             consumer_group: "hrx-projector".into(),
             database_url: None,
             database_pool_size: 16,
@@ -154,7 +159,14 @@ impl NodeConfig {
         if let Some(file) = file {
             f = f.merge(Toml::file_exact(file));
         }
-        f.merge(Env::prefixed("HRX_")).extract().map_err(Box::new)
+        // Only the variables of ENV_VARS: other HRX_* variables (test harnesses set
+        // some) are not configuration.
+        let env = Env::prefixed("HRX_").filter(|key| {
+            ENV_VARS
+                .iter()
+                .any(|v| v[4..].eq_ignore_ascii_case(key.as_str()))
+        });
+        f.merge(env).extract().map_err(Box::new)
     }
 
     /// The roles, parsed.

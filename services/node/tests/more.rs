@@ -11,11 +11,9 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 
-#[tokio::test]
-async fn corrected_records_are_shown_as_superseded_not_hidden() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn corrected_records_are_shown_as_superseded_not_hidden(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     let (original, r) = w
         .district
         .emit(record(
@@ -49,11 +47,9 @@ async fn corrected_records_are_shown_as_superseded_not_hidden() {
     node.stop().await;
 }
 
-#[tokio::test]
-async fn check_access_and_list_grants_reflect_grants_and_revocations() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn check_access_and_list_grants_reflect_grants_and_revocations(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     let check = |reader: &hrx_node::client::FacilityClient, purpose: Purpose| {
         let mut c = reader.consent();
         async move {
@@ -142,11 +138,9 @@ async fn check_access_and_list_grants_reflect_grants_and_revocations() {
     node.stop().await;
 }
 
-#[tokio::test]
-async fn a_follow_stream_ends_when_its_grant_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn a_follow_stream_ends_when_its_grant_expires(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     let expires = Timestamp::now()
         .checked_add(hrx_domain::Duration::from_secs(2).unwrap())
         .unwrap();
@@ -184,11 +178,9 @@ async fn a_follow_stream_ends_when_its_grant_expires() {
     node.stop().await;
 }
 
-#[tokio::test]
-async fn metrics_are_served_in_prometheus_format_without_patient_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn metrics_are_served_in_prometheus_format_without_patient_data(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     let (_, r) = w
         .district
         .emit(record(
@@ -276,11 +268,9 @@ mod raw {
     }
 }
 
-#[tokio::test]
-async fn a_malformed_protobuf_is_refused_and_the_node_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn a_malformed_protobuf_is_refused_and_the_node_keeps_serving(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     let mut grpc = tonic::client::Grpc::new(w.district.channel());
     grpc.ready().await.unwrap();
     let path =
@@ -307,3 +297,11 @@ async fn a_malformed_protobuf_is_refused_and_the_node_keeps_serving() {
     assert_eq!(w.district.head().0, 1);
     node.stop().await;
 }
+
+both_backends!(
+    corrected_records_are_shown_as_superseded_not_hidden,
+    check_access_and_list_grants_reflect_grants_and_revocations,
+    a_follow_stream_ends_when_its_grant_expires,
+    metrics_are_served_in_prometheus_format_without_patient_data,
+    a_malformed_protobuf_is_refused_and_the_node_keeps_serving
+);

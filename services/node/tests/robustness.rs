@@ -24,11 +24,9 @@ fn obs(patient: &str) -> v1::facility_event::Body {
     )
 }
 
-#[tokio::test]
-async fn every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_is_lost(test: Env) {
+    let node = TestNode::start(&test).await;
+    let mut w = World::register(test.path(), &node).await;
     let d = &mut w.district;
     let mut accepted_ids = Vec::new();
 
@@ -62,7 +60,7 @@ async fn every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_i
     // Wrong payload type (re-signed properly under another type).
     let (_, env) = d.sign(obs(AN));
     let key =
-        hrx_node::keys::read_private_key(&facility_key_path(dir.path(), &fac(DISTRICT))).unwrap();
+        hrx_node::keys::read_private_key(&facility_key_path(test.path(), &fac(DISTRICT))).unwrap();
     let mut wrong = key.sign(PayloadType::RegistryEvent, env.payload.clone());
     wrong.payload_type = PayloadType::REGISTRY_EVENT.into();
     let r = d.submit(vec![wrong]).await.unwrap().remove(0);
@@ -168,7 +166,7 @@ async fn every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_i
     let cert = other
         .issue_client(&Principal::Facility(fac(DISTRICT)))
         .unwrap();
-    let tls = hrx_identity::TlsDir::open_or_init(dir.path()).unwrap();
+    let tls = hrx_identity::TlsDir::open_or_init(test.path()).unwrap();
     let refused = async {
         let ch = connect(node.addr, tls.ca_cert_pem(), &cert).await.ok()?;
         v1::ingest_service_client::IngestServiceClient::new(ch)
@@ -271,11 +269,9 @@ async fn every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_i
     node.stop().await;
 }
 
-#[tokio::test]
-async fn restart_resumes_and_reproject_gives_identical_projections() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn restart_resumes_and_reproject_gives_identical_projections(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     let expires = hrx_domain::Timestamp::now()
         .checked_add(hrx_domain::Duration::from_secs(3600).unwrap())
         .unwrap();
@@ -303,11 +299,11 @@ async fn restart_resumes_and_reproject_gives_identical_projections() {
     drop(w);
     node.stop().await;
 
-    let node = TestNode::start(dir.path()).await;
-    let provincial = FacilityClient::open(dir.path(), node.addr, &fac(PROVINCIAL))
+    let node = TestNode::start(&env).await;
+    let provincial = FacilityClient::open(env.path(), node.addr, &fac(PROVINCIAL))
         .await
         .unwrap();
-    let mut district = FacilityClient::open(dir.path(), node.addr, &fac(DISTRICT))
+    let mut district = FacilityClient::open(env.path(), node.addr, &fac(DISTRICT))
         .await
         .unwrap();
     assert_eq!(district.head().0, 31, "the head survives a restart");
@@ -318,12 +314,10 @@ async fn restart_resumes_and_reproject_gives_identical_projections() {
     drop((provincial, district));
     node.stop().await;
 
-    let n = hrx_node::reproject(&hrx_node::NodeConfig::ephemeral(dir.path()))
-        .await
-        .unwrap();
+    let n = hrx_node::reproject(&env.config).await.unwrap();
     assert!(n >= 32);
-    let node = TestNode::start(dir.path()).await;
-    let provincial = FacilityClient::open(dir.path(), node.addr, &fac(PROVINCIAL))
+    let node = TestNode::start(&env).await;
+    let provincial = FacilityClient::open(env.path(), node.addr, &fac(PROVINCIAL))
         .await
         .unwrap();
     let replayed = read_all(&provincial, AN, Purpose::Referral, 7).await;
@@ -336,3 +330,8 @@ async fn restart_resumes_and_reproject_gives_identical_projections() {
     drop(provincial);
     node.stop().await;
 }
+
+both_backends!(
+    every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_is_lost,
+    restart_resumes_and_reproject_gives_identical_projections
+);

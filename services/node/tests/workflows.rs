@@ -10,11 +10,9 @@ use hrx_proto::v1;
 use support::*;
 use tokio_stream::StreamExt;
 
-#[tokio::test]
-async fn referral_read_needs_consent_and_says_what_was_withheld() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn referral_read_needs_consent_and_says_what_was_withheld(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
 
     // The district hospital records three things about An, one of them HIV-labelled.
     let t = ts("2026-10-01T02:00:00Z");
@@ -142,11 +140,9 @@ async fn referral_read_needs_consent_and_says_what_was_withheld() {
     node.stop().await;
 }
 
-#[tokio::test]
-async fn paging_is_stable_while_records_arrive() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn paging_is_stable_while_records_arrive(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     // 120 records, several sharing an occurred_at (ties broken by event id).
     let mut envelopes = Vec::new();
     for i in 0..120i64 {
@@ -221,11 +217,9 @@ async fn next_entry(s: &mut tonic::Streaming<v1::FollowResponse>) -> (v1::Timeli
     }
 }
 
-#[tokio::test]
-async fn chronic_care_follow_gets_backlog_then_live_then_ends_on_revocation() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn chronic_care_follow_gets_backlog_then_live_then_ends_on_revocation(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     let expires = Timestamp::now()
         .checked_add(hrx_domain::Duration::from_secs(86_400).unwrap())
         .unwrap();
@@ -341,11 +335,9 @@ async fn chronic_care_follow_gets_backlog_then_live_then_ends_on_revocation() {
     node.stop().await;
 }
 
-#[tokio::test]
-async fn break_glass_opens_everything_for_a_bounded_time_and_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    let mut w = World::register(dir.path(), &node).await;
+async fn break_glass_opens_everything_for_a_bounded_time_and_is_reported(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
     let (_, r) = w
         .district
         .emit(record(
@@ -426,3 +418,10 @@ async fn break_glass_opens_everything_for_a_bounded_time_and_is_reported() {
     );
     node.stop().await;
 }
+
+both_backends!(
+    referral_read_needs_consent_and_says_what_was_withheld,
+    paging_is_stable_while_records_arrive,
+    chronic_care_follow_gets_backlog_then_live_then_ends_on_revocation,
+    break_glass_opens_everything_for_a_bounded_time_and_is_reported
+);

@@ -26,6 +26,104 @@ pub fn fac(s: &str) -> FacilityId {
     FacilityId::parse(s).unwrap()
 }
 
+/// Where a test's node keeps its state: a temp directory, and for the distributed
+/// backend a fresh PostgreSQL database and Kafka topics of its own.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: NodeConfig,
+}
+
+impl Env {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::ephemeral(dir.path());
+        config.heartbeat_ms = 200;
+        Self { dir, config }
+    }
+
+    /// Kafka + PostgreSQL from `HRX_TEST_KAFKA_BROKERS` and `HRX_TEST_DATABASE_URL`.
+    /// Without them: `None` (the test is skipped with a notice), unless
+    /// `HRX_TEST_REQUIRE_SERVICES=1`, which the project's test command sets.
+    pub async fn distributed() -> Option<Self> {
+        let (brokers, admin_url) = match (
+            std::env::var("HRX_TEST_KAFKA_BROKERS"),
+            std::env::var("HRX_TEST_DATABASE_URL"),
+        ) {
+            (Ok(b), Ok(u)) => (b, u),
+            _ => {
+                assert!(
+                    std::env::var("HRX_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    "HRX_TEST_KAFKA_BROKERS and HRX_TEST_DATABASE_URL are required (run bash tests/run.sh)"
+                );
+                eprintln!(
+                    "skipping a distributed test: no HRX_TEST_KAFKA_BROKERS / HRX_TEST_DATABASE_URL"
+                );
+                return None;
+            }
+        };
+        let mut env = Self::embedded();
+        let name = format!(
+            "hrx_node_{}",
+            hrx_domain::EventId::new_v7().to_string().replace('-', "")
+        );
+        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("the test PostgreSQL answers");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = match admin_url.rfind('/') {
+            Some(i) => format!("{}/{name}", &admin_url[..i]),
+            None => panic!("HRX_TEST_DATABASE_URL must end with a database name"),
+        };
+        let (root, _) =
+            hrx_node::keys::read_or_create(&hrx_node::root_key_path(env.path())).unwrap();
+        let c = &mut env.config;
+        c.backend = hrx_node::Backend::Distributed;
+        c.kafka_brokers = Some(brokers);
+        c.kafka_partitions = 3;
+        c.kafka_topic_prefix = format!("{name}.");
+        c.database_url = Some(url);
+        c.database_pool_size = 4;
+        c.root_public_key = Some(
+            root.public_key()
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        );
+        Some(env)
+    }
+}
+
+/// Runs a test body once per backend: `embedded` and `distributed` tests of one name.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name($crate::support::Env::embedded()).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn distributed() {
+                    if let Some(env) = $crate::support::Env::distributed().await {
+                        super::$name(env).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
 /// A node running on a directory until dropped or stopped.
 pub struct TestNode {
     pub addr: std::net::SocketAddr,
@@ -35,10 +133,8 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    pub async fn start(dir: &Path) -> Self {
-        let mut config = NodeConfig::ephemeral(dir);
-        config.heartbeat_ms = 200;
-        let node = Node::build(config).await.expect("node builds");
+    pub async fn start(env: &Env) -> Self {
+        let node = Node::build(env.config.clone()).await.expect("node builds");
         let (addr, metrics) = (node.grpc_addr(), node.metrics_addr());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async {
