@@ -158,6 +158,27 @@ impl NationalCenter {
         Ok(results)
     }
 
+    /// Waits until the projector has caught up with the log (as the monitor sees it),
+    /// or `timeout` passes; returns whether it caught up.
+    pub async fn settle(&self, timeout: std::time::Duration) -> Result<bool, ClientError> {
+        let mut monitor =
+            v1::monitor_service_client::MonitorServiceClient::new(self.channel.clone());
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let lag = monitor
+                .get_projector_lag(v1::GetProjectorLagRequest {})
+                .await?
+                .into_inner();
+            if lag.partitions.iter().all(|p| p.projected >= p.log_end) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Registers a facility: issues its client certificate, creates its signing key in
     /// the data directory (if it has none), and submits "facility registered" and "key
     /// added" to the registry.

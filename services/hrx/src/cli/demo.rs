@@ -274,21 +274,10 @@ async fn emit_all(
 }
 
 async fn settle(nc: &NationalCenter) -> anyhow::Result<()> {
-    let mut m = v1::monitor_service_client::MonitorServiceClient::new(nc.channel());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lag = m
-            .get_projector_lag(v1::GetProjectorLagRequest {})
-            .await?
-            .into_inner();
-        if lag.partitions.iter().all(|p| p.projected >= p.log_end) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the projector did not catch up");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !nc.settle(Duration::from_secs(10)).await? {
+        bail!("the projector did not catch up");
     }
+    Ok(())
 }
 
 pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {

@@ -334,22 +334,6 @@ pub async fn read_all(
 
 /// Waits until the projector has caught up with the log.
 pub async fn settle(nc: &NationalCenter) {
-    let mut monitor = v1::monitor_service_client::MonitorServiceClient::new(nc.channel());
-    let done = eventually(Duration::from_secs(10), || {
-        let mut m = monitor.clone();
-        async move {
-            let lag = m
-                .get_projector_lag(v1::GetProjectorLagRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            lag.partitions
-                .iter()
-                .all(|p| p.projected >= p.log_end)
-                .then_some(())
-        }
-    })
-    .await;
-    let _ = &mut monitor;
-    assert!(done.is_some(), "the projector did not catch up within 10 s");
+    let caught_up = nc.settle(Duration::from_secs(10)).await.unwrap();
+    assert!(caught_up, "the projector did not catch up within 10 s");
 }
