@@ -124,7 +124,10 @@ pub(crate) async fn execute<C: GenericClient>(
 }
 
 /// Decodes every row with `f`.
-pub(crate) fn collect<T>(rows: &[Row], mut f: impl FnMut(&mut Cols<'_>) -> Result<T>) -> Result<Vec<T>> {
+pub(crate) fn collect<T>(
+    rows: &[Row],
+    mut f: impl FnMut(&mut Cols<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
     rows.iter().map(|r| f(&mut Cols::new(r))).collect()
 }
 
@@ -298,7 +301,11 @@ mod tests {
 
     #[test]
     fn code_lists_keep_order_and_repeats() {
-        let kinds = [RecordKind::Procedure, RecordKind::Encounter, RecordKind::Procedure];
+        let kinds = [
+            RecordKind::Procedure,
+            RecordKind::Encounter,
+            RecordKind::Procedure,
+        ];
         assert_eq!(codes(&kinds, RecordKind::code), "7,1,7");
         assert_eq!(codes::<RecordKind>(&[], RecordKind::code), "");
     }

@@ -58,20 +58,31 @@ impl From<PgError> for PortError {
     }
 }
 
-/// Sorts a driver failure during `what` into the three kinds the services act on:
-/// retry (`Unavailable`), stop and alert (`Corrupt`), or re-read and decide
-/// (`Conflict`).
-pub(crate) fn db(what: &str, e: &tokio_postgres::Error) -> PgError {
+/// Which [`PgError`] a driver failure becomes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Unavailable,
+    Corrupt,
+    Conflict,
+}
+
+/// Sorts a driver failure into the three kinds the services act on — retry
+/// (`Unavailable`), stop and alert (`Corrupt`), or re-read and decide (`Conflict`) —
+/// and describes it without data: the SQLSTATE, the schema objects involved, and the
+/// server's message except for the classes whose messages quote values.
+fn sort(e: &tokio_postgres::Error) -> (Kind, String) {
     let Some(d) = e.as_db_error() else {
         if e.is_closed() {
-            return PgError::Unavailable(format!("{what}: the connection is closed"));
+            return (Kind::Unavailable, "the connection is closed".to_owned());
         }
         // Client-side failures (I/O, a timeout, a protocol surprise, a parameter of the
         // wrong type): their text names types and OS errors, never values.
-        return PgError::Unavailable(format!("{what}: {e}"));
+        return (Kind::Unavailable, e.to_string());
     };
     let code = d.code();
-    let name = |label: &str, v: Option<&str>| v.map(|v| format!(", {label} {v}")).unwrap_or_default();
+    let sqlstate = code.code();
+    let name =
+        |label: &str, v: Option<&str>| v.map(|v| format!(", {label} {v}")).unwrap_or_default();
     // Names of schema objects only: safe to show.
     let objects = format!(
         "{}{}{}",
@@ -79,31 +90,50 @@ pub(crate) fn db(what: &str, e: &tokio_postgres::Error) -> PgError {
         name("column", d.column()),
         name("constraint", d.constraint())
     );
-    let sqlstate = code.code();
-    if *code == SqlState::UNIQUE_VIOLATION
+    let class = &sqlstate[..2];
+    // Data exceptions and integrity violations quote the offending value (and their
+    // DETAIL the key): only the code and the object names for those. Every other
+    // class's message names objects, users or databases, never row data.
+    let text = if matches!(class, "22" | "23") {
+        format!("SQLSTATE {sqlstate}{objects}")
+    } else {
+        format!("SQLSTATE {sqlstate}: {}{objects}", d.message())
+    };
+    let kind = if *code == SqlState::UNIQUE_VIOLATION
         || *code == SqlState::FOREIGN_KEY_VIOLATION
         || *code == SqlState::EXCLUSION_VIOLATION
     {
-        return PgError::Conflict(format!("{what}: SQLSTATE {sqlstate}{objects}"));
-    }
-    match &sqlstate[..2] {
-        // Integrity constraints (NOT NULL, CHECK) and data exceptions: a value we
-        // wrote or read is wrong. Their messages quote the value, so only the code.
-        "23" | "22" => PgError::Corrupt(format!("{what}: SQLSTATE {sqlstate}{objects}")),
-        // Syntax or access-rule violations (a schema that is not ours), internal errors
-        // (data corrupted) and our own triggers (an edit of an append-only table): a bug
-        // or corruption. These messages name objects, not values.
-        "42" | "XX" | "P0" => PgError::Corrupt(format!(
-            "{what}: SQLSTATE {sqlstate}: {}{objects}",
-            d.message()
-        )),
-        // Connection exceptions, transaction rollbacks (serialization failure,
-        // deadlock), insufficient resources, lock not available, operator intervention
-        // (shutdown, cancel, statement timeout), system errors: the engine, not the data.
-        "08" | "40" | "53" | "55" | "57" | "58" => {
-            PgError::Unavailable(format!("{what}: SQLSTATE {sqlstate}: {}", d.message()))
+        Kind::Conflict
+    } else {
+        match class {
+            // Other integrity constraints (NOT NULL, CHECK), data exceptions (a value
+            // out of range), syntax or access-rule violations (a schema that is not
+            // ours), internal errors (data corrupted) and our own triggers (an edit of an
+            // append-only table): a bug or corruption, not worth retrying.
+            "23" | "22" | "42" | "XX" | "P0" => Kind::Corrupt,
+            // Connection exceptions, transaction rollbacks (serialization failure,
+            // deadlock), insufficient resources, lock not available, operator
+            // intervention (shutdown, cancel, statement timeout), authentication, a
+            // missing database, …: the engine or its setup, not the data.
+            _ => Kind::Unavailable,
         }
-        _ => PgError::Unavailable(format!("{what}: SQLSTATE {sqlstate}{objects}")),
+    };
+    (kind, text)
+}
+
+/// A driver failure, described without data (for logs and start-up errors).
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    sort(e).1
+}
+
+/// A driver failure during `what`, as a [`PgError`].
+pub(crate) fn db(what: &str, e: &tokio_postgres::Error) -> PgError {
+    let (kind, text) = sort(e);
+    let message = format!("{what}: {text}");
+    match kind {
+        Kind::Unavailable => PgError::Unavailable(message),
+        Kind::Corrupt => PgError::Corrupt(message),
+        Kind::Conflict => PgError::Conflict(message),
     }
 }
 
@@ -116,9 +146,9 @@ pub(crate) fn pool(what: &str, e: PoolError) -> PgError {
         PoolError::Timeout(TimeoutType::Create) => {
             PgError::Unavailable(format!("{what}: connecting to the database timed out"))
         }
-        PoolError::Timeout(TimeoutType::Recycle) => PgError::Unavailable(format!(
-            "{what}: checking a pooled connection timed out"
-        )),
+        PoolError::Timeout(TimeoutType::Recycle) => {
+            PgError::Unavailable(format!("{what}: checking a pooled connection timed out"))
+        }
         PoolError::Backend(e) => db(&format!("{what}: connecting"), &e),
         PoolError::Closed => PgError::Unavailable(format!("{what}: the pool is closed")),
         PoolError::NoRuntimeSpecified => {

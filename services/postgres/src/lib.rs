@@ -137,13 +137,12 @@ impl PgStore {
             .get_connect_timeout()
             .copied()
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        // TCP keepalives find a dead peer on an idle pooled connection.
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
-        let app = config
-            .get_application_name()
-            .unwrap_or("hrx")
-            .to_owned();
+        // TCP keepalives find a dead peer on an idle pooled connection; the driver's
+        // default waits two hours before the first probe.
+        if config.get_keepalives_idle() >= Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        let app = config.get_application_name().unwrap_or("hrx").to_owned();
         config.application_name(&app);
         let target = describe(&config);
 
@@ -279,6 +278,12 @@ mod tests {
         let d = describe(&config);
         assert_eq!(d, "db.internal:6543/exchange");
         assert!(!d.contains("s3cret") && !d.contains("hrx:"));
+    }
+
+    #[test]
+    fn the_store_is_a_whole_store_and_shareable() {
+        fn store<T: hrx_ports::Store + Clone + Send + Sync + fmt::Debug>() {}
+        store::<PgStore>();
     }
 
     #[test]

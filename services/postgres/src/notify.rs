@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Notification, Socket};
 
-use crate::error::{PgError, db};
+use crate::error::{PgError, describe};
 
 /// The notification channel.
 pub(crate) const CHANNEL: &str = "hrx_changes";
@@ -124,7 +124,7 @@ impl Listener {
         let (client, mut connection) =
             match tokio::time::timeout(self.timeout, self.config.connect(NoTls)).await {
                 Err(_) => return Err(format!("no answer within {:?}", self.timeout)),
-                Ok(Err(e)) => return Err(db("connecting", &e).to_string()),
+                Ok(Err(e)) => return Err(describe(&e)),
                 Ok(Ok(pair)) => pair,
             };
         // The connection must be polled for LISTEN to complete.
@@ -132,7 +132,7 @@ impl Listener {
         tokio::select! {
             r = listen => match r {
                 Err(_) => return Err(format!("LISTEN got no answer within {:?}", self.timeout)),
-                Ok(Err(e)) => return Err(db("LISTEN", &e).to_string()),
+                Ok(Err(e)) => return Err(format!("LISTEN: {}", describe(&e))),
                 Ok(Ok(())) => {}
             },
             r = self.drive(&mut connection) => return Err(r),
@@ -151,7 +151,7 @@ impl Listener {
                 tokio::time::sleep(PING_INTERVAL).await;
                 match tokio::time::timeout(self.timeout, client.simple_query("SELECT 1")).await {
                     Err(_) => return format!("a ping got no answer within {:?}", self.timeout),
-                    Ok(Err(e)) => return db("ping", &e).to_string(),
+                    Ok(Err(e)) => return format!("ping: {}", describe(&e)),
                     Ok(Ok(_)) => {}
                 }
             }
@@ -170,7 +170,7 @@ impl Listener {
                 Some(Ok(AsyncMessage::Notification(n))) => self.on_notification(&n),
                 // Notices are the server's warnings: nothing to act on here.
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return db("listening", &e).to_string(),
+                Some(Err(e)) => return describe(&e),
                 None => return "the server closed the connection".to_owned(),
             }
         }

@@ -26,7 +26,7 @@
 
 use deadpool_postgres::Client;
 
-use crate::error::{PgError, Result, db};
+use crate::error::{PgError, Result, db, describe};
 
 /// The key of the advisory lock that serialises migrations (per database): "hrx_migr".
 pub(crate) const MIGRATION_LOCK: i64 = 0x6872_785f_6d69_6772;
@@ -77,7 +77,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<i32> {
     {
         let failed = |e: tokio_postgres::Error| PgError::Migration {
             version,
-            reason: db("migration", &e).to_string(),
+            reason: describe(&e),
         };
         tx.batch_execute(sql).await.map_err(failed)?;
         tx.execute(
