@@ -27,6 +27,7 @@ use crate::registry::{all_keys, insert_key, revoke_key};
 use crate::schema::SOURCE_PROJECTOR;
 
 fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch) -> Result<()> {
+    check_offsets(tx, &batch.expected_offsets)?;
     for p in &batch.projections {
         match p {
             Projection::Record(r) => insert_record(tx, r)?,
@@ -71,6 +72,28 @@ fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch) -> Result<()> {
     )?;
     for (partition, next) in &batch.offsets {
         offsets.execute(params![partition, codec::int(*next, "offset")?])?;
+    }
+    Ok(())
+}
+
+/// Refuses the batch when a partition's stored offset is not where the batch started.
+fn check_offsets(tx: &Transaction<'_>, expected: &[(u32, u64)]) -> Result<()> {
+    let mut stmt =
+        tx.prepare_cached("SELECT next_offset FROM projector_offsets WHERE log_partition = ?1")?;
+    for (partition, start) in expected {
+        let stored: Option<i64> = stmt
+            .query_row(params![partition], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        let stored = stored.unwrap_or(0);
+        if stored != codec::int(*start, "offset")? {
+            return Err(EmbeddedError::Conflict(format!(
+                "partition {partition} was projected to offset {stored}, not {start}: another projector got there first"
+            )));
+        }
     }
     Ok(())
 }

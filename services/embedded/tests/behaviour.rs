@@ -57,6 +57,7 @@ suite!(
     log_wait_for_wakes_on_append,
     log_chain_context_reports_head_and_priors,
     apply_commits_records_with_offsets,
+    apply_fences_batches_by_their_start_offset,
     patient_seq_is_gap_free_per_patient,
     superseded_records_are_linked,
     timeline_orders_filters_and_pages_without_duplicates_or_skips,

@@ -162,6 +162,11 @@ pub struct ProjectionBatch {
     pub stats: Vec<StatsDelta>,
     /// (partition, next offset to read): where the projector resumes.
     pub offsets: Vec<(u32, u64)>,
+    /// (partition, next offset) the batch was read from. `apply` refuses the batch with
+    /// `PortError::Conflict` when the store's offset differs (0 when absent): another
+    /// projector replica — a partition reassigned during a rebalance — applied those
+    /// entries first. This fencing is what makes two replicas safe.
+    pub expected_offsets: Vec<(u32, u64)>,
 }
 
 /// What the projector needs to start.

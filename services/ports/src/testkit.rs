@@ -174,6 +174,7 @@ pub fn record_batch(records: &[NewRecord]) -> ProjectionBatch {
             .max()
             .map(|next| vec![(0, next)])
             .unwrap_or_default(),
+        expected_offsets: Vec::new(),
     }
 }
 
@@ -596,6 +597,36 @@ pub async fn log_chain_context_reports_head_and_priors<L: EventLog + ?Sized>(log
 /// A batch's records, links, stats and offsets are all visible after `apply`; the
 /// snapshot and `projected_offsets` give the offsets; an offsets-only batch (every entry
 /// a duplicate) still moves them.
+/// A batch read from an offset the store has already moved past (another projector
+/// replica applied it) is refused with `Conflict`, and changes nothing; a batch from
+/// the stored offset goes through.
+pub async fn apply_fences_batches_by_their_start_offset<S: Store + ?Sized>(store: &S) {
+    let f = facility(F1);
+    let p = patient(P1);
+    let r1 = record(1, &f, 1, &p);
+    let mut first = record_batch(std::slice::from_ref(&r1));
+    first.expected_offsets = vec![(0, 0)];
+    ok(store.apply(first).await, "apply from offset 0");
+    assert_eq!(ok(store.projected_offsets().await, "offsets"), vec![(0, 2)]);
+
+    // A second replica that also read from offset 0 loses.
+    let r2 = record(2, &f, 2, &p);
+    let mut stale = record_batch(std::slice::from_ref(&r2));
+    stale.expected_offsets = vec![(0, 0)];
+    match store.apply(stale).await {
+        Err(PortError::Conflict(_)) => {}
+        other => panic!("a stale batch must be refused with Conflict, got {other:?}"),
+    }
+    assert_eq!(ok(store.projected_offsets().await, "offsets"), vec![(0, 2)]);
+    assert_eq!(ok(store.records_after(&p, 0, 10).await, "records").len(), 1);
+
+    // From the stored offset it goes through.
+    let mut fresh = record_batch(std::slice::from_ref(&r2));
+    fresh.expected_offsets = vec![(0, 2)];
+    ok(store.apply(fresh).await, "apply from offset 2");
+    assert_eq!(ok(store.records_after(&p, 0, 10).await, "records").len(), 2);
+}
+
 pub async fn apply_commits_records_with_offsets<S: Store + ?Sized>(store: &S) {
     let snapshot = ok(store.projector_snapshot().await, "snapshot");
     assert!(

@@ -84,6 +84,7 @@ impl<'a> Groups<'a> {
 }
 
 async fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch, instance: &str) -> Result<()> {
+    check_offsets(tx, &batch.expected_offsets).await?;
     let g = Groups::of(&batch.projections);
     insert_records(tx, &g.records).await?;
     insert_grants(tx, &g.grants).await?;
@@ -917,6 +918,39 @@ pub(crate) async fn add_stats<C: GenericClient>(
         &[&source, &r_facilities, &r_reasons, &r_counts],
     )
     .await?;
+    Ok(())
+}
+
+/// Refuses the batch when a partition's stored offset is not where the batch started
+/// (another projector replica applied it first). The row lock taken here is held until
+/// commit, so two replicas applying the same partition serialise and the second one
+/// sees the first one's offset.
+async fn check_offsets(tx: &Transaction<'_>, expected: &[(u32, u64)]) -> Result<()> {
+    for (partition, start) in expected {
+        let p = i64::from(*partition);
+        // Lock the row (creating it at 0 if absent) so concurrent appliers queue here.
+        execute(
+            tx,
+            "apply: claiming the partition offset",
+            "INSERT INTO projector_offsets (log_partition, next_offset) VALUES ($1, 0) \
+             ON CONFLICT (log_partition) DO NOTHING",
+            &[&p],
+        )
+        .await?;
+        let rows = query(
+            tx,
+            "apply: reading the partition offset",
+            "SELECT next_offset FROM projector_offsets WHERE log_partition = $1 FOR UPDATE",
+            &[&p],
+        )
+        .await?;
+        let stored: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+        if stored != int(*start, "offset")? {
+            return Err(PgError::Conflict(format!(
+                "partition {partition} was projected to offset {stored}, not {start}: another projector got there first"
+            )));
+        }
+    }
     Ok(())
 }
 

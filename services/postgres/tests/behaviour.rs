@@ -174,6 +174,7 @@ macro_rules! suite_with_log {
 
 suite!(
     apply_commits_records_with_offsets,
+    apply_fences_batches_by_their_start_offset,
     patient_seq_is_gap_free_per_patient,
     superseded_records_are_linked,
     timeline_orders_filters_and_pages_without_duplicates_or_skips,

@@ -119,6 +119,7 @@ impl Projector {
             .unwrap_or(from);
         let (mut batch, keys) = batch::build(&*self.store, &self.keys, entries).await?;
         batch.offsets.push((partition, next));
+        batch.expected_offsets.push((partition, from));
         match self.store.apply(batch).await {
             Ok(()) => {
                 self.keys = keys;

@@ -1,0 +1,76 @@
+//! What a [`KafkaLog`](crate::KafkaLog) is configured with: brokers, topic names and
+//! partition count, timeouts, and the size of its PostgreSQL pool.
+
+use std::time::Duration;
+
+/// The facility-events topic: every facility's signed events, keyed by facility id.
+pub const FACILITY_EVENTS_TOPIC: &str = "hrx.facility-events.v1";
+/// The registry topic: the national center's registry chain, one partition.
+pub const REGISTRY_TOPIC: &str = "hrx.registry.v1";
+/// Partitions of the facility-events topic when none are configured.
+pub const DEFAULT_PARTITIONS: u32 = 12;
+
+/// Configuration of the Kafka event log.
+///
+/// The partition count is part of the log's identity: a facility's partition is
+/// `murmur2(facility id) mod partitions`, so changing it on an existing topic would move
+/// chains between partitions. [`KafkaLog::connect`](crate::KafkaLog::connect) therefore
+/// refuses a topic whose partition count differs from this one.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Partitions of the facility-events topic (default 12).
+    pub partitions: u32,
+    /// Name of the facility-events topic (default [`FACILITY_EVENTS_TOPIC`]).
+    pub facility_topic: String,
+    /// Name of the registry topic (default [`REGISTRY_TOPIC`]).
+    pub registry_topic: String,
+    /// Replication factor of topics hrx creates; `None` uses the broker's
+    /// `default.replication.factor`.
+    pub replication_factor: Option<i32>,
+    /// How long start-up waits for the brokers (metadata, topic creation) before giving
+    /// up with [`KafkaError::Unreachable`](crate::KafkaError::Unreachable).
+    pub connect_timeout: Duration,
+    /// How long a produce may take, retries included, before `append` fails with
+    /// `Unavailable` (librdkafka's `message.timeout.ms`).
+    pub produce_timeout: Duration,
+    /// Timeout of one request to a broker or a read that should find data (watermark
+    /// queries, reads below the high watermark).
+    pub request_timeout: Duration,
+    /// Connections in the chain index's PostgreSQL pool (appends and lookups). Catch-up
+    /// scans use two more connections of their own.
+    pub database_pool_size: usize,
+    /// Most Kafka consumers kept for reads and waits; `None`: one per partition plus four.
+    pub max_readers: Option<usize>,
+    /// Extra librdkafka properties applied to every client (producer, consumers, admin),
+    /// after hrx's own: e.g. `security.protocol`, `ssl.ca.location`, `sasl.mechanism`.
+    pub client_properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// Defaults for everything but the brokers.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            partitions: DEFAULT_PARTITIONS,
+            facility_topic: FACILITY_EVENTS_TOPIC.to_owned(),
+            registry_topic: REGISTRY_TOPIC.to_owned(),
+            replication_factor: None,
+            connect_timeout: Duration::from_secs(10),
+            produce_timeout: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(5),
+            database_pool_size: 8,
+            max_readers: None,
+            client_properties: Vec::new(),
+        }
+    }
+
+    /// Prefixes both topic names (the node's `kafka_topic_prefix`), to keep several
+    /// exchanges or test runs apart on one cluster.
+    pub fn with_topic_prefix(mut self, prefix: &str) -> Self {
+        self.facility_topic = format!("{prefix}{FACILITY_EVENTS_TOPIC}");
+        self.registry_topic = format!("{prefix}{REGISTRY_TOPIC}");
+        self
+    }
+}

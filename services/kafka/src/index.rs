@@ -1,0 +1,486 @@
+//! Ingest's chain index over the Kafka log, in PostgreSQL: one row per event that
+//! entered its chain in the log, and per partition the offset up to which the log has
+//! been scanned contiguously. Kafka is the truth; this is a cache of it that any process
+//! can rebuild from the message headers (see [`crate`] for how and when).
+//!
+//! Schema (versioned migrations in `hrx_log_migrations`, applied under an advisory lock
+//! so that concurrent start-ups do not race; the store adapter keeps its own migrations
+//! table in the same database):
+//!
+//! - `log_chain_index(chain, seq, event_id, event_hash, partition, offset)`, primary key
+//!   `(chain, seq)`, unique `(chain, event_id)`, indexed by `(partition, offset)`;
+//! - `log_index_offsets(partition, next_offset)`.
+//!
+//! Advisory locks use the two-integer form, whose key space is separate from the
+//! one-bigint form, with a class id per purpose (`LOCK_*`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use hrx_domain::chain::{ChainContext, ChainHead, Prior};
+use hrx_domain::{EventId, Sha256};
+use hrx_ports::{Append, ChainKey, LogPosition, PortError, PortResult};
+use tokio_postgres::NoTls;
+
+use crate::KafkaConfig;
+use crate::error::{KafkaError, pg, pool};
+
+/// Advisory lock class: schema migrations.
+const LOCK_MIGRATE: i32 = 0x6872_7801;
+/// Advisory lock class: appends to one chain (object id: `hashtext(chain)`).
+const LOCK_CHAIN: i32 = 0x6872_7802;
+/// Advisory lock class: catch-up scans of one partition (object id: the partition).
+const LOCK_SCAN: i32 = 0x6872_7803;
+
+/// Forward-only migrations: (version, name, SQL). Never edit one that has shipped.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "chain index",
+    r#"
+    CREATE TABLE log_chain_index (
+        chain        text    NOT NULL,
+        seq          bigint  NOT NULL CHECK (seq >= 0),
+        event_id     uuid    NOT NULL,
+        event_hash   bytea   NOT NULL CHECK (octet_length(event_hash) = 32),
+        "partition"  integer NOT NULL CHECK ("partition" >= 0),
+        "offset"     bigint  NOT NULL CHECK ("offset" >= 0),
+        PRIMARY KEY (chain, seq),
+        UNIQUE (chain, event_id)
+    );
+    CREATE INDEX log_chain_index_position ON log_chain_index ("partition", "offset");
+    CREATE TABLE log_index_offsets (
+        "partition"  integer PRIMARY KEY CHECK ("partition" >= 0),
+        next_offset  bigint  NOT NULL CHECK (next_offset >= 0)
+    );
+    "#,
+)];
+
+/// The two connection pools. Catch-up scans use their own small pool: an append holds a
+/// connection (its transaction and chain lock) while it waits for a scan, so if both
+/// drew from one pool, enough concurrent appends could take every connection and wait
+/// forever for one more.
+#[derive(Debug)]
+pub(crate) struct Index {
+    pub pool: Pool,
+    pub scan: Pool,
+}
+
+impl Index {
+    /// Connects, migrates, and makes sure every partition has its offsets row.
+    pub async fn open(
+        database_url: &str,
+        config: &KafkaConfig,
+        partitions: u32,
+    ) -> Result<Self, KafkaError> {
+        let mut pg: tokio_postgres::Config = database_url
+            .parse()
+            .map_err(|e| KafkaError::Config(format!("invalid database URL: {e}")))?;
+        // An append keeps its transaction open while Kafka acknowledges (up to the
+        // produce timeout). Waiting for a chain's lock longer than a full append can
+        // take means something is stuck: fail (retryably) instead of queueing forever.
+        // A session that dies mid-append without PostgreSQL noticing (a host crash) is
+        // ended by the idle-in-transaction timeout, which frees its chain locks.
+        let append_bound = config.produce_timeout + config.request_timeout * 2;
+        let lock_timeout = append_bound + Duration::from_secs(10);
+        let idle_timeout = append_bound * 2 + Duration::from_secs(30);
+        let options = format!(
+            "{} -c lock_timeout={}ms -c idle_in_transaction_session_timeout={}ms",
+            pg.get_options().unwrap_or_default(),
+            lock_timeout.as_millis(),
+            idle_timeout.as_millis()
+        );
+        pg.options(options.trim());
+        if pg.get_application_name().is_none() {
+            pg.application_name("hrx-kafka-log");
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(config.connect_timeout);
+        }
+        let make = |size: usize| {
+            let manager = Manager::from_config(
+                pg.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .wait_timeout(Some(lock_timeout))
+                .create_timeout(Some(config.connect_timeout))
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(|e| KafkaError::Config(format!("database pool: {e}")))
+        };
+        let index = Self {
+            pool: make(config.database_pool_size.max(1))?,
+            scan: make(2)?,
+        };
+        index.migrate(partitions).await?;
+        Ok(index)
+    }
+
+    async fn migrate(&self, partitions: u32) -> Result<(), KafkaError> {
+        let db = |e: tokio_postgres::Error| KafkaError::Database(e.to_string());
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| KafkaError::Database(e.to_string()))?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_MIGRATE])
+            .await
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS hrx_log_migrations (
+                 version    integer     PRIMARY KEY,
+                 name       text        NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(db)?;
+        let applied: HashSet<i32> = tx
+            .query("SELECT version FROM hrx_log_migrations", &[])
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+        if let Some(newer) = applied.iter().copied().filter(|v| *v > known).max() {
+            return Err(KafkaError::Database(format!(
+                "the chain index schema is at version {newer}, newer than this hrx knows \
+                 ({known}): upgrade hrx"
+            )));
+        }
+        for (version, name, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql).await.map_err(db)?;
+            tx.execute(
+                "INSERT INTO hrx_log_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await
+            .map_err(db)?;
+            tracing::info!(version, name, "applied chain index migration");
+        }
+        // Every partition has a row, so that appends can advance it by compare-and-set.
+        let all: Vec<i32> = (0..partitions as i32).collect();
+        tx.execute(
+            r#"INSERT INTO log_index_offsets ("partition", next_offset)
+               SELECT p, 0 FROM UNNEST($1::int4[]) AS p ON CONFLICT DO NOTHING"#,
+            &[&all],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    pub async fn client(&self) -> PortResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool)
+    }
+
+    pub async fn scan_client(&self) -> PortResult<deadpool_postgres::Object> {
+        self.scan.get().await.map_err(pool)
+    }
+}
+
+/// One row of `log_chain_index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IndexRow {
+    pub chain: String,
+    pub seq: u64,
+    pub event_id: EventId,
+    pub event_hash: Sha256,
+    pub position: LogPosition,
+}
+
+impl IndexRow {
+    pub fn of(a: &Append, position: LogPosition) -> Self {
+        Self {
+            chain: a.chain.as_key().to_owned(),
+            seq: a.seq,
+            event_id: a.event_id,
+            event_hash: a.event_hash,
+            position,
+        }
+    }
+}
+
+fn corrupt(what: &str) -> PortError {
+    PortError::Corrupt(format!("chain index: {what}"))
+}
+
+/// A u64 the index stores as bigint.
+pub(crate) fn big(v: u64, what: &str) -> PortResult<i64> {
+    i64::try_from(v).map_err(|_| corrupt(&format!("{what} {v} beyond the index's range")))
+}
+
+fn unsigned(v: i64, what: &str) -> PortResult<u64> {
+    u64::try_from(v).map_err(|_| corrupt(&format!("negative {what}")))
+}
+
+/// Takes the chain's append lock until the transaction ends.
+pub(crate) async fn lock_chain<C: GenericClient>(c: &C, chain: &ChainKey) -> PortResult<()> {
+    let stmt = c
+        .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .await
+        .map_err(pg)?;
+    c.execute(&stmt, &[&LOCK_CHAIN, &chain.as_key()])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Takes the partition's scan lock until the transaction ends.
+pub(crate) async fn lock_scan<C: GenericClient>(c: &C, partition: u32) -> PortResult<()> {
+    let stmt = c
+        .prepare_cached("SELECT pg_advisory_xact_lock($1, $2)")
+        .await
+        .map_err(pg)?;
+    c.execute(&stmt, &[&LOCK_SCAN, &(partition as i32)])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// The offset up to which `partition` has been indexed contiguously.
+pub(crate) async fn next_offset<C: GenericClient>(c: &C, partition: u32) -> PortResult<u64> {
+    let stmt = c
+        .prepare_cached(r#"SELECT next_offset FROM log_index_offsets WHERE "partition" = $1"#)
+        .await
+        .map_err(pg)?;
+    match c
+        .query_opt(&stmt, &[&(partition as i32)])
+        .await
+        .map_err(pg)?
+    {
+        Some(row) => unsigned(row.get(0), "next offset"),
+        None => Ok(0),
+    }
+}
+
+/// Head of `chain`, and the rows with `event_id` and at `seq`, with the position of the
+/// prior to report (the one with the same id first, as `chain::check` consults it
+/// first). One statement, so one snapshot.
+pub(crate) async fn context<C: GenericClient>(
+    c: &C,
+    chain: &ChainKey,
+    event_id: EventId,
+    seq: u64,
+) -> PortResult<(ChainContext, Option<LogPosition>)> {
+    let stmt = c
+        .prepare_cached(
+            r#"(SELECT 0::int2, seq, event_id::text, event_hash, "partition", "offset"
+                  FROM log_chain_index WHERE chain = $1 ORDER BY seq DESC LIMIT 1)
+               UNION ALL
+               (SELECT 1::int2, seq, event_id::text, event_hash, "partition", "offset"
+                  FROM log_chain_index WHERE chain = $1 AND event_id = $2::text::uuid)
+               UNION ALL
+               (SELECT 2::int2, seq, event_id::text, event_hash, "partition", "offset"
+                  FROM log_chain_index WHERE chain = $1 AND seq = $3)"#,
+        )
+        .await
+        .map_err(pg)?;
+    // A seq past i64::MAX cannot be stored, so nothing is at it (-1 matches no row).
+    let seq = i64::try_from(seq).unwrap_or(-1);
+    let rows = c
+        .query(&stmt, &[&chain.as_key(), &event_id.to_string(), &seq])
+        .await
+        .map_err(pg)?;
+    let mut head = ChainHead::EMPTY;
+    let mut by_id = None;
+    let mut by_seq = None;
+    for row in rows {
+        let prior = Prior {
+            seq: unsigned(row.get(1), "seq")?,
+            event_id: EventId::parse(row.get(2)).map_err(|_| corrupt("event id"))?,
+            event_hash: Sha256::from_slice(row.get(3)).map_err(|_| corrupt("event hash"))?,
+        };
+        let position = LogPosition {
+            partition: u32::try_from(row.get::<_, i32>(4)).map_err(|_| corrupt("partition"))?,
+            offset: unsigned(row.get(5), "offset")?,
+        };
+        match row.get::<_, i16>(0) {
+            0 => {
+                head = ChainHead {
+                    seq: prior.seq,
+                    event_hash: prior.event_hash,
+                    event_id: Some(prior.event_id),
+                }
+            }
+            1 => by_id = Some((prior, position)),
+            _ => by_seq = Some((prior, position)),
+        }
+    }
+    let prior_position = by_id.or(by_seq).map(|(_, p)| p);
+    Ok((
+        ChainContext {
+            head,
+            same_event_id: by_id.map(|(p, _)| p),
+            same_seq: by_seq.map(|(p, _)| p),
+        },
+        prior_position,
+    ))
+}
+
+/// The head seq of each chain (absent: empty chain).
+pub(crate) async fn heads<C: GenericClient>(
+    c: &C,
+    chains: &[String],
+) -> PortResult<HashMap<String, u64>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT b.chain, (SELECT seq FROM log_chain_index i WHERE i.chain = b.chain \
+                              ORDER BY seq DESC LIMIT 1) \
+             FROM UNNEST($1::text[]) AS b(chain)",
+        )
+        .await
+        .map_err(pg)?;
+    let mut out = HashMap::new();
+    for row in c.query(&stmt, &[&chains]).await.map_err(pg)? {
+        if let Some(seq) = row.get::<_, Option<i64>>(1) {
+            out.insert(row.get(0), unsigned(seq, "seq")?);
+        }
+    }
+    Ok(out)
+}
+
+/// Which of these (chain, event id) pairs the index already holds.
+pub(crate) async fn existing_ids<C: GenericClient>(
+    c: &C,
+    pairs: &[(String, EventId)],
+) -> PortResult<HashSet<(String, EventId)>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT i.chain, i.event_id::text \
+             FROM UNNEST($1::text[], $2::text[]) AS b(chain, event_id) \
+             JOIN log_chain_index i ON i.chain = b.chain AND i.event_id = b.event_id::uuid",
+        )
+        .await
+        .map_err(pg)?;
+    let chains: Vec<&str> = pairs.iter().map(|(c, _)| c.as_str()).collect();
+    let ids: Vec<String> = pairs.iter().map(|(_, id)| id.to_string()).collect();
+    let mut out = HashSet::new();
+    for row in c.query(&stmt, &[&chains, &ids]).await.map_err(pg)? {
+        let id = EventId::parse(row.get(1)).map_err(|_| corrupt("event id"))?;
+        out.insert((row.get(0), id));
+    }
+    Ok(out)
+}
+
+/// Inserts rows in offset order; a row whose (chain, seq) or (chain, event id) is
+/// already there is skipped (the same event indexed by a concurrent scan or append).
+pub(crate) async fn insert<C: GenericClient>(c: &C, rows: &[IndexRow]) -> PortResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let stmt = c
+        .prepare_cached(
+            r#"INSERT INTO log_chain_index (chain, seq, event_id, event_hash, "partition", "offset")
+               SELECT chain, seq, event_id::uuid, event_hash, p, o
+                 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::int4[], $6::int8[])
+                      AS t(chain, seq, event_id, event_hash, p, o)
+                ORDER BY p, o
+               ON CONFLICT DO NOTHING"#,
+        )
+        .await
+        .map_err(pg)?;
+    let chains: Vec<&str> = rows.iter().map(|r| r.chain.as_str()).collect();
+    let seqs = rows
+        .iter()
+        .map(|r| big(r.seq, "seq"))
+        .collect::<PortResult<Vec<_>>>()?;
+    let ids: Vec<String> = rows.iter().map(|r| r.event_id.to_string()).collect();
+    let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.event_hash.as_bytes()[..]).collect();
+    let partitions: Vec<i32> = rows.iter().map(|r| r.position.partition as i32).collect();
+    let offsets = rows
+        .iter()
+        .map(|r| big(r.position.offset, "offset"))
+        .collect::<PortResult<Vec<_>>>()?;
+    c.execute(
+        &stmt,
+        &[&chains, &seqs, &ids, &hashes, &partitions, &offsets],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Moves `partition`'s scanned-up-to offset from `first` to `end`, only if it is at
+/// `first`: the caller has just indexed `[first, end)` itself, and everything below
+/// `first` is indexed exactly when the offset stands there.
+pub(crate) async fn advance_from<C: GenericClient>(
+    c: &C,
+    partition: u32,
+    first: u64,
+    end: u64,
+) -> PortResult<()> {
+    let stmt = c
+        .prepare_cached(
+            r#"UPDATE log_index_offsets SET next_offset = $3
+                WHERE "partition" = $1 AND next_offset = $2"#,
+        )
+        .await
+        .map_err(pg)?;
+    c.execute(
+        &stmt,
+        &[&(partition as i32), &big(first, "offset")?, &big(end, "offset")?],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Moves `partition`'s scanned-up-to offset forward to `end` (never back).
+pub(crate) async fn advance_to<C: GenericClient>(c: &C, partition: u32, end: u64) -> PortResult<()> {
+    let stmt = c
+        .prepare_cached(
+            r#"INSERT INTO log_index_offsets ("partition", next_offset) VALUES ($1, $2)
+               ON CONFLICT ("partition") DO UPDATE
+                  SET next_offset = GREATEST(log_index_offsets.next_offset, EXCLUDED.next_offset)"#,
+        )
+        .await
+        .map_err(pg)?;
+    c.execute(&stmt, &[&(partition as i32), &big(end, "offset")?])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Offsets of `partition` in `[from, until)` the index has rows for, ascending, at most
+/// `limit` of them.
+pub(crate) async fn indexed_offsets<C: GenericClient>(
+    c: &C,
+    partition: u32,
+    from: u64,
+    until: u64,
+    limit: i64,
+) -> PortResult<Vec<u64>> {
+    let stmt = c
+        .prepare_cached(
+            r#"SELECT "offset" FROM log_chain_index
+                WHERE "partition" = $1 AND "offset" >= $2 AND "offset" < $3
+                ORDER BY "offset" LIMIT $4"#,
+        )
+        .await
+        .map_err(pg)?;
+    c.query(
+        &stmt,
+        &[
+            &(partition as i32),
+            &big(from, "offset")?,
+            &big(until, "offset")?,
+            &limit,
+        ],
+    )
+    .await
+    .map_err(pg)?
+    .iter()
+    .map(|r| unsigned(r.get(0), "offset"))
+    .collect()
+}

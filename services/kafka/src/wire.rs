@@ -1,0 +1,287 @@
+//! The Kafka message format of the hrx log: what a message's key, value and headers
+//! hold. This is a contract between hrx processes (and versions) sharing a topic.
+//!
+//! - **Key**: the chain key as UTF-8 (`ChainKey::as_key()`: the 5-digit facility id,
+//!   or `registry`), so Kafka tooling and the default partitioner agree with hrx.
+//! - **Value**: the DSSE envelope, exactly as signed — the payload is never re-encoded:
+//!
+//!   ```text
+//!   u8   format version = 1
+//!   u32  length of payload_type (big-endian), then payload_type (UTF-8)
+//!   u32  length of key_id,                    then key_id (UTF-8, lowercase hex)
+//!   u32  length of signature,                 then signature (raw bytes)
+//!   u32  length of payload,                   then payload (the signed bytes)
+//!   ```
+//!
+//!   Nothing may follow the payload. A reader that meets another version refuses it
+//!   rather than guessing.
+//! - **Headers** (text, so that `kcat -J` or the console consumer shows them): the
+//!   event's place in its chain, written by `append` from the `Append` it was given, so
+//!   the chain index can be rebuilt from the log without decoding payloads (which only
+//!   `hrx-proto` may do):
+//!   - `hrx-chain`: the chain key, as the message key;
+//!   - `hrx-seq`: the seq in decimal ASCII;
+//!   - `hrx-event-id`: the event id, canonical lowercase UUID text;
+//!   - `hrx-event-hash`: the event hash, 64 lowercase hex digits.
+//!
+//!   The headers are an index aid, not a second source of truth: the projector trusts
+//!   only the signed payload, and re-derives every one of these from it.
+//! - **Timestamp**: CreateTime, set by the producer at `append`: the entry's
+//!   `appended_at`.
+
+use hrx_domain::{Envelope, EventId, Sha256};
+use hrx_ports::{Append, ChainKey};
+use rdkafka::message::{Header, OwnedHeaders};
+
+/// The value format this crate writes and reads.
+pub const VALUE_VERSION: u8 = 1;
+/// Header: the chain key.
+pub const HEADER_CHAIN: &str = "hrx-chain";
+/// Header: the seq, decimal.
+pub const HEADER_SEQ: &str = "hrx-seq";
+/// Header: the event id, canonical UUID text.
+pub const HEADER_EVENT_ID: &str = "hrx-event-id";
+/// Header: the event hash, lowercase hex.
+pub const HEADER_EVENT_HASH: &str = "hrx-event-hash";
+
+/// Why a message is not an hrx log entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message has no value")]
+    NoValue,
+    #[error("unknown value format version {0}")]
+    Version(u8),
+    #[error("value truncated in field {0}")]
+    Truncated(&'static str),
+    #[error("{0} bytes after the payload")]
+    Trailing(usize),
+    #[error("field {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("header {0} missing")]
+    MissingHeader(&'static str),
+    #[error("header {0} malformed")]
+    BadHeader(&'static str),
+}
+
+/// The message value of `envelope`.
+pub fn encode_value(envelope: &Envelope) -> Vec<u8> {
+    let fields: [&[u8]; 4] = [
+        envelope.payload_type.as_bytes(),
+        envelope.key_id.as_bytes(),
+        &envelope.signature,
+        &envelope.payload,
+    ];
+    let mut out = Vec::with_capacity(1 + fields.iter().map(|f| 4 + f.len()).sum::<usize>());
+    out.push(VALUE_VERSION);
+    for field in fields {
+        // Envelopes are bounded far below 4 GiB by Kafka's message size limit; a field
+        // that did not fit would be a caller bug worth stopping on.
+        let len = u32::try_from(field.len()).expect("an envelope field under 4 GiB");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out
+}
+
+/// The envelope in a message value.
+pub fn decode_value(value: &[u8]) -> Result<Envelope, WireError> {
+    let (&version, mut rest) = value.split_first().ok_or(WireError::Truncated("version"))?;
+    if version != VALUE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let mut field = |name: &'static str| -> Result<Vec<u8>, WireError> {
+        if rest.len() < 4 {
+            return Err(WireError::Truncated(name));
+        }
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if tail.len() < len {
+            return Err(WireError::Truncated(name));
+        }
+        let (bytes, tail) = tail.split_at(len);
+        rest = tail;
+        Ok(bytes.to_vec())
+    };
+    let text = |name: &'static str, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|_| WireError::NotUtf8(name))
+    };
+    let payload_type = text("payload_type", field("payload_type")?)?;
+    let key_id = text("key_id", field("key_id")?)?;
+    let signature = field("signature")?;
+    let payload = field("payload")?;
+    if !rest.is_empty() {
+        return Err(WireError::Trailing(rest.len()));
+    }
+    Ok(Envelope {
+        payload_type,
+        payload,
+        key_id,
+        signature,
+    })
+}
+
+/// An event's place in its chain, as carried in the headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainInfo {
+    pub chain: ChainKey,
+    pub seq: u64,
+    pub event_id: EventId,
+    pub event_hash: Sha256,
+}
+
+impl From<&Append> for ChainInfo {
+    fn from(a: &Append) -> Self {
+        Self {
+            chain: a.chain.clone(),
+            seq: a.seq,
+            event_id: a.event_id,
+            event_hash: a.event_hash,
+        }
+    }
+}
+
+/// The headers `append` writes for `append`.
+pub fn headers(append: &Append) -> OwnedHeaders {
+    let seq = append.seq.to_string();
+    let event_id = append.event_id.to_string();
+    let event_hash = append.event_hash.to_hex();
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: HEADER_CHAIN,
+            value: Some(append.chain.as_key()),
+        })
+        .insert(Header {
+            key: HEADER_SEQ,
+            value: Some(&seq),
+        })
+        .insert(Header {
+            key: HEADER_EVENT_ID,
+            value: Some(&event_id),
+        })
+        .insert(Header {
+            key: HEADER_EVENT_HASH,
+            value: Some(&event_hash),
+        })
+}
+
+/// The chain info in a message's headers. Unknown headers are ignored (later versions
+/// may add some); a repeated hrx header is malformed, since it is ambiguous.
+pub fn chain_info<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Result<ChainInfo, WireError> {
+    let mut found: [Option<&str>; 4] = [None; 4];
+    const NAMES: [&str; 4] = [HEADER_CHAIN, HEADER_SEQ, HEADER_EVENT_ID, HEADER_EVENT_HASH];
+    for (key, value) in headers {
+        let Some(i) = NAMES.iter().position(|n| *n == key) else {
+            continue;
+        };
+        let value = value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .ok_or(WireError::BadHeader(NAMES[i]))?;
+        if found[i].replace(value).is_some() {
+            return Err(WireError::BadHeader(NAMES[i]));
+        }
+    }
+    let get = |i: usize| found[i].ok_or(WireError::MissingHeader(NAMES[i]));
+    let chain = ChainKey::parse(get(0)?).ok_or(WireError::BadHeader(HEADER_CHAIN))?;
+    let seq_text = get(1)?;
+    // Decimal digits only: `u64::from_str` would also take a leading `+`.
+    if seq_text.is_empty() || !seq_text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(WireError::BadHeader(HEADER_SEQ));
+    }
+    let seq = seq_text
+        .parse()
+        .map_err(|_| WireError::BadHeader(HEADER_SEQ))?;
+    let event_id = EventId::parse(get(2)?).map_err(|_| WireError::BadHeader(HEADER_EVENT_ID))?;
+    let event_hash =
+        Sha256::from_hex(get(3)?).map_err(|_| WireError::BadHeader(HEADER_EVENT_HASH))?;
+    Ok(ChainInfo {
+        chain,
+        seq,
+        event_id,
+        event_hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    fn sample() -> Append {
+        let envelope = Envelope {
+            payload_type: "application/vnd.hrx.facility-event.v1+protobuf".into(),
+            payload: b"\x0a\x03abc\x00\xff".to_vec(),
+            key_id: "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925".into(),
+            signature: vec![7; 64],
+        };
+        Append {
+            chain: ChainKey::parse("26001").expect("a facility"),
+            seq: 42,
+            event_id: EventId::parse("00000000-0000-7000-8000-00000000002a").expect("an id"),
+            event_hash: envelope.event_hash(),
+            envelope,
+        }
+    }
+
+    #[test]
+    fn values_round_trip_and_refuse_garbage() {
+        let a = sample();
+        let value = encode_value(&a.envelope);
+        assert_eq!(value[0], VALUE_VERSION);
+        assert_eq!(decode_value(&value), Ok(a.envelope.clone()));
+        let empty = Envelope {
+            payload_type: String::new(),
+            payload: Vec::new(),
+            key_id: String::new(),
+            signature: Vec::new(),
+        };
+        assert_eq!(decode_value(&encode_value(&empty)), Ok(empty));
+
+        assert_eq!(decode_value(&[]), Err(WireError::Truncated("version")));
+        assert_eq!(decode_value(&[2]), Err(WireError::Version(2)));
+        assert_eq!(
+            decode_value(&value[..value.len() - 1]),
+            Err(WireError::Truncated("payload"))
+        );
+        let mut long = value.clone();
+        long.push(0);
+        assert_eq!(decode_value(&long), Err(WireError::Trailing(1)));
+        let mut bad_utf8 = encode_value(&a.envelope);
+        bad_utf8[5] = 0xff;
+        assert_eq!(decode_value(&bad_utf8), Err(WireError::NotUtf8("payload_type")));
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let a = sample();
+        let h = headers(&a);
+        let pairs: Vec<(&str, Option<&[u8]>)> = h.iter().map(|h| (h.key, h.value)).collect();
+        assert_eq!(
+            pairs[1],
+            (HEADER_SEQ, Some(&b"42"[..])),
+            "text headers, for tooling"
+        );
+        assert_eq!(chain_info(pairs.iter().copied()), Ok(ChainInfo::from(&a)));
+
+        // Other headers are ignored; missing, repeated or malformed ones are refused.
+        let mut extra = pairs.clone();
+        extra.push(("traceparent", Some(b"00-abc")));
+        assert_eq!(chain_info(extra), Ok(ChainInfo::from(&a)));
+        assert_eq!(
+            chain_info(pairs[1..].iter().copied()),
+            Err(WireError::MissingHeader(HEADER_CHAIN))
+        );
+        let mut twice = pairs.clone();
+        twice.push(pairs[1]);
+        assert_eq!(chain_info(twice), Err(WireError::BadHeader(HEADER_SEQ)));
+        for bad_seq in [&b"+42"[..], b"", b"4x", b"99999999999999999999"] {
+            let mut bad = pairs.clone();
+            bad[1] = (HEADER_SEQ, Some(bad_seq));
+            assert_eq!(chain_info(bad), Err(WireError::BadHeader(HEADER_SEQ)));
+        }
+        let mut bad_chain = pairs.clone();
+        bad_chain[0] = (HEADER_CHAIN, Some(b"2600"));
+        assert_eq!(chain_info(bad_chain), Err(WireError::BadHeader(HEADER_CHAIN)));
+    }
+}
