@@ -248,6 +248,10 @@ impl EventLog for SqliteNode {
         1
     }
 
+    fn partition_of(&self, _chain: &ChainKey) -> u32 {
+        0
+    }
+
     async fn chain_context(
         &self,
         chain: &ChainKey,

@@ -88,6 +88,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// Number of partitions (1 for the embedded log).
     fn partitions(&self) -> u32;
 
+    /// The partition a chain's events go to. Every event of one chain is in one
+    /// partition, in chain order; the projector uses the registry's partition to project
+    /// registry events (keys) before the facility events that need them.
+    fn partition_of(&self, chain: &ChainKey) -> u32;
+
     /// Head of `chain` as written to the log, and the prior events with this event id
     /// and at this seq, if any.
     async fn chain_context(

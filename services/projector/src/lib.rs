@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use hrx_domain::KeyId;
 use hrx_domain::verify::KeyRecord;
-use hrx_ports::{EventLog, PortError, Store};
+use hrx_ports::{ChainKey, EventLog, PortError, Store};
 
 /// Projector settings.
 #[derive(Clone, Debug)]
@@ -102,8 +102,52 @@ impl Projector {
         Ok(())
     }
 
+    /// Makes sure every registry event appended before now is projected and in this
+    /// projector's keyring, so that facility events are judged with every key that
+    /// ingest could have accepted them with — also on a replay, and when another
+    /// replica owns the registry partition. Returns false when another replica has not
+    /// caught up yet (the caller retries later).
+    async fn registry_ready(&mut self, registry: u32) -> Result<bool, ProjectorError> {
+        let end = self.log.end_offset(registry).await?;
+        let ours = self.offsets.get(&registry).copied().unwrap_or(0);
+        if ours >= end {
+            return Ok(true);
+        }
+        let stored = self
+            .store
+            .projected_offsets()
+            .await?
+            .into_iter()
+            .find(|(p, _)| *p == registry)
+            .map(|(_, o)| o)
+            .unwrap_or(0);
+        if stored > ours {
+            // Another replica projected registry events: take its keys.
+            self.reload().await?;
+            if self.offsets.get(&registry).copied().unwrap_or(0) >= end {
+                return Ok(true);
+            }
+        }
+        // Project the registry partition here (a replica that does not own it may do
+        // so too: the store's offset fencing lets exactly one of them commit).
+        while self.offsets.get(&registry).copied().unwrap_or(0) < end {
+            if self.step_unchecked(registry).await? == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Projects at most one batch from `partition`; returns how many entries it took.
     pub async fn step(&mut self, partition: u32) -> Result<usize, ProjectorError> {
+        let registry = self.log.partition_of(&ChainKey::Registry);
+        if partition != registry && !self.registry_ready(registry).await? {
+            return Ok(0);
+        }
+        self.step_unchecked(partition).await
+    }
+
+    async fn step_unchecked(&mut self, partition: u32) -> Result<usize, ProjectorError> {
         let from = self.offsets.get(&partition).copied().unwrap_or(0);
         let entries = self
             .log
