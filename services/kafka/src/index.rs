@@ -429,7 +429,11 @@ pub(crate) async fn advance_from<C: GenericClient>(
         .map_err(pg)?;
     c.execute(
         &stmt,
-        &[&(partition as i32), &big(first, "offset")?, &big(end, "offset")?],
+        &[
+            &(partition as i32),
+            &big(first, "offset")?,
+            &big(end, "offset")?,
+        ],
     )
     .await
     .map_err(pg)?;
@@ -437,7 +441,11 @@ pub(crate) async fn advance_from<C: GenericClient>(
 }
 
 /// Moves `partition`'s scanned-up-to offset forward to `end` (never back).
-pub(crate) async fn advance_to<C: GenericClient>(c: &C, partition: u32, end: u64) -> PortResult<()> {
+pub(crate) async fn advance_to<C: GenericClient>(
+    c: &C,
+    partition: u32,
+    end: u64,
+) -> PortResult<()> {
     let stmt = c
         .prepare_cached(
             r#"INSERT INTO log_index_offsets ("partition", next_offset) VALUES ($1, $2)

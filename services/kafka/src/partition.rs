@@ -140,9 +140,15 @@ mod tests {
         assert_eq!(layout.partitions(), 4);
         assert_eq!(layout.partition_of(&ChainKey::Registry), 3);
         let registry = layout.locate(3).expect("the registry partition");
-        assert_eq!((registry.topic.as_str(), registry.kafka_partition), ("r", 0));
+        assert_eq!(
+            (registry.topic.as_str(), registry.kafka_partition),
+            ("r", 0)
+        );
         let facility = layout.locate(2).expect("a facility partition");
-        assert_eq!((facility.topic.as_str(), facility.kafka_partition), ("f", 2));
+        assert_eq!(
+            (facility.topic.as_str(), facility.kafka_partition),
+            ("f", 2)
+        );
         assert_eq!(layout.locate(4), None);
         let f = ChainKey::parse("26001").expect("a facility id");
         assert_eq!(layout.partition_of(&f), key_partition("26001", 3));

@@ -60,11 +60,7 @@ impl RawMessage {
 
     /// The event's place in its chain, from the headers `append` wrote.
     pub fn chain_info(&self) -> Result<ChainInfo, WireError> {
-        wire::chain_info(
-            self.headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_deref())),
-        )
+        wire::chain_info(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
     }
 
     /// The log entry at this message.
@@ -113,9 +109,8 @@ impl RawMessage {
 pub(crate) fn millis_to_timestamp(ms: i64) -> Timestamp {
     let seconds = ms.div_euclid(1000);
     let nanos = (ms.rem_euclid(1000) * 1_000_000) as i32;
-    Timestamp::new(seconds, nanos).unwrap_or_else(|_| {
-        Timestamp::from_unix_seconds(0).expect("the Unix epoch is in range")
-    })
+    Timestamp::new(seconds, nanos)
+        .unwrap_or_else(|_| Timestamp::from_unix_seconds(0).expect("the Unix epoch is in range"))
 }
 
 /// How a wait ended.
@@ -151,7 +146,9 @@ pub(crate) struct Readers {
 
 impl std::fmt::Debug for Readers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Readers").field("max", &self.max).finish_non_exhaustive()
+        f.debug_struct("Readers")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
     }
 }
 
@@ -325,15 +322,12 @@ impl Lease {
                     reader.at = Some((loc.partition, next));
                     out.push(raw);
                 }
-                Some(Err(RdKafkaError::PartitionEOF(_))) => {
-                    // The end of the partition (gaps of transaction markers can end it
-                    // before `until`). An EOF queued before this read on a re-used
-                    // reader may be stale; one after a fresh assign or after a message
-                    // of this read is not.
-                    if fresh || !out.is_empty() {
-                        break;
-                    }
-                }
+                // The end of the partition (gaps of transaction markers can end it before
+                // `until`). An EOF queued before this read on a re-used reader may be
+                // stale (and is ignored); one after a fresh assign or after a message of
+                // this read is not.
+                Some(Err(RdKafkaError::PartitionEOF(_))) if fresh || !out.is_empty() => break,
+                Some(Err(RdKafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) if is_out_of_range(&e) => {
                     reader.at = None;
                     return Err(PortError::Corrupt(format!(

@@ -19,7 +19,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::metadata::Metadata;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::KafkaConfig;
 use crate::error::KafkaError;
@@ -29,6 +29,8 @@ struct Wanted<'a> {
     name: &'a str,
     partitions: u32,
     what: &'static str,
+    /// Why the count cannot differ, for the error message.
+    why: &'static str,
 }
 
 /// Checks the brokers answer within `connect_timeout`, then creates or checks both
@@ -57,11 +59,14 @@ pub(crate) async fn ensure(
             name: &config.facility_topic,
             partitions: config.partitions,
             what: "facility-events",
+            why: "a facility's partition is murmur2(id) mod the count, so the count cannot \
+                  change under an existing log",
         },
         Wanted {
             name: &config.registry_topic,
             partitions: 1,
             what: "registry",
+            why: "the registry chain is read in order from one partition",
         },
     ] {
         ensure_topic(config, &admin, probe, &wanted, deadline).await?;
@@ -83,7 +88,11 @@ async fn ensure_topic(
     };
     let remaining = || deadline.saturating_duration_since(Instant::now());
 
-    let found = topic_shape(&metadata(probe, wanted.name, remaining()).await.map_err(unreachable)?);
+    let found = topic_shape(
+        &metadata(probe, wanted.name, remaining())
+            .await
+            .map_err(unreachable)?,
+    );
     if found.is_none() {
         create(config, admin, wanted, remaining()).await?;
     }
@@ -91,23 +100,22 @@ async fn ensure_topic(
     // A new topic's partitions get leaders a moment after CreateTopics returns; wait for
     // them, so that the first watermark query or produce does not fail.
     loop {
-        let shape = topic_shape(&metadata(probe, wanted.name, remaining()).await.map_err(unreachable)?);
+        let shape = topic_shape(
+            &metadata(probe, wanted.name, remaining())
+                .await
+                .map_err(unreachable)?,
+        );
         match shape {
             Some(TopicShape { partitions, .. }) if partitions != wanted.partitions => {
                 return Err(KafkaError::TopicMisconfigured {
                     topic: wanted.name.to_owned(),
                     detail: format!(
-                        "it has {partitions} partition(s); the {} topic must have {} \
-                         (a facility's partition is murmur2(id) mod the count, so the \
-                         count cannot change under an existing log)",
-                        wanted.what, wanted.partitions
+                        "it has {partitions} partition(s); the {} topic must have {} ({})",
+                        wanted.what, wanted.partitions, wanted.why
                     ),
                 });
             }
-            Some(TopicShape {
-                leaderless: 0,
-                ..
-            }) => break,
+            Some(TopicShape { leaderless: 0, .. }) => break,
             _ if remaining().is_zero() => {
                 return Err(KafkaError::Unreachable {
                     brokers: config.brokers.clone(),
@@ -161,20 +169,35 @@ async fn create(
     Ok(())
 }
 
-/// Refuses compaction; warns about finite retention.
+/// Refuses compaction; warns about finite retention (and when it cannot tell).
 async fn check_configs(
     admin: &AdminClient<DefaultClientContext>,
     wanted: &Wanted<'_>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let options = AdminOptions::new().request_timeout(Some(timeout));
-    let results = admin
+    // Reading configurations needs DescribeConfigs rights, which a locked-down cluster
+    // may not grant to hrx: then the partition count (from metadata) is all we check.
+    let cannot = |e: String| {
+        tracing::warn!(
+            topic = wanted.name,
+            error = %e,
+            "cannot read the topic's configuration; compaction and retention not checked"
+        );
+        Ok(())
+    };
+    let results = match admin
         .describe_configs([&ResourceSpecifier::Topic(wanted.name)], &options)
         .await
-        .map_err(|e| KafkaError::Admin(format!("describing topic {}: {e}", wanted.name)))?;
+    {
+        Ok(results) => results,
+        Err(e) => return cannot(e.to_string()),
+    };
     for result in results {
-        let resource = result
-            .map_err(|code| KafkaError::Admin(format!("describing topic {}: {code}", wanted.name)))?;
+        let resource = match result {
+            Ok(resource) => resource,
+            Err(code) => return cannot(code.to_string()),
+        };
         let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
         if let Some(policy) = value("cleanup.policy")
             && policy.contains("compact")

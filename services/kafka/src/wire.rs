@@ -249,7 +249,10 @@ mod tests {
         assert_eq!(decode_value(&long), Err(WireError::Trailing(1)));
         let mut bad_utf8 = encode_value(&a.envelope);
         bad_utf8[5] = 0xff;
-        assert_eq!(decode_value(&bad_utf8), Err(WireError::NotUtf8("payload_type")));
+        assert_eq!(
+            decode_value(&bad_utf8),
+            Err(WireError::NotUtf8("payload_type"))
+        );
     }
 
     #[test]
@@ -282,6 +285,9 @@ mod tests {
         }
         let mut bad_chain = pairs.clone();
         bad_chain[0] = (HEADER_CHAIN, Some(b"2600"));
-        assert_eq!(chain_info(bad_chain), Err(WireError::BadHeader(HEADER_CHAIN)));
+        assert_eq!(
+            chain_info(bad_chain),
+            Err(WireError::BadHeader(HEADER_CHAIN))
+        );
     }
 }

@@ -1,9 +1,29 @@
-//! The distributed backends: Kafka for the log, PostgreSQL for the store.
+//! The distributed backends: Apache Kafka for the log (with ingest's chain index in
+//! PostgreSQL) and PostgreSQL for the store. Both apply their schema migrations on
+//! connect (advisory-locked, so processes starting together don't race).
+
+use std::sync::Arc;
 
 use crate::{Backends, NodeConfig, NodeError};
 
-pub(crate) async fn backends(_config: &NodeConfig) -> Result<Backends, NodeError> {
-    Err(NodeError::Config(
-        "the distributed backend is being wired".into(),
-    ))
+pub(crate) async fn backends(config: &NodeConfig) -> Result<Backends, NodeError> {
+    let url = config.database_url.as_deref().ok_or_else(|| {
+        NodeError::Config("the distributed backend needs HRX_DATABASE_URL".into())
+    })?;
+    let brokers = config.kafka_brokers.as_deref().ok_or_else(|| {
+        NodeError::Config("the distributed backend needs HRX_KAFKA_BROKERS".into())
+    })?;
+    let store = hrx_postgres::PgStore::connect(url, config.database_pool_size)
+        .await
+        .map_err(|e| NodeError::Backend(format!("PostgreSQL: {e}")))?;
+    let mut kafka =
+        hrx_kafka::KafkaConfig::new(brokers).with_topic_prefix(&config.kafka_topic_prefix);
+    kafka.partitions = config.kafka_partitions;
+    let log = hrx_kafka::KafkaLog::connect(kafka, url)
+        .await
+        .map_err(|e| NodeError::Backend(format!("Kafka: {e}")))?;
+    Ok(Backends {
+        log: Arc::new(log),
+        store: Arc::new(store),
+    })
 }
