@@ -26,6 +26,8 @@ export HRX_TEST_KAFKA_BROKERS="$HRX_KAFKA_BROKERS"
 export HRX_TEST_DATABASE_URL="$HRX_DATABASE_URL"
 # The distributed tests skip without these; here they must run.
 export HRX_TEST_REQUIRE_SERVICES=1
+# The crash tests restart these services through deploy/testenv.
+export HRX_TEST_SERVICES_DIR="$services"
 unset HRX_KAFKA_BROKERS HRX_DATABASE_URL HRX_TESTENV_DIR HRX_KAFKA_PID HRX_POSTGRES_PID
 
 step "cargo test"

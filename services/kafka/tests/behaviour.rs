@@ -2,8 +2,9 @@
 //! of the shared suite (`hrx_ports::testkit::log_*`), each on fresh topics and a fresh
 //! database, and the behaviours only a distributed log has — partitioning by facility,
 //! topic creation and checking, an unreachable broker, two processes racing on one
-//! chain, events in Kafka that the index has not seen, and prompt wake-ups across
-//! processes.
+//! chain, events in Kafka that the index has not seen (and which of them it takes),
+//! failed produces (librdkafka's mock cluster), prompt wake-ups across processes, and
+//! many chains appended concurrently (with timings).
 //!
 //! Services come from `HRX_TEST_KAFKA_BROKERS` and `HRX_TEST_DATABASE_URL` (see
 //! `deploy/testenv`). Without them each test prints a notice and passes, unless
@@ -480,11 +481,14 @@ async fn catch_up_indexes_only_what_extends_a_chain() {
     let p = log.partition_of(&c);
     let producer = f.raw_producer(&[]);
     let mut offsets = Vec::new();
+    let other = chain(F2);
+    assert_ne!(log.partition_of(&other), p);
     let events = [
         append(&c, 1, 1),
-        append(&c, 1, 2), // fork of seq 1
-        append(&c, 3, 3), // gap
-        append(&c, 2, 4), // extends
+        append(&c, 1, 2),     // fork of seq 1
+        append(&c, 3, 3),     // gap
+        append(&other, 1, 6), // misrouted: F2's chain lives in another partition
+        append(&c, 2, 4),     // extends
     ];
     for event in &events {
         let value = wire::encode_value(&event.envelope);
@@ -542,9 +546,9 @@ async fn catch_up_indexes_only_what_extends_a_chain() {
     // The foreign message reads back as a malformed envelope at its position, for the
     // projector to reject with a reason.
     let entries = log.read(p, 0, 100).await.expect("read");
-    assert_eq!(entries.len(), 6);
-    assert_eq!(entries[4].envelope.payload_type, "");
-    assert_eq!(entries[4].envelope.payload, b"not an envelope");
+    assert_eq!(entries.len(), 7);
+    assert_eq!(entries[5].envelope.payload_type, "");
+    assert_eq!(entries[5].envelope.payload, b"not an envelope");
 }
 
 /// A `wait_for` in one process wakes within a second of another process's append —
