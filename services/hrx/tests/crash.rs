@@ -27,7 +27,12 @@ use tokio::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const FACILITIES: [&str; 3] = ["26012", "26001", "26105"];
-const PATIENTS: [&str; 4] = ["026062001234", "026185004321", "026070009876", "026090001111"];
+const PATIENTS: [&str; 4] = [
+    "026062001234",
+    "026185004321",
+    "026070009876",
+    "026090001111",
+];
 
 struct Services {
     brokers: String,
@@ -36,11 +41,16 @@ struct Services {
 }
 
 fn services() -> Option<Services> {
-    match (std::env::var("HRX_TEST_KAFKA_BROKERS"), std::env::var("HRX_TEST_DATABASE_URL")) {
+    match (
+        std::env::var("HRX_TEST_KAFKA_BROKERS"),
+        std::env::var("HRX_TEST_DATABASE_URL"),
+    ) {
         (Ok(brokers), Ok(admin_url)) => Some(Services {
             brokers,
             admin_url,
-            dir: std::env::var("HRX_TEST_SERVICES_DIR").ok().map(PathBuf::from),
+            dir: std::env::var("HRX_TEST_SERVICES_DIR")
+                .ok()
+                .map(PathBuf::from),
         }),
         _ => {
             assert!(
@@ -54,11 +64,21 @@ fn services() -> Option<Services> {
 }
 
 async fn create_database(admin_url: &str) -> String {
-    let name = format!("hrx_crash_{}", EventId::new_v7().to_string().replace('-', ""));
-    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await.unwrap();
+    let name = format!(
+        "hrx_crash_{}",
+        EventId::new_v7().to_string().replace('-', "")
+    );
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let i = admin_url.rfind('/').expect("the admin URL names a database");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let i = admin_url
+        .rfind('/')
+        .expect("the admin URL names a database");
     format!("{}/{name}", &admin_url[..i])
 }
 
@@ -73,16 +93,24 @@ impl Deployment {
     async fn new(s: &Services) -> Self {
         let dir = tempfile::tempdir().unwrap();
         hrx_identity::TlsDir::open_or_init(dir.path()).unwrap();
-        let (root, _) = hrx_node::keys::read_or_create(&hrx_node::root_key_path(dir.path())).unwrap();
+        let (root, _) =
+            hrx_node::keys::read_or_create(&hrx_node::root_key_path(dir.path())).unwrap();
         let mut config = NodeConfig::ephemeral(dir.path());
         config.backend = Backend::Distributed;
         config.kafka_brokers = Some(s.brokers.clone());
         config.kafka_partitions = 4;
-        config.kafka_topic_prefix = format!("crash{}.", EventId::new_v7().to_string().replace('-', ""));
+        config.kafka_topic_prefix =
+            format!("crash{}.", EventId::new_v7().to_string().replace('-', ""));
         config.database_url = Some(create_database(&s.admin_url).await);
         config.database_pool_size = 4;
         config.projector_batch = 20;
-        config.root_public_key = Some(root.public_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect());
+        config.root_public_key = Some(
+            root.public_key()
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        );
         config.tls_dir = Some(dir.path().join("tls"));
         Self { dir, config }
     }
@@ -166,7 +194,9 @@ fn record(patient: &str, n: u64) -> v1::facility_event::Body {
     v1::facility_event::Body::Record(v1::Record {
         patient_id: patient.into(),
         kind: kind.code(),
-        occurred_at: Some(codec::timestamp(Timestamp::from_unix_seconds(1_780_000_000 + n as i64).unwrap())),
+        occurred_at: Some(codec::timestamp(
+            Timestamp::from_unix_seconds(1_780_000_000 + n as i64).unwrap(),
+        )),
         author: "CCHN-002614".into(),
         sensitivity: vec![],
         supersedes: String::new(),
@@ -178,13 +208,22 @@ fn record(patient: &str, n: u64) -> v1::facility_event::Body {
 async fn register(dep: &Deployment, addr: std::net::SocketAddr) -> Vec<FacilityClient> {
     let nc = NationalCenter::open(dep.path(), addr).await.unwrap();
     for id in FACILITIES {
-        nc.register_facility(&FacilityId::parse(id).unwrap(), "Bệnh viện", "Phú Thọ", FacilityLevel::Basic)
-            .await
-            .unwrap();
+        nc.register_facility(
+            &FacilityId::parse(id).unwrap(),
+            "Bệnh viện",
+            "Phú Thọ",
+            FacilityLevel::Basic,
+        )
+        .await
+        .unwrap();
     }
     let mut clients = Vec::new();
     for id in FACILITIES {
-        clients.push(FacilityClient::open(dep.path(), addr, &FacilityId::parse(id).unwrap()).await.unwrap());
+        clients.push(
+            FacilityClient::open(dep.path(), addr, &FacilityId::parse(id).unwrap())
+                .await
+                .unwrap(),
+        );
     }
     clients
 }
@@ -195,34 +234,49 @@ async fn submit_until_done(client: &mut FacilityClient, n: u64, unavailable: &mu
     let patient = PATIENTS[(n % PATIENTS.len() as u64) as usize];
     let (id, envelope) = client.sign(record(patient, n));
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
     loop {
         match client.submit(vec![envelope.clone()]).await {
             Ok(mut r) => {
                 let r = r.remove(0);
                 let status = v1::SubmitStatus::try_from(r.status).unwrap();
                 assert!(
-                    matches!(status, v1::SubmitStatus::Accepted | v1::SubmitStatus::Duplicate),
+                    matches!(
+                        status,
+                        v1::SubmitStatus::Accepted | v1::SubmitStatus::Duplicate
+                    ),
                     "event {n} refused: {r:?}"
                 );
                 return id;
             }
-            Err(hrx_node::client::ClientError::Rpc(s)) if s.code() == tonic::Code::Unavailable => *unavailable += 1,
+            Err(hrx_node::client::ClientError::Rpc(s)) if s.code() == tonic::Code::Unavailable => {
+                *unavailable += 1
+            }
             Err(hrx_node::client::ClientError::Rpc(s)) => {
                 // A connection reset while a dependency restarts is retryable too; any
                 // other status is a bug.
-                assert!(matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled), "event {n}: {s:?}");
+                assert!(
+                    matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled),
+                    "event {n}: {s:?}"
+                );
+                last = format!("{s:?}");
                 *unavailable += 1;
             }
             Err(e) => panic!("event {n}: {e}"),
         }
-        assert!(Instant::now() < deadline, "event {n} was not accepted within 2 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "event {n} was not accepted within 2 minutes; last error: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Everything projected that must not depend on how projection was interrupted.
 async fn snapshot(config: &NodeConfig) -> String {
-    let store = hrx_postgres::PgStore::connect(config.database_url.as_ref().unwrap(), 2).await.unwrap();
+    let store = hrx_postgres::PgStore::connect(config.database_url.as_ref().unwrap(), 2)
+        .await
+        .unwrap();
     let mut out = String::new();
     for p in PATIENTS {
         let q = TimelineQuery {
@@ -252,7 +306,9 @@ async fn snapshot(config: &NodeConfig) -> String {
 }
 
 async fn projected_ids(config: &NodeConfig) -> BTreeMap<EventId, usize> {
-    let store = hrx_postgres::PgStore::connect(config.database_url.as_ref().unwrap(), 2).await.unwrap();
+    let store = hrx_postgres::PgStore::connect(config.database_url.as_ref().unwrap(), 2)
+        .await
+        .unwrap();
     let mut ids = BTreeMap::new();
     for p in PATIENTS {
         let q = TimelineQuery {
@@ -273,7 +329,10 @@ async fn projected_ids(config: &NodeConfig) -> BTreeMap<EventId, usize> {
 
 async fn wait_caught_up(dep: &Deployment, addr: std::net::SocketAddr) {
     let nc = NationalCenter::open(dep.path(), addr).await.unwrap();
-    assert!(nc.settle(Duration::from_secs(60)).await.unwrap(), "projection did not catch up");
+    assert!(
+        nc.settle(Duration::from_secs(60)).await.unwrap(),
+        "projection did not catch up"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -305,9 +364,18 @@ async fn killing_a_projector_repeatedly_loses_and_doubles_nothing() {
     let unique: HashSet<_> = accepted.iter().collect();
     assert_eq!(unique.len(), accepted.len());
     for id in &accepted {
-        assert_eq!(ids.get(id), Some(&1), "event {id} projected {:?} times", ids.get(id));
+        assert_eq!(
+            ids.get(id),
+            Some(&1),
+            "event {id} projected {:?} times",
+            ids.get(id)
+        );
     }
-    assert_eq!(ids.len(), accepted.len(), "nothing projected that was not accepted");
+    assert_eq!(
+        ids.len(),
+        accepted.len(),
+        "nothing projected that was not accepted"
+    );
     let live = snapshot(&dep.config).await;
     drop(projector);
     drop(api);
@@ -317,8 +385,15 @@ async fn killing_a_projector_repeatedly_loses_and_doubles_nothing() {
     replay.database_url = Some(create_database(&s.admin_url).await);
     let replayed = hrx_node::reproject(&replay).await.unwrap();
     assert!(replayed >= accepted.len() as u64);
-    assert_eq!(live, snapshot(&replay).await, "projections equal a from-scratch replay");
-    eprintln!("{} events, 12 projector kills, {unavailable} retries", accepted.len());
+    assert_eq!(
+        live,
+        snapshot(&replay).await,
+        "projections equal a from-scratch replay"
+    );
+    eprintln!(
+        "{} events, 12 projector kills, {unavailable} retries",
+        accepted.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -343,7 +418,13 @@ async fn restarting_postgres_then_kafka_during_ingest_gives_retryable_errors_and
         let dir = services_dir.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
-            let ok = Command::new("bash").arg(&testenv).arg(what).arg(&dir).stdout(Stdio::null()).status().unwrap();
+            let ok = Command::new("bash")
+                .arg(&testenv)
+                .arg(what)
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
             assert!(ok.success(), "{what} failed");
         })
     };
@@ -369,9 +450,17 @@ async fn restarting_postgres_then_kafka_during_ingest_gives_retryable_errors_and
     wait_caught_up(&dep, addr).await;
     let ids = projected_ids(&dep.config).await;
     for id in &accepted {
-        assert_eq!(ids.get(id), Some(&1), "accepted event {id} projected {:?} times", ids.get(id));
+        assert_eq!(
+            ids.get(id),
+            Some(&1),
+            "accepted event {id} projected {:?} times",
+            ids.get(id)
+        );
     }
     assert_eq!(ids.len(), accepted.len());
-    eprintln!("{} events across restarts, {unavailable} retryable errors", accepted.len());
+    eprintln!(
+        "{} events across restarts, {unavailable} retryable errors",
+        accepted.len()
+    );
     drop(api);
 }

@@ -400,9 +400,18 @@ impl Inner {
         let partition = loc.kafka_partition;
         let timeout = self.config.request_timeout;
         let (_, high) = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
+            let client = producer.client();
+            client
                 .fetch_watermarks(&topic, partition, timeout)
+                .or_else(|first| {
+                    // After a broker restart librdkafka can keep a partition marked unknown
+                    // until its next periodic metadata refresh (minutes away): fetching the
+                    // topic's metadata refreshes its cache, then the query is tried once more.
+                    let _ = client.fetch_metadata(Some(&topic), timeout);
+                    client
+                        .fetch_watermarks(&topic, partition, timeout)
+                        .map_err(|_| first)
+                })
         })
         .await
         .map_err(join)?

@@ -124,9 +124,28 @@ pub(crate) enum Waited {
     PastEnd,
 }
 
+/// The readers' client context: like the default one, except that reaching the end of
+/// a partition is not logged as an error. Reads ask librdkafka for partition-EOF events
+/// on purpose (`enable.partition.eof`), to know they have seen everything.
+struct ReaderContext;
+
+impl rdkafka::client::ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            RdKafkaError::PartitionEOF(_) | RdKafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
 /// One consumer and where it stands.
 struct Reader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     /// `(partition, x)`: `pending`, then the consumer's queue, yield exactly the
     /// messages of the trait partition with offsets ≥ x, in order. `None`: unknown
     /// (fresh, or after an error), so the next use assigns again.
@@ -235,10 +254,10 @@ impl Lease {
     /// Blocking. Returns whether it had to (re)assign.
     fn position(&mut self, loc: &Location, offset: u64) -> PortResult<(&mut Reader, bool)> {
         if self.reader.is_none() {
-            let consumer: BaseConsumer = self
+            let consumer: BaseConsumer<ReaderContext> = self
                 .readers
                 .config
-                .create()
+                .create_with_context(ReaderContext)
                 .map_err(|e| unavailable("consumer creation", e))?;
             self.reader = Some(Reader {
                 consumer,
