@@ -252,6 +252,12 @@ impl EventLog for SqliteNode {
         0
     }
 
+    async fn join(&self, _group: &str) -> PortResult<tokio::sync::watch::Receiver<Vec<u32>>> {
+        // One partition, one projector: the assignment never changes (a receiver whose
+        // sender is gone keeps its value).
+        Ok(tokio::sync::watch::channel(vec![0]).1)
+    }
+
     async fn chain_context(
         &self,
         chain: &ChainKey,

@@ -126,7 +126,6 @@ impl Deployment {
         std::fs::create_dir_all(&data).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_hrx"))
             .args(["serve", "--role", roles])
-            .env("RUST_LOG", "error")
             .env("HRX_BACKEND", "distributed")
             .env("HRX_DATA_DIR", &data)
             .env("HRX_GRPC_ADDR", "127.0.0.1:0")
@@ -139,7 +138,13 @@ impl Deployment {
             .env("HRX_PROJECTOR_BATCH", c.projector_batch.to_string())
             .env("HRX_ROOT_PUBLIC_KEY", c.root_public_key.as_ref().unwrap())
             .env("HRX_TLS_DIR", c.tls_dir.as_ref().unwrap())
+            .env(
+                "HRX_CONSUMER_GROUP",
+                format!("{}projector", c.kafka_topic_prefix),
+            )
+            .env("RUST_LOG", "error,hrx_kafka::group=info")
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(data.join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
         Proc { child, data }
@@ -463,4 +468,75 @@ async fn restarting_postgres_then_kafka_during_ingest_gives_retryable_errors_and
         accepted.len()
     );
     drop(api);
+}
+
+/// The partition sets a projector process was assigned, from its log.
+fn assignments(data: &Path) -> Vec<String> {
+    std::fs::read_to_string(data.join("stderr.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("projector partitions assigned"))
+        .map(|l| {
+            l.split("partitions=")
+                .nth(1)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_projector_replicas_share_the_partitions_and_one_takes_over_from_the_other() {
+    let Some(s) = services() else { return };
+    let _serial = SERIAL.lock().await;
+    let dep = Deployment::new(&s).await;
+    let mut api = dep.spawn("api", "ingest,registry,consent,timeline,monitor");
+    let addr = api.addr();
+    let mut a = dep.spawn("projector-a", "projector");
+    let b = dep.spawn("projector-b", "projector");
+    let mut clients = register(&dep, addr).await;
+    let mut accepted = Vec::new();
+    let mut unavailable = 0;
+    let mut n = 0u64;
+    let stream_for = |d: Duration| Instant::now() + d;
+    let until = stream_for(Duration::from_secs(3));
+    while Instant::now() < until {
+        let c = &mut clients[(n % 3) as usize];
+        accepted.push(submit_until_done(c, n, &mut unavailable).await);
+        n += 1;
+    }
+    wait_caught_up(&dep, addr).await;
+    // Both replicas hold partitions: the group split them.
+    let (la, lb) = (assignments(&a.data), assignments(&b.data));
+    let last = |l: &[String]| l.last().cloned().unwrap_or_default();
+    assert!(last(&la) != "[]" && !la.is_empty(), "replica a: {la:?}");
+    assert!(last(&lb) != "[]" && !lb.is_empty(), "replica b: {lb:?}");
+    assert_ne!(last(&la), last(&lb), "the replicas share the partitions");
+
+    // One replica dies; the other takes its partitions over and projects everything.
+    a.kill9();
+    let until = stream_for(Duration::from_secs(2));
+    while Instant::now() < until {
+        let c = &mut clients[(n % 3) as usize];
+        accepted.push(submit_until_done(c, n, &mut unavailable).await);
+        n += 1;
+    }
+    wait_caught_up(&dep, addr).await;
+    let ids = projected_ids(&dep.config).await;
+    for id in &accepted {
+        assert_eq!(
+            ids.get(id),
+            Some(&1),
+            "event {id} projected {:?} times",
+            ids.get(id)
+        );
+    }
+    assert_eq!(ids.len(), accepted.len());
+    eprintln!(
+        "{} events; replica a {la:?}; replica b {:?}",
+        accepted.len(),
+        assignments(&b.data)
+    );
+    drop((api, b));
 }

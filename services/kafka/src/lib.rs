@@ -102,6 +102,7 @@
 
 mod config;
 mod error;
+mod group;
 mod index;
 mod partition;
 mod reader;
@@ -766,6 +767,15 @@ impl Drop for CancelOnDrop {
 impl EventLog for KafkaLog {
     fn partitions(&self) -> u32 {
         self.inner.layout.partitions()
+    }
+
+    async fn join(&self, group: &str) -> PortResult<watch::Receiver<Vec<u32>>> {
+        let config = base_config(&self.inner.config, &[]);
+        let layout = self.inner.layout.clone();
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || group::join(config, layout, &group))
+            .await
+            .map_err(join)?
     }
 
     fn partition_of(&self, chain: &ChainKey) -> u32 {

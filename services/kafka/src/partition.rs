@@ -80,6 +80,19 @@ impl Layout {
         }
     }
 
+    /// The trait partition of a Kafka (topic, partition); `None` for another topic.
+    pub fn trait_partition(&self, topic: &str, kafka_partition: i32) -> Option<u32> {
+        if topic == self.facility_topic {
+            u32::try_from(kafka_partition)
+                .ok()
+                .filter(|p| *p < self.facility_partitions)
+        } else if topic == self.registry_topic && kafka_partition == 0 {
+            Some(self.facility_partitions)
+        } else {
+            None
+        }
+    }
+
     /// The topic and Kafka partition of a trait partition; `None` past the end.
     pub fn locate(&self, partition: u32) -> Option<Location> {
         let (topic, kafka_partition) = if partition < self.facility_partitions {

@@ -233,6 +233,7 @@ impl Node {
         let projector = if has(Role::Projector) {
             let mut projector_config = hrx_projector::ProjectorConfig::new(roots.clone());
             projector_config.batch_size = self.config.projector_batch;
+            projector_config.group = self.config.consumer_group.clone();
             let projector =
                 hrx_projector::Projector::build(log.clone(), store.clone(), projector_config)
                     .await?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hrx_domain::chain::ChainContext;
 use hrx_domain::{Envelope, EventId, FacilityId, Sha256, Timestamp};
+use tokio::sync::watch;
 
 use crate::PortResult;
 
@@ -114,4 +115,10 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Returns once `partition` may hold an entry at `offset`, or after `timeout`.
     async fn wait_for(&self, partition: u32, offset: u64, timeout: Duration);
+
+    /// Joins the projector group `group`: the partitions this process should project,
+    /// as they change. A log without groups (embedded) assigns every partition, for
+    /// good; the Kafka log follows its consumer group, so projector replicas share the
+    /// partitions.
+    async fn join(&self, group: &str) -> PortResult<watch::Receiver<Vec<u32>>>;
 }

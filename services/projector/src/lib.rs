@@ -31,6 +31,8 @@ pub struct ProjectorConfig {
     pub root_keys: Vec<KeyRecord>,
     /// How long to wait for new entries before checking again.
     pub idle_wait: Duration,
+    /// The projector group: replicas in one group share the log's partitions.
+    pub group: String,
 }
 
 impl ProjectorConfig {
@@ -39,6 +41,7 @@ impl ProjectorConfig {
             batch_size: 500,
             root_keys,
             idle_wait: Duration::from_millis(500),
+            group: "hrx-projector".into(),
         }
     }
 }
@@ -193,15 +196,45 @@ impl Projector {
         Ok(total)
     }
 
-    /// Tails the log until `shutdown` resolves. Store or log outages are retried with
-    /// backoff; they never end the loop.
+    /// Tails the partitions this replica is assigned (all of them, when it is alone)
+    /// until `shutdown` resolves. Store or log outages are retried with backoff; they
+    /// never end the loop.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
+        let mut assignment = loop {
+            match self.log.join(&self.config.group).await {
+                Ok(a) => break a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "joining the projector group failed; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let mut assignment_open = true;
+        let mut previous: Vec<u32> = Vec::new();
         loop {
+            let assigned = assignment.borrow_and_update().clone();
+            if assigned != previous {
+                // Partitions new to this replica were projected elsewhere until now:
+                // resume from the store's offsets, not from memory.
+                if let Err(e) = self.reload().await {
+                    tracing::warn!(error = %e, "reloading projector state failed; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    continue;
+                }
+                previous = assigned.clone();
+            }
             let mut progressed = false;
             let mut failed = false;
-            for partition in 0..self.log.partitions() {
+            for &partition in &assigned {
                 match self.step(partition).await {
                     Ok(n) => progressed |= n > 0,
                     Err(e) => {
@@ -222,13 +255,24 @@ impl Projector {
             if progressed {
                 continue;
             }
-            let waits = (0..self.log.partitions()).map(|p| {
+            let waits = assigned.iter().map(|&p| {
                 let offset = self.offsets.get(&p).copied().unwrap_or(0);
                 Box::pin(self.log.wait_for(p, offset, self.config.idle_wait))
             });
+            let idle = async {
+                if assigned.is_empty() {
+                    tokio::time::sleep(self.config.idle_wait).await;
+                } else {
+                    futures::future::select_all(waits).await;
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = futures::future::select_all(waits) => {}
+                changed = assignment.changed(), if assignment_open => {
+                    // A log whose assignment never changes drops its sender.
+                    assignment_open = changed.is_ok();
+                }
+                _ = idle => {}
             }
         }
     }
