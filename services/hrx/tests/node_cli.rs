@@ -171,6 +171,75 @@ fn serve_registry_emit_and_stop() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.matches(": accepted at 0:").count(), 2, "{text}");
 
+    // Key rotation: a new key becomes the facility's signing key; the old one is then
+    // revoked; emitting goes on with the new key.
+    let out = run(hrx().args([
+        "registry",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "key",
+        "add",
+        "--facility",
+        "26012",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("now the facility's signing key"), "{text}");
+    let out = run(hrx().args([
+        "registry",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "facility",
+        "list",
+    ]));
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let keys: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("key "))
+        .map(|l| &l[..64])
+        .collect();
+    assert_eq!(keys.len(), 2, "{listing}");
+    let new_key = text.split_whitespace().nth(2).unwrap().to_owned();
+    let old_key = keys.iter().find(|k| **k != new_key).unwrap().to_string();
+    run(hrx().args([
+        "registry",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "key",
+        "revoke",
+        "--key-id",
+        &old_key,
+        "--reason",
+        "rotated",
+    ]));
+    let out = run(hrx().args([
+        "registry",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "facility",
+        "list",
+    ]));
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listing.contains(&format!("key {old_key}  revoked")),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("key {new_key}  active")),
+        "{listing}"
+    );
+    let out = run(hrx()
+        .args([
+            "emit",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--facility",
+            "26012",
+            "--author",
+            "CCHN-002614",
+        ])
+        .arg(&fixture));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": accepted at 0:"));
+
     // A facility that is not registered has no key: one clear error.
     let out = hrx()
         .args([
@@ -207,7 +276,7 @@ fn serve_registry_emit_and_stop() {
 
     let out = run(hrx().args(["reproject", "--data-dir", data.to_str().unwrap()]));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("reprojected 4 log entries"),
+        String::from_utf8_lossy(&out.stdout).contains("reprojected 7 log entries"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
