@@ -3,6 +3,7 @@
 //! Exit codes: 0 success (and an accepted or duplicate verdict), 1 an envelope was
 //! rejected, 2 the command itself failed (bad arguments, unreadable files).
 
+mod bench;
 mod demo;
 mod emit;
 mod fhir;
@@ -41,6 +42,8 @@ enum Command {
     Sign(Box<sign::SignArgs>),
     /// Verify an envelope against the signer's public key and the facility's head.
     Verify(verify::VerifyArgs),
+    /// Measure hrx against the machine's own limits (table + JSON); --smoke for a seconds-long check.
+    Bench(bench::BenchArgs),
     /// Run the whole story on a throwaway node: registration, referral, follow, break-glass, audit, monitor.
     Demo(demo::DemoArgs),
     /// Run the whole exchange in one process on a data directory (default ./hrx-data).
@@ -60,6 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Keygen(a) => keygen::run(a),
         Command::Sign(a) => sign::run(*a),
         Command::Verify(a) => verify::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Registry(a) => registry::run(a),

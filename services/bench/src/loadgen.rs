@@ -1,0 +1,694 @@
+//! A deterministic synthetic population and the load it generates.
+//!
+//! [`Population::new`] draws, from a seed alone, facilities of the three technical levels
+//! (5-digit ids), patients (12-digit personal ids), a few chronic patients with long
+//! histories (≥ 1,000 records by default), and the plan of every record: which facility
+//! writes it, about whom, of which kind, when. [`Population::presign`] turns the plan
+//! into each facility's hash chain of signed DSSE envelopes (FHIR R4 bodies of 0.5–4 KB,
+//! see [`crate::fhir`]) with the facilities' [`SigningKey`]s, in parallel, so that
+//! signing is off any measured path; [`submit_streams`] submits them through
+//! [`FacilityClient::submit`] in batches, as fast as possible or at a target rate, one
+//! task per facility (a chain is submitted in order).
+//!
+//! The same seed gives the same facilities, patients, event ids and bodies; only the
+//! signatures (keys are made when a facility is registered) and `recorded_at` (the
+//! signing time, which must follow the key's registration) differ between runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hrx_domain::dsse::PayloadType;
+use hrx_domain::event::FHIR_JSON;
+use hrx_domain::{
+    Envelope, EventId, FacilityId, FacilityLevel, PatientId, Purpose, RecordKind, Sha256,
+    SigningKey, Timestamp,
+};
+use hrx_node::client::{ClientError, FacilityClient};
+use hrx_proto::{codec, v1};
+use indicatif::ProgressBar;
+use prost::Message as _;
+
+use crate::fhir;
+use crate::rng::Rng;
+
+/// Why load could not be generated or submitted.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    #[error("no signing key for facility {0}")]
+    NoSigner(FacilityId),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("a submission task failed: {0}")]
+    Task(String),
+}
+
+/// Provinces the synthetic facilities and patients are in: (code, name).
+const PROVINCES: &[(&str, &str)] = &[
+    ("01", "Hà Nội"),
+    ("79", "TP. Hồ Chí Minh"),
+    ("26", "Phú Thọ"),
+    ("31", "Hải Phòng"),
+    ("48", "Đà Nẵng"),
+    ("92", "Cần Thơ"),
+    ("38", "Thanh Hóa"),
+    ("40", "Nghệ An"),
+];
+
+const PLACES: &[&str] = &[
+    "Vĩnh Tường",
+    "Yên Lạc",
+    "Tam Dương",
+    "Đông Anh",
+    "Thủ Đức",
+    "Ninh Kiều",
+    "Sầm Sơn",
+    "Cửa Lò",
+    "Hải An",
+    "Sơn Trà",
+];
+
+/// The first day of generated clinical history, and its length.
+const HISTORY_START: i64 = 1_451_606_400; // 2016-01-01T00:00:00Z
+const HISTORY_SECONDS: i64 = 10 * 365 * 24 * 3600;
+
+/// A synthetic facility.
+#[derive(Clone, Debug)]
+pub struct Facility {
+    pub id: FacilityId,
+    pub name: String,
+    pub province: String,
+    pub level: FacilityLevel,
+}
+
+/// A synthetic patient.
+#[derive(Clone, Debug)]
+pub struct Patient {
+    pub id: PatientId,
+    /// Index of the facility that writes most of the patient's records.
+    pub home: usize,
+    /// A chronic patient has a long history (`PopulationSpec::chronic_records`).
+    pub chronic: bool,
+}
+
+/// One record the population will write.
+#[derive(Clone, Debug)]
+pub struct PlannedRecord {
+    /// Index into [`Population::facilities`].
+    pub facility: usize,
+    /// Index into [`Population::patients`].
+    pub patient: usize,
+    pub kind: RecordKind,
+    pub occurred_at: Timestamp,
+    pub event_id: EventId,
+    /// Seeds the record's body.
+    body_seed: u64,
+}
+
+/// How big a population is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PopulationSpec {
+    pub seed: u64,
+    pub facilities: usize,
+    pub patients: usize,
+    /// How many of the patients are chronic (the first ones).
+    pub chronic_patients: usize,
+    /// Records of each chronic patient.
+    pub chronic_records: usize,
+    /// Mean records of every other patient (drawn uniformly in 1..2×mean).
+    pub records_per_patient: usize,
+}
+
+/// A deterministic synthetic population and its record plan.
+#[derive(Clone, Debug)]
+pub struct Population {
+    spec: PopulationSpec,
+    facilities: Vec<Facility>,
+    patients: Vec<Patient>,
+    /// Per facility (same index as `facilities`), its records in chain order.
+    plan: Vec<Vec<PlannedRecord>>,
+}
+
+fn event_id(rng: &mut Rng, at: Timestamp) -> EventId {
+    // UUIDv7 layout: 48-bit milliseconds, version 7, variant 10, random bits.
+    let mut b = [0u8; 16];
+    let ms = at.unix_millis().max(0) as u64;
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    let r1 = rng.next_u64().to_be_bytes();
+    let r2 = rng.next_u64().to_be_bytes();
+    b[6..8].copy_from_slice(&r1[..2]);
+    b[8..16].copy_from_slice(&r2);
+    b[6] = 0x70 | (b[6] & 0x0f);
+    b[8] = 0x80 | (b[8] & 0x3f);
+    EventId::from_bytes(b)
+}
+
+fn timestamp(seconds: i64) -> Timestamp {
+    Timestamp::from_unix_seconds(seconds).expect("generated times are in range")
+}
+
+impl Population {
+    /// `facilities` facilities and `patients` patients from `seed`, with one chronic
+    /// patient per 200 (at least one) of 1,000 records each, and 8 records per other
+    /// patient on average.
+    pub fn new(seed: u64, facilities: usize, patients: usize) -> Self {
+        Self::from_spec(PopulationSpec {
+            seed,
+            facilities,
+            patients,
+            chronic_patients: (patients / 200).max(1),
+            chronic_records: 1000,
+            records_per_patient: 8,
+        })
+    }
+
+    pub fn from_spec(spec: PopulationSpec) -> Self {
+        let mut rng = Rng::derive(spec.seed, 0);
+        let n_fac = spec.facilities.max(1);
+        let mut ids = std::collections::BTreeSet::new();
+        let facilities: Vec<Facility> = (0..n_fac)
+            .map(|i| {
+                let (code, province) = *rng.pick(PROVINCES);
+                // A spread of levels: roughly a third each, the first one a clinic.
+                let level = match i % 3 {
+                    0 => FacilityLevel::Initial,
+                    1 => FacilityLevel::Basic,
+                    _ => FacilityLevel::Specialized,
+                };
+                let id = loop {
+                    let id = format!("{code}{:03}", rng.below(1000));
+                    if ids.insert(id.clone()) {
+                        break id;
+                    }
+                };
+                let place = *rng.pick(PLACES);
+                let name = match level {
+                    FacilityLevel::Initial => format!("Phòng khám đa khoa {place}"),
+                    FacilityLevel::Basic => format!("Trung tâm Y tế khu vực {place}"),
+                    FacilityLevel::Specialized => format!("Bệnh viện Đa khoa tỉnh {province}"),
+                };
+                Facility {
+                    id: FacilityId::parse(&id).expect("5 digits"),
+                    name,
+                    province: province.to_owned(),
+                    level,
+                }
+            })
+            .collect();
+
+        let mut pids = std::collections::BTreeSet::new();
+        let patients: Vec<Patient> = (0..spec.patients.max(1))
+            .map(|i| {
+                let (code, _) = *rng.pick(PROVINCES);
+                let year = rng.range(1940, 2024);
+                let century_sex = if year < 2000 { 0 } else { 2 } + rng.below(2);
+                let id = loop {
+                    let id = format!(
+                        "0{code}{century_sex}{:02}{:06}",
+                        year % 100,
+                        rng.below(1_000_000)
+                    );
+                    if pids.insert(id.clone()) {
+                        break id;
+                    }
+                };
+                Patient {
+                    id: PatientId::parse(&id).expect("12 digits"),
+                    home: rng.below(n_fac as u64) as usize,
+                    chronic: i < spec.chronic_patients,
+                }
+            })
+            .collect();
+
+        // The plan: every patient's records, shuffled so that facilities' streams
+        // interleave patients, then grouped per facility.
+        let kind_weights: Vec<u32> = fhir::KINDS.iter().map(|(_, w)| *w).collect();
+        let mut all = Vec::new();
+        for (p, patient) in patients.iter().enumerate() {
+            let count = if patient.chronic {
+                spec.chronic_records
+            } else {
+                rng.range(1, (2 * spec.records_per_patient).max(2) as u64 - 1) as usize
+            };
+            let others = [
+                rng.below(n_fac as u64) as usize,
+                rng.below(n_fac as u64) as usize,
+            ];
+            for _ in 0..count {
+                let facility = if rng.chance(if patient.chronic { 0.7 } else { 0.8 }) {
+                    patient.home
+                } else {
+                    *rng.pick(&others)
+                };
+                let kind = fhir::KINDS[rng.weighted(&kind_weights)].0;
+                let occurred_at =
+                    timestamp(HISTORY_START + rng.below(HISTORY_SECONDS as u64) as i64);
+                all.push(PlannedRecord {
+                    facility,
+                    patient: p,
+                    kind,
+                    occurred_at,
+                    event_id: event_id(&mut rng, occurred_at),
+                    body_seed: rng.next_u64(),
+                });
+            }
+        }
+        rng.shuffle(&mut all);
+        let mut plan = vec![Vec::new(); n_fac];
+        for r in all {
+            plan[r.facility].push(r);
+        }
+        Self {
+            spec,
+            facilities,
+            patients,
+            plan,
+        }
+    }
+
+    pub fn spec(&self) -> &PopulationSpec {
+        &self.spec
+    }
+
+    pub fn facilities(&self) -> &[Facility] {
+        &self.facilities
+    }
+
+    pub fn patients(&self) -> &[Patient] {
+        &self.patients
+    }
+
+    /// The chronic patients (long histories).
+    pub fn chronic(&self) -> impl Iterator<Item = &Patient> {
+        self.patients.iter().filter(|p| p.chronic)
+    }
+
+    /// Every planned record of facility `index`, in chain order.
+    pub fn plan(&self, index: usize) -> &[PlannedRecord] {
+        &self.plan[index]
+    }
+
+    /// Records planned in all.
+    pub fn total_records(&self) -> usize {
+        self.plan.iter().map(Vec::len).sum()
+    }
+
+    /// Records planned about patient `index`.
+    pub fn records_of(&self, index: usize) -> usize {
+        self.plan
+            .iter()
+            .flatten()
+            .filter(|r| r.patient == index)
+            .count()
+    }
+
+    /// A patient id of the population's provinces that none of its patients has (for
+    /// a benchmark's own probe or follow patients), the `n`-th such id.
+    pub fn spare_patient(&self, n: u64) -> PatientId {
+        let mut rng = Rng::derive(self.spec.seed, 1_000_000 + n);
+        loop {
+            let id = format!("0{}1{:08}", rng.pick(PROVINCES).0, rng.below(100_000_000));
+            if !self.patients.iter().any(|p| p.id.as_str() == id) {
+                return PatientId::parse(&id).expect("12 digits");
+            }
+        }
+    }
+
+    /// A facility id that none of the population's facilities has, the `n`-th such id.
+    pub fn spare_facility(&self, n: u64) -> FacilityId {
+        let mut rng = Rng::derive(self.spec.seed, 2_000_000 + n);
+        loop {
+            let id = format!("{:05}", 90_000 + rng.below(10_000));
+            if !self.facilities.iter().any(|f| f.id.as_str() == id) {
+                return FacilityId::parse(&id).expect("5 digits");
+            }
+        }
+    }
+
+    /// The record body of a planned record, as signed.
+    pub fn record_body(&self, r: &PlannedRecord) -> v1::facility_event::Body {
+        let mut rng = Rng::new(r.body_seed);
+        let patient = self.patients[r.patient].id.as_str();
+        let facility = &self.facilities[r.facility];
+        let body = fhir::body(&mut rng, r.kind, patient, &facility.name, r.occurred_at);
+        record_body(patient, r.kind, r.occurred_at, &author(&mut rng), body)
+    }
+
+    /// Signs every facility's planned records as the next events of its chain, with
+    /// `signers` (one per facility, advanced past the signed events), `recorded_at`
+    /// as the signing time, on `threads` threads. Returns each facility's envelopes in
+    /// chain order.
+    pub fn presign(
+        &self,
+        signers: &mut BTreeMap<FacilityId, ChainSigner>,
+        recorded_at: Timestamp,
+        threads: usize,
+    ) -> Result<Vec<(FacilityId, Vec<Envelope>)>, LoadgenError> {
+        let mut work: Vec<(usize, &mut ChainSigner)> = Vec::new();
+        let mut by_id: BTreeMap<&FacilityId, &mut ChainSigner> = signers.iter_mut().collect();
+        for (i, f) in self.facilities.iter().enumerate() {
+            let signer = by_id
+                .remove(&f.id)
+                .ok_or_else(|| LoadgenError::NoSigner(f.id.clone()))?;
+            work.push((i, signer));
+        }
+        // Largest streams first, dealt round-robin, so threads get similar work.
+        work.sort_by_key(|(i, _)| std::cmp::Reverse(self.plan[*i].len()));
+        let threads = threads.clamp(1, work.len().max(1));
+        let mut buckets: Vec<Vec<(usize, &mut ChainSigner)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (n, w) in work.into_iter().enumerate() {
+            buckets[n % threads].push(w);
+        }
+        let mut out: Vec<(usize, FacilityId, Vec<Envelope>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = buckets
+                .into_iter()
+                .map(|bucket| {
+                    s.spawn(move || {
+                        bucket
+                            .into_iter()
+                            .map(|(i, signer)| {
+                                let envs = self.plan[i]
+                                    .iter()
+                                    .map(|r| {
+                                        signer.sign(r.event_id, self.record_body(r), recorded_at)
+                                    })
+                                    .collect();
+                                (i, self.facilities[i].id.clone(), envs)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a signing thread panicked"))
+                .collect()
+        });
+        out.sort_by_key(|(i, _, _)| *i);
+        Ok(out.into_iter().map(|(_, f, e)| (f, e)).collect())
+    }
+}
+
+fn author(rng: &mut Rng) -> String {
+    // Practising certificate numbers (chứng chỉ hành nghề).
+    format!("CCHN-{:06}", rng.below(1_000_000))
+}
+
+/// A record event body carrying a FHIR JSON resource.
+pub fn record_body(
+    patient: &str,
+    kind: RecordKind,
+    occurred_at: Timestamp,
+    author: &str,
+    fhir_json: Vec<u8>,
+) -> v1::facility_event::Body {
+    v1::facility_event::Body::Record(v1::Record {
+        patient_id: patient.to_owned(),
+        kind: kind.code(),
+        occurred_at: Some(codec::timestamp(occurred_at)),
+        author: author.to_owned(),
+        sensitivity: vec![],
+        supersedes: String::new(),
+        content_type: FHIR_JSON.into(),
+        body: fhir_json,
+    })
+}
+
+/// A small synthetic record about `patient` (probes and fan-out records).
+pub fn probe_record(
+    rng: &mut Rng,
+    patient: &PatientId,
+    occurred_at: Timestamp,
+) -> v1::facility_event::Body {
+    let kind = RecordKind::Observation;
+    let body = fhir::body(rng, kind, patient.as_str(), "Phòng khám", occurred_at);
+    record_body(patient.as_str(), kind, occurred_at, &author(rng), body)
+}
+
+/// A consent grant by `patient` to facility `grantee` for `purposes`, until `expires`.
+pub fn grant_body(
+    patient: &PatientId,
+    grantee: &FacilityId,
+    purposes: &[Purpose],
+    expires: Timestamp,
+) -> v1::facility_event::Body {
+    v1::facility_event::Body::ConsentGrant(v1::ConsentGrant {
+        patient_id: patient.as_str().to_owned(),
+        purposes: purposes.iter().map(|p| p.code()).collect(),
+        kinds: vec![],
+        include_sensitive: vec![],
+        data_from: None,
+        data_until: None,
+        expires_at: Some(codec::timestamp(expires)),
+        evidence: Some(v1::ConsentEvidence {
+            form_id: "PCT-BENCH-000001".into(),
+            sha256: Sha256::digest(b"signed consent form").as_bytes().to_vec(),
+        }),
+        grantee: Some(v1::consent_grant::Grantee::GranteeFacilityId(
+            grantee.as_str().to_owned(),
+        )),
+    })
+}
+
+/// A facility's chain, signing offline: keeps (seq, prev hash) and signs each body as
+/// the next event, exactly as [`FacilityClient::sign`] does.
+pub struct ChainSigner {
+    facility: FacilityId,
+    key: SigningKey,
+    seq: u64,
+    prev: Sha256,
+}
+
+impl std::fmt::Debug for ChainSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainSigner")
+            .field("facility", &self.facility)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChainSigner {
+    /// A signer for a chain with no events yet.
+    pub fn new(facility: FacilityId, key: SigningKey) -> Self {
+        Self::with_head(facility, key, 0, Sha256::ZERO)
+    }
+
+    /// A signer continuing after the event `seq` whose hash is `prev`.
+    pub fn with_head(facility: FacilityId, key: SigningKey, seq: u64, prev: Sha256) -> Self {
+        Self {
+            facility,
+            key,
+            seq,
+            prev,
+        }
+    }
+
+    pub fn facility(&self) -> &FacilityId {
+        &self.facility
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    pub fn head(&self) -> (u64, Sha256) {
+        (self.seq, self.prev)
+    }
+
+    /// Signs `body` as the next event.
+    pub fn sign(
+        &mut self,
+        event_id: EventId,
+        body: v1::facility_event::Body,
+        recorded_at: Timestamp,
+    ) -> Envelope {
+        self.seq += 1;
+        let event = v1::FacilityEvent {
+            header: Some(v1::FacilityEventHeader {
+                event_id: event_id.to_string(),
+                facility_id: self.facility.to_string(),
+                seq: self.seq,
+                prev_hash: self.prev.as_bytes().to_vec(),
+                recorded_at: Some(codec::timestamp(recorded_at)),
+            }),
+            body: Some(body),
+        };
+        let envelope = self
+            .key
+            .sign(PayloadType::FacilityEvent, event.encode_to_vec());
+        self.prev = envelope.event_hash();
+        envelope
+    }
+}
+
+/// How fast to submit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// Each facility submits its next batch as soon as the last one is answered.
+    AsFastAsPossible,
+    /// Events per second in all, shared among the facilities in proportion to their
+    /// streams so that they finish together.
+    Rate(f64),
+}
+
+/// What the node answered to a submission run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubmitTally {
+    pub submitted: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// `SubmitEvents` calls made.
+    pub calls: u64,
+    /// The first rejection's reason and message, if any.
+    pub first_rejection: Option<String>,
+}
+
+impl SubmitTally {
+    /// Counts one call's results.
+    pub fn add(&mut self, results: &[v1::SubmitResult]) {
+        self.calls += 1;
+        for r in results {
+            self.submitted += 1;
+            match v1::SubmitStatus::try_from(r.status) {
+                Ok(v1::SubmitStatus::Accepted) => self.accepted += 1,
+                Ok(v1::SubmitStatus::Duplicate) => self.duplicates += 1,
+                _ => {
+                    self.rejected += 1;
+                    if self.first_rejection.is_none() {
+                        self.first_rejection = Some(
+                            r.rejection
+                                .as_ref()
+                                .map(|j| format!("{} [{}]: {}", j.reason, j.field, j.message))
+                                .unwrap_or_else(|| "rejected".into()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, o: SubmitTally) {
+        self.submitted += o.submitted;
+        self.accepted += o.accepted;
+        self.duplicates += o.duplicates;
+        self.rejected += o.rejected;
+        self.calls += o.calls;
+        if self.first_rejection.is_none() {
+            self.first_rejection = o.first_rejection;
+        }
+    }
+}
+
+/// Submits each facility's envelopes in order, `batch` per call, one task per facility
+/// (facilities concurrently), at `pace`. Ticks `progress` per event. Returns the
+/// tally and the wall time from the first call to the last answer.
+pub async fn submit_streams(
+    streams: Vec<(Arc<FacilityClient>, Vec<Envelope>)>,
+    batch: usize,
+    pace: Pace,
+    progress: Option<ProgressBar>,
+) -> Result<(SubmitTally, Duration), LoadgenError> {
+    let total: usize = streams.iter().map(|(_, e)| e.len()).sum();
+    let batch = batch.max(1);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, envelopes) in streams {
+        let rate = match pace {
+            Pace::AsFastAsPossible => None,
+            Pace::Rate(r) => Some(r * envelopes.len() as f64 / total.max(1) as f64),
+        };
+        let progress = progress.clone();
+        tasks.spawn(async move {
+            let mut tally = SubmitTally::default();
+            let mut sent = 0usize;
+            let mut it = envelopes.into_iter();
+            loop {
+                let chunk: Vec<Envelope> = it.by_ref().take(batch).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                if let Some(rate) = rate.filter(|r| *r > 0.0) {
+                    let due = started + Duration::from_secs_f64(sent as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let n = chunk.len();
+                let results = client.submit(chunk).await?;
+                tally.add(&results);
+                sent += n;
+                if let Some(p) = &progress {
+                    p.inc(n as u64);
+                }
+            }
+            Ok::<_, LoadgenError>(tally)
+        });
+    }
+    let mut tally = SubmitTally::default();
+    while let Some(joined) = tasks.join_next().await {
+        tally.merge(joined.map_err(|e| LoadgenError::Task(e.to_string()))??);
+    }
+    Ok((tally, started.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_plans_the_same_population() {
+        let a = Population::new(9, 6, 400);
+        let b = Population::new(9, 6, 400);
+        assert_eq!(a.facilities().len(), 6);
+        for (x, y) in a.facilities().iter().zip(b.facilities()) {
+            assert_eq!(x.id, y.id);
+        }
+        assert_eq!(a.total_records(), b.total_records());
+        assert_eq!(a.plan(0)[0].event_id, b.plan(0)[0].event_id);
+        assert_eq!(a.record_body(&a.plan(0)[0]), b.record_body(&b.plan(0)[0]));
+        assert_eq!(a.chronic().count(), 2);
+        assert_eq!(a.records_of(0), 1000);
+        let c = Population::new(10, 6, 400);
+        assert_ne!(a.plan(0)[0].event_id, c.plan(0)[0].event_id);
+    }
+
+    #[test]
+    fn presigned_streams_are_chains_that_verify() {
+        let pop = Population::from_spec(PopulationSpec {
+            seed: 3,
+            facilities: 3,
+            patients: 20,
+            chronic_patients: 1,
+            chronic_records: 30,
+            records_per_patient: 3,
+        });
+        let mut signers: BTreeMap<_, _> = pop
+            .facilities()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let key = SigningKey::from_seed(&[i as u8 + 1; 32]).unwrap();
+                (f.id.clone(), ChainSigner::new(f.id.clone(), key))
+            })
+            .collect();
+        let streams = pop.presign(&mut signers, Timestamp::now(), 2).unwrap();
+        assert_eq!(
+            streams.iter().map(|(_, e)| e.len()).sum::<usize>(),
+            pop.total_records()
+        );
+        for (f, envs) in &streams {
+            let signer = &signers[f];
+            let mut prev = Sha256::ZERO;
+            for (seq, e) in envs.iter().enumerate() {
+                signer.key().public_key().verify(e).unwrap();
+                let ev = v1::FacilityEvent::decode(e.payload.as_slice()).unwrap();
+                let h = ev.header.unwrap();
+                assert_eq!(h.seq, seq as u64 + 1);
+                assert_eq!(h.prev_hash, prev.as_bytes().to_vec());
+                prev = e.event_hash();
+            }
+            assert_eq!(signer.head().0, envs.len() as u64);
+        }
+    }
+}
