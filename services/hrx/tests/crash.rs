@@ -277,23 +277,32 @@ async fn submit_until_done(client: &mut FacilityClient, n: u64, unavailable: &mu
     }
 }
 
+/// The deployment's store, read directly.
+async fn store(config: &NodeConfig) -> hrx_postgres::PgStore {
+    hrx_postgres::PgStore::connect(config.database_url.as_ref().unwrap(), 2)
+        .await
+        .unwrap()
+}
+
+/// A patient's whole timeline.
+fn everything(patient: &str) -> TimelineQuery {
+    TimelineQuery {
+        patient_id: PatientId::parse(patient).unwrap(),
+        kinds: vec![],
+        facilities: vec![],
+        occurred_from: None,
+        occurred_until: None,
+        after: None,
+        limit: 100_000,
+    }
+}
+
 /// Everything projected that must not depend on how projection was interrupted.
 async fn snapshot(config: &NodeConfig) -> String {
-    let store = hrx_postgres::PgStore::connect(config.database_url.as_ref().unwrap(), 2)
-        .await
-        .unwrap();
+    let store = store(config).await;
     let mut out = String::new();
     for p in PATIENTS {
-        let q = TimelineQuery {
-            patient_id: PatientId::parse(p).unwrap(),
-            kinds: vec![],
-            facilities: vec![],
-            occurred_from: None,
-            occurred_until: None,
-            after: None,
-            limit: 100_000,
-        };
-        let mut records = store.timeline(&q).await.unwrap();
+        let mut records = store.timeline(&everything(p)).await.unwrap();
         // Per-patient sequence numbers follow projection order across partitions, which
         // a replay may interleave differently; everything else must be identical.
         for r in &mut records {
@@ -311,21 +320,10 @@ async fn snapshot(config: &NodeConfig) -> String {
 }
 
 async fn projected_ids(config: &NodeConfig) -> BTreeMap<EventId, usize> {
-    let store = hrx_postgres::PgStore::connect(config.database_url.as_ref().unwrap(), 2)
-        .await
-        .unwrap();
+    let store = store(config).await;
     let mut ids = BTreeMap::new();
     for p in PATIENTS {
-        let q = TimelineQuery {
-            patient_id: PatientId::parse(p).unwrap(),
-            kinds: vec![],
-            facilities: vec![],
-            occurred_from: None,
-            occurred_until: None,
-            after: None,
-            limit: 100_000,
-        };
-        for r in store.timeline(&q).await.unwrap() {
+        for r in store.timeline(&everything(p)).await.unwrap() {
             *ids.entry(r.event_id).or_default() += 1;
         }
     }
