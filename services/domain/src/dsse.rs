@@ -121,8 +121,13 @@ impl PublicKey {
 
     /// Verifies `signature` over `PAE(payload_type, payload)`.
     pub fn verify(&self, envelope: &Envelope) -> Result<(), Rejection> {
+        self.verify_pae(&envelope.pae(), &envelope.signature)
+    }
+
+    /// Verifies `signature` over PAE bytes the caller already built.
+    pub fn verify_pae(&self, pae: &[u8], signature: &[u8]) -> Result<(), Rejection> {
         UnparsedPublicKey::new(&ED25519, &self.0)
-            .verify(&envelope.pae(), &envelope.signature)
+            .verify(pae, signature)
             .map_err(|_| {
                 Rejection::new(
                     Reason::BadSignature,

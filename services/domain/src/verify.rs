@@ -97,12 +97,53 @@ pub struct AuthenticatedEvent {
     pub body: unchecked::Body,
 }
 
-/// Steps 1–4, common to both payload types: form, key, signature.
+/// Signatures this process has already checked with ring, so that an envelope
+/// verified by ingest is not verified again by the projector of the same process
+/// (Ed25519 verification is most of the CPU an event costs).
+///
+/// An entry is a [`SignatureProof`]: a digest binding the public key, the signature
+/// and the signed PAE bytes, so a hit means these exact bytes verified under this
+/// exact key; key validity (owner, valid_from, revocation) is still checked every time.
+pub trait VerifiedSignatures {
+    fn contains(&self, proof: &SignatureProof) -> bool;
+    fn insert(&self, proof: SignatureProof);
+}
+
+/// Remembers nothing: every signature is verified.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyAlways;
+
+impl VerifiedSignatures for VerifyAlways {
+    fn contains(&self, _: &SignatureProof) -> bool {
+        false
+    }
+    fn insert(&self, _: SignatureProof) {}
+}
+
+/// SHA-256(public key ‖ signature ‖ SHA-256(PAE)): names one successful
+/// verification. Collision resistance of SHA-256 makes a remembered proof as good as
+/// verifying again.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SignatureProof(Sha256);
+
+impl SignatureProof {
+    fn of(key: &PublicKey, signature: &[u8], event_hash: &Sha256) -> Self {
+        let mut bytes = Vec::with_capacity(32 + signature.len() + 32);
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.extend_from_slice(signature);
+        bytes.extend_from_slice(event_hash.as_bytes());
+        Self(Sha256::digest(&bytes))
+    }
+}
+
+/// Steps 1–4, common to both payload types: form, key, signature. Also returns the
+/// event hash, computed from the same PAE bytes the signature is checked over.
 fn check_signature<'k, K: Keyring + ?Sized>(
     envelope: &Envelope,
     expected: PayloadType,
     keys: &'k K,
-) -> Result<(KeyId, &'k KeyRecord), Rejection> {
+    memo: &dyn VerifiedSignatures,
+) -> Result<(KeyId, &'k KeyRecord, Sha256), Rejection> {
     let (payload_type, key_id) = envelope.check_form()?;
     if payload_type != expected {
         return Err(Rejection::new(
@@ -113,8 +154,14 @@ fn check_signature<'k, K: Keyring + ?Sized>(
     let key = keys
         .key(&key_id)
         .ok_or_else(|| Rejection::new(Reason::UnknownKey, "no registered key has this key_id"))?;
-    key.public_key.verify(envelope)?;
-    Ok((key_id, key))
+    let pae = envelope.pae();
+    let event_hash = Sha256::digest(&pae);
+    let proof = SignatureProof::of(&key.public_key, &envelope.signature, &event_hash);
+    if !memo.contains(&proof) {
+        key.public_key.verify_pae(&pae, &envelope.signature)?;
+        memo.insert(proof);
+    }
+    Ok((key_id, key, event_hash))
 }
 
 fn malformed() -> Rejection {
@@ -125,17 +172,21 @@ fn malformed() -> Rejection {
 }
 
 /// Steps 1–7 for a facility event. `decode` turns payload bytes into an unchecked
-/// event; any error it returns is reported as `MALFORMED_PAYLOAD`.
+/// event; any error it returns is reported as `MALFORMED_PAYLOAD`. `memo` skips the
+/// Ed25519 check of a signature this process already verified ([`VerifyAlways`] to
+/// never skip).
 pub fn authenticate_facility_event<K, D, E>(
     envelope: Envelope,
     keys: &K,
+    memo: &dyn VerifiedSignatures,
     decode: D,
 ) -> Result<AuthenticatedEvent, Rejection>
 where
     K: Keyring + ?Sized,
     D: FnOnce(&[u8]) -> Result<unchecked::FacilityEvent, E>,
 {
-    let (key_id, key) = check_signature(&envelope, PayloadType::FacilityEvent, keys)?;
+    let (key_id, key, event_hash) =
+        check_signature(&envelope, PayloadType::FacilityEvent, keys, memo)?;
     let event = decode(&envelope.payload).map_err(|_| malformed())?;
     let (Some(raw_header), Some(body)) = (event.header, event.body) else {
         return Err(malformed());
@@ -145,7 +196,6 @@ where
         &KeyOwner::Facility(header.facility_id.clone()),
         header.link.recorded_at,
     )?;
-    let event_hash = envelope.event_hash();
     Ok(AuthenticatedEvent {
         envelope,
         event_hash,
@@ -234,7 +284,7 @@ where
     K: Keyring + ?Sized,
     D: FnOnce(&[u8]) -> Result<unchecked::FacilityEvent, E>,
 {
-    match authenticate_facility_event(envelope, keys, decode) {
+    match authenticate_facility_event(envelope, keys, &VerifyAlways, decode) {
         Err(r) => Verdict::refuse(r),
         Ok(event) => {
             let ctx = ChainContext::head_only(head, &event.header.link);
@@ -256,14 +306,14 @@ where
     D: FnOnce(&[u8]) -> Result<unchecked::RegistryEvent, E>,
 {
     let run = || -> Result<Verdict<RegistryEvent>, Rejection> {
-        let (_, key) = check_signature(envelope, PayloadType::RegistryEvent, keys)?;
+        let (_, key, event_hash) =
+            check_signature(envelope, PayloadType::RegistryEvent, keys, &VerifyAlways)?;
         let event = decode(&envelope.payload).map_err(|_| malformed())?;
         let (Some(raw_header), Some(body)) = (event.header, event.body) else {
             return Err(malformed());
         };
         let header = RegistryHeader::parse(&raw_header)?;
         key.check_valid(&KeyOwner::Root, header.link.recorded_at)?;
-        let event_hash = envelope.event_hash();
         let ctx = ChainContext::head_only(head, &header.link);
         Ok(match chain::check(&ctx, &header.link, event_hash)? {
             ChainStep::Duplicate => Verdict::Duplicate,
@@ -277,4 +327,46 @@ where
         })
     };
     run().unwrap_or_else(Verdict::refuse)
+}
+
+/// A bounded [`VerifiedSignatures`] shared by the services of one process. When full,
+/// the least recently used proofs go first; a forgotten proof costs one more
+/// verification, never a wrong answer.
+pub struct SignatureMemo {
+    proofs: quick_cache::sync::Cache<SignatureProof, ()>,
+}
+
+impl SignatureMemo {
+    /// Room for the events a projector may lag behind ingest by: at ~10k events/s,
+    /// 64k proofs (~6 MiB) cover several seconds of backlog.
+    pub const DEFAULT_CAPACITY: usize = 1 << 16;
+
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            proofs: quick_cache::sync::Cache::new(capacity.max(1)),
+        }
+    }
+}
+
+impl Default for SignatureMemo {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_CAPACITY)
+    }
+}
+
+impl std::fmt::Debug for SignatureMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureMemo")
+            .field("proofs", &self.proofs.len())
+            .finish()
+    }
+}
+
+impl VerifiedSignatures for SignatureMemo {
+    fn contains(&self, proof: &SignatureProof) -> bool {
+        self.proofs.get(proof).is_some()
+    }
+    fn insert(&self, proof: SignatureProof) {
+        self.proofs.insert(proof, ());
+    }
 }

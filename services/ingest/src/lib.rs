@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
-use hrx_domain::verify::{self, KeyRecord, Verdict};
+use hrx_domain::verify::{self, KeyRecord, SignatureMemo, Verdict};
 use hrx_domain::{Envelope, FacilityId, KeyId, Reason, Rejection, Sha256, Timestamp};
 use hrx_ports::{Append, ChainKey, EventLog, LogPosition, PortResult, RejectionRow, Store};
 use hrx_proto::codec;
@@ -55,6 +55,8 @@ pub struct Ingest {
     /// Registered facility keys, refreshed from the store when a key is not found
     /// (a key registered a moment ago).
     keys: RwLock<Arc<HashMap<KeyId, KeyRecord>>>,
+    /// Signatures verified here, shared with the projector of the same process.
+    verified: Arc<SignatureMemo>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -76,7 +78,15 @@ impl Ingest {
             store,
             locks,
             keys: RwLock::new(Arc::new(HashMap::new())),
+            verified: Arc::default(),
         }
+    }
+
+    /// Shares `verified` with a projector in the same process, which then skips the
+    /// Ed25519 check of every envelope this ingest accepted.
+    pub fn with_verified(mut self, verified: Arc<SignatureMemo>) -> Self {
+        self.verified = verified;
+        self
     }
 
     async fn refresh_keys(&self) -> PortResult<Arc<HashMap<KeyId, KeyRecord>>> {
@@ -105,6 +115,7 @@ impl Ingest {
         let first = verify::authenticate_facility_event(
             envelope.clone(),
             &*self.current_keys(),
+            &*self.verified,
             codec::decode_facility_event,
         );
         match first {
@@ -118,6 +129,7 @@ impl Ingest {
                 Ok(verify::authenticate_facility_event(
                     envelope,
                     &*keys,
+                    &*self.verified,
                     codec::decode_facility_event,
                 ))
             }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hrx_domain::verify::SignatureMemo;
 use hrx_domain::verify::{KeyOwner, KeyRecord};
 use hrx_domain::{KeyId, SigningKey, Timestamp};
 use hrx_embedded::SqliteNode;
@@ -31,7 +32,6 @@ use hrx_proto::v1;
 use hrx_rpc::chains::ChainLocks;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::{Backend, NodeConfig, Role};
 
@@ -230,8 +230,12 @@ impl Node {
             let _ = rx.wait_for(|s| *s).await;
         };
 
+        // Ingest and projector in one process verify each signature once (see
+        // `SignatureMemo`); a projector in a process of its own verifies everything.
+        let verified = Arc::new(SignatureMemo::default());
         let projector = if has(Role::Projector) {
             let mut projector_config = hrx_projector::ProjectorConfig::new(roots.clone());
+            projector_config.verified = verified.clone();
             projector_config.batch_size = self.config.projector_batch;
             projector_config.group = self.config.consumer_group.clone();
             let projector =
@@ -251,11 +255,10 @@ impl Node {
             .add_service(health_service);
         let locks = ChainLocks::default();
         if has(Role::Ingest) {
-            let ingest = Arc::new(hrx_ingest::Ingest::new(
-                log.clone(),
-                store.clone(),
-                locks.clone(),
-            ));
+            let ingest = Arc::new(
+                hrx_ingest::Ingest::new(log.clone(), store.clone(), locks.clone())
+                    .with_verified(verified.clone()),
+            );
             router = router.add_service(hrx_ingest::IngestGrpc::new(ingest).into_server());
             health.set_serving::<v1::ingest_service_server::IngestServiceServer<hrx_ingest::IngestGrpc>>().await;
         }
@@ -285,10 +288,13 @@ impl Node {
             );
             health.set_serving::<v1::monitor_service_server::MonitorServiceServer<hrx_monitor::MonitorGrpc>>().await;
         }
-        let grpc = router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(self.grpc),
-            stopped(stop_rx.clone()),
-        );
+        // Our own listener (bound early so port 0 is known before serving) loses
+        // tonic's TCP_NODELAY default, which only applies to listeners tonic binds:
+        // without it Nagle's algorithm holds a response's last segment until the
+        // client's delayed ACK, ~40 ms on every idle-connection request.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let grpc = router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         let metrics =
             hrx_monitor::metrics::serve(self.metrics, log, store, stopped(stop_rx.clone()));
         let grpc = tokio::spawn(grpc);

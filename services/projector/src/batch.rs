@@ -10,7 +10,7 @@ use hrx_domain::chain::{ChainContext, ChainHead, Prior};
 use hrx_domain::consent::{Basis, BreakGlassWindow, GrantState};
 use hrx_domain::dsse::PayloadType;
 use hrx_domain::event::{Body, RegistryBody};
-use hrx_domain::verify::{self, KeyOwner, KeyRecord, Verdict};
+use hrx_domain::verify::{self, KeyOwner, KeyRecord, SignatureMemo, Verdict};
 use hrx_domain::{
     EventId, FacilityId, KeyId, PatientId, Purpose, Reason, Rejection, Sha256, Timestamp,
 };
@@ -24,6 +24,7 @@ use hrx_proto::codec;
 struct Builder<'s> {
     store: &'s dyn Store,
     keys: HashMap<KeyId, KeyRecord>,
+    verified: &'s SignatureMemo,
     batch: ProjectionBatch,
     /// Heads after this batch's links, per chain.
     heads: HashMap<ChainKey, ChainHead>,
@@ -40,11 +41,13 @@ struct Builder<'s> {
 pub(crate) async fn build(
     store: &dyn Store,
     keys: &HashMap<KeyId, KeyRecord>,
+    verified: &SignatureMemo,
     entries: Vec<LogEntry>,
 ) -> PortResult<(ProjectionBatch, HashMap<KeyId, KeyRecord>)> {
     let mut b = Builder {
         store,
         keys: keys.clone(),
+        verified,
         batch: ProjectionBatch::default(),
         heads: HashMap::new(),
         grants: HashMap::new(),
@@ -167,6 +170,7 @@ impl Builder<'_> {
         let authenticated = verify::authenticate_facility_event(
             entry.envelope.clone(),
             &self.keys,
+            self.verified,
             codec::decode_facility_event,
         );
         let event = match authenticated {

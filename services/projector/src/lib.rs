@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hrx_domain::KeyId;
-use hrx_domain::verify::KeyRecord;
+use hrx_domain::verify::{KeyRecord, SignatureMemo};
 use hrx_ports::{ChainKey, EventLog, PortError, Store};
 
 /// Projector settings.
@@ -33,6 +33,8 @@ pub struct ProjectorConfig {
     pub idle_wait: Duration,
     /// The projector group: replicas in one group share the log's partitions.
     pub group: String,
+    /// Signatures this process already verified (by its ingest): not verified twice.
+    pub verified: Arc<SignatureMemo>,
 }
 
 impl ProjectorConfig {
@@ -42,6 +44,7 @@ impl ProjectorConfig {
             root_keys,
             idle_wait: Duration::from_millis(500),
             group: "hrx-projector".into(),
+            verified: Arc::default(),
         }
     }
 }
@@ -164,7 +167,8 @@ impl Projector {
             .last()
             .map(|e| e.position.offset + 1)
             .unwrap_or(from);
-        let (mut batch, keys) = batch::build(&*self.store, &self.keys, entries).await?;
+        let (mut batch, keys) =
+            batch::build(&*self.store, &self.keys, &self.config.verified, entries).await?;
         batch.offsets.push((partition, next));
         batch.expected_offsets.push((partition, from));
         match self.store.apply(batch).await {
