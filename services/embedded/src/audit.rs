@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use hrx_domain::audit::{AccessAction, AccessEvent, AuditEntry};
 use hrx_domain::consent::Basis;
 use hrx_domain::{EventId, FacilityId, PatientId, Purpose, Sha256};
-use hrx_ports::{AuditStore, PortResult};
+use hrx_ports::{AccessAppend, AuditStore, PortResult};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::SqliteNode;
@@ -169,6 +169,25 @@ impl AuditStore for SqliteNode {
                 let entry = append(&tx, event, &authors, ReadCounting::Yes, None)?;
                 tx.commit()?;
                 Ok(entry)
+            })
+            .await?)
+    }
+
+    async fn append_accesses(&self, batch: Vec<AccessAppend>) -> PortResult<Vec<AuditEntry>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .inner
+            .db
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let entries = batch
+                    .into_iter()
+                    .map(|a| append(&tx, a.event, &a.authors, ReadCounting::Yes, None))
+                    .collect::<Result<Vec<_>>>()?;
+                tx.commit()?;
+                Ok(entries)
             })
             .await?)
     }

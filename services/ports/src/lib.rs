@@ -19,7 +19,8 @@ pub use log::{Append, ChainKey, EventLog, LogChainContext, LogEntry, LogPosition
 pub use store::*;
 
 /// Infrastructure failures. Messages carry ids and counts only, never patient data.
-#[derive(Debug, thiserror::Error)]
+/// Clone: one failed group commit is reported to every request in the group.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PortError {
     /// The engine cannot be reached or is overloaded: the caller may retry.
     #[error("storage unavailable: {0}")]

@@ -267,6 +267,10 @@ pub trait AuditStore: Send + Sync + 'static {
         authors: &[(FacilityId, u64)],
     ) -> PortResult<AuditEntry>;
 
+    /// Appends several access events in one transaction, chained in the given order:
+    /// a group commit, one durable write for many concurrent reads. All or nothing.
+    async fn append_accesses(&self, batch: Vec<AccessAppend>) -> PortResult<Vec<AuditEntry>>;
+
     /// The patient's access events with seq > `after`, ascending, at most `limit`.
     async fn accesses(
         &self,
@@ -274,6 +278,14 @@ pub trait AuditStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> PortResult<Vec<AuditEntry>>;
+}
+
+/// One access event to append, with the (author facility, records returned) pairs it
+/// adds to the exchange matrix.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AccessAppend {
+    pub event: AccessEvent,
+    pub authors: Vec<(FacilityId, u64)>,
 }
 
 /// Registry reads.

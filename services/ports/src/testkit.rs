@@ -38,7 +38,7 @@ use hrx_domain::{
 };
 
 use crate::{
-    Append, BreakGlassUse, ChainKey, ChainLink, EventLog, ExchangeCell, FacilityInfo,
+    AccessAppend, Append, BreakGlassUse, ChainKey, ChainLink, EventLog, ExchangeCell, FacilityInfo,
     FacilityStats, LogPosition, NewRecord, PortError, PortResult, Projection, ProjectionBatch,
     RejectionRow, StatsDelta, Store, StoredRecord, TimelineQuery,
 };
@@ -1330,6 +1330,62 @@ pub async fn audit_chain_is_intact_and_counts_exchange<S: Store + ?Sized>(store:
     assert_eq!(
         uses[0].reads, 1,
         "one read under the window; the declaration is none"
+    );
+}
+
+/// A group commit of access events chains them in order after the last entry, exactly
+/// as one-by-one appends would, and counts them in the exchange matrix.
+pub async fn audit_batches_chain_like_single_appends<S: Store + ?Sized>(store: &S) {
+    let (f1, f2) = (facility(F1), facility(F2));
+    let p = patient(P1);
+    assert!(ok(store.append_accesses(Vec::new()).await, "empty batch").is_empty());
+    let first = ok(
+        store
+            .append_access(
+                access(&f2, &p, vec![Basis::Author], 1, 100),
+                &[(f1.clone(), 1)],
+            )
+            .await,
+        "append_access",
+    );
+    let batch: Vec<AccessAppend> = (0..3)
+        .map(|i| AccessAppend {
+            event: access(&f2, &p, vec![Basis::Author], 2, 101 + i),
+            authors: vec![(f1.clone(), 2)],
+        })
+        .collect();
+    let events: Vec<AccessEvent> = batch.iter().map(|a| a.event.clone()).collect();
+    let grouped = ok(store.append_accesses(batch).await, "append_accesses");
+    assert_eq!(grouped.len(), 3);
+    assert_eq!(
+        grouped.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+        events,
+        "returned in the order given"
+    );
+    let last = ok(
+        store
+            .append_access(access(&f2, &p, vec![Basis::Author], 0, 104), &[])
+            .await,
+        "append_access",
+    );
+    let stored = ok(store.accesses(&p, 0, 100).await, "accesses");
+    let mut expected = vec![first];
+    expected.extend(grouped);
+    expected.push(last);
+    assert_eq!(stored, expected);
+    for w in stored.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1);
+        assert_eq!(w[1].prev_hash, w[0].entry_hash);
+    }
+    assert!(stored.iter().all(AuditEntry::is_intact));
+    assert_eq!(
+        ok(store.exchange_matrix().await, "matrix"),
+        vec![ExchangeCell {
+            reader: f2.clone(),
+            author: f1.clone(),
+            records: 7,
+            accesses: 4,
+        }]
     );
 }
 

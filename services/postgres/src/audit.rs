@@ -16,7 +16,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 use hrx_domain::audit::{AccessAction, AccessEvent, AuditEntry};
 use hrx_domain::consent::Basis;
 use hrx_domain::{EventId, FacilityId, PatientId, Purpose, Sha256};
-use hrx_ports::{AuditStore, PortResult};
+use hrx_ports::{AccessAppend, AuditStore, PortResult};
 
 use crate::PgStore;
 use crate::codec::{self, Cols, execute, query};
@@ -213,6 +213,17 @@ fn decode(c: &mut Cols<'_>) -> Result<AuditEntry> {
     Ok(entry)
 }
 
+/// The break-glass windows a read counts against.
+fn break_glass_windows(bases: &[Basis]) -> Vec<EventId> {
+    bases
+        .iter()
+        .filter_map(|b| match b {
+            Basis::BreakGlass(id) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
 #[async_trait]
 impl AuditStore for PgStore {
     async fn append_access(
@@ -225,15 +236,7 @@ impl AuditStore for PgStore {
         let tx = client.transaction().await.map_err(|e| db(what, &e))?;
         let (seq, hash) = lock_head(&tx).await?;
         let entry = AuditEntry::chain(seq, hash, event);
-        let windows: Vec<EventId> = entry
-            .event
-            .bases
-            .iter()
-            .filter_map(|b| match b {
-                Basis::BreakGlass(id) => Some(*id),
-                _ => None,
-            })
-            .collect();
+        let windows = break_glass_windows(&entry.event.bases);
         write(
             &tx,
             &[(entry.clone(), None)],
@@ -243,6 +246,32 @@ impl AuditStore for PgStore {
         .await?;
         tx.commit().await.map_err(|e| db(what, &e))?;
         Ok(entry)
+    }
+
+    async fn append_accesses(&self, batch: Vec<AccessAppend>) -> PortResult<Vec<AuditEntry>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = "appending audit entries";
+        let mut client = self.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| db(what, &e))?;
+        let (mut seq, mut hash) = lock_head(&tx).await?;
+        let mut entries = Vec::with_capacity(batch.len());
+        for AccessAppend { event, authors } in batch {
+            let entry = AuditEntry::chain(seq, hash, event);
+            let windows = break_glass_windows(&entry.event.bases);
+            write(
+                &tx,
+                &[(entry.clone(), None)],
+                Some((&entry.event.reader, &authors)),
+                &windows,
+            )
+            .await?;
+            (seq, hash) = (entry.seq, entry.entry_hash);
+            entries.push(entry);
+        }
+        tx.commit().await.map_err(|e| db(what, &e))?;
+        Ok(entries)
     }
 
     async fn accesses(

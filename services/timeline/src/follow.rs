@@ -2,26 +2,42 @@
 //! projected, with heartbeats, for as long as the reader has a standing basis (a grant
 //! or break-glass for this patient and purpose).
 //!
-//! The stream wakes on the store's change counter (every applied batch) and at the next
-//! instant its access can change by itself (a grant expiring), so a revocation or an
-//! expiry ends it with PERMISSION_DENIED within one projection batch.
+//! All followers of one patient share a *tail*: one task that, after every applied
+//! batch (the store's change counter), reads the patient's consent state and new
+//! records once and publishes them with the newest [`WINDOW`] records. Each follower
+//! decides consent for itself on that shared snapshot; only a follower behind the
+//! window reads the store on its own. So a batch costs three store reads per followed
+//! patient, not per follower (a chronic-care clinic's dashboard, or a thousand
+//! followers of one patient, no longer multiply the store's load).
+//!
+//! A follower also wakes at the next instant its access can change by itself (a grant
+//! expiring), so a revocation or an expiry ends it with PERMISSION_DENIED within one
+//! projection batch.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use hrx_domain::audit::AccessAction;
-use hrx_domain::consent::Access;
+use hrx_domain::consent::{Access, BreakGlassWindow, GrantState};
 use hrx_domain::{FacilityId, PatientId, Purpose, RecordKind, Timestamp};
+use hrx_ports::{PortError, PortResult, StoredRecord};
 use hrx_proto::v1;
 use hrx_rpc::error::{RequestError, status};
 use hrx_rpc::wire;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::{Timeline, cursor, facts};
 
-/// Records read per backlog query.
+/// Records read per store query.
 const CHUNK: usize = 200;
+/// Newest records a tail keeps for its followers; a follower further behind reads
+/// the store itself until it is within the window.
+const WINDOW: usize = 1024;
+/// How often an idle tail checks whether its followers are gone.
+const TAIL_IDLE_CHECK: Duration = Duration::from_secs(5);
 
 pub(crate) struct Spec {
     pub reader: FacilityId,
@@ -36,6 +52,153 @@ type Item = Result<v1::FollowResponse, Status>;
 
 fn ended() -> Status {
     Status::permission_denied("no active consent or break-glass for this patient and purpose")
+}
+
+/// One patient's state as of the last applied batch, shared by its followers.
+pub(crate) struct Snapshot {
+    grants: Vec<GrantState>,
+    glass: Vec<BreakGlassWindow>,
+    /// Records with patient_seq `last_seq - records.len() + 1 ..= last_seq`, in order.
+    records: Vec<Arc<StoredRecord>>,
+    last_seq: u64,
+}
+
+impl Snapshot {
+    /// The first patient_seq the window holds.
+    fn first_seq(&self) -> u64 {
+        self.last_seq + 1 - self.records.len() as u64
+    }
+}
+
+/// `None` until the tail's first read; an error ends every follower of the tail.
+type Shared = Option<Result<Arc<Snapshot>, PortError>>;
+
+/// The live tails by patient. A tail holds a receiver here itself, so it knows its
+/// followers are gone when it is the only receiver left.
+#[derive(Default)]
+pub(crate) struct Tails {
+    live: Mutex<HashMap<PatientId, watch::Receiver<Shared>>>,
+}
+
+impl Tails {
+    /// The patient's tail, started (reading from `after`) if none is running.
+    fn join(
+        &self,
+        timeline: &Arc<Timeline>,
+        patient: &PatientId,
+        after: u64,
+    ) -> watch::Receiver<Shared> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = live.get(patient)
+            && rx.has_changed().is_ok()
+        {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        live.insert(patient.clone(), rx.clone());
+        tokio::spawn(tail(timeline.clone(), patient.clone(), after, tx));
+        rx
+    }
+
+    /// Removes the patient's tail if nobody but the map follows it; true if removed.
+    fn leave_if_unfollowed(&self, patient: &PatientId, tx: &watch::Sender<Shared>) -> bool {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        // Under the lock no follower can join this tail meanwhile.
+        if tx.receiver_count() > 1 {
+            return false;
+        }
+        forget(&mut live, patient, tx);
+        true
+    }
+
+    /// Removes the patient's tail whatever its followers (after it failed).
+    fn remove(&self, patient: &PatientId, tx: &watch::Sender<Shared>) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        forget(&mut live, patient, tx);
+    }
+}
+
+/// Removes `patient`'s entry if it is still this tail's (a newer tail may have
+/// replaced it).
+fn forget(
+    live: &mut HashMap<PatientId, watch::Receiver<Shared>>,
+    patient: &PatientId,
+    tx: &watch::Sender<Shared>,
+) {
+    if live
+        .get(patient)
+        .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+    {
+        live.remove(patient);
+    }
+}
+
+/// Reads the patient's consent state and records after `last_seq` once per applied
+/// batch, and publishes them to the patient's followers.
+async fn tail(
+    timeline: Arc<Timeline>,
+    patient: PatientId,
+    mut last_seq: u64,
+    tx: watch::Sender<Shared>,
+) {
+    let store = &timeline.store;
+    let mut changes = store.changes();
+    let mut window: VecDeque<Arc<StoredRecord>> = VecDeque::new();
+    loop {
+        changes.borrow_and_update();
+        let read = async {
+            let grants = store.grants(&patient).await?;
+            let glass = store.break_glass(&patient).await?;
+            loop {
+                let rows = store.records_after(&patient, last_seq, CHUNK).await?;
+                let full = rows.len() == CHUNK;
+                for r in rows {
+                    last_seq = r.patient_seq;
+                    window.push_back(Arc::new(r));
+                }
+                while window.len() > WINDOW {
+                    window.pop_front();
+                }
+                if !full {
+                    break;
+                }
+            }
+            PortResult::Ok((grants, glass))
+        }
+        .await;
+        match read {
+            Ok((grants, glass)) => {
+                tx.send_replace(Some(Ok(Arc::new(Snapshot {
+                    grants,
+                    glass,
+                    records: window.iter().cloned().collect(),
+                    last_seq,
+                }))));
+            }
+            Err(e) => {
+                // Its followers end with the error; a new follower starts a new tail.
+                timeline.tails.remove(&patient, &tx);
+                tx.send_replace(Some(Err(e)));
+                return;
+            }
+        }
+        loop {
+            if timeline.tails.leave_if_unfollowed(&patient, &tx) {
+                return;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        timeline.tails.remove(&patient, &tx);
+                        tx.send_replace(Some(Err(PortError::Unavailable("the store stopped".into()))));
+                        return;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep(TAIL_IDLE_CHECK) => {}
+            }
+        }
+    }
 }
 
 /// Checks the reader may follow, audits the start, and spawns the stream's task.
@@ -88,65 +251,75 @@ async fn run(timeline: Arc<Timeline>, mut spec: Spec, tx: mpsc::Sender<Item>) {
 }
 
 /// Delivers until access ends (Err) or the client goes away (Ok).
-async fn pump(timeline: &Timeline, spec: &mut Spec, tx: &mpsc::Sender<Item>) -> Result<(), Status> {
+async fn pump(
+    timeline: &Arc<Timeline>,
+    spec: &mut Spec,
+    tx: &mpsc::Sender<Item>,
+) -> Result<(), Status> {
     let store = &timeline.store;
-    let mut changes = store.changes();
+    let mut shared = timeline.tails.join(timeline, &spec.patient, spec.after);
     loop {
-        // Mark the current change counter seen before reading, so a batch applied
-        // while we read wakes us again.
-        changes.borrow_and_update();
-        let grants = store.grants(&spec.patient).await.map_err(|e| status(&e))?;
-        let glass = store
-            .break_glass(&spec.patient)
+        // Mark the snapshot seen before using it, so a newer one wakes us again.
+        let waited = shared
+            .wait_for(Option::is_some)
             .await
-            .map_err(|e| status(&e))?;
+            .map(|s| s.clone().expect("waited for a snapshot"));
+        let snapshot = match waited {
+            Ok(s) => s,
+            // The tail ended (its followers had all gone a moment ago): start another.
+            Err(_) => {
+                shared = timeline.tails.join(timeline, &spec.patient, spec.after);
+                continue;
+            }
+        };
+        let snapshot = snapshot.map_err(|e| status(&e))?;
         let now = Timestamp::now();
         let access = Access {
             reader: &spec.reader,
             purpose: spec.purpose,
             now,
-            grants: &grants,
-            break_glass: &glass,
+            grants: &snapshot.grants,
+            break_glass: &snapshot.glass,
         };
         if access.standing().is_empty() {
             return Err(ended());
         }
-        let rows = store
-            .records_after(&spec.patient, spec.after, CHUNK)
-            .await
-            .map_err(|e| status(&e))?;
-        let full = rows.len() == CHUNK;
-        for r in rows {
-            let seq = r.patient_seq;
-            let wanted = spec.kinds.is_empty() || spec.kinds.contains(&r.kind);
-            if let (true, Some(basis)) = (wanted, access.decide(&facts(&r))) {
-                let item = v1::FollowResponse {
-                    cursor: cursor::encode_follow(seq),
-                    item: Some(v1::follow_response::Item::Entry(wire::entry(r, &basis))),
-                };
-                if tx.send(Ok(item)).await.is_err() {
+        // Behind the shared window: catch up from the store, a chunk at a time.
+        if spec.after + 1 < snapshot.first_seq() {
+            let rows = store
+                .records_after(&spec.patient, spec.after, CHUNK)
+                .await
+                .map_err(|e| status(&e))?;
+            if rows.is_empty() {
+                // The window holds records after our cursor that the store does not:
+                // impossible unless the store lost projected records.
+                return Err(Status::internal(
+                    "the store has no records where the follow window has some",
+                ));
+            }
+            for r in rows {
+                if !deliver(&spec.kinds, &mut spec.after, &access, &r, tx).await {
                     return Ok(());
                 }
             }
-            spec.after = seq;
-        }
-        if full {
             continue;
+        }
+        let from = spec.after;
+        for r in snapshot.records.iter().filter(|r| r.patient_seq > from) {
+            if !deliver(&spec.kinds, &mut spec.after, &access, r, tx).await {
+                return Ok(());
+            }
         }
         let wake_at = access.next_change();
         let until_change = wake_at
             .map(|t| {
-                std::time::Duration::from_nanos(
+                Duration::from_nanos(
                     (t.unix_nanos() - now.unix_nanos()).clamp(0, u64::MAX as i128) as u64,
                 )
             })
             .unwrap_or(timeline.config.heartbeat);
         tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return Err(Status::unavailable("the store stopped"));
-                }
-            }
+            _ = shared.changed() => {}
             _ = tokio::time::sleep(until_change.min(timeline.config.heartbeat)) => {
                 if wake_at.is_none_or(|t| Timestamp::now() < t) {
                     let beat = v1::FollowResponse {
@@ -161,4 +334,31 @@ async fn pump(timeline: &Timeline, spec: &mut Spec, tx: &mpsc::Sender<Item>) -> 
             _ = tx.closed() => return Ok(()),
         }
     }
+}
+
+/// Sends `r` if the reader wants and may see it, and moves the cursor past it; false
+/// when the client has gone.
+async fn deliver(
+    kinds: &[RecordKind],
+    after: &mut u64,
+    access: &Access<'_>,
+    r: &StoredRecord,
+    tx: &mpsc::Sender<Item>,
+) -> bool {
+    let seq = r.patient_seq;
+    let wanted = kinds.is_empty() || kinds.contains(&r.kind);
+    if let (true, Some(basis)) = (wanted, access.decide(&facts(r))) {
+        let item = v1::FollowResponse {
+            cursor: cursor::encode_follow(seq),
+            item: Some(v1::follow_response::Item::Entry(wire::entry(
+                r.clone(),
+                &basis,
+            ))),
+        };
+        if tx.send(Ok(item)).await.is_err() {
+            return false;
+        }
+    }
+    *after = seq;
+    true
 }

@@ -12,6 +12,7 @@
 //!
 //! Every call appends an access event to the audit log before answering.
 
+mod audit;
 pub mod cursor;
 mod follow;
 mod grpc;
@@ -24,13 +25,17 @@ use hrx_domain::FacilityId;
 use hrx_domain::audit::{AccessAction, AccessEvent};
 use hrx_domain::consent::{Access, Basis, RecordFacts};
 use hrx_domain::{PatientId, Purpose, Timestamp};
-use hrx_ports::{PortResult, Store, StoredRecord, TimelineQuery};
+use hrx_ports::{AccessAppend, PortResult, Store, StoredRecord, TimelineQuery};
+
+use crate::audit::AuditWriter;
 
 pub use grpc::TimelineGrpc;
 
 /// Default and largest page sizes.
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 500;
+/// Most records read per store query while filling a page.
+const MAX_SCAN: usize = 1000;
 
 /// Timeline settings.
 #[derive(Clone, Debug)]
@@ -51,6 +56,8 @@ impl Default for TimelineConfig {
 pub struct Timeline {
     store: Arc<dyn Store>,
     config: TimelineConfig,
+    audit: AuditWriter,
+    tails: follow::Tails,
 }
 
 impl std::fmt::Debug for Timeline {
@@ -96,8 +103,15 @@ fn summary<'a>(
 }
 
 impl Timeline {
+    /// Must be called within a tokio runtime: it starts the audit writer's task.
     pub fn new(store: Arc<dyn Store>, config: TimelineConfig) -> Self {
-        Self { store, config }
+        let audit = AuditWriter::spawn(store.clone());
+        Self {
+            store,
+            config,
+            audit,
+            tails: follow::Tails::default(),
+        }
     }
 
     /// A page of `query` (its `limit` is the page size) as `reader` may see it, audited.
@@ -122,9 +136,11 @@ impl Timeline {
         // there is a next page, or the records run out. Withheld records are counted up
         // to the last returned one (or to the end on the last page), so the counts of
         // all pages add up to the total withheld.
-        let chunk = (page_size * 2).clamp(64, 1000);
+        // The first chunk is exactly enough when every record is visible (the common
+        // case: a page and the one record proving a next page); later chunks double,
+        // so a reader who may see few records still needs few round trips.
         let mut scan = TimelineQuery {
-            limit: chunk,
+            limit: page_size + 1,
             ..query.clone()
         };
         let mut entries = Vec::new();
@@ -132,7 +148,7 @@ impl Timeline {
         let mut more = false;
         'scan: loop {
             let rows = self.store.timeline(&scan).await?;
-            let exhausted = rows.len() < chunk;
+            let exhausted = rows.len() < scan.limit;
             for r in rows {
                 scan.after = Some((r.occurred_at, r.event_id));
                 match access.decide(&facts(&r)) {
@@ -151,6 +167,7 @@ impl Timeline {
             if exhausted {
                 break;
             }
+            scan.limit = (scan.limit * 2).min(MAX_SCAN);
         }
         if !more {
             withheld += since_last;
@@ -200,6 +217,11 @@ impl Timeline {
             records_withheld: withheld,
             at: Timestamp::now(),
         };
-        self.store.append_access(event, authors).await.map(|_| ())
+        self.audit
+            .append(AccessAppend {
+                event,
+                authors: authors.to_vec(),
+            })
+            .await
     }
 }
