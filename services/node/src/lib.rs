@@ -262,6 +262,7 @@ impl Node {
             router = router.add_service(hrx_ingest::IngestGrpc::new(ingest).into_server());
             health.set_serving::<v1::ingest_service_server::IngestServiceServer<hrx_ingest::IngestGrpc>>().await;
         }
+        let mut timeline_service = None;
         if has(Role::Timeline) {
             let timeline = Arc::new(hrx_timeline::Timeline::new(
                 store.clone(),
@@ -269,6 +270,7 @@ impl Node {
                     heartbeat: Duration::from_millis(self.config.heartbeat_ms.max(1)),
                 },
             ));
+            timeline_service = Some(timeline.clone());
             router = router.add_service(hrx_timeline::TimelineGrpc::new(timeline).into_server());
             health.set_serving::<v1::timeline_service_server::TimelineServiceServer<hrx_timeline::TimelineGrpc>>().await;
         }
@@ -302,6 +304,9 @@ impl Node {
 
         shutdown.await;
         let _ = stop_tx.send(true);
+        if let Some(timeline) = &timeline_service {
+            timeline.shut_down();
+        }
         let grpc_result = grpc.await;
         let metrics_result = metrics.await;
         if let Some(p) = projector {

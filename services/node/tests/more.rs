@@ -178,6 +178,127 @@ async fn a_follow_stream_ends_when_its_grant_expires(env: Env) {
     node.stop().await;
 }
 
+/// The next record of a follow stream (skipping heartbeats): (patient_seq cursor, id).
+async fn next_entry(s: &mut tonic::Streaming<v1::FollowResponse>) -> (String, String) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("stream item within 10 s")
+            .expect("stream open")
+            .expect("no error");
+        if let Some(v1::follow_response::Item::Entry(e)) = msg.item {
+            return (msg.cursor, e.event_id);
+        }
+    }
+}
+
+/// Followers of one patient share its tail (one read of the store per batch), but
+/// each keeps its own cursor and its own consent: a follower starting far behind the
+/// shared window of newest records gets every record once, in order; a revoked
+/// follower ends while the other goes on.
+async fn followers_of_one_patient_share_its_tail_not_their_consent(env: Env) {
+    const RECORDS: usize = 1100; // more than the tail's window of 1024
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let expires = Timestamp::now()
+        .checked_add(hrx_domain::Duration::from_secs(86_400).unwrap())
+        .unwrap();
+    let mut envelopes = Vec::new();
+    for reader in [CLINIC, PROVINCIAL] {
+        envelopes.push(
+            w.district
+                .sign(grant(BINH, reader, &[Purpose::ChronicCare], expires)),
+        );
+    }
+    let provincial_grant = envelopes[1].0;
+    let start = Timestamp::parse_rfc3339("2024-01-01T00:00:00Z").unwrap();
+    for i in 0..RECORDS {
+        let at = start
+            .checked_add(hrx_domain::Duration::from_secs(3600 * i as i64).unwrap())
+            .unwrap();
+        envelopes.push(
+            w.district
+                .sign(record(BINH, RecordKind::Observation, at, &[])),
+        );
+    }
+    let ids: Vec<String> = envelopes[2..]
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    for chunk in envelopes.chunks(200) {
+        let results = w
+            .district
+            .submit(chunk.iter().map(|(_, e)| e.clone()).collect())
+            .await
+            .unwrap();
+        assert!(results.iter().all(accepted));
+    }
+    settle(&w.nc).await;
+
+    let follow = |client: &hrx_node::client::FacilityClient, cursor: String| {
+        let mut t = client.timeline();
+        async move {
+            t.follow(v1::FollowRequest {
+                patient_id: BINH.into(),
+                purpose: Purpose::ChronicCare.code(),
+                cursor,
+                kinds: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    // The clinic from the beginning: the whole history, once, in projection order.
+    let mut clinic = follow(&w.clinic, String::new()).await;
+    let mut last = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (cursor, got) = next_entry(&mut clinic).await;
+        assert_eq!(&got, id, "record {i} of the backlog");
+        last = cursor;
+    }
+    // The provincial hospital from the end.
+    let mut provincial = follow(&w.provincial, last).await;
+
+    // A live record reaches both.
+    let (live, r) = w
+        .district
+        .emit(record(BINH, RecordKind::Observation, Timestamp::now(), &[]))
+        .await
+        .unwrap();
+    assert!(accepted(&r));
+    assert_eq!(next_entry(&mut clinic).await.1, live.to_string());
+    assert_eq!(next_entry(&mut provincial).await.1, live.to_string());
+
+    // Revoking the provincial hospital's grant ends its stream only.
+    let revoke = v1::facility_event::Body::ConsentRevocation(v1::ConsentRevocation {
+        patient_id: BINH.into(),
+        grant_event_id: provincial_grant.to_string(),
+        evidence: None,
+    });
+    let (_, r) = w.district.emit(revoke).await.unwrap();
+    assert!(accepted(&r));
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), provincial.next())
+            .await
+            .expect("the revoked stream ends")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("closed without a status"),
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::PermissionDenied);
+    let (after, r) = w
+        .district
+        .emit(record(BINH, RecordKind::Observation, Timestamp::now(), &[]))
+        .await
+        .unwrap();
+    assert!(accepted(&r));
+    assert_eq!(next_entry(&mut clinic).await.1, after.to_string());
+    node.stop().await;
+}
+
 async fn metrics_are_served_in_prometheus_format_without_patient_data(env: Env) {
     let node = TestNode::start(&env).await;
     let mut w = World::register(env.path(), &node).await;
@@ -302,6 +423,7 @@ both_backends!(
     corrected_records_are_shown_as_superseded_not_hidden,
     check_access_and_list_grants_reflect_grants_and_revocations,
     a_follow_stream_ends_when_its_grant_expires,
+    followers_of_one_patient_share_its_tail_not_their_consent,
     metrics_are_served_in_prometheus_format_without_patient_data,
     a_malformed_protobuf_is_refused_and_the_node_keeps_serving
 );

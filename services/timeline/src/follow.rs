@@ -257,8 +257,14 @@ async fn pump(
     tx: &mpsc::Sender<Item>,
 ) -> Result<(), Status> {
     let store = &timeline.store;
+    let mut stopping = timeline.stopping.subscribe();
     let mut shared = timeline.tails.join(timeline, &spec.patient, spec.after);
     loop {
+        if *stopping.borrow_and_update() {
+            return Err(Status::unavailable(
+                "the node is shutting down; follow again from the last cursor",
+            ));
+        }
         // Mark the snapshot seen before using it, so a newer one wakes us again.
         let waited = shared
             .wait_for(Option::is_some)
@@ -332,6 +338,7 @@ async fn pump(
                 }
             }
             _ = tx.closed() => return Ok(()),
+            _ = stopping.changed() => {}
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Timeline {
     config: TimelineConfig,
     audit: AuditWriter,
     tails: follow::Tails,
+    /// Set when the node shuts down: follow streams end so the server can stop.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Timeline {
@@ -111,7 +113,15 @@ impl Timeline {
             config,
             audit,
             tails: follow::Tails::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Ends every follow stream with UNAVAILABLE (the client resumes from its last
+    /// cursor on another replica): a graceful server shutdown waits for open streams,
+    /// and follow streams never end by themselves.
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// A page of `query` (its `limit` is the page size) as `reader` may see it, audited.
