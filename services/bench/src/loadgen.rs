@@ -10,9 +10,15 @@
 //! [`FacilityClient::submit`] in batches, as fast as possible or at a target rate, one
 //! task per facility (a chain is submitted in order).
 //!
-//! The same seed gives the same facilities, patients, event ids and bodies; only the
-//! signatures (keys are made when a facility is registered) and `recorded_at` (the
-//! signing time, which must follow the key's registration) differ between runs.
+//! The same seed gives the same facilities, patients, event ids and bodies; with keys
+//! made when a facility is registered and `recorded_at` the signing time (what
+//! `hrx bench` does), only the signatures differ between runs. A *reproducible* run
+//! (what `hrx loadgen` does) also takes each facility's key from the seed
+//! ([`Population::facility_key`]) and signs every event at [`Population::signed_at`],
+//! so that the same seed gives byte-identical envelopes, and events signed on the fly
+//! ([`Population::chain`]) are the very ones pre-signed to files: a run is idempotent
+//! whichever way it signs. [`submit_sources`] submits such chains from any source, with
+//! a concurrency limit and a global rate, and reports latencies and rejection reasons.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,11 +32,12 @@ use hrx_domain::{
 };
 use hrx_node::client::{ClientError, FacilityClient};
 use hrx_proto::{codec, v1};
-use indicatif::ProgressBar;
+use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message as _;
 
 use crate::fhir;
 use crate::rng::Rng;
+use crate::stats::Samples;
 
 /// Why load could not be generated or submitted.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +48,9 @@ pub enum LoadgenError {
     Client(#[from] ClientError),
     #[error("a submission task failed: {0}")]
     Task(String),
+    /// An envelope source (e.g. a chain file) failed part-way.
+    #[error("cannot read the envelopes to submit")]
+    Source(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Provinces the synthetic facilities and patients are in: (code, name).
@@ -106,7 +116,7 @@ pub struct PlannedRecord {
 }
 
 /// How big a population is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PopulationSpec {
     pub seed: u64,
     pub facilities: usize,
@@ -142,6 +152,10 @@ fn event_id(rng: &mut Rng, at: Timestamp) -> EventId {
     b[8] = 0x80 | (b[8] & 0x3f);
     EventId::from_bytes(b)
 }
+
+/// Sub-streams of the seed that draw facilities' signing-key seeds, away from the
+/// population's (0), the spare patients' (1,000,000 + n) and spare facilities' (2,000,000 + n).
+const KEY_STREAM: u64 = 3_000_000;
 
 fn timestamp(seconds: i64) -> Timestamp {
     Timestamp::from_unix_seconds(seconds).expect("generated times are in range")
@@ -322,6 +336,48 @@ impl Population {
             if !self.facilities.iter().any(|f| f.id.as_str() == id) {
                 return FacilityId::parse(&id).expect("5 digits");
             }
+        }
+    }
+
+    /// The 32-byte private seed of facility `index`'s reproducible signing key, drawn
+    /// from the population's seed. Anyone who knows the seed can sign as the synthetic
+    /// facilities: these keys are for load generation, never for a real facility.
+    pub fn facility_key_seed(&self, index: usize) -> [u8; 32] {
+        let mut rng = Rng::derive(self.spec.seed, KEY_STREAM + index as u64);
+        let mut seed = [0u8; 32];
+        for chunk in seed.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        seed
+    }
+
+    /// Facility `index`'s reproducible signing key (see [`Self::facility_key_seed`]).
+    pub fn facility_key(&self, index: usize) -> SigningKey {
+        SigningKey::from_seed(&self.facility_key_seed(index))
+            .expect("ring accepts every 32-byte Ed25519 seed")
+    }
+
+    /// The signing time (`recorded_at`) of every event of a reproducible run: the end of
+    /// the generated history, so after every record's clinical time, and fixed, so that
+    /// the same seed signs the same bytes. Keys are registered valid from it.
+    pub fn signed_at(&self) -> Timestamp {
+        timestamp(HISTORY_START + HISTORY_SECONDS)
+    }
+
+    /// Facility `index`'s chain, signed lazily (one envelope per `next`) with `signer`
+    /// at `recorded_at`: what a run that signs on the fly submits.
+    pub fn chain(
+        self: &Arc<Self>,
+        index: usize,
+        signer: ChainSigner,
+        recorded_at: Timestamp,
+    ) -> ChainSigning {
+        ChainSigning {
+            population: Arc::clone(self),
+            index,
+            next: 0,
+            signer,
+            recorded_at,
         }
     }
 
@@ -632,6 +688,181 @@ pub async fn submit_streams(
     Ok((tally, started.elapsed()))
 }
 
+/// A facility's chain signed one envelope at a time (see [`Population::chain`]).
+#[derive(Debug)]
+pub struct ChainSigning {
+    population: Arc<Population>,
+    index: usize,
+    next: usize,
+    signer: ChainSigner,
+    recorded_at: Timestamp,
+}
+
+impl Iterator for ChainSigning {
+    type Item = Envelope;
+
+    fn next(&mut self) -> Option<Envelope> {
+        let r = self.population.plan[self.index].get(self.next)?;
+        self.next += 1;
+        let body = self.population.record_body(r);
+        Some(self.signer.sign(r.event_id, body, self.recorded_at))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.population.plan[self.index].len() - self.next;
+        (left, Some(left))
+    }
+}
+
+/// Where one facility's envelopes come from, in chain order: signed on the fly, or
+/// read from a file. An error ends the run.
+pub type EnvelopeSource = Box<dyn Iterator<Item = Result<Envelope, LoadgenError>> + Send>;
+
+/// How [`submit_sources`] submits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SubmitOptions {
+    /// Envelopes per `SubmitEvents` call.
+    pub batch: usize,
+    pub pace: Pace,
+    /// `SubmitEvents` calls in flight at most, all facilities together.
+    pub concurrency: usize,
+}
+
+/// What [`submit_sources`] measured.
+#[derive(Clone, Debug, Default)]
+pub struct SubmitReport {
+    pub tally: SubmitTally,
+    /// Rejections per reason name (`CHAIN_GAP`, …), ordered by name.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// The duration of every `SubmitEvents` call (the call alone, not its wait for a
+    /// rate slot or a concurrency permit).
+    pub latency: Samples,
+    /// From the start to the last answer.
+    pub elapsed: Duration,
+}
+
+impl SubmitReport {
+    fn add(&mut self, results: &[v1::SubmitResult], took: Duration) {
+        self.tally.add(results);
+        self.latency.push(took);
+        for r in results {
+            if v1::SubmitStatus::try_from(r.status).is_ok_and(|s| {
+                matches!(s, v1::SubmitStatus::Accepted | v1::SubmitStatus::Duplicate)
+            }) {
+                continue;
+            }
+            let reason = r
+                .rejection
+                .as_ref()
+                .and_then(|j| hrx_domain::Reason::from_code(j.reason))
+                .map_or("UNKNOWN", |reason| reason.name());
+            *self
+                .rejected_by_reason
+                .entry(reason.to_owned())
+                .or_default() += 1;
+        }
+    }
+
+    fn merge(&mut self, o: SubmitReport) {
+        self.tally.merge(o.tally);
+        self.latency.extend(o.latency);
+        for (reason, n) in o.rejected_by_reason {
+            *self.rejected_by_reason.entry(reason).or_default() += n;
+        }
+    }
+}
+
+/// Hands out send times at a global rate: a call of `n` events is due when every event
+/// before it (all facilities together) would have been sent at `rate` events/s. A
+/// single schedule, rather than a share per facility, keeps the total rate right
+/// whatever the streams' lengths and the concurrency limit.
+struct Schedule {
+    started: Instant,
+    rate: f64,
+    reserved: std::sync::Mutex<u64>,
+}
+
+impl Schedule {
+    fn due(&self, n: usize) -> Instant {
+        let mut reserved = self.reserved.lock().expect("schedule lock poisoned");
+        let at = self.started + Duration::from_secs_f64(*reserved as f64 / self.rate);
+        *reserved += n as u64;
+        at
+    }
+}
+
+/// Submits each facility's envelopes in order, `options.batch` per call, one task per
+/// facility, at most `options.concurrency` calls in flight, at `options.pace`. Ticks
+/// `progress` per event. A chain is submitted strictly in order (its next batch only
+/// after the previous one's answer), since the node places events by seq.
+pub async fn submit_sources(
+    sources: Vec<(Arc<FacilityClient>, EnvelopeSource)>,
+    options: SubmitOptions,
+    progress: Option<ProgressBar>,
+) -> Result<SubmitReport, LoadgenError> {
+    let batch = options.batch.max(1);
+    let started = Instant::now();
+    let schedule = match options.pace {
+        Pace::Rate(rate) if rate > 0.0 => Some(Arc::new(Schedule {
+            started,
+            rate,
+            reserved: std::sync::Mutex::new(0),
+        })),
+        _ => None,
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, mut source) in sources {
+        let (progress, schedule, permits) = (progress.clone(), schedule.clone(), permits.clone());
+        tasks.spawn(async move {
+            let mut report = SubmitReport::default();
+            loop {
+                // Signing on the fly (or reading a file) happens here, in the facility's
+                // task: it is part of the measured path by design when signing on the
+                // fly, and a batch from a file is a few hundred kilobytes at most.
+                let chunk: Vec<Envelope> = source.by_ref().take(batch).collect::<Result<_, _>>()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let n = chunk.len();
+                if let Some(s) = &schedule {
+                    tokio::time::sleep_until(s.due(n).into()).await;
+                }
+                let _permit = permits
+                    .acquire()
+                    .await
+                    .map_err(|e| LoadgenError::Task(e.to_string()))?;
+                let call = Instant::now();
+                let results = client.submit(chunk).await?;
+                report.add(&results, call.elapsed());
+                if let Some(p) = &progress {
+                    p.inc(n as u64);
+                }
+            }
+            Ok::<_, LoadgenError>(report)
+        });
+    }
+    let mut report = SubmitReport::default();
+    while let Some(joined) = tasks.join_next().await {
+        report.merge(joined.map_err(|e| LoadgenError::Task(e.to_string()))??);
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// A progress bar of `len` steps on stderr, in the style of `hrx bench`.
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,6 +882,36 @@ mod tests {
         assert_eq!(a.records_of(0), 1000);
         let c = Population::new(10, 6, 400);
         assert_ne!(a.plan(0)[0].event_id, c.plan(0)[0].event_id);
+    }
+
+    #[test]
+    fn chains_signed_on_the_fly_are_reproducible_and_verify() {
+        let pop = Arc::new(Population::from_spec(PopulationSpec {
+            seed: 5,
+            facilities: 2,
+            patients: 10,
+            chronic_patients: 1,
+            chronic_records: 12,
+            records_per_patient: 2,
+        }));
+        let sign = |i: usize| -> Vec<Envelope> {
+            let signer = ChainSigner::new(pop.facilities()[i].id.clone(), pop.facility_key(i));
+            pop.chain(i, signer, pop.signed_at()).collect()
+        };
+        for i in 0..2 {
+            let (a, b) = (sign(i), sign(i));
+            assert_eq!(a.len(), pop.plan(i).len());
+            assert_eq!(a, b, "same seed, same bytes");
+            for e in &a {
+                pop.facility_key(i).public_key().verify(e).unwrap();
+            }
+        }
+        assert_ne!(pop.facility_key(0).key_id(), pop.facility_key(1).key_id());
+        let other = Population::from_spec(PopulationSpec {
+            seed: 6,
+            ..pop.spec().clone()
+        });
+        assert_ne!(pop.facility_key(0).key_id(), other.facility_key(0).key_id());
     }
 
     #[test]

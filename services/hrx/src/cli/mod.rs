@@ -8,6 +8,7 @@ mod demo;
 mod emit;
 mod fhir;
 mod keygen;
+mod loadgen;
 mod migrate;
 mod registry;
 mod reproject;
@@ -56,6 +57,8 @@ enum Command {
     Reproject(reproject::ReprojectArgs),
     /// Apply the configured backends' schema migrations and exit.
     Migrate(migrate::MigrateArgs),
+    /// Synthetic load: pre-sign a seeded population to files, or submit it to a running node.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -70,6 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Emit(a) => emit::run(a),
         Command::Reproject(a) => reproject::run(a),
         Command::Migrate(a) => migrate::run(a),
+        Command::Loadgen(a) => loadgen::run(a),
     }
 }
 
