@@ -1,9 +1,13 @@
 //! One benchmark run: an embedded node in a temp directory, in this process, loaded
 //! with a pre-signed synthetic population, measured side by side with the machine's
-//! limits for the same work (see the crate docs for the phases).
+//! limits for the same work (see the crate docs for the phases); then, given Kafka and
+//! PostgreSQL, the same on them ([`crate::distributed`]), through the same helpers
+//! (registration, sessions, ingest with probes), which take the node's address.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::distributed::{self, Services};
 use crate::limits::{self, VerifyItem};
 use crate::loadgen::{
     self, ChainSigner, LoadgenError, Pace, Population, PopulationSpec, SubmitTally,
@@ -34,6 +39,13 @@ pub struct Options {
     pub seed: u64,
     /// Progress bars on stderr during the long phases.
     pub progress: bool,
+    /// Kafka and PostgreSQL to measure the distributed rows on (after the embedded
+    /// phases); `None`: those rows are reported as not measured.
+    pub distributed: Option<Services>,
+    /// The `hrx` executable, so that the distributed projector runs as a process of its
+    /// own (`hrx serve --role projector`) whose peak RSS is its own. `None`: the
+    /// projector runs in this process and its RSS is not measured.
+    pub hrx_exe: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -42,6 +54,8 @@ impl Default for Options {
             smoke: false,
             seed: 20_261_126,
             progress: false,
+            distributed: None,
+            hrx_exe: None,
         }
     }
 }
@@ -61,40 +75,78 @@ pub enum BenchError {
     Key(#[from] hrx_node::keys::KeyFileError),
     #[error("store: {0}")]
     Store(String),
+    #[error("identity: {0}")]
+    Identity(#[from] hrx_identity::IdentityError),
+    /// A Kafka operation of the distributed phase or its limit.
+    #[error("Kafka: {what}: {detail}")]
+    Kafka { what: String, detail: String },
+    /// A PostgreSQL operation of the distributed phase or its limit. `detail` is the
+    /// server's message and SQLSTATE only: a row's values (patient ids) never appear.
+    #[error("PostgreSQL: {what}: {detail}")]
+    Postgres { what: String, detail: String },
+    /// The projector process of the distributed phase.
+    #[error("projector process: {0}")]
+    Process(String),
     #[error("{0}")]
     Phase(String),
 }
 
-fn phase(msg: impl Into<String>) -> BenchError {
+impl BenchError {
+    pub(crate) fn kafka(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Self::Kafka {
+            what: what.into(),
+            detail: e.to_string(),
+        }
+    }
+
+    pub(crate) fn postgres(what: impl Into<String>, e: &tokio_postgres::Error) -> Self {
+        // `Display` of a server error is only "db error"; its message and code say
+        // what went wrong, while its DETAIL may quote row values and is left out.
+        let detail = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            // "error connecting to server" says little without its cause.
+            None => match std::error::Error::source(e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
+        };
+        Self::Postgres {
+            what: what.into(),
+            detail,
+        }
+    }
+}
+
+pub(crate) fn phase(msg: impl Into<String>) -> BenchError {
     BenchError::Phase(msg.into())
 }
 
 /// The sizes of a run.
 #[derive(Clone, Debug)]
-struct Scale {
-    facilities: usize,
-    patients: usize,
-    chronic_patients: usize,
-    chronic_records: usize,
-    records_per_patient: usize,
+pub(crate) struct Scale {
+    pub(crate) facilities: usize,
+    pub(crate) patients: usize,
+    pub(crate) chronic_patients: usize,
+    pub(crate) chronic_records: usize,
+    pub(crate) records_per_patient: usize,
     /// Envelopes per `SubmitEvents` call.
-    batch: usize,
-    verify_time: Duration,
+    pub(crate) batch: usize,
+    pub(crate) verify_time: Duration,
     /// Probes of submit → visible while idle.
-    idle_probes: usize,
+    pub(crate) idle_probes: usize,
     /// Pause between probes during the ingest run.
-    loaded_probe_gap: Duration,
+    pub(crate) loaded_probe_gap: Duration,
     /// The timeline's reference offered rate (the 1,000 requests/s).
-    read_rate: f64,
-    read_time: Duration,
+    pub(crate) read_rate: f64,
+    pub(crate) read_time: Duration,
     /// Offered rates tried, ascending, for the highest rate with p99 ≤ 10 ms.
-    step_rates: Vec<f64>,
-    step_time: Duration,
-    followers: usize,
-    follow_records: usize,
+    pub(crate) step_rates: Vec<f64>,
+    pub(crate) step_time: Duration,
+    pub(crate) followers: usize,
+    pub(crate) follow_records: usize,
     /// Followers per connection.
-    followers_per_conn: usize,
-    follow_timeout: Duration,
+    pub(crate) followers_per_conn: usize,
+    pub(crate) follow_timeout: Duration,
 }
 
 impl Scale {
@@ -156,7 +208,7 @@ pub fn run(options: Options) -> Result<Report, BenchError> {
     rt.block_on(run_async(options))
 }
 
-fn bar(options: &Options, len: u64, what: &str) -> Option<ProgressBar> {
+pub(crate) fn bar(options: &Options, len: u64, what: &str) -> Option<ProgressBar> {
     if !options.progress {
         return None;
     }
@@ -195,13 +247,27 @@ async fn submit_one(
 }
 
 /// A node running in this process until `stop`.
-struct RunningNode {
+pub(crate) struct RunningNode {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), NodeError>>,
 }
 
 impl RunningNode {
-    async fn stop(mut self) -> Result<(), BenchError> {
+    /// Builds the node of `config` and runs it on this runtime until [`Self::stop`].
+    pub(crate) async fn start(config: NodeConfig) -> Result<(Self, SocketAddr), BenchError> {
+        let node = Node::build(config).await?;
+        let addr = node.grpc_addr();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let running = Self {
+            stop: Some(stop_tx),
+            task: tokio::spawn(node.run(async {
+                let _ = stop_rx.await;
+            })),
+        };
+        Ok((running, addr))
+    }
+
+    pub(crate) async fn stop(mut self) -> Result<(), BenchError> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -256,7 +322,7 @@ async fn spawn_probe_follower(
 
 /// What submit → visible probing needs: the probe facility's client and chain, the
 /// probe patient, and the follower's arrivals.
-struct Prober {
+pub(crate) struct Prober {
     client: Arc<FacilityClient>,
     signer: ChainSigner,
     patient: PatientId,
@@ -341,6 +407,297 @@ impl Prober {
         }
     }
 }
+
+/// The facilities of a run, registered on a node: the population's, and the harness's
+/// own two — one writes grants, probes and fan-out records (its chain never competes
+/// with the population's), one reads and follows.
+pub(crate) struct Registered {
+    pub nc: NationalCenter,
+    pub probe_fac: FacilityId,
+    pub reader_fac: FacilityId,
+    /// One per population facility, at the head of its (empty) chain.
+    pub signers: BTreeMap<FacilityId, ChainSigner>,
+    pub probe_signer: ChainSigner,
+}
+
+/// Registers the population's facilities and the harness's two on the node at `addr`
+/// as the national center of `data` (keys are created there), and makes their signers.
+pub(crate) async fn register(
+    data: &Path,
+    addr: SocketAddr,
+    pop: &Population,
+) -> Result<Registered, BenchError> {
+    let nc = NationalCenter::open(data, addr).await?;
+    for f in pop.facilities() {
+        nc.register_facility(&f.id, &f.name, &f.province, f.level)
+            .await?;
+    }
+    let probe_fac = pop.spare_facility(0);
+    let reader_fac = (1..)
+        .map(|n| pop.spare_facility(n))
+        .find(|f| *f != probe_fac)
+        .expect("spare facility ids exist");
+    nc.register_facility(
+        &probe_fac,
+        "Trung tâm Kiểm soát bệnh tật (probe)",
+        "Hà Nội",
+        hrx_domain::FacilityLevel::Specialized,
+    )
+    .await?;
+    nc.register_facility(
+        &reader_fac,
+        "Phòng khám Nội tiết - Đái tháo đường",
+        "Hà Nội",
+        hrx_domain::FacilityLevel::Initial,
+    )
+    .await?;
+    let key = |id: &FacilityId| hrx_node::keys::read_private_key(&facility_key_path(data, id));
+    let mut signers = BTreeMap::new();
+    for f in pop.facilities() {
+        signers.insert(f.id.clone(), ChainSigner::new(f.id.clone(), key(&f.id)?));
+    }
+    let probe_signer = ChainSigner::new(probe_fac.clone(), key(&probe_fac)?);
+    Ok(Registered {
+        nc,
+        probe_fac,
+        reader_fac,
+        signers,
+        probe_signer,
+    })
+}
+
+/// Each facility's planned records as its chain of signed envelopes (on `threads`
+/// threads, off the runtime), signed now: after the keys' registration.
+pub(crate) async fn presign(
+    pop: Arc<Population>,
+    mut signers: BTreeMap<FacilityId, ChainSigner>,
+    threads: usize,
+) -> Result<(Streams, BTreeMap<FacilityId, ChainSigner>), BenchError> {
+    let (streams, signers) = tokio::task::spawn_blocking(move || {
+        let streams = pop.presign(&mut signers, Timestamp::now(), threads);
+        (streams, signers)
+    })
+    .await
+    .map_err(|e| phase(format!("presign: {e}")))?;
+    Ok((streams?, signers))
+}
+
+/// Each facility's envelopes, in chain order.
+pub(crate) type Streams = Vec<(FacilityId, Vec<Envelope>)>;
+
+/// The patients the harness itself uses.
+pub(crate) struct HarnessPatients {
+    /// The first chronic patient (timeline reads) and its record count.
+    pub chronic: PatientId,
+    pub chronic_records: usize,
+    /// Probes of submit → visible are about this patient.
+    pub probe: PatientId,
+    /// Follow fan-out records are about this patient.
+    pub follow: PatientId,
+}
+
+impl HarnessPatients {
+    pub fn of(pop: &Population) -> Result<Self, BenchError> {
+        let chronic_index = pop
+            .patients()
+            .iter()
+            .position(|p| p.chronic)
+            .ok_or_else(|| phase("the population has no chronic patient"))?;
+        let probe = pop.spare_patient(0);
+        let follow = (1..)
+            .map(|n| pop.spare_patient(n))
+            .find(|p| *p != probe)
+            .expect("spare patient ids exist");
+        Ok(Self {
+            chronic: pop.patients()[chronic_index].id.clone(),
+            chronic_records: pop.records_of(chronic_index),
+            probe,
+            follow,
+        })
+    }
+}
+
+/// Connections to one node: every facility's client, and a prober whose follower of
+/// the probe patient is open.
+pub(crate) struct Session {
+    pub clients: HashMap<FacilityId, Arc<FacilityClient>>,
+    pub probe_client: Arc<FacilityClient>,
+    pub reader: Arc<FacilityClient>,
+    pub prober: Prober,
+}
+
+/// Opens the clients of every facility on the node at `addr`, submits the grants the
+/// harness's reads need (the reader facility may read the probe, chronic and follow
+/// patients), waits until they are projected, opens the probe follower and warms the
+/// path up with one probe.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open_session(
+    data: &Path,
+    addr: SocketAddr,
+    pop: &Population,
+    nc: &NationalCenter,
+    (probe_fac, probe_signer): (&FacilityId, ChainSigner),
+    reader_fac: &FacilityId,
+    people: &HarnessPatients,
+    seed: u64,
+) -> Result<Session, BenchError> {
+    let mut clients: HashMap<FacilityId, Arc<FacilityClient>> = HashMap::new();
+    for f in pop.facilities() {
+        clients.insert(
+            f.id.clone(),
+            Arc::new(FacilityClient::open(data, addr, &f.id).await?),
+        );
+    }
+    let probe_client = Arc::new(FacilityClient::open(data, addr, probe_fac).await?);
+    let reader = Arc::new(FacilityClient::open(data, addr, reader_fac).await?);
+    let mut prober = Prober {
+        client: probe_client.clone(),
+        signer: probe_signer,
+        patient: people.probe.clone(),
+        arrivals: mpsc::unbounded_channel().1,
+        rng: Rng::derive(seed, 77),
+    };
+    let expires = Timestamp::now()
+        .checked_add(hrx_domain::Duration::from_secs(30 * 86_400).expect("in range"))
+        .expect("in range");
+    let grants: Vec<Envelope> = [
+        (&people.probe, Purpose::Treatment),
+        (&people.chronic, Purpose::ChronicCare),
+        (&people.follow, Purpose::ChronicCare),
+    ]
+    .into_iter()
+    .map(|(p, purpose)| {
+        prober.signer.sign(
+            EventId::new_v7(),
+            loadgen::grant_body(p, reader_fac, &[purpose], expires),
+            Timestamp::now(),
+        )
+    })
+    .collect();
+    submit_one(&probe_client, grants, "grants").await?;
+    if !nc.settle(Duration::from_secs(30)).await? {
+        return Err(phase("the grants were not projected within 30 s"));
+    }
+    prober.arrivals = spawn_probe_follower(&reader, &people.probe, Purpose::Treatment).await?;
+    // One probe to warm the path up (connections, statements).
+    prober.probe().await?;
+    Ok(Session {
+        clients,
+        probe_client,
+        reader,
+        prober,
+    })
+}
+
+/// What an ingest run measured.
+pub(crate) struct IngestRun {
+    pub tally: SubmitTally,
+    /// From the first submission to the last answer.
+    pub ingest_time: Duration,
+    /// From the first submission until the projector had caught up.
+    pub visible_time: Duration,
+    /// Whether the projector caught up within 600 s.
+    pub settled: bool,
+    /// Submit → visible of probes made every `gap` meanwhile.
+    pub loaded: Samples,
+    /// Why probing stopped early, if it did.
+    pub probe_error: Option<String>,
+}
+
+/// Submits `streams` as fast as possible (`batch` per call, facilities concurrently)
+/// while `prober` probes submit → visible every `gap`, until the projector has caught
+/// up (asked through `nc`'s monitor). Returns the prober for later use.
+pub(crate) async fn ingest_with_probes(
+    nc: &NationalCenter,
+    clients: &HashMap<FacilityId, Arc<FacilityClient>>,
+    streams: Streams,
+    mut prober: Prober,
+    batch: usize,
+    gap: Duration,
+    progress: Option<ProgressBar>,
+) -> Result<(IngestRun, Prober), BenchError> {
+    let (stop_probes, probes_stopped) = tokio::sync::watch::channel(false);
+    let probe_task = tokio::spawn(async move {
+        let (samples, error) = prober.probe_while(probes_stopped, gap).await;
+        (prober, samples, error)
+    });
+    let ingest_started = Instant::now();
+    let submit_streams = streams
+        .into_iter()
+        .map(|(f, envs)| {
+            clients
+                .get(&f)
+                .cloned()
+                .map(|c| (c, envs))
+                .ok_or_else(|| phase(format!("no client for facility {f}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let (tally, ingest_time) = loadgen::submit_streams(
+        submit_streams,
+        batch,
+        Pace::AsFastAsPossible,
+        progress.clone(),
+    )
+    .await?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    expect_accepted(&tally, "ingest")?;
+    let settled = nc.settle(Duration::from_secs(600)).await?;
+    let visible_time = ingest_started.elapsed();
+    let _ = stop_probes.send(true);
+    let (prober, loaded, probe_error) = probe_task
+        .await
+        .map_err(|e| phase(format!("probe task: {e}")))?;
+    Ok((
+        IngestRun {
+            tally,
+            ingest_time,
+            visible_time,
+            settled,
+            loaded,
+            probe_error,
+        },
+        prober,
+    ))
+}
+
+/// `n` probes one at a time on an idle node.
+pub(crate) async fn idle_probes(prober: &mut Prober, n: usize) -> Result<Samples, BenchError> {
+    let mut idle = Samples::new();
+    for _ in 0..n {
+        idle.push(prober.probe().await?);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(idle)
+}
+
+/// Every row of the table, in the table's order.
+const ROW_ORDER: &[&str] = &[
+    "limit.verify.one_core",
+    "limit.verify.all_cores",
+    "limit.kafka.produce_consume",
+    "limit.postgres.copy",
+    "limit.timeline_query.p50",
+    "limit.timeline_query.p99",
+    "embedded.ingest.accepted_per_s",
+    "embedded.ingest.visible_per_s",
+    "embedded.visible.p50_loaded",
+    "embedded.visible.p99_loaded",
+    "embedded.visible.p50_idle",
+    "embedded.visible.p99_idle",
+    "embedded.rss.peak_mib",
+    "distributed.ingest.accepted_per_s",
+    "distributed.visible.p50",
+    "distributed.visible.p99",
+    "distributed.rss.projector_mib",
+    "timeline.p50_at_1000",
+    "timeline.p99_at_1000",
+    "timeline.max_rate_p99_10ms",
+    "follow.delivered_per_s",
+    "follow.p50",
+    "follow.p99",
+];
 
 /// The result of an open-loop load.
 #[derive(Debug, Default)]
@@ -432,60 +789,18 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
     let data = dir.path().to_owned();
     let mut config = NodeConfig::ephemeral(&data);
     config.heartbeat_ms = 1000;
-    let node = Node::build(config).await?;
-    let addr = node.grpc_addr();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let node = RunningNode {
-        stop: Some(stop_tx),
-        task: tokio::spawn(node.run(async {
-            let _ = stop_rx.await;
-        })),
-    };
-    let nc = NationalCenter::open(&data, addr).await?;
-    for f in pop.facilities() {
-        nc.register_facility(&f.id, &f.name, &f.province, f.level)
-            .await?;
-    }
-    // The harness's own facilities: one writes grants, probes and fan-out records (its
-    // chain never competes with the population's), one reads and follows.
-    let probe_fac = pop.spare_facility(0);
-    let reader_fac = (1..)
-        .map(|n| pop.spare_facility(n))
-        .find(|f| *f != probe_fac)
-        .expect("spare facility ids exist");
-    nc.register_facility(
-        &probe_fac,
-        "Trung tâm Kiểm soát bệnh tật (probe)",
-        "Hà Nội",
-        hrx_domain::FacilityLevel::Specialized,
-    )
-    .await?;
-    nc.register_facility(
-        &reader_fac,
-        "Phòng khám Nội tiết - Đái tháo đường",
-        "Hà Nội",
-        hrx_domain::FacilityLevel::Initial,
-    )
-    .await?;
-    let key = |id: &FacilityId| hrx_node::keys::read_private_key(&facility_key_path(&data, id));
-    let mut signers = BTreeMap::new();
-    for f in pop.facilities() {
-        signers.insert(f.id.clone(), ChainSigner::new(f.id.clone(), key(&f.id)?));
-    }
-    let probe_signer = ChainSigner::new(probe_fac.clone(), key(&probe_fac)?);
+    let (node, addr) = RunningNode::start(config).await?;
+    let Registered {
+        nc,
+        probe_fac,
+        reader_fac,
+        signers,
+        probe_signer,
+    } = register(&data, addr, &pop).await?;
 
     // --- Pre-signing (off the measured path) -----------------------------------------
     let sign_started = Instant::now();
-    let (streams, signers) = {
-        let pop = pop.clone();
-        tokio::task::spawn_blocking(move || {
-            let streams = pop.presign(&mut signers, Timestamp::now(), cpus);
-            (streams, signers)
-        })
-        .await
-        .map_err(|e| phase(format!("presign: {e}")))?
-    };
-    let streams = streams?;
+    let (streams, signers) = presign(pop.clone(), signers, cpus).await?;
     let total_events: usize = streams.iter().map(|(_, e)| e.len()).sum();
     let bytes: usize = streams
         .iter()
@@ -554,113 +869,50 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
         .detail(verify_detail)
         .measured(),
     );
-    rows.push(
-        RowSpec::new(
-            "limits",
-            "limit.kafka.produce_consume",
-            "raw rdkafka produce + consume, same messages",
-            "msgs/s",
-        )
-        .detail("needs the Kafka broker of tests/run.sh; not in this harness yet")
-        .not_measured_yet(),
-    );
-    rows.push(
-        RowSpec::new(
-            "limits",
-            "limit.postgres.copy",
-            "raw PostgreSQL binary COPY, same rows",
-            "rows/s",
-        )
-        .detail("needs the PostgreSQL of tests/run.sh; not in this harness yet")
-        .not_measured_yet(),
-    );
-
     // --- Clients and grants -----------------------------------------------------------
-    let mut clients: HashMap<FacilityId, Arc<FacilityClient>> = HashMap::new();
-    for f in pop.facilities() {
-        clients.insert(
-            f.id.clone(),
-            Arc::new(FacilityClient::open(&data, addr, &f.id).await?),
-        );
-    }
-    let probe_client = Arc::new(FacilityClient::open(&data, addr, &probe_fac).await?);
-    let reader = Arc::new(FacilityClient::open(&data, addr, &reader_fac).await?);
-    let chronic_index = pop
-        .patients()
-        .iter()
-        .position(|p| p.chronic)
-        .ok_or_else(|| phase("the population has no chronic patient"))?;
-    let chronic = pop.patients()[chronic_index].id.clone();
-    let chronic_records = pop.records_of(chronic_index);
-    let probe_patient = pop.spare_patient(0);
-    let follow_patient = (1..)
-        .map(|n| pop.spare_patient(n))
-        .find(|p| *p != probe_patient)
-        .expect("spare patient ids exist");
-    let mut prober = Prober {
-        client: probe_client.clone(),
-        signer: probe_signer,
-        patient: probe_patient.clone(),
-        arrivals: mpsc::unbounded_channel().1,
-        rng: Rng::derive(options.seed, 77),
-    };
-    let expires = Timestamp::now()
-        .checked_add(hrx_domain::Duration::from_secs(30 * 86_400).expect("in range"))
-        .expect("in range");
-    let grants: Vec<Envelope> = [
-        (&probe_patient, Purpose::Treatment),
-        (&chronic, Purpose::ChronicCare),
-        (&follow_patient, Purpose::ChronicCare),
-    ]
-    .into_iter()
-    .map(|(p, purpose)| {
-        prober.signer.sign(
-            EventId::new_v7(),
-            loadgen::grant_body(p, &reader_fac, &[purpose], expires),
-            Timestamp::now(),
-        )
-    })
-    .collect();
-    submit_one(&probe_client, grants, "grants").await?;
-    if !nc.settle(Duration::from_secs(30)).await? {
-        return Err(phase("the grants were not projected within 30 s"));
-    }
-    prober.arrivals = spawn_probe_follower(&reader, &probe_patient, Purpose::Treatment).await?;
-    // One probe to warm the path up (connections, statements).
-    prober.probe().await?;
+    let people = HarnessPatients::of(&pop)?;
+    let chronic = people.chronic.clone();
+    let chronic_records = people.chronic_records;
+    let follow_patient = people.follow.clone();
+    let Session {
+        clients,
+        probe_client,
+        reader,
+        prober,
+    } = open_session(
+        &data,
+        addr,
+        &pop,
+        &nc,
+        (&probe_fac, probe_signer),
+        &reader_fac,
+        &people,
+        options.seed,
+    )
+    .await?;
 
     // --- Embedded ingest, end to end --------------------------------------------------
     let rss_before = stats::rss_mib();
     let peak_reset = stats::reset_peak_rss();
-    let (stop_probes, probes_stopped) = tokio::sync::watch::channel(false);
-    let gap = scale.loaded_probe_gap;
-    let probe_task = tokio::spawn(async move {
-        let (samples, error) = prober.probe_while(probes_stopped, gap).await;
-        (prober, samples, error)
-    });
     let progress = bar(&options, total_events as u64, "ingest");
-    let ingest_started = Instant::now();
-    let submit_streams = streams
-        .into_iter()
-        .map(|(f, envs)| (clients[&f].clone(), envs))
-        .collect();
-    let (tally, ingest_time) = loadgen::submit_streams(
-        submit_streams,
+    let (run, mut prober) = ingest_with_probes(
+        &nc,
+        &clients,
+        streams,
+        prober,
         scale.batch,
-        Pace::AsFastAsPossible,
-        progress.clone(),
+        scale.loaded_probe_gap,
+        progress,
     )
     .await?;
-    if let Some(p) = progress {
-        p.finish_and_clear();
-    }
-    expect_accepted(&tally, "ingest")?;
-    let settled = nc.settle(Duration::from_secs(600)).await?;
-    let visible_time = ingest_started.elapsed();
-    let _ = stop_probes.send(true);
-    let (mut prober, mut loaded, probe_error) = probe_task
-        .await
-        .map_err(|e| phase(format!("probe task: {e}")))?;
+    let IngestRun {
+        tally,
+        ingest_time,
+        visible_time,
+        settled,
+        mut loaded,
+        probe_error,
+    } = run;
     if let Some(e) = probe_error {
         notes.push(format!("probing under load stopped early: {e}"));
     }
@@ -676,12 +928,7 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
         rss_before.unwrap_or(0.0)
     ));
 
-    let mut idle = Samples::new();
-    for _ in 0..scale.idle_probes {
-        idle.push(prober.probe().await?);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-
+    let mut idle = idle_probes(&mut prober, scale.idle_probes).await?;
     let s = "embedded ingest";
     rows.push(
         RowSpec::new(s, "embedded.ingest.accepted_per_s", "accepted events/s (as fast as possible)", "events/s")
@@ -777,48 +1024,6 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
         .detail("VmHWM of /proc/self/status; see notes")
         .measured(),
     );
-    let d = "distributed ingest (Kafka + PostgreSQL)";
-    for (id, label, unit, limit, target) in [
-        (
-            "distributed.ingest.accepted_per_s",
-            "accepted events/s",
-            "events/s",
-            Some("limit.verify.one_core"),
-            Some(Target::AtLeast(0.6)),
-        ),
-        (
-            "distributed.visible.p50",
-            "submit → visible p50",
-            "ms",
-            None,
-            None,
-        ),
-        (
-            "distributed.visible.p99",
-            "submit → visible p99",
-            "ms",
-            None,
-            None,
-        ),
-        (
-            "distributed.rss.projector_mib",
-            "projector peak RSS",
-            "MiB",
-            None,
-            Some(Target::AtMost(200.0)),
-        ),
-    ] {
-        let mut r = RowSpec::new(d, id, label, unit)
-            .detail("needs Kafka + PostgreSQL (tests/run.sh starts them); not in this harness yet");
-        if let Some(l) = limit {
-            r = r.limit(l, None);
-        }
-        if let Some(t) = target {
-            r = r.target(t);
-        }
-        rows.push(r.not_measured_yet());
-    }
-
     // --- Timeline reads ---------------------------------------------------------------
     let page = 50u32;
     let request = v1::GetTimelineRequest {
@@ -1055,19 +1260,42 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
     // Keep the directory until the node has stopped.
     drop(dir);
 
-    // Limits first, then the sections in the order.
+    // --- Distributed: Kafka + PostgreSQL, after the embedded phases -------------------
+    // Last, so that nothing above ran beside Kafka's and PostgreSQL's background work.
+    let dist = distributed::Phase {
+        scale: &scale,
+        seed: options.seed,
+        cpus,
+        options: &options,
+        one_core,
+    };
+    let (dist_rows, dist_notes) = match &options.distributed {
+        Some(services) => dist.run(services, options.hrx_exe.as_deref(), &pop).await,
+        None => distributed::not_requested(),
+    };
+    rows.extend(dist_rows);
+    notes.extend(dist_notes);
+
+    // Limits first, then the sections in the order; within a section, the
+    // table's order (rows are pushed in the order they are measured).
     let order = [
         "limits",
         "embedded ingest",
-        "distributed ingest (Kafka + PostgreSQL)",
+        distributed::SECTION,
         "timeline reads",
         "follow fan-out",
     ];
     rows.sort_by_key(|r| {
-        order
-            .iter()
-            .position(|s| *s == r.section)
-            .unwrap_or(order.len())
+        (
+            order
+                .iter()
+                .position(|s| *s == r.section)
+                .unwrap_or(order.len()),
+            ROW_ORDER
+                .iter()
+                .position(|id| *id == r.id)
+                .unwrap_or(ROW_ORDER.len()),
+        )
     });
     Ok(Report {
         mode: if options.smoke { "smoke" } else { "full" }.into(),

@@ -19,16 +19,22 @@
 //!      offered rate whose p99 stays ≤ 10 ms;
 //!   4. follow fan-out: N followers of one patient (1,000 in full mode), then M new
 //!      records: delivered events/s and produce → deliver p50/p99.
-//!
-//!   The Kafka and PostgreSQL rows of the table are in the [`Report`] as
-//!   "not measured yet", so that the table has its final shape.
+//!   5. with Kafka and PostgreSQL ([`Options::distributed`]), after the phases above:
+//!      their raw limits for the same messages and rows, and hrx on them — ingest,
+//!      submit → visible, and the peak RSS of the projector as a process of its own
+//!      ([`distributed`]). Without them those rows are "not measured", saying how.
+//! - [`files`]: a pre-signed population on disk (manifest, per-facility chain files of
+//!   length-delimited envelopes, keys) and idempotent registration of a population's
+//!   facilities at a node — what `hrx loadgen` is made of.
 //! - [`report`]: the table (Markdown, via `Display`) and its JSON.
 //!
 //! Benchmarks are not tests: nothing here asserts a speed. `Options { smoke: true, .. }`
 //! runs everything with tiny counts in seconds, so that CI keeps the harness working.
 
 pub mod bench;
+pub mod distributed;
 pub mod fhir;
+pub mod files;
 pub mod limits;
 pub mod loadgen;
 pub mod report;
@@ -36,5 +42,6 @@ pub mod rng;
 pub mod stats;
 
 pub use bench::{BenchError, Options, run};
+pub use distributed::Services;
 pub use loadgen::{ChainSigner, Pace, Population, PopulationSpec};
 pub use report::{Report, Row, Status};

@@ -13,8 +13,11 @@ use crate::stats::Machine;
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Measured,
-    /// Part of the table's final shape, not measured by this harness yet.
-    NotMeasuredYet,
+    /// Not measured in this run, by design: the detail says why and how to get it
+    /// (e.g. the distributed rows without Kafka and PostgreSQL).
+    NotMeasured,
+    /// Asked for, but its phase failed: the detail holds the error.
+    Failed,
 }
 
 /// How a ratio is judged against its target.
@@ -106,7 +109,8 @@ impl Report {
         out.push_str("|---|---|---:|---|---|---:|---|---|\n");
         for r in &self.rows {
             let value = match (r.status, r.value) {
-                (Status::NotMeasuredYet, _) => "not measured yet".to_owned(),
+                (Status::NotMeasured, _) => "not measured".to_owned(),
+                (Status::Failed, _) => "FAILED".to_owned(),
                 (_, Some(v)) => num(v),
                 (_, None) => "—".to_owned(),
             };
@@ -243,8 +247,12 @@ impl RowSpec {
         self.build(Status::Measured)
     }
 
-    pub fn not_measured_yet(self) -> Row {
-        self.build(Status::NotMeasuredYet)
+    pub fn not_measured(self) -> Row {
+        self.build(Status::NotMeasured)
+    }
+
+    pub fn failed(self) -> Row {
+        self.build(Status::Failed)
     }
 
     fn build(self, status: Status) -> Row {
@@ -297,8 +305,12 @@ mod tests {
             .target(Target::AtMost(250.0))
             .measured();
         assert_eq!(r.met, Some(false));
-        let r = RowSpec::new("s", "c", "C", "/s").not_measured_yet();
+        let r = RowSpec::new("s", "c", "C", "/s")
+            .value(Some(1.0))
+            .not_measured();
         assert_eq!((r.value, r.met), (None, None));
+        let r = RowSpec::new("s", "d", "D", "/s").failed();
+        assert_eq!((r.status, r.value), (Status::Failed, None));
         assert_eq!(num(1234567.0), "1,234,567");
         assert_eq!(num(0.123), "0.12");
     }

@@ -1,9 +1,17 @@
 //! `hrx bench`: one run measuring hrx against the machine's own limits for the same
 //! work, printed as a table and written as JSON (default `target/bench/latest.json`).
 //! `--smoke` runs tiny counts in seconds (what CI runs); benchmarks are not tests.
+//!
+//! With `--kafka-brokers` and `--database-url` (or `HRX_BENCH_KAFKA_BROKERS` and
+//! `HRX_BENCH_DATABASE_URL`; `bash tests/bench.sh` starts both services and sets them)
+//! the run also measures hrx on Kafka + PostgreSQL and those services' raw limits; the
+//! projector then runs as a process of this very executable (`hrx serve --role
+//! projector`), so that its RSS is its own.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -16,16 +24,67 @@ pub struct BenchArgs {
     /// Where to write the report as JSON.
     #[arg(long, default_value = "target/bench/latest.json")]
     json: PathBuf,
+    /// Kafka bootstrap servers: with --database-url, also measures the distributed rows
+    /// (on topics of the run's own, deleted afterwards).
+    #[arg(
+        long,
+        env = "HRX_BENCH_KAFKA_BROKERS",
+        requires = "database_url",
+        value_name = "HOST:PORT[,…]"
+    )]
+    kafka_brokers: Option<String>,
+    /// PostgreSQL URL of a server where the run may create a database of its own (and
+    /// drop it afterwards), e.g. postgres://postgres@127.0.0.1:5432/postgres.
+    #[arg(
+        long,
+        env = "HRX_BENCH_DATABASE_URL",
+        requires = "kafka_brokers",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    database_url: Option<String>,
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let distributed = match (a.kafka_brokers, a.database_url) {
+        (Some(kafka_brokers), Some(database_url)) => Some(hrx_bench::Services {
+            kafka_brokers,
+            database_url,
+        }),
+        _ => None,
+    };
+    let hrx_exe = if distributed.is_some() {
+        Some(
+            std::env::current_exe()
+                .context("the path of this executable (for the projector process)")?,
+        )
+    } else {
+        None
+    };
     let report = hrx_bench::run(hrx_bench::Options {
         smoke: a.smoke,
         seed: a.seed,
         progress: !a.smoke && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        distributed,
+        hrx_exe,
     })?;
     println!("{report}");
     report.write_json(&a.json)?;
     eprintln!("wrote {}", a.json.display());
+    // A phase that was asked for and failed fails the command (after the table, which
+    // still holds everything else).
+    let failed: Vec<&str> = report
+        .rows
+        .iter()
+        .filter(|r| r.status == hrx_bench::Status::Failed)
+        .map(|r| r.id.as_str())
+        .collect();
+    if !failed.is_empty() {
+        eprintln!(
+            "hrx bench: not measured because of errors: {}",
+            failed.join(", ")
+        );
+        return Ok(ExitCode::from(super::EXIT_ERROR));
+    }
     Ok(ExitCode::SUCCESS)
 }
