@@ -258,6 +258,33 @@ impl EventLog for SqliteNode {
         Ok(tokio::sync::watch::channel(vec![0]).1)
     }
 
+    /// All lookups on one reader connection, in one blocking call.
+    async fn chain_contexts(
+        &self,
+        chain: &ChainKey,
+        links: &[(EventId, u64)],
+    ) -> PortResult<Vec<LogChainContext>> {
+        let chain = chain.clone();
+        let links = links.to_vec();
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| {
+                links
+                    .into_iter()
+                    .map(|(event_id, seq)| {
+                        let (context, prior_position) =
+                            chain_context(conn, ChainTable::Log, &chain, event_id, seq)?;
+                        Ok(LogChainContext {
+                            context,
+                            prior_position,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?)
+    }
+
     async fn chain_context(
         &self,
         chain: &ChainKey,

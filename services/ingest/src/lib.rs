@@ -206,12 +206,14 @@ impl Ingest {
         let mut results = Vec::new();
         // Head after the events of this batch that extend the chain.
         let mut batch_head: Option<ChainHead> = None;
-        for Pending { index, event } in pending {
+        // The log as of now (we hold the chain's lock); the loop overlays this batch.
+        let links: Vec<_> = pending
+            .iter()
+            .map(|p| (p.event.header.link.event_id, p.event.header.link.seq))
+            .collect();
+        let logged_contexts = self.log.chain_contexts(&chain, &links).await?;
+        for (Pending { index, event }, logged) in pending.into_iter().zip(logged_contexts) {
             let link = event.header.link.clone();
-            let logged = self
-                .log
-                .chain_context(&chain, link.event_id, link.seq)
-                .await?;
             let mut ctx = logged.context;
             let mut prior_position = logged.prior_position;
             if let Some(head) = batch_head {

@@ -800,6 +800,29 @@ impl EventLog for KafkaLog {
         })
     }
 
+    /// One index refresh (a watermark query, ~1 ms) for the whole batch rather than
+    /// one per event, and one index connection.
+    async fn chain_contexts(
+        &self,
+        chain: &ChainKey,
+        links: &[(EventId, u64)],
+    ) -> PortResult<Vec<LogChainContext>> {
+        let inner = &self.inner;
+        let client = inner.index.client().await?;
+        inner
+            .refresh(&client, inner.layout.partition_of(chain), &[chain.as_key()])
+            .await?;
+        let mut contexts = Vec::with_capacity(links.len());
+        for &(event_id, seq) in links {
+            let (context, prior_position) = index::context(&client, chain, event_id, seq).await?;
+            contexts.push(LogChainContext {
+                context,
+                prior_position,
+            });
+        }
+        Ok(contexts)
+    }
+
     async fn append(&self, batch: Vec<Append>) -> PortResult<Vec<LogPosition>> {
         if batch.is_empty() {
             return Ok(Vec::new());

@@ -103,6 +103,21 @@ pub trait EventLog: Send + Sync + 'static {
         seq: u64,
     ) -> PortResult<LogChainContext>;
 
+    /// [`chain_context`](Self::chain_context) for several `(event_id, seq)` of one
+    /// chain, in order, as of one moment: what ingest needs for a submitted batch. An
+    /// adapter whose lookups cost a round trip each overrides it.
+    async fn chain_contexts(
+        &self,
+        chain: &ChainKey,
+        links: &[(EventId, u64)],
+    ) -> PortResult<Vec<LogChainContext>> {
+        let mut contexts = Vec::with_capacity(links.len());
+        for &(event_id, seq) in links {
+            contexts.push(self.chain_context(chain, event_id, seq).await?);
+        }
+        Ok(contexts)
+    }
+
     /// Appends a batch atomically (all or nothing) and durably; returns the positions in
     /// order. Only after this returns may ingest answer "accepted".
     async fn append(&self, batch: Vec<Append>) -> PortResult<Vec<LogPosition>>;

@@ -578,6 +578,17 @@ pub async fn log_chain_context_reports_head_and_priors<L: EventLog + ?Sized>(log
     let both = ok(log.chain_context(&a, event_id(2), 1).await, "chain_context");
     assert_eq!(both.context.same_event_id.map(|p| p.seq), Some(2));
     assert_eq!(both.context.same_seq.map(|p| p.event_id), Some(event_id(1)));
+
+    // The batch lookup answers each link exactly as the single one does, in order.
+    let links = [
+        (event_id(1), 1),
+        (event_id(9), 1),
+        (event_id(2), 1),
+        (event_id(3), 3),
+    ];
+    let batch = ok(log.chain_contexts(&a, &links).await, "chain_contexts");
+    assert_eq!(batch, vec![again, fork, both, next]);
+    assert!(ok(log.chain_contexts(&a, &[]).await, "chain_contexts").is_empty());
     assert!(both.prior_position.is_some_and(|p| positions.contains(&p)));
 
     // Other chains are untouched.
