@@ -267,6 +267,86 @@ pub(crate) async fn next_offset<C: GenericClient>(c: &C, partition: u32) -> Port
 /// Head of `chain`, and the rows with `event_id` and at `seq`, with the position of the
 /// prior to report (the one with the same id first, as `chain::check` consults it
 /// first). One statement, so one snapshot.
+/// [`context`] for several links of one chain in one query (one round trip for a
+/// submitted batch), in the order given.
+pub(crate) async fn contexts<C: GenericClient>(
+    c: &C,
+    chain: &ChainKey,
+    links: &[(EventId, u64)],
+) -> PortResult<Vec<(ChainContext, Option<LogPosition>)>> {
+    if links.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = c
+        .prepare_cached(
+            r#"WITH q AS (SELECT * FROM unnest($2::text[]::uuid[], $3::int8[])
+                            WITH ORDINALITY AS q(event_id, seq, i))
+               (SELECT 0::int2, 0::int8, seq, event_id::text, event_hash, "partition", "offset"
+                  FROM log_chain_index WHERE chain = $1 ORDER BY seq DESC LIMIT 1)
+               UNION ALL
+               SELECT 1::int2, q.i, l.seq, l.event_id::text, l.event_hash, l."partition", l."offset"
+                 FROM q JOIN log_chain_index l ON l.chain = $1 AND l.event_id = q.event_id
+               UNION ALL
+               SELECT 2::int2, q.i, l.seq, l.event_id::text, l.event_hash, l."partition", l."offset"
+                 FROM q JOIN log_chain_index l ON l.chain = $1 AND l.seq = q.seq"#,
+        )
+        .await
+        .map_err(pg)?;
+    let ids: Vec<String> = links.iter().map(|(id, _)| id.to_string()).collect();
+    // A seq past i64::MAX cannot be stored, so nothing is at it (-1 matches no row).
+    let seqs: Vec<i64> = links
+        .iter()
+        .map(|(_, s)| i64::try_from(*s).unwrap_or(-1))
+        .collect();
+    let rows = c
+        .query(&stmt, &[&chain.as_key(), &ids, &seqs])
+        .await
+        .map_err(pg)?;
+    let mut head = ChainHead::EMPTY;
+    type Found = (Prior, LogPosition);
+    let mut by_id: Vec<Option<Found>> = vec![None; links.len()];
+    let mut by_seq: Vec<Option<Found>> = vec![None; links.len()];
+    for row in rows {
+        let prior = Prior {
+            seq: unsigned(row.get(2), "seq")?,
+            event_id: EventId::parse(row.get(3)).map_err(|_| corrupt("event id"))?,
+            event_hash: Sha256::from_slice(row.get(4)).map_err(|_| corrupt("event hash"))?,
+        };
+        let position = LogPosition {
+            partition: u32::try_from(row.get::<_, i32>(5)).map_err(|_| corrupt("partition"))?,
+            offset: unsigned(row.get(6), "offset")?,
+        };
+        // WITH ORDINALITY counts from 1.
+        let i = usize::try_from(row.get::<_, i64>(1) - 1);
+        match (row.get::<_, i16>(0), i) {
+            (0, _) => {
+                head = ChainHead {
+                    seq: prior.seq,
+                    event_hash: prior.event_hash,
+                    event_id: Some(prior.event_id),
+                }
+            }
+            (1, Ok(i)) if i < links.len() => by_id[i] = Some((prior, position)),
+            (2, Ok(i)) if i < links.len() => by_seq[i] = Some((prior, position)),
+            _ => return Err(corrupt("link ordinal")),
+        }
+    }
+    Ok(by_id
+        .into_iter()
+        .zip(by_seq)
+        .map(|(by_id, by_seq)| {
+            (
+                ChainContext {
+                    head,
+                    same_event_id: by_id.map(|(p, _)| p),
+                    same_seq: by_seq.map(|(p, _)| p),
+                },
+                by_id.or(by_seq).map(|(_, p)| p),
+            )
+        })
+        .collect())
+}
+
 pub(crate) async fn context<C: GenericClient>(
     c: &C,
     chain: &ChainKey,

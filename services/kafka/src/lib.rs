@@ -800,8 +800,8 @@ impl EventLog for KafkaLog {
         })
     }
 
-    /// One index refresh (a watermark query, ~1 ms) for the whole batch rather than
-    /// one per event, and one index connection.
+    /// One index refresh (a watermark query, ~1 ms) and one index query for the whole
+    /// batch rather than one of each per event.
     async fn chain_contexts(
         &self,
         chain: &ChainKey,
@@ -812,15 +812,14 @@ impl EventLog for KafkaLog {
         inner
             .refresh(&client, inner.layout.partition_of(chain), &[chain.as_key()])
             .await?;
-        let mut contexts = Vec::with_capacity(links.len());
-        for &(event_id, seq) in links {
-            let (context, prior_position) = index::context(&client, chain, event_id, seq).await?;
-            contexts.push(LogChainContext {
+        Ok(index::contexts(&client, chain, links)
+            .await?
+            .into_iter()
+            .map(|(context, prior_position)| LogChainContext {
                 context,
                 prior_position,
-            });
-        }
-        Ok(contexts)
+            })
+            .collect())
     }
 
     async fn append(&self, batch: Vec<Append>) -> PortResult<Vec<LogPosition>> {
