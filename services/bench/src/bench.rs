@@ -146,6 +146,10 @@ pub(crate) struct Scale {
     pub(crate) follow_records: usize,
     /// Followers per connection.
     pub(crate) followers_per_conn: usize,
+    /// Records per second offered to the followers (× followers = deliveries/s
+    /// offered), in batches of `follow_batch`.
+    pub(crate) follow_rate: f64,
+    pub(crate) follow_batch: usize,
     pub(crate) follow_timeout: Duration,
 }
 
@@ -169,6 +173,8 @@ impl Scale {
                 followers: 8,
                 follow_records: 10,
                 followers_per_conn: 4,
+                follow_rate: 100.0,
+                follow_batch: 5,
                 follow_timeout: Duration::from_secs(30),
             }
         } else {
@@ -189,8 +195,10 @@ impl Scale {
                 ],
                 step_time: Duration::from_secs(3),
                 followers: 1000,
-                follow_records: 200,
+                follow_records: 500,
                 followers_per_conn: 100,
+                follow_rate: 125.0,
+                follow_batch: 5,
                 follow_timeout: Duration::from_secs(120),
             }
         }
@@ -1086,6 +1094,7 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
     let mut hrx_load = open_loop(scale.read_rate, scale.read_time, hrx_request).await;
     let mut best: Option<(f64, f64)> = None;
     let mut steps = Vec::new();
+    let mut misses = 0;
     for &rate in &scale.step_rates {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut l = open_loop(rate, scale.step_time, hrx_request).await;
@@ -1098,10 +1107,16 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
                 String::new()
             }
         ));
+        // One noisy step (another tenant, a WAL checkpoint) should not end the
+        // search: stop after two misses in a row.
         if p99 <= 10.0 && l.errors == 0 {
             best = Some((rate, p99));
+            misses = 0;
         } else {
-            break;
+            misses += 1;
+            if misses == 2 {
+                break;
+            }
         }
     }
     // If even the lowest step missed 10 ms, halve down to 10 requests/s.
@@ -1220,8 +1235,14 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
     }
     let f = "follow fan-out";
     let fan_detail = format!(
-        "{} followers of one patient (one reader facility, {} per connection), then {} records submitted in batches of 50; {} deliveries",
-        scale.followers, scale.followers_per_conn, scale.follow_records, fan.delivered
+        "{} followers of one patient (one reader facility, {} per connection), then {} records offered at {:.0}/s ({:.0} deliveries/s offered) in batches of {}; {} deliveries",
+        scale.followers,
+        scale.followers_per_conn,
+        scale.follow_records,
+        scale.follow_rate,
+        scale.follow_rate * scale.followers as f64,
+        scale.follow_batch,
+        fan.delivered
     );
     rows.push(
         RowSpec::new(
@@ -1391,11 +1412,17 @@ async fn fan_out(
     let mut submitted_at = vec![Duration::ZERO; scale.follow_records];
     let mut next = 0;
     let mut it = envelopes.into_iter();
-    loop {
-        let chunk: Vec<Envelope> = it.by_ref().take(50).collect();
+    // Paced, not a burst: latency at a sustained offered rate, not the queueing of
+    // a burst behind itself.
+    let batch = scale.follow_batch.max(1);
+    let gap = Duration::from_secs_f64(batch as f64 / scale.follow_rate.max(1.0));
+    let paced_from = tokio::time::Instant::now();
+    for k in 0u32.. {
+        let chunk: Vec<Envelope> = it.by_ref().take(batch).collect();
         if chunk.is_empty() {
             break;
         }
+        tokio::time::sleep_until(paced_from + gap * k).await;
         let at = base.elapsed();
         for s in submitted_at.iter_mut().skip(next).take(chunk.len()) {
             *s = at;
