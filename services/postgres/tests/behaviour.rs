@@ -428,6 +428,67 @@ async fn migrations_are_idempotent_when_two_stores_connect_at_once() {
     assert_eq!(c.records_after(&p, 0, 10).await.expect("read").len(), 1);
 }
 
+/// Version 2: where the server has LZ4, the large columns use it (and a record written
+/// after the migration reads back whole); elsewhere they keep the server's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_columns_are_lz4_compressed_where_the_server_has_it() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = db.store().await;
+    let sql = db.sql().await;
+    let has_lz4: bool = sql
+        .query_one(
+            "SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+            &[],
+        )
+        .await
+        .expect("read settings")
+        .get(0);
+    let methods: Vec<(String, String)> = sql
+        .query(
+            "SELECT attrelid::regclass::text, attcompression::text FROM pg_attribute
+             WHERE (attrelid, attname) IN (('records'::regclass, 'body'),
+                                           ('record_envelopes'::regclass, 'payload'))
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("read columns")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(methods.len(), 2);
+    for (table, method) in &methods {
+        // 'l' is LZ4; unset (the server's default) otherwise.
+        assert_eq!(method == "l", has_lz4, "{table}: compression {method:?}");
+    }
+    // A body well over the TOAST threshold, and compressible, as FHIR JSON is.
+    let (f, p) = (facility(F1), patient(P1));
+    let mut big = record(1, &f, 1, &p);
+    big.body = format!(
+        r#"{{"resourceType":"Observation","note":"{}"}}"#,
+        "glucose 7.2 mmol/L fasting; ".repeat(300)
+    )
+    .into_bytes();
+    store
+        .apply(record_batch(std::slice::from_ref(&big)))
+        .await
+        .expect("apply");
+    let read = store.records_after(&p, 0, 10).await.expect("read");
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].body, big.body);
+    let stored: Option<String> = sql
+        .query_one("SELECT pg_column_compression(body) FROM records", &[])
+        .await
+        .expect("read compression")
+        .get(0);
+    assert_eq!(
+        stored.as_deref(),
+        Some(if has_lz4 { "lz4" } else { "pglz" })
+    );
+}
+
 /// A batch that fails part-way (a chain link at a taken seq, or a record id already
 /// projected) is a conflict and leaves nothing: no record, grant, rejection, stats or
 /// link, the offsets and the patient's counter as before, no change signalled.
