@@ -65,6 +65,7 @@ suite!(
     grants_revocations_and_break_glass_round_trip,
     audit_chain_is_intact_and_counts_exchange,
     audit_batches_chain_like_single_appends,
+    projector_batch_lookups_match_single_ones,
     break_glass_audit_is_idempotent_across_reset,
     registry_and_keys_round_trip,
     monitor_stats_add_up,

@@ -5,6 +5,8 @@
 //! the projector resumes exactly after the last applied batch (nothing lost, nothing
 //! doubled). Reads are split by the service that needs them.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use hrx_domain::audit::{AccessEvent, AuditEntry};
 use hrx_domain::chain::ChainContext;
@@ -192,6 +194,21 @@ pub trait ProjectionStore: Send + Sync + 'static {
         seq: u64,
     ) -> PortResult<ChainContext>;
 
+    /// [`chain_context`](Self::chain_context) for several `(event_id, seq)` of one
+    /// chain, in order: what the projector needs for a batch read from the log. An
+    /// adapter whose lookups cost a round trip each overrides it.
+    async fn chain_contexts(
+        &self,
+        chain: &ChainKey,
+        links: &[(EventId, u64)],
+    ) -> PortResult<Vec<ChainContext>> {
+        let mut contexts = Vec::with_capacity(links.len());
+        for &(event_id, seq) in links {
+            contexts.push(self.chain_context(chain, event_id, seq).await?);
+        }
+        Ok(contexts)
+    }
+
     /// A grant with the patient it is about, to check a revocation against.
     async fn grant(&self, grant_event_id: EventId) -> PortResult<Option<(PatientId, GrantState)>>;
 
@@ -199,6 +216,18 @@ pub trait ProjectionStore: Send + Sync + 'static {
     /// event id. Event ids are unique across the exchange; the projector rejects a
     /// reused one as content instead of letting the batch fail on it forever.
     async fn event_id_taken(&self, event_id: EventId) -> PortResult<bool>;
+
+    /// Those of `ids` for which [`event_id_taken`](Self::event_id_taken) holds. An
+    /// adapter whose lookups cost a round trip each overrides it.
+    async fn event_ids_taken(&self, ids: &[EventId]) -> PortResult<HashSet<EventId>> {
+        let mut taken = HashSet::new();
+        for &id in ids {
+            if self.event_id_taken(id).await? {
+                taken.insert(id);
+            }
+        }
+        Ok(taken)
+    }
 
     /// Applies a batch atomically, with its offsets. After a failure nothing of it is
     /// visible.

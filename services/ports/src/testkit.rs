@@ -1902,3 +1902,107 @@ pub async fn changes_counter_advances_after_apply<S: Store + ?Sized>(store: &S) 
     );
     assert!(*rx.borrow() > v1);
 }
+
+/// The projector's batch lookups answer what the single ones do, in the order asked:
+/// `chain_contexts` (head, same id, same seq; an empty chain; duplicates in the list)
+/// and `event_ids_taken` (records and grants use ids; unknown ids are free).
+pub async fn projector_batch_lookups_match_single_ones<S: Store + ?Sized>(store: &S) {
+    let (f1, f2, p) = (facility(F1), facility(F2), patient(P1));
+    let records = [
+        record(1, &f1, 1, &p),
+        record(2, &f1, 2, &p),
+        record(3, &f2, 1, &p),
+    ];
+    let mut batch = record_batch(&records);
+    batch.projections.push(Projection::Grant {
+        patient_id: p.clone(),
+        state: grant(20, &p, &f1, Grantee::AnyFacility, vec![Purpose::Treatment]),
+    });
+    ok(store.apply(batch).await, "apply");
+
+    let c1 = ChainKey::Facility(f1.clone());
+    let chains = [
+        (
+            c1.clone(),
+            vec![
+                (event_id(1), 1),  // a duplicate
+                (event_id(9), 2),  // a fork at seq 2
+                (event_id(10), 3), // the next one
+                (event_id(2), 7),  // a known id at another seq
+                (event_id(1), 1),  // asked twice
+                (event_id(11), u64::MAX),
+            ],
+        ),
+        (
+            ChainKey::Facility(f2.clone()),
+            vec![(event_id(3), 1), (event_id(12), 2)],
+        ),
+        (ChainKey::Facility(facility(F3)), vec![(event_id(13), 1)]),
+    ];
+    for (chain, links) in &chains {
+        let batch = ok(store.chain_contexts(chain, links).await, "chain_contexts");
+        let mut single = Vec::new();
+        for &(id, seq) in links {
+            single.push(ok(
+                store.chain_context(chain, id, seq).await,
+                "chain_context",
+            ));
+        }
+        assert_eq!(batch, single, "chain {chain}");
+    }
+    // And what they answer, spelled out for the first chain.
+    let prior = |r: &NewRecord| chain::Prior {
+        event_id: r.event_id,
+        seq: r.seq,
+        event_hash: r.event_hash,
+    };
+    let found = ok(
+        store.chain_contexts(&c1, &chains[0].1).await,
+        "chain_contexts",
+    );
+    let head = ChainHead {
+        seq: 2,
+        event_hash: records[1].event_hash,
+        event_id: Some(records[1].event_id),
+    };
+    assert!(found.iter().all(|c| c.head == head));
+    let priors: Vec<_> = found
+        .iter()
+        .map(|c| (c.same_event_id, c.same_seq))
+        .collect();
+    assert_eq!(
+        priors,
+        vec![
+            (Some(prior(&records[0])), Some(prior(&records[0]))),
+            (None, Some(prior(&records[1]))),
+            (None, None),
+            (Some(prior(&records[1])), None),
+            (Some(prior(&records[0])), Some(prior(&records[0]))),
+            (None, None),
+        ]
+    );
+    assert!(ok(store.chain_contexts(&c1, &[]).await, "empty").is_empty());
+
+    let ids = [
+        event_id(1),
+        event_id(20),
+        event_id(9),
+        event_id(3),
+        event_id(1),
+    ];
+    let taken = ok(store.event_ids_taken(&ids).await, "event_ids_taken");
+    for id in ids {
+        assert_eq!(
+            taken.contains(&id),
+            ok(store.event_id_taken(id).await, "event_id_taken"),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        taken,
+        [event_id(1), event_id(20), event_id(3)]
+            .into_iter()
+            .collect()
+    );
+    assert!(ok(store.event_ids_taken(&[]).await, "empty").is_empty());
+}

@@ -173,10 +173,6 @@ impl<'r> Cols<'r> {
         u32::try_from(v).map_err(|_| self.corrupt(i, "a partition number"))
     }
 
-    pub(crate) fn bool(&mut self) -> Result<bool> {
-        Ok(self.get::<bool>("a BOOLEAN")?.1)
-    }
-
     pub(crate) fn text(&mut self) -> Result<String> {
         Ok(self.get::<String>("TEXT")?.1)
     }

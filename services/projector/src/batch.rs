@@ -9,7 +9,7 @@ use hrx_domain::audit::{AccessAction, AccessEvent};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
 use hrx_domain::consent::{Basis, BreakGlassWindow, GrantState};
 use hrx_domain::dsse::PayloadType;
-use hrx_domain::event::{Body, RegistryBody};
+use hrx_domain::event::{Body, FacilityHeader, RegistryBody, unchecked};
 use hrx_domain::verify::{self, KeyOwner, KeyRecord, SignatureMemo, Verdict};
 use hrx_domain::{
     EventId, FacilityId, KeyId, PatientId, Purpose, Reason, Rejection, Sha256, Timestamp,
@@ -35,6 +35,57 @@ struct Builder<'s> {
     /// Facilities registered in this batch.
     facilities: HashSet<FacilityId>,
     stats: HashMap<FacilityId, StatsDelta>,
+    /// The store's answers for this batch's facility events, asked for all at once.
+    prefetched: Prefetched,
+}
+
+/// What the store says about a batch's facility events, read in two queries per chain
+/// and one for all ids before the batch is built, instead of two round trips per event
+/// (which bounded a projector on PostgreSQL at ~1,700 events/s). The store does not
+/// change while the batch is built (it is applied at the end); events this batch adds
+/// are overlaid as before. Keyed by what each envelope claims before it is verified:
+/// a claim that turns out different is only a miss, and a miss asks the store.
+#[derive(Default)]
+struct Prefetched {
+    contexts: HashMap<(ChainKey, EventId, u64), ChainContext>,
+    /// The ids asked about, and those of them the store already uses.
+    asked: HashSet<EventId>,
+    taken: HashSet<EventId>,
+}
+
+impl Prefetched {
+    async fn load(
+        store: &dyn Store,
+        decoded: &[Option<unchecked::FacilityEvent>],
+    ) -> PortResult<Self> {
+        let mut by_chain: HashMap<ChainKey, Vec<(EventId, u64)>> = HashMap::new();
+        let mut ids = Vec::new();
+        for header in decoded
+            .iter()
+            .flatten()
+            .filter_map(|e| e.header.as_ref())
+            .filter_map(|h| FacilityHeader::parse(h).ok())
+        {
+            let chain = ChainKey::Facility(header.facility_id);
+            by_chain
+                .entry(chain)
+                .or_default()
+                .push((header.link.event_id, header.link.seq));
+            ids.push(header.link.event_id);
+        }
+        let mut prefetched = Self::default();
+        for (chain, links) in by_chain {
+            let contexts = store.chain_contexts(&chain, &links).await?;
+            for ((event_id, seq), ctx) in links.into_iter().zip(contexts) {
+                prefetched
+                    .contexts
+                    .insert((chain.clone(), event_id, seq), ctx);
+            }
+        }
+        prefetched.taken = store.event_ids_taken(&ids).await?;
+        prefetched.asked = ids.into_iter().collect();
+        Ok(prefetched)
+    }
 }
 
 /// Builds the batch for `entries`; returns it and the keyring after it.
@@ -44,6 +95,18 @@ pub(crate) async fn build(
     verified: &SignatureMemo,
     entries: Vec<LogEntry>,
 ) -> PortResult<(ProjectionBatch, HashMap<KeyId, KeyRecord>)> {
+    // Facility events decoded once, before verification: their claimed chain links
+    // key the prefetch, and verification reuses the decoded form.
+    let decoded: Vec<Option<unchecked::FacilityEvent>> = entries
+        .iter()
+        .map(
+            |entry| match PayloadType::parse(&entry.envelope.payload_type) {
+                Some(PayloadType::RegistryEvent) => None,
+                _ => codec::decode_facility_event(&entry.envelope.payload).ok(),
+            },
+        )
+        .collect();
+    let prefetched = Prefetched::load(store, &decoded).await?;
     let mut b = Builder {
         store,
         keys: keys.clone(),
@@ -54,9 +117,10 @@ pub(crate) async fn build(
         used_ids: HashSet::new(),
         facilities: HashSet::new(),
         stats: HashMap::new(),
+        prefetched,
     };
-    for entry in entries {
-        b.entry(entry).await?;
+    for (entry, decoded) in entries.into_iter().zip(decoded) {
+        b.entry(entry, decoded).await?;
     }
     let mut stats: Vec<_> = b.stats.into_values().collect();
     stats.sort_by(|a, c| a.facility_id.cmp(&c.facility_id));
@@ -95,7 +159,11 @@ impl Builder<'_> {
         event_id: EventId,
         seq: u64,
     ) -> PortResult<ChainContext> {
-        let mut ctx = self.store.chain_context(chain, event_id, seq).await?;
+        let key = (chain.clone(), event_id, seq);
+        let mut ctx = match self.prefetched.contexts.get(&key) {
+            Some(ctx) => *ctx,
+            None => self.store.chain_context(chain, event_id, seq).await?,
+        };
         if let Some(head) = self.heads.get(chain) {
             ctx.head = *head;
         }
@@ -159,19 +227,32 @@ impl Builder<'_> {
             }));
     }
 
-    async fn entry(&mut self, entry: LogEntry) -> PortResult<()> {
+    async fn entry(
+        &mut self,
+        entry: LogEntry,
+        decoded: Option<unchecked::FacilityEvent>,
+    ) -> PortResult<()> {
         match PayloadType::parse(&entry.envelope.payload_type) {
             Some(PayloadType::RegistryEvent) => self.registry(entry).await,
-            _ => self.facility(entry).await,
+            _ => self.facility(entry, decoded).await,
         }
     }
 
-    async fn facility(&mut self, entry: LogEntry) -> PortResult<()> {
+    async fn facility(
+        &mut self,
+        entry: LogEntry,
+        decoded: Option<unchecked::FacilityEvent>,
+    ) -> PortResult<()> {
+        // The payload decoded earlier is the same bytes, decoded the same way; only
+        // used after the signature over those bytes checks out.
         let authenticated = verify::authenticate_facility_event(
             entry.envelope.clone(),
             &self.keys,
             self.verified,
-            codec::decode_facility_event,
+            |payload| match decoded {
+                Some(event) => Ok(event),
+                None => codec::decode_facility_event(payload),
+            },
         );
         let event = match authenticated {
             Ok(e) => e,
@@ -227,9 +308,12 @@ impl Builder<'_> {
         // Event ids are unique across the exchange: a reused one (another facility's,
         // or a revocation's) is refused here rather than failing the batch in the store.
         if !matches!(body, Body::ConsentRevocation(_)) {
-            if self.used_ids.contains(&link.event_id)
-                || self.store.event_id_taken(link.event_id).await?
-            {
+            let taken = if self.prefetched.asked.contains(&link.event_id) {
+                self.prefetched.taken.contains(&link.event_id)
+            } else {
+                self.store.event_id_taken(link.event_id).await?
+            };
+            if self.used_ids.contains(&link.event_id) || taken {
                 return Ok(Err(Rejection::invalid_field(
                     "header.event_id",
                     "already used by another event",
