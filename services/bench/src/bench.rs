@@ -339,16 +339,16 @@ pub(crate) struct Prober {
 }
 
 impl Prober {
-    /// Submits one record (waiting for the answer only); returns its event id and
-    /// when the submission started.
-    async fn submit_probe(&mut self) -> Result<(String, Instant), BenchError> {
+    /// Submits one record (waiting for the answer only); returns its event id, when
+    /// the submission started and how long the answer took.
+    async fn submit_probe(&mut self) -> Result<(String, Instant, Duration), BenchError> {
         let now = Timestamp::now();
         let id = EventId::new_v7();
         let body = loadgen::probe_record(&mut self.rng, &self.patient, now);
         let envelope = self.signer.sign(id, body, now);
         let started = Instant::now();
         submit_one(&self.client, vec![envelope], "probe").await?;
-        Ok((id.to_string(), started))
+        Ok((id.to_string(), started, started.elapsed()))
     }
 
     /// Until `stop`: one probe every `gap`, without waiting for the previous one to be
@@ -358,23 +358,30 @@ impl Prober {
         &mut self,
         mut stop: tokio::sync::watch::Receiver<bool>,
         gap: Duration,
-    ) -> (Samples, Option<String>) {
+    ) -> (Samples, Samples, Option<String>) {
         let mut pending: HashMap<String, Instant> = HashMap::new();
         let mut samples = Samples::new();
+        let mut answered = Samples::new();
         let mut ticker = tokio::time::interval(gap);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = *stop.borrow_and_update();
         while !stopping {
             tokio::select! {
                 _ = ticker.tick() => match self.submit_probe().await {
-                    Ok((id, at)) => { pending.insert(id, at); }
-                    Err(e) => return (samples, Some(e.to_string())),
+                    Ok((id, at, answer)) => {
+                        pending.insert(id, at);
+                        answered.push(answer);
+                    }
+                    Err(e) => return (samples, answered, Some(e.to_string())),
                 },
                 arrival = self.arrivals.recv() => match arrival {
                     Some((id, at)) => if let Some(t) = pending.remove(&id) {
                         samples.push(at.duration_since(t));
                     },
-                    None => return (samples, Some("the probe follower stream ended".into())),
+                    None => {
+                        let why = "the probe follower stream ended".into();
+                        return (samples, answered, Some(why));
+                    }
                 },
                 _ = stop.changed() => stopping = true,
             }
@@ -389,11 +396,12 @@ impl Prober {
                 }
                 _ => {
                     let n = pending.len();
-                    return (samples, Some(format!("{n} probes not visible within 60 s")));
+                    let why = format!("{n} probes not visible within 60 s");
+                    return (samples, answered, Some(why));
                 }
             }
         }
-        (samples, None)
+        (samples, answered, None)
     }
 
     /// Submits one record and waits until the follower sees it: the latency.
@@ -608,6 +616,9 @@ pub(crate) struct IngestRun {
     pub settled: bool,
     /// Submit → visible of probes made every `gap` meanwhile.
     pub loaded: Samples,
+    /// Submit → answered (accepted) of the same probes: the part of `loaded` spent in
+    /// ingest, before the projector.
+    pub loaded_answered: Samples,
     /// Why probing stopped early, if it did.
     pub probe_error: Option<String>,
 }
@@ -626,8 +637,8 @@ pub(crate) async fn ingest_with_probes(
 ) -> Result<(IngestRun, Prober), BenchError> {
     let (stop_probes, probes_stopped) = tokio::sync::watch::channel(false);
     let probe_task = tokio::spawn(async move {
-        let (samples, error) = prober.probe_while(probes_stopped, gap).await;
-        (prober, samples, error)
+        let (samples, answered, error) = prober.probe_while(probes_stopped, gap).await;
+        (prober, samples, answered, error)
     });
     let ingest_started = Instant::now();
     let submit_streams = streams
@@ -654,7 +665,7 @@ pub(crate) async fn ingest_with_probes(
     let settled = nc.settle(Duration::from_secs(600)).await?;
     let visible_time = ingest_started.elapsed();
     let _ = stop_probes.send(true);
-    let (prober, loaded, probe_error) = probe_task
+    let (prober, loaded, loaded_answered, probe_error) = probe_task
         .await
         .map_err(|e| phase(format!("probe task: {e}")))?;
     Ok((
@@ -664,6 +675,7 @@ pub(crate) async fn ingest_with_probes(
             visible_time,
             settled,
             loaded,
+            loaded_answered,
             probe_error,
         },
         prober,
@@ -919,6 +931,7 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
         visible_time,
         settled,
         mut loaded,
+        mut loaded_answered,
         probe_error,
     } = run;
     if let Some(e) = probe_error {
@@ -967,8 +980,19 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
         ))
         .measured(),
     );
+    let answered = format!(
+        "; of that, submit → answered (accepted by ingest) p50 {} ms, p99 {} ms",
+        crate::distributed::fmt_ms(loaded_answered.percentile_ms(50.0)),
+        crate::distributed::fmt_ms(loaded_answered.percentile_ms(99.0)),
+    );
     let probe_detail = |n: usize, when: &str| {
         format!("{n} probes {when}: submit one record, until a follower of the patient receives it")
+    };
+    let loaded_detail = |n: usize| {
+        probe_detail(
+            n,
+            "every 20 ms from the start of the ingest run until the projector caught up",
+        ) + &answered
     };
     rows.push(
         RowSpec::new(
@@ -978,10 +1002,7 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
             "ms",
         )
         .value(loaded.percentile_ms(50.0))
-        .detail(probe_detail(
-            loaded.len(),
-            "every 20 ms from the start of the ingest run until the projector caught up",
-        ))
+        .detail(loaded_detail(loaded.len()))
         .measured(),
     );
     rows.push(
@@ -992,10 +1013,7 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
             "ms",
         )
         .value(loaded.percentile_ms(99.0))
-        .detail(probe_detail(
-            loaded.len(),
-            "every 20 ms from the start of the ingest run until the projector caught up",
-        ))
+        .detail(loaded_detail(loaded.len()))
         .measured(),
     );
     rows.push(

@@ -378,6 +378,7 @@ impl Phase<'_> {
             visible_time,
             settled,
             mut loaded,
+            mut loaded_answered,
             probe_error,
         } = run;
         // The projector has caught up: its peak is that of the whole run.
@@ -406,10 +407,16 @@ impl Phase<'_> {
                 ))
                 .measured(),
         );
+        let answered = (
+            fmt_ms(loaded_answered.percentile_ms(50.0)),
+            fmt_ms(loaded_answered.percentile_ms(99.0)),
+        );
         let probe_detail = |idle: &mut Samples, n: usize| {
             format!(
-                "{n} probes every {} ms from the start of the ingest run until the projector caught up: submit one record, until a follower of the patient (on this process's timeline, woken by LISTEN/NOTIFY) receives it; idle, {} probes one at a time: p50 {} ms, p99 {} ms",
+                "{n} probes every {} ms from the start of the ingest run until the projector caught up: submit one record, until a follower of the patient (on this process's timeline, woken by LISTEN/NOTIFY) receives it; of that, submit → answered (accepted by ingest) p50 {} ms, p99 {} ms; idle, {} probes one at a time: p50 {} ms, p99 {} ms",
                 self.scale.loaded_probe_gap.as_millis(),
+                answered.0,
+                answered.1,
                 idle.len(),
                 fmt_ms(idle.percentile_ms(50.0)),
                 fmt_ms(idle.percentile_ms(99.0)),
@@ -445,7 +452,7 @@ impl Phase<'_> {
     }
 }
 
-fn fmt_ms(v: Option<f64>) -> String {
+pub(crate) fn fmt_ms(v: Option<f64>) -> String {
     v.map(crate::report::num).unwrap_or_else(|| "—".into())
 }
 
