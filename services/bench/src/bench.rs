@@ -982,8 +982,8 @@ async fn run_async(options: Options) -> Result<Report, BenchError> {
     );
     let answered = format!(
         "; of that, submit → answered (accepted by ingest) p50 {} ms, p99 {} ms",
-        crate::distributed::fmt_ms(loaded_answered.percentile_ms(50.0)),
-        crate::distributed::fmt_ms(loaded_answered.percentile_ms(99.0)),
+        crate::report::fmt_ms(loaded_answered.percentile_ms(50.0)),
+        crate::report::fmt_ms(loaded_answered.percentile_ms(99.0)),
     );
     let probe_detail = |n: usize, when: &str| {
         format!("{n} probes {when}: submit one record, until a follower of the patient receives it")

@@ -36,7 +36,7 @@ use crate::bench::{
 };
 use crate::limits;
 use crate::loadgen::Population;
-use crate::report::{Row, RowSpec, Target};
+use crate::report::{Row, RowSpec, Target, fmt_ms};
 use crate::stats::Samples;
 
 /// The table section of the distributed rows.
@@ -450,10 +450,6 @@ impl Phase<'_> {
         });
         Ok(())
     }
-}
-
-pub(crate) fn fmt_ms(v: Option<f64>) -> String {
-    v.map(crate::report::num).unwrap_or_else(|| "—".into())
 }
 
 /// The run's own database on the server of the given URL.

@@ -287,6 +287,11 @@ impl RowSpec {
     }
 }
 
+/// A millisecond figure for a detail text; "—" when there is none.
+pub(crate) fn fmt_ms(v: Option<f64>) -> String {
+    v.map(num).unwrap_or_else(|| "—".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
