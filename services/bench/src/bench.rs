@@ -576,20 +576,26 @@ pub(crate) async fn open_session(
     let expires = Timestamp::now()
         .checked_add(hrx_domain::Duration::from_secs(30 * 86_400).expect("in range"))
         .expect("in range");
-    let grants: Vec<Envelope> = [
+    // Facility-attested grants need standing: the probe facility first authors a record
+    // for each patient it attests a grant for (in the same batch).
+    let mut grants: Vec<Envelope> = Vec::new();
+    for (p, purpose) in [
         (&people.probe, Purpose::Treatment),
         (&people.chronic, Purpose::ChronicCare),
         (&people.follow, Purpose::ChronicCare),
-    ]
-    .into_iter()
-    .map(|(p, purpose)| {
-        prober.signer.sign(
+    ] {
+        let standing = loadgen::probe_record(&mut prober.rng, p, Timestamp::now());
+        grants.push(
+            prober
+                .signer
+                .sign(EventId::new_v7(), standing, Timestamp::now()),
+        );
+        grants.push(prober.signer.sign(
             EventId::new_v7(),
             loadgen::grant_body(p, reader_fac, &[purpose], expires),
             Timestamp::now(),
-        )
-    })
-    .collect();
+        ));
+    }
     submit_one(&probe_client, grants, "grants").await?;
     if !nc.settle(Duration::from_secs(30)).await? {
         return Err(phase("the grants were not projected within 30 s"));

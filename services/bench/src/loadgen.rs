@@ -482,7 +482,8 @@ pub fn probe_record(
     record_body(patient.as_str(), kind, occurred_at, &author(rng), body)
 }
 
-/// A consent grant by `patient` to facility `grantee` for `purposes`, until `expires`.
+/// A facility-attested consent grant for `patient` to facility `grantee` for
+/// `purposes`, until `expires` (the attesting facility needs standing for the patient).
 pub fn grant_body(
     patient: &PatientId,
     grantee: &FacilityId,
@@ -501,6 +502,7 @@ pub fn grant_body(
             form_id: "PCT-BENCH-000001".into(),
             sha256: Sha256::digest(b"signed consent form").as_bytes().to_vec(),
         }),
+        request_event_id: String::new(),
         grantee: Some(v1::consent_grant::Grantee::GranteeFacilityId(
             grantee.as_str().to_owned(),
         )),

@@ -1,24 +1,338 @@
-//! Consent decisions (BRIEF section 5): deny by default; a facility always reads what it
-//! authored; anything else needs an active grant or an active break-glass. Decisions
-//! are per record and say which basis allowed it.
+//! Consent (BRIEF section 5): who may read what, decided from a patient's consent state.
 //!
-//! Pure: the caller loads the patient's grants and break-glass windows and passes the
-//! time of the read.
+//! - [`ConsentState::fold`] builds a patient's state — keys, grants, requests — from
+//!   the consent events the log holds about them, in the order the exchange *received*
+//!   them. The patient is the authority: a statement counts only if it was signed by
+//!   the key that was the patient's when the exchange received it; facilities can
+//!   attest grants (bounded), ask, and revoke only what they attested. The fold sorts
+//!   its input, so a live projection and a replay that projected the log's partitions
+//!   in another order reach the same state.
+//! - [`check_facility_event`] is what a facility's consent events must satisfy against
+//!   the facility's own chain (standing, break-glass limits, grantor), with
+//!   [`ConsentPolicy`]'s bounds. Ingest and the projector both run it on the same facts,
+//!   so what ingest accepts the projector projects.
+//! - [`Access`] decides per record: deny by default; a facility always reads what it
+//!   authored; anything else needs an active grant, or an open break-glass window for
+//!   the emergency purpose. Decisions say which basis allowed each record.
+//!
+//! Pure: callers load the events and facts and pass the time.
 
-use crate::event::{ConsentGrant, Grantee};
-use crate::ids::{EventId, FacilityId};
+use crate::event::{Body, ConsentGrant, ConsentRequest, FacilityHeader, Grantee};
+use crate::ids::{EventId, FacilityId, KeyId};
 use crate::kinds::{Purpose, RecordKind, SensitivityLabel};
-use crate::time::Timestamp;
+use crate::patient::StatementBody;
+use crate::rejection::{Reason, Rejection};
+use crate::time::{Duration, Timestamp};
+use crate::{PublicKey, patient::Statement};
 
-/// A grant as projected: the grant, who recorded it, when, and whether it was revoked.
+/// How a grant was given.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ConsentForm {
+    /// Signed by the patient's own key.
+    PatientSigned = 1,
+    /// Attested by a facility that treats the patient (a paper form).
+    Attested = 2,
+}
+
+impl ConsentForm {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    pub fn from_code(code: i32) -> Option<Self> {
+        match code {
+            1 => Some(Self::PatientSigned),
+            2 => Some(Self::Attested),
+            _ => None,
+        }
+    }
+
+    /// `patient-signed` or `attested`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PatientSigned => "patient-signed",
+            Self::Attested => "attested",
+        }
+    }
+}
+
+fn days(n: i64) -> Duration {
+    Duration::from_secs(n * 24 * 60 * 60).expect("a whole number of days is a duration")
+}
+
+/// The bounds of what facilities may do on a patient's behalf. Ingest and the
+/// projector must run with the same policy (a replay with another policy may judge old
+/// events differently).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ConsentPolicy {
+    /// Longest expiry of a facility-attested grant, from its recorded_at.
+    pub attested_max: Duration,
+    /// A facility has standing for a patient when it authored a record for them within
+    /// this window before the event.
+    pub standing_window: Duration,
+    /// Break-glass declarations one facility may make in any 24 hours.
+    pub break_glass_per_day: u32,
+    /// Break-glass windows one facility may have open for one patient at once.
+    pub break_glass_open_per_patient: u32,
+    /// How long a consent request waits for the patient's answer.
+    pub request_ttl: Duration,
+}
+
+impl Default for ConsentPolicy {
+    fn default() -> Self {
+        Self {
+            attested_max: days(90),
+            standing_window: days(365),
+            break_glass_per_day: 20,
+            break_glass_open_per_patient: 1,
+            request_ttl: days(30),
+        }
+    }
+}
+
+/// What a facility's consent event must be judged against, from the facility's own
+/// chain before the event (so it is the same for ingest, the live projector and a
+/// replay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FactsNeeded {
+    /// Nothing beyond the event.
+    None,
+    /// An attested grant: the facility's latest record for `patient`, by recorded_at.
+    Standing,
+    /// A revocation: whether the facility attested `grant` for the patient.
+    Grantor { grant: EventId },
+    /// A break-glass declaration: the facility's declarations since `since`, and its
+    /// windows for the patient still open at `at`.
+    BreakGlass { since: Timestamp, at: Timestamp },
+}
+
+/// The answers to [`FactsNeeded`] (fields not asked for are ignored).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FacilityFacts {
+    /// recorded_at of the latest record this facility authored for the patient.
+    pub latest_authored: Option<Timestamp>,
+    /// Whether this facility attested the grant being revoked, for this patient.
+    pub attested_the_grant: bool,
+    /// This facility's break-glass declarations (any patient) recorded after `since`.
+    pub declared_since: u64,
+    /// This facility's windows for the patient open at `at`.
+    pub open_for_patient: u64,
+}
+
+/// Which facts `body`, recorded as `header`, needs.
+pub fn facts_needed(header: &FacilityHeader, body: &Body) -> FactsNeeded {
+    let at = header.link.recorded_at;
+    match body {
+        Body::ConsentGrant(_) => FactsNeeded::Standing,
+        Body::ConsentRevocation(r) => FactsNeeded::Grantor {
+            grant: r.grant_event_id,
+        },
+        Body::BreakGlass(_) => FactsNeeded::BreakGlass {
+            since: at.checked_sub(days(1)).unwrap_or(at),
+            at,
+        },
+        _ => FactsNeeded::None,
+    }
+}
+
+fn out_of_bounds(message: &'static str) -> Rejection {
+    Rejection::new(Reason::AttestedGrantOutOfBounds, message)
+}
+
+/// The checks of a facility's consent event against the policy and its own chain, in
+/// the contract's order (after the content checks).
+pub fn check_facility_event(
+    policy: &ConsentPolicy,
+    header: &FacilityHeader,
+    body: &Body,
+    facts: &FacilityFacts,
+) -> Result<(), Rejection> {
+    let at = header.link.recorded_at;
+    match body {
+        Body::ConsentGrant(g) => {
+            if g.grantee == Grantee::AnyFacility {
+                return Err(out_of_bounds(
+                    "a facility-attested grant must name one facility, never any facility",
+                ));
+            }
+            if !g.include_sensitive.is_empty() {
+                return Err(out_of_bounds(
+                    "a facility-attested grant may not include sensitive labels",
+                ));
+            }
+            let limit = at.checked_add(policy.attested_max);
+            if limit.is_none_or(|limit| g.expires_at > limit) {
+                return Err(out_of_bounds(
+                    "a facility-attested grant expires later than the policy allows",
+                ));
+            }
+            if g.request.is_some() {
+                return Err(out_of_bounds(
+                    "only the patient's own signed grant answers a consent request",
+                ));
+            }
+            let window_start = at.checked_sub(policy.standing_window).unwrap_or(at);
+            if facts
+                .latest_authored
+                .is_none_or(|t| t < window_start || t > at)
+            {
+                return Err(Rejection::new(
+                    Reason::NoStanding,
+                    "the facility authored no record for this patient within the standing window",
+                ));
+            }
+            Ok(())
+        }
+        Body::ConsentRevocation(_) if !facts.attested_the_grant => Err(Rejection::new(
+            Reason::NotGrantor,
+            "a facility may revoke only a grant it attested for this patient",
+        )),
+        Body::BreakGlass(_) => {
+            if facts.declared_since >= u64::from(policy.break_glass_per_day) {
+                return Err(Rejection::new(
+                    Reason::BreakGlassLimit,
+                    "the facility has made as many break-glass declarations in 24 hours as the policy allows",
+                ));
+            }
+            if facts.open_for_patient >= u64::from(policy.break_glass_open_per_patient) {
+                return Err(Rejection::new(
+                    Reason::BreakGlassLimit,
+                    "the facility already has as many open break-glass windows for this patient as the policy allows",
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A consent-relevant event about one patient, as the log holds it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConsentEvent {
+    /// The event id (facility events) or statement id (patient statements).
+    pub id: EventId,
+    /// When the exchange received it (the log's own time, not the signer's claim).
+    pub received_at: Timestamp,
+    pub fact: ConsentFact,
+}
+
+/// What a consent event says.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ConsentFact {
+    /// A facility enrolled the patient's key in person.
+    KeyEnrolled {
+        facility: FacilityId,
+        key: PublicKey,
+    },
+    /// The patient signed a statement with `key`.
+    Statement { key: KeyId, body: StatementBody },
+    /// A facility attested a grant.
+    AttestedGrant {
+        facility: FacilityId,
+        grant: ConsentGrant,
+    },
+    /// A facility revoked a grant (it counts only if the facility attested it).
+    FacilityRevocation { facility: FacilityId, grant: EventId },
+    /// A facility asked for consent.
+    Request {
+        facility: FacilityId,
+        request: ConsentRequest,
+    },
+}
+
+impl ConsentFact {
+    /// The fact of a valid patient statement.
+    pub fn of_statement(s: &Statement) -> Self {
+        ConsentFact::Statement {
+            key: s.key_id(),
+            body: s.body.clone(),
+        }
+    }
+
+    /// The fact of a valid facility event's body, if it is a consent event.
+    pub fn of_facility_body(facility: &FacilityId, body: &Body) -> Option<Self> {
+        match classify(facility, body.clone()) {
+            Classified::Consent(fact) => Some(fact),
+            Classified::Record(_) | Classified::BreakGlass(_) => None,
+        }
+    }
+}
+
+/// A facility event's body by what becomes of it: a record, a break-glass window, or a
+/// consent event.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Classified {
+    Record(crate::event::Record),
+    BreakGlass(crate::event::BreakGlass),
+    Consent(ConsentFact),
+}
+
+/// Sorts a valid body of `facility`'s event.
+pub fn classify(facility: &FacilityId, body: Body) -> Classified {
+    let facility = facility.clone();
+    Classified::Consent(match body {
+        Body::Record(r) => return Classified::Record(r),
+        Body::BreakGlass(b) => return Classified::BreakGlass(b),
+        Body::ConsentGrant(grant) => ConsentFact::AttestedGrant { facility, grant },
+        Body::ConsentRevocation(r) => ConsentFact::FacilityRevocation {
+            facility,
+            grant: r.grant_event_id,
+        },
+        Body::PatientKeyEnrollment(e) => ConsentFact::KeyEnrolled {
+            facility,
+            key: e.public_key,
+        },
+        Body::ConsentRequest(request) => ConsentFact::Request { facility, request },
+    })
+}
+
+/// Why a key stopped being the patient's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KeyEnd {
+    /// A rotation, or a new enrollment in person.
+    Replaced,
+    /// The patient revoked it.
+    Revoked,
+}
+
+/// One of the patient's keys, over its life.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PatientKey {
+    pub public_key: PublicKey,
+    /// The facility that enrolled it in person; `None` for a key rotated to.
+    pub enrolled_by: Option<FacilityId>,
+    pub valid_from: Timestamp,
+    pub ended: Option<(KeyEnd, Timestamp)>,
+}
+
+impl PatientKey {
+    pub fn key_id(&self) -> KeyId {
+        self.public_key.key_id()
+    }
+}
+
+/// Who revoked a grant.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Revoker {
+    Patient,
+    /// The facility that attested it.
+    Facility(FacilityId),
+}
+
+/// A grant as the consent state holds it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct GrantState {
+    /// The statement id (patient-signed) or event id (attested).
     pub grant_event_id: EventId,
-    pub granted_by: FacilityId,
+    pub form: ConsentForm,
+    /// The attesting facility; `None` when the patient signed.
+    pub granted_by: Option<FacilityId>,
+    /// When the exchange received it.
     pub granted_at: Timestamp,
     pub grant: ConsentGrant,
-    /// When the revocation was recorded; a revoked grant never allows a read again.
+    /// When a valid revocation was received; a revoked grant never allows a read again.
     pub revoked_at: Option<Timestamp>,
+    pub revoked_by: Option<Revoker>,
 }
 
 /// Where a grant stands at a given time.
@@ -27,7 +341,7 @@ pub enum GrantStatus {
     Active,
     Revoked,
     Expired,
-    /// Recorded with a time after the read (clock skew between facilities).
+    /// Received after the read's time (a clock between replicas).
     NotYetValid,
 }
 
@@ -44,13 +358,18 @@ impl GrantState {
         }
     }
 
+    /// Whether the grant names `facility` (or any facility).
+    pub fn names(&self, facility: &FacilityId) -> bool {
+        match &self.grant.grantee {
+            Grantee::Facility(f) => f == facility,
+            Grantee::AnyFacility => true,
+        }
+    }
+
     /// Does this grant let `reader` read for `purpose` at `now` (regardless of record)?
     fn admits(&self, reader: &FacilityId, purpose: Purpose, now: Timestamp) -> bool {
         self.status(now) == GrantStatus::Active
-            && match &self.grant.grantee {
-                Grantee::Facility(f) => f == reader,
-                Grantee::AnyFacility => true,
-            }
+            && self.names(reader)
             && self.grant.purposes.contains(&purpose)
     }
 
@@ -65,6 +384,269 @@ impl GrantState {
                 .iter()
                 .all(|label| g.include_sensitive.contains(label))
     }
+
+    fn basis(&self) -> Basis {
+        Basis::Consent {
+            grant: self.grant_event_id,
+            form: self.form,
+        }
+    }
+}
+
+/// How a consent request was answered.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Answer {
+    /// A patient-signed grant naming the request.
+    Approved { grant: EventId },
+    Declined,
+}
+
+/// Where a request stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RequestStatus {
+    Pending,
+    Approved { grant: EventId },
+    Declined,
+    Expired,
+}
+
+/// A facility's consent request as the consent state holds it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RequestState {
+    pub request_event_id: EventId,
+    pub facility: FacilityId,
+    pub requested_at: Timestamp,
+    pub request: ConsentRequest,
+    pub answer: Option<(Answer, Timestamp)>,
+}
+
+impl RequestState {
+    pub fn status(&self, now: Timestamp, policy: &ConsentPolicy) -> RequestStatus {
+        match self.answer {
+            Some((Answer::Approved { grant }, _)) => RequestStatus::Approved { grant },
+            Some((Answer::Declined, _)) => RequestStatus::Declined,
+            None if self
+                .requested_at
+                .checked_add(policy.request_ttl)
+                .is_some_and(|end| now >= end) =>
+            {
+                RequestStatus::Expired
+            }
+            None => RequestStatus::Pending,
+        }
+    }
+}
+
+/// A patient's consent state: keys, grants and requests, from their consent events.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct ConsentState {
+    /// Every key the patient had, in the order they became valid; at most one has no end.
+    pub keys: Vec<PatientKey>,
+    pub grants: Vec<GrantState>,
+    pub requests: Vec<RequestState>,
+    /// Statements that were not signed by the patient's key when received: they count
+    /// for nothing (kept to show the patient).
+    pub ignored: Vec<EventId>,
+}
+
+impl ConsentState {
+    /// Folds a patient's consent events, in the order the exchange received them (ties
+    /// by id), whatever order they are given in.
+    pub fn fold(events: impl IntoIterator<Item = ConsentEvent>) -> Self {
+        let mut events: Vec<ConsentEvent> = events.into_iter().collect();
+        events.sort_by(|a, b| (a.received_at, a.id).cmp(&(b.received_at, b.id)));
+        let mut state = ConsentState::default();
+        // Revocations and answers refer to grants and requests; they are resolved once
+        // every grant and request is known, in the order they were received.
+        let mut revocations: Vec<(EventId, Revoker, Timestamp)> = Vec::new();
+        let mut answers: Vec<(EventId, Answer, Timestamp)> = Vec::new();
+        for e in events {
+            let t = e.received_at;
+            match e.fact {
+                ConsentFact::KeyEnrolled { facility, key } => {
+                    state.end_active_key(KeyEnd::Replaced, t);
+                    state.keys.push(PatientKey {
+                        public_key: key,
+                        enrolled_by: Some(facility),
+                        valid_from: t,
+                        ended: None,
+                    });
+                }
+                ConsentFact::Statement { key, body } => {
+                    if state.active_key().is_none_or(|k| k.key_id() != key) {
+                        state.ignored.push(e.id);
+                        continue;
+                    }
+                    match body {
+                        StatementBody::KeyRotation { new_key } => {
+                            state.end_active_key(KeyEnd::Replaced, t);
+                            state.keys.push(PatientKey {
+                                public_key: new_key,
+                                enrolled_by: None,
+                                valid_from: t,
+                                ended: None,
+                            });
+                        }
+                        StatementBody::KeyRevocation { .. } => {
+                            state.end_active_key(KeyEnd::Revoked, t)
+                        }
+                        StatementBody::Grant(grant) => {
+                            if let Some(request) = grant.request {
+                                answers.push((request, Answer::Approved { grant: e.id }, t));
+                            }
+                            state.grants.push(GrantState {
+                                grant_event_id: e.id,
+                                form: ConsentForm::PatientSigned,
+                                granted_by: None,
+                                granted_at: t,
+                                grant,
+                                revoked_at: None,
+                                revoked_by: None,
+                            });
+                        }
+                        StatementBody::Revocation(r) => {
+                            revocations.push((r.grant_event_id, Revoker::Patient, t))
+                        }
+                        StatementBody::Decline { request } => {
+                            answers.push((request, Answer::Declined, t))
+                        }
+                    }
+                }
+                ConsentFact::AttestedGrant { facility, grant } => {
+                    state.grants.push(GrantState {
+                        grant_event_id: e.id,
+                        form: ConsentForm::Attested,
+                        granted_by: Some(facility),
+                        granted_at: t,
+                        grant,
+                        revoked_at: None,
+                        revoked_by: None,
+                    })
+                }
+                ConsentFact::FacilityRevocation { facility, grant } => {
+                    revocations.push((grant, Revoker::Facility(facility), t))
+                }
+                ConsentFact::Request { facility, request } => state.requests.push(RequestState {
+                    request_event_id: e.id,
+                    facility,
+                    requested_at: t,
+                    request,
+                    answer: None,
+                }),
+            }
+        }
+        for (id, by, t) in revocations {
+            let Some(g) = state.grants.iter_mut().find(|g| g.grant_event_id == id) else {
+                continue;
+            };
+            let authorised = match &by {
+                Revoker::Patient => true,
+                Revoker::Facility(f) => {
+                    g.form == ConsentForm::Attested && g.granted_by.as_ref() == Some(f)
+                }
+            };
+            if authorised && g.revoked_at.is_none() {
+                g.revoked_at = Some(t);
+                g.revoked_by = Some(by);
+            }
+        }
+        for (id, answer, t) in answers {
+            let grantee_of = |grant: EventId| {
+                state
+                    .grants
+                    .iter()
+                    .find(|g| g.grant_event_id == grant)
+                    .map(|g| g.grant.grantee.clone())
+            };
+            let approved_for = match answer {
+                Answer::Approved { grant } => grantee_of(grant),
+                Answer::Declined => None,
+            };
+            let Some(r) = state.requests.iter_mut().find(|r| r.request_event_id == id) else {
+                continue;
+            };
+            let fits = match answer {
+                Answer::Approved { .. } => approved_for == Some(Grantee::Facility(r.facility.clone())),
+                Answer::Declined => true,
+            };
+            if fits && r.answer.is_none() {
+                r.answer = Some((answer, t));
+            }
+        }
+        state
+    }
+
+    fn end_active_key(&mut self, end: KeyEnd, at: Timestamp) {
+        if let Some(k) = self.keys.iter_mut().find(|k| k.ended.is_none()) {
+            k.ended = Some((end, at));
+        }
+    }
+
+    /// The patient's current key, if they have one.
+    pub fn active_key(&self) -> Option<&PatientKey> {
+        self.keys.iter().find(|k| k.ended.is_none())
+    }
+
+    pub fn grant(&self, id: EventId) -> Option<&GrantState> {
+        self.grants.iter().find(|g| g.grant_event_id == id)
+    }
+
+    pub fn request(&self, id: EventId) -> Option<&RequestState> {
+        self.requests.iter().find(|r| r.request_event_id == id)
+    }
+
+    /// Whether the exchange, holding this state now, accepts `statement` (signed and
+    /// well-formed) from the patient: its key is the patient's current key, and what it
+    /// refers to is the patient's and still open.
+    pub fn check_statement(
+        &self,
+        statement: &Statement,
+        now: Timestamp,
+        policy: &ConsentPolicy,
+    ) -> Result<(), Rejection> {
+        if self
+            .active_key()
+            .is_none_or(|k| k.key_id() != statement.key_id())
+        {
+            return Err(Rejection::new(
+                Reason::PatientKeyNotValid,
+                "the statement is not signed by the patient's enrolled key",
+            ));
+        }
+        let pending = |id: EventId| {
+            self.request(id)
+                .filter(|r| r.status(now, policy) == RequestStatus::Pending)
+        };
+        match &statement.body {
+            StatementBody::Revocation(r) if self.grant(r.grant_event_id).is_none() => {
+                Err(Rejection::new(
+                    Reason::NotGrantor,
+                    "the patient has no grant with this id",
+                ))
+            }
+            StatementBody::Decline { request } if pending(*request).is_none() => {
+                Err(Rejection::invalid_field(
+                    "consent_decline.request_event_id",
+                    "no pending consent request with this id for this patient",
+                ))
+            }
+            StatementBody::Grant(g) => match g.request {
+                Some(request) => match pending(request) {
+                    Some(r) if g.grantee == Grantee::Facility(r.facility.clone()) => Ok(()),
+                    Some(_) => Err(Rejection::invalid_field(
+                        "consent_grant.request_event_id",
+                        "an approval must name the requesting facility as grantee",
+                    )),
+                    None => Err(Rejection::invalid_field(
+                        "consent_grant.request_event_id",
+                        "no pending consent request with this id for this patient",
+                    )),
+                },
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An emergency access window declared by a facility.
@@ -77,8 +659,12 @@ pub struct BreakGlassWindow {
 }
 
 impl BreakGlassWindow {
+    pub fn is_open_at(&self, now: Timestamp) -> bool {
+        self.declared_at <= now && now < self.expires_at
+    }
+
     pub fn is_open(&self, reader: &FacilityId, now: Timestamp) -> bool {
-        &self.facility_id == reader && self.declared_at <= now && now < self.expires_at
+        &self.facility_id == reader && self.is_open_at(now)
     }
 }
 
@@ -96,8 +682,8 @@ pub struct RecordFacts<'a> {
 pub enum Basis {
     /// The reader authored it.
     Author,
-    /// An active grant (its event id).
-    Consent(EventId),
+    /// An active grant (its id), patient-signed or attested.
+    Consent { grant: EventId, form: ConsentForm },
     /// An open break-glass window (its event id).
     BreakGlass(EventId),
 }
@@ -113,6 +699,14 @@ pub struct Access<'a> {
 }
 
 impl Access<'_> {
+    /// Break-glass releases records only for the emergency purpose.
+    fn glass(&self) -> impl Iterator<Item = &BreakGlassWindow> {
+        let emergency = self.purpose == Purpose::Emergency;
+        self.break_glass
+            .iter()
+            .filter(move |w| emergency && w.is_open(self.reader, self.now))
+    }
+
     /// The basis on which the reader may see this record, or `None`: withheld.
     /// Authorship first (it needs no consent), then grants in the order given, then
     /// break-glass, which covers every record, sensitive ones included: an emergency
@@ -126,12 +720,9 @@ impl Access<'_> {
             .iter()
             .find(|g| g.admits(self.reader, self.purpose, self.now) && g.covers(record))
         {
-            return Some(Basis::Consent(g.grant_event_id));
+            return Some(g.basis());
         }
-        self.break_glass
-            .iter()
-            .find(|w| w.is_open(self.reader, self.now))
-            .map(|w| Basis::BreakGlass(w.event_id))
+        self.glass().next().map(|w| Basis::BreakGlass(w.event_id))
     }
 
     /// Grants and break-glass windows that currently let the reader read anything of
@@ -142,12 +733,8 @@ impl Access<'_> {
             .grants
             .iter()
             .filter(|g| g.admits(self.reader, self.purpose, self.now))
-            .map(|g| Basis::Consent(g.grant_event_id));
-        let glass = self
-            .break_glass
-            .iter()
-            .filter(|w| w.is_open(self.reader, self.now))
-            .map(|w| Basis::BreakGlass(w.event_id));
+            .map(GrantState::basis);
+        let glass = self.glass().map(|w| Basis::BreakGlass(w.event_id));
         grants.chain(glass).collect()
     }
 
@@ -170,198 +757,4 @@ impl Access<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::Evidence;
-    use crate::ids::{PatientId, Sha256};
-
-    fn t(s: i64) -> Timestamp {
-        Timestamp::from_unix_seconds(1_800_000_000 + s).unwrap()
-    }
-    fn fac(s: &str) -> FacilityId {
-        FacilityId::parse(s).unwrap()
-    }
-    fn id(n: u128) -> EventId {
-        EventId::from_uuid(uuid::Uuid::from_u128(n))
-    }
-
-    fn grant(grantee: Grantee, purposes: Vec<Purpose>) -> GrantState {
-        GrantState {
-            grant_event_id: id(1),
-            granted_by: fac("26012"),
-            granted_at: t(0),
-            revoked_at: None,
-            grant: ConsentGrant {
-                patient_id: PatientId::parse("026062001234").unwrap(),
-                grantee,
-                purposes,
-                kinds: vec![],
-                include_sensitive: vec![],
-                data_from: None,
-                data_until: None,
-                expires_at: t(1000),
-                evidence: Evidence {
-                    form_id: "F".into(),
-                    sha256: Sha256::ZERO,
-                },
-            },
-        }
-    }
-
-    const NONE: &[SensitivityLabel] = &[];
-
-    #[test]
-    fn deny_by_default_but_authors_read_their_own() {
-        let reader = fac("26001");
-        let access = Access {
-            reader: &reader,
-            purpose: Purpose::Referral,
-            now: t(10),
-            grants: &[],
-            break_glass: &[],
-        };
-        let other = fac("26012");
-        let rec = |author| RecordFacts {
-            author,
-            kind: RecordKind::Observation,
-            occurred_at: t(5),
-            sensitivity: NONE,
-        };
-        assert_eq!(access.decide(&rec(&other)), None);
-        assert_eq!(access.decide(&rec(&reader)), Some(Basis::Author));
-        assert!(access.standing().is_empty());
-    }
-
-    #[test]
-    fn grant_allows_its_grantee_purpose_kinds_period_and_labels_only() {
-        let reader = fac("26001");
-        let author = fac("26012");
-        let mut g = grant(Grantee::Facility(reader.clone()), vec![Purpose::Referral]);
-        g.grant.kinds = vec![RecordKind::Observation];
-        g.grant.data_from = Some(t(0));
-        g.grant.data_until = Some(t(100));
-        let grants = [g];
-        let access = |reader, purpose, now| Access {
-            reader,
-            purpose,
-            now,
-            grants: &grants,
-            break_glass: &[],
-        };
-        let rec = |kind, at, labels| RecordFacts {
-            author: &author,
-            kind,
-            occurred_at: at,
-            sensitivity: labels,
-        };
-        let ok = rec(RecordKind::Observation, t(50), NONE);
-        assert_eq!(
-            access(&reader, Purpose::Referral, t(10)).decide(&ok),
-            Some(Basis::Consent(id(1)))
-        );
-        // Wrong purpose, wrong reader, expired, other kind, outside the period, sensitive.
-        assert_eq!(
-            access(&reader, Purpose::ChronicCare, t(10)).decide(&ok),
-            None
-        );
-        let clinic = fac("26105");
-        assert_eq!(access(&clinic, Purpose::Referral, t(10)).decide(&ok), None);
-        assert_eq!(
-            access(&reader, Purpose::Referral, t(1000)).decide(&ok),
-            None
-        );
-        assert_eq!(
-            access(&reader, Purpose::Referral, t(10)).decide(&rec(
-                RecordKind::Condition,
-                t(50),
-                NONE
-            )),
-            None
-        );
-        assert_eq!(
-            access(&reader, Purpose::Referral, t(10)).decide(&rec(
-                RecordKind::Observation,
-                t(100),
-                NONE
-            )),
-            None
-        );
-        assert_eq!(
-            access(&reader, Purpose::Referral, t(10)).decide(&rec(
-                RecordKind::Observation,
-                t(50),
-                &[SensitivityLabel::Hiv]
-            )),
-            None
-        );
-        assert_eq!(
-            access(&reader, Purpose::Referral, t(10)).next_change(),
-            Some(t(1000))
-        );
-    }
-
-    #[test]
-    fn named_sensitive_labels_are_included_and_revocation_ends_a_grant() {
-        let reader = fac("26001");
-        let author = fac("26012");
-        let mut g = grant(Grantee::AnyFacility, vec![Purpose::Treatment]);
-        g.grant.include_sensitive = vec![SensitivityLabel::Hiv];
-        let rec = RecordFacts {
-            author: &author,
-            kind: RecordKind::Condition,
-            occurred_at: t(1),
-            sensitivity: &[SensitivityLabel::Hiv],
-        };
-        let mut grants = vec![g];
-        let decide = |grants: &[GrantState]| {
-            Access {
-                reader: &reader,
-                purpose: Purpose::Treatment,
-                now: t(10),
-                grants,
-                break_glass: &[],
-            }
-            .decide(&rec)
-        };
-        assert_eq!(decide(&grants), Some(Basis::Consent(id(1))));
-        grants[0].revoked_at = Some(t(5));
-        assert_eq!(decide(&grants), None);
-        assert_eq!(grants[0].status(t(10)), GrantStatus::Revoked);
-    }
-
-    #[test]
-    fn break_glass_is_time_boxed_to_its_facility_and_covers_sensitive_records() {
-        let reader = fac("26001");
-        let author = fac("26012");
-        let w = [BreakGlassWindow {
-            event_id: id(9),
-            facility_id: reader.clone(),
-            declared_at: t(0),
-            expires_at: t(3600),
-        }];
-        let rec = RecordFacts {
-            author: &author,
-            kind: RecordKind::Allergy,
-            occurred_at: t(-100),
-            sensitivity: &[SensitivityLabel::MentalHealth],
-        };
-        let at = |reader, now| Access {
-            reader,
-            purpose: Purpose::Emergency,
-            now,
-            grants: &[],
-            break_glass: &w,
-        };
-        assert_eq!(
-            at(&reader, t(10)).decide(&rec),
-            Some(Basis::BreakGlass(id(9)))
-        );
-        assert_eq!(at(&reader, t(3600)).decide(&rec), None);
-        let clinic = fac("26105");
-        assert_eq!(at(&clinic, t(10)).decide(&rec), None);
-        assert_eq!(
-            at(&reader, t(10)).standing(),
-            vec![Basis::BreakGlass(id(9))]
-        );
-    }
-}
+mod tests;

@@ -9,10 +9,12 @@ use serde_json::Value;
 use crate::dsse::PublicKey;
 use crate::event::{Body, RegistryBody};
 use crate::event::{
-    BreakGlass, ConsentGrant, ConsentRevocation, Evidence, FHIR_JSON, FacilityHeader, Grantee,
-    MAX_BODY_BYTES, MAX_BREAK_GLASS_REASON_BYTES, MAX_BREAK_GLASS_SECONDS, Record,
+    BreakGlass, ConsentGrant, ConsentRequest, ConsentRevocation, Evidence, FHIR_JSON,
+    FacilityHeader, Grantee, MAX_BODY_BYTES, MAX_BREAK_GLASS_REASON_BYTES,
+    MAX_BREAK_GLASS_SECONDS, MAX_REQUEST_REASON_BYTES, MAX_REQUEST_SECONDS, Record,
     optional_timestamp, timestamp, unchecked,
 };
+use crate::time::Timestamp;
 use crate::ids::{EventId, FacilityId, KeyId, PatientId, Sha256};
 use crate::kinds::{FacilityLevel, Purpose, RecordKind, SensitivityLabel};
 use crate::rejection::Rejection;
@@ -25,6 +27,10 @@ pub fn check_body(header: &FacilityHeader, body: &unchecked::Body) -> Result<Bod
         unchecked::Body::ConsentGrant(g) => Body::ConsentGrant(check_grant(header, g)?),
         unchecked::Body::ConsentRevocation(r) => Body::ConsentRevocation(check_revocation(r)?),
         unchecked::Body::BreakGlass(b) => Body::BreakGlass(check_break_glass(header, b)?),
+        unchecked::Body::PatientKeyEnrollment(e) => Body::PatientKeyEnrollment(
+            crate::patient::check_enrollment(&header.facility_id, &header.link, e)?,
+        ),
+        unchecked::Body::ConsentRequest(r) => Body::ConsentRequest(check_request(r)?),
     })
 }
 
@@ -161,10 +167,24 @@ fn evidence(raw: Option<&unchecked::Evidence>, field: &'static str) -> Result<Ev
     })
 }
 
-/// Checks a consent grant. `recorded_at` bounds its expiry.
+/// Checks a facility-attested consent grant's fields. `recorded_at` bounds its
+/// expiry; the attested bounds (grantee, labels, expiry limit) and the facility's
+/// standing are checked later, against the consent policy and the facility's chain
+/// ([`crate::consent::check_facility_event`]).
 pub fn check_grant(
     header: &FacilityHeader,
     g: &unchecked::ConsentGrant,
+) -> Result<ConsentGrant, Rejection> {
+    check_grant_fields(g, header.link.recorded_at, true)
+}
+
+/// The fields of a grant, attested or patient-signed, in the contract's order.
+/// `reference` is the time the expiry must lie after; `evidence_required` is true for an
+/// attested grant (the paper form is the evidence).
+pub fn check_grant_fields(
+    g: &unchecked::ConsentGrant,
+    reference: Timestamp,
+    evidence_required: bool,
 ) -> Result<ConsentGrant, Rejection> {
     let patient_id = patient(&g.patient_id, "consent_grant.patient_id")?;
     let purposes = codes(&g.purposes, "consent_grant.purposes", Purpose::from_code)?;
@@ -191,13 +211,24 @@ pub fn check_grant(
         ));
     }
     let expires_at = timestamp(g.expires_at, "consent_grant.expires_at")?;
-    if expires_at <= header.link.recorded_at {
+    if expires_at <= reference {
         return Err(Rejection::invalid_field(
             "consent_grant.expires_at",
             "must be after recorded_at",
         ));
     }
-    let evidence = evidence(g.evidence.as_ref(), "consent_grant.evidence")?;
+    let evidence = match (&g.evidence, evidence_required) {
+        (None, false) => None,
+        (e, _) => Some(evidence(e.as_ref(), "consent_grant.evidence")?),
+    };
+    let request = if g.request_event_id.is_empty() {
+        None
+    } else {
+        Some(
+            EventId::parse(&g.request_event_id)
+                .map_err(|e| Rejection::invalid_field("consent_grant.request_event_id", e))?,
+        )
+    };
     let grantee = match &g.grantee {
         Some(unchecked::Grantee::Facility(f)) => Grantee::Facility(
             FacilityId::parse(f)
@@ -221,6 +252,64 @@ pub fn check_grant(
         data_until,
         expires_at,
         evidence,
+        request,
+    })
+}
+
+/// Checks a facility's consent request.
+pub fn check_request(r: &unchecked::ConsentRequest) -> Result<ConsentRequest, Rejection> {
+    let patient_id = patient(&r.patient_id, "consent_request.patient_id")?;
+    let purposes = codes(&r.purposes, "consent_request.purposes", Purpose::from_code)?;
+    if purposes.is_empty() {
+        return Err(Rejection::invalid_field(
+            "consent_request.purposes",
+            "at least one purpose is required",
+        ));
+    }
+    let kinds = codes(&r.kinds, "consent_request.kinds", RecordKind::from_code)?;
+    let data_from = optional_timestamp(r.data_from, "consent_request.data_from")?;
+    let data_until = optional_timestamp(r.data_until, "consent_request.data_until")?;
+    if let (Some(from), Some(until)) = (data_from, data_until)
+        && until <= from
+    {
+        return Err(Rejection::invalid_field(
+            "consent_request.data_until",
+            "must be after data_from",
+        ));
+    }
+    let raw = r
+        .duration
+        .ok_or_else(|| Rejection::invalid_field("consent_request.duration", "required"))?;
+    let duration = Duration::new(raw.seconds, raw.nanos)
+        .ok()
+        .filter(|d| d.as_nanos() > 0 && d.as_nanos() <= i128::from(MAX_REQUEST_SECONDS) * 1_000_000_000)
+        .ok_or_else(|| {
+            Rejection::invalid_field(
+                "consent_request.duration",
+                "must be more than 0 s and at most 365 days",
+            )
+        })?;
+    let reason = non_empty(&r.reason, "consent_request.reason")?;
+    if reason.len() > MAX_REQUEST_REASON_BYTES {
+        return Err(Rejection::invalid_field(
+            "consent_request.reason",
+            format_args!("at most {MAX_REQUEST_REASON_BYTES} bytes"),
+        ));
+    }
+    let include_sensitive = codes(
+        &r.include_sensitive,
+        "consent_request.include_sensitive",
+        SensitivityLabel::from_code,
+    )?;
+    Ok(ConsentRequest {
+        patient_id,
+        purposes,
+        kinds,
+        data_from,
+        data_until,
+        duration,
+        reason,
+        include_sensitive,
     })
 }
 

@@ -13,16 +13,30 @@ pub enum PayloadType {
     FacilityEvent,
     /// A `hrx.v1.RegistryEvent`, signed by the national root key.
     RegistryEvent,
+    /// A `hrx.v1.PatientStatement` (consent, key change), signed by the patient's key.
+    PatientStatement,
+    /// A `hrx.v1.PatientKeyProof`: proof that a patient holds the key being enrolled.
+    PatientKeyProof,
+    /// A `hrx.v1.PatientRequest`: a patient's signed, single-use request for their view.
+    PatientRequest,
 }
 
 impl PayloadType {
     pub const FACILITY_EVENT: &'static str = "application/vnd.hrx.facility-event.v1+protobuf";
     pub const REGISTRY_EVENT: &'static str = "application/vnd.hrx.registry-event.v1+protobuf";
+    pub const PATIENT_STATEMENT: &'static str =
+        "application/vnd.hrx.patient-statement.v1+protobuf";
+    pub const PATIENT_KEY_PROOF: &'static str =
+        "application/vnd.hrx.patient-key-proof.v1+protobuf";
+    pub const PATIENT_REQUEST: &'static str = "application/vnd.hrx.patient-request.v1+protobuf";
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             Self::FACILITY_EVENT => Some(Self::FacilityEvent),
             Self::REGISTRY_EVENT => Some(Self::RegistryEvent),
+            Self::PATIENT_STATEMENT => Some(Self::PatientStatement),
+            Self::PATIENT_KEY_PROOF => Some(Self::PatientKeyProof),
+            Self::PATIENT_REQUEST => Some(Self::PatientRequest),
             _ => None,
         }
     }
@@ -31,6 +45,9 @@ impl PayloadType {
         match self {
             Self::FacilityEvent => Self::FACILITY_EVENT,
             Self::RegistryEvent => Self::REGISTRY_EVENT,
+            Self::PatientStatement => Self::PATIENT_STATEMENT,
+            Self::PatientKeyProof => Self::PATIENT_KEY_PROOF,
+            Self::PatientRequest => Self::PATIENT_REQUEST,
         }
     }
 }
@@ -82,6 +99,11 @@ impl Envelope {
                 "payload_type is not a payload type of this exchange",
             )
         })?;
+        Ok((payload_type, self.check_key_id_and_signature_form()?))
+    }
+
+    /// Step 2 of verification alone: a well-formed key id and a 64-byte signature.
+    pub fn check_key_id_and_signature_form(&self) -> Result<KeyId, Rejection> {
         let key_id = KeyId::parse(&self.key_id).map_err(|_| {
             Rejection::new(
                 Reason::MalformedEnvelope,
@@ -94,7 +116,7 @@ impl Envelope {
                 "signature must be 64 bytes (Ed25519)",
             ));
         }
-        Ok((payload_type, key_id))
+        Ok(key_id)
     }
 }
 

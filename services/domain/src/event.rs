@@ -42,6 +42,27 @@ pub mod unchecked {
         ConsentGrant(ConsentGrant),
         ConsentRevocation(ConsentRevocation),
         BreakGlass(BreakGlass),
+        PatientKeyEnrollment(PatientKeyEnrollment),
+        ConsentRequest(ConsentRequest),
+    }
+
+    #[derive(Clone, PartialEq, Eq, Debug, Default)]
+    pub struct PatientKeyEnrollment {
+        pub patient_id: String,
+        pub public_key: Vec<u8>,
+        pub proof: Option<crate::patient::raw::Proof>,
+    }
+
+    #[derive(Clone, PartialEq, Eq, Debug, Default)]
+    pub struct ConsentRequest {
+        pub patient_id: String,
+        pub purposes: Vec<i32>,
+        pub kinds: Vec<i32>,
+        pub data_from: Option<RawTime>,
+        pub data_until: Option<RawTime>,
+        pub duration: Option<RawTime>,
+        pub reason: String,
+        pub include_sensitive: Vec<i32>,
     }
 
     #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -78,6 +99,7 @@ pub mod unchecked {
         pub data_until: Option<RawTime>,
         pub expires_at: Option<RawTime>,
         pub evidence: Option<Evidence>,
+        pub request_event_id: String,
         pub grantee: Option<Grantee>,
     }
 
@@ -257,7 +279,10 @@ pub struct ConsentGrant {
     pub data_from: Option<Timestamp>,
     pub data_until: Option<Timestamp>,
     pub expires_at: Timestamp,
-    pub evidence: Evidence,
+    /// Required when a facility attests the grant; optional when the patient signs it.
+    pub evidence: Option<Evidence>,
+    /// The consent request this grant approves.
+    pub request: Option<EventId>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -283,12 +308,36 @@ pub struct BreakGlass {
     pub expires_at: Timestamp,
 }
 
+/// Longest consent request duration: 365 days.
+pub const MAX_REQUEST_SECONDS: i64 = 365 * 24 * 60 * 60;
+
+/// Longest consent request reason, in bytes.
+pub const MAX_REQUEST_REASON_BYTES: usize = 1000;
+
+/// A facility's request for the patient's consent, valid. The grantee is the facility.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConsentRequest {
+    pub patient_id: PatientId,
+    pub purposes: Vec<Purpose>,
+    pub kinds: Vec<RecordKind>,
+    pub data_from: Option<Timestamp>,
+    pub data_until: Option<Timestamp>,
+    /// How long the grant would last once approved.
+    pub duration: Duration,
+    pub reason: String,
+    pub include_sensitive: Vec<SensitivityLabel>,
+}
+
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Body {
     Record(Record),
+    /// A facility-attested grant.
     ConsentGrant(ConsentGrant),
+    /// A facility's revocation of a grant it attested.
     ConsentRevocation(ConsentRevocation),
     BreakGlass(BreakGlass),
+    PatientKeyEnrollment(crate::patient::KeyEnrollment),
+    ConsentRequest(ConsentRequest),
 }
 
 impl Body {
@@ -299,6 +348,8 @@ impl Body {
             Body::ConsentGrant(g) => &g.patient_id,
             Body::ConsentRevocation(r) => &r.patient_id,
             Body::BreakGlass(b) => &b.patient_id,
+            Body::PatientKeyEnrollment(e) => &e.patient_id,
+            Body::ConsentRequest(r) => &r.patient_id,
         }
     }
 }

@@ -11,7 +11,10 @@
 //! - [`chain`]: per-facility hash-chain rules (next, duplicate, gap, mismatch, fork).
 //! - [`content`]: content rules, including the FHIR body checks.
 //! - [`verify`]: the verification pipeline that strings them together.
-//! - [`consent`]: per-record access decisions (author, grant, break-glass).
+//! - [`patient`]: the patient's own key, the statements they sign with it, key
+//!   proofs and signed requests.
+//! - [`consent`]: the consent policy, a patient's consent state folded from the log,
+//!   and per-record access decisions (author, grant, break-glass).
 //! - [`audit`]: access events and their hash chain.
 //!
 //! Invariant: this crate depends on no async runtime, network, database or wire
@@ -25,6 +28,7 @@ pub mod dsse;
 pub mod event;
 pub mod ids;
 pub mod kinds;
+pub mod patient;
 pub mod rejection;
 pub mod time;
 pub mod verify;

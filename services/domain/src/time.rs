@@ -79,6 +79,14 @@ impl Timestamp {
         Self::new(seconds, nanos).ok()
     }
 
+    /// `self - d`, or `None` before the year 1.
+    pub fn checked_sub(&self, d: Duration) -> Option<Self> {
+        let nanos = self.unix_nanos() - d.as_nanos();
+        let seconds = i64::try_from(nanos.div_euclid(1_000_000_000)).ok()?;
+        let sub = i32::try_from(nanos.rem_euclid(1_000_000_000)).ok()?;
+        Self::new(seconds, sub).ok()
+    }
+
     pub fn parse_rfc3339(s: &str) -> Result<Self, TimeError> {
         let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| TimeError::Syntax)?;
         Ok(Self::from_offset(t))

@@ -206,7 +206,7 @@ where
 }
 
 /// The outcome of verifying one event.
-#[derive(Clone, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Verdict<E> {
     /// Valid in every respect; extends the chain.
     Accepted(E),

@@ -7,10 +7,10 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use hrx_domain::audit::{AccessAction, AccessEvent, AuditEntry};
+use hrx_domain::audit::{AccessAction, AccessEvent, AccessOutcome, AuditEntry, AuditFormat, Reader};
 use hrx_domain::consent::Basis;
 use hrx_domain::{EventId, FacilityId, PatientId, Purpose, Sha256};
-use hrx_ports::{AccessAppend, AuditStore, PortResult};
+use hrx_ports::{AccessAppend, AccessCounts, AuditStore, PortResult};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::SqliteNode;
@@ -52,14 +52,14 @@ pub(crate) fn append(
     tx.prepare_cached(
         "INSERT INTO audit_log (seq, reader, patient_id, purpose, action, bases, \
          records_returned, records_withheld, at_s, at_ns, prev_hash, entry_hash, \
-         break_glass_event_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         break_glass_event_id, format, reader_kind, outcome) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         codec::int(entry.seq, "audit seq")?,
         e.reader.as_str(),
         e.patient.as_str(),
-        e.purpose.code(),
+        e.purpose.map_or(0, Purpose::code),
         e.action.code(),
         codec::bases(&e.bases),
         codec::int(e.records_returned, "records returned")?,
@@ -69,6 +69,9 @@ pub(crate) fn append(
         entry.prev_hash.as_bytes(),
         entry.entry_hash.as_bytes(),
         codec::opt_id(break_glass),
+        entry.format.code(),
+        e.reader.kind_code(),
+        e.outcome.code(),
     ])?;
 
     let mut cell = tx.prepare_cached(
@@ -76,6 +79,12 @@ pub(crate) fn append(
          ON CONFLICT (reader, author) DO UPDATE SET \
          records = records + excluded.records, accesses = accesses + 1",
     )?;
+    // The exchange matrix is facility × facility.
+    let authors = if e.reader.facility().is_some() {
+        authors
+    } else {
+        &[]
+    };
     for (author, n) in authors {
         cell.execute(params![
             e.reader.as_str(),
@@ -109,38 +118,89 @@ fn corrupt(what: &str) -> crate::EmbeddedError {
     crate::EmbeddedError::Corrupt(format!("the audit log holds {what}"))
 }
 
+const ENTRY_COLUMNS: &str = "seq, format, reader, patient_id, purpose, action, bases, \
+     records_returned, records_withheld, at_s, at_ns, outcome, prev_hash, entry_hash";
+
 fn accesses(
     conn: &Connection,
     patient: &PatientId,
+    reader: Option<&Reader>,
     after: u64,
     limit: usize,
 ) -> Result<Vec<AuditEntry>> {
+    let limit = codec::limit(limit);
+    match reader {
+        None => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM audit_log \
+                 WHERE patient_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
+            codec::collect(
+                &mut stmt,
+                params![patient.as_str(), codec::bound(after), limit],
+                decode,
+            )
+        }
+        Some(reader) => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM audit_log \
+                 WHERE patient_id = ?1 AND reader = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+            ))?;
+            codec::collect(
+                &mut stmt,
+                params![
+                    patient.as_str(),
+                    reader.as_str(),
+                    codec::bound(after),
+                    limit
+                ],
+                decode,
+            )
+        }
+    }
+}
+
+fn access_counts(conn: &Connection, patient: &PatientId) -> Result<AccessCounts> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, reader, patient_id, purpose, action, bases, records_returned, \
-         records_withheld, at_s, at_ns, prev_hash, entry_hash \
-         FROM audit_log WHERE patient_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        "SELECT coalesce(sum(outcome = ?2), 0), coalesce(sum(outcome = ?3), 0), \
+         coalesce(sum(action = ?4), 0) FROM audit_log WHERE patient_id = ?1",
     )?;
-    codec::collect(
+    let counts = codec::first(
         &mut stmt,
-        params![patient.as_str(), codec::bound(after), codec::limit(limit)],
-        decode,
-    )
+        params![
+            patient.as_str(),
+            AccessOutcome::Allowed.code(),
+            AccessOutcome::Denied.code(),
+            AccessAction::BreakGlass.code()
+        ],
+        |c| {
+            Ok(AccessCounts {
+                allowed: c.u64()?,
+                denied: c.u64()?,
+                break_glass: c.u64()?,
+            })
+        },
+    )?;
+    Ok(counts.unwrap_or_default())
 }
 
 fn decode(c: &mut Cols<'_, '_>) -> Result<AuditEntry> {
     let seq = c.u64()?;
+    let format = c.code(AuditFormat::from_code)?;
     let event = AccessEvent {
-        reader: c.facility()?,
+        reader: c.reader()?,
         patient: c.patient()?,
-        purpose: c.code(Purpose::from_code)?,
+        purpose: c.opt_code(Purpose::from_code)?,
         action: c.code(AccessAction::from_code)?,
         bases: c.bases()?,
         records_returned: c.u64()?,
         records_withheld: c.u64()?,
         at: c.ts()?,
+        outcome: c.code(AccessOutcome::from_code)?,
     };
     let entry = AuditEntry {
         seq,
+        format,
         event,
         prev_hash: c.sha256()?,
         entry_hash: c.sha256()?,
@@ -195,17 +255,27 @@ impl AuditStore for SqliteNode {
     async fn accesses(
         &self,
         patient_id: &PatientId,
+        reader: Option<&Reader>,
         after: u64,
         limit: usize,
     ) -> PortResult<Vec<AuditEntry>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let (patient, reader) = (patient_id.clone(), reader.cloned());
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| accesses(conn, &patient, reader.as_ref(), after, limit))
+            .await?)
+    }
+
+    async fn access_counts(&self, patient_id: &PatientId) -> PortResult<AccessCounts> {
         let patient = patient_id.clone();
         Ok(self
             .inner
             .db
-            .read(move |conn| accesses(conn, &patient, after, limit))
+            .read(move |conn| access_counts(conn, &patient))
             .await?)
     }
 }

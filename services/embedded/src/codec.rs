@@ -5,7 +5,8 @@
 //! code, a malformed id, a hash of the wrong length) is [`EmbeddedError::Corrupt`],
 //! naming the column and never the value.
 
-use hrx_domain::consent::Basis;
+use hrx_domain::audit::Reader;
+use hrx_domain::consent::{Basis, ConsentForm};
 use hrx_domain::{EventId, FacilityId, PatientId, Sha256, Timestamp};
 use hrx_ports::LogPosition;
 use rusqlite::types::{FromSql, Value};
@@ -66,15 +67,23 @@ pub(crate) fn codes<T: Copy>(items: &[T], code: impl Fn(T) -> i32) -> String {
     out
 }
 
-/// Bases as 17 bytes each: a tag (1 author, 2 consent, 3 break-glass) and the event id
-/// (zeros for author), the tags of the audit hash.
+/// Bases as 17 bytes each: a tag (1 author, 2 patient-signed consent, 3 break-glass,
+/// 4 attested consent) and the event id (zeros for author). Entries written before
+/// consent had forms hold tag 2 for every consent basis.
 pub(crate) fn bases(bases: &[Basis]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bases.len() * 17);
     for b in bases {
         let (tag, event) = match b {
             Basis::Author => (1u8, [0u8; 16]),
-            Basis::Consent(e) => (2, id(e)),
+            Basis::Consent {
+                grant,
+                form: ConsentForm::PatientSigned,
+            } => (2, id(grant)),
             Basis::BreakGlass(e) => (3, id(e)),
+            Basis::Consent {
+                grant,
+                form: ConsentForm::Attested,
+            } => (4, id(grant)),
         };
         out.push(tag);
         out.extend_from_slice(&event);
@@ -95,10 +104,12 @@ fn decode_bases(bytes: &[u8]) -> Option<Vec<Basis>> {
         .chunks_exact(17)
         .map(|c| {
             let event = event_id_from_bytes(&c[1..]);
+            let consent = |form| event.map(|grant| Basis::Consent { grant, form });
             match c[0] {
                 1 => Some(Basis::Author),
-                2 => event.map(Basis::Consent),
+                2 => consent(ConsentForm::PatientSigned),
                 3 => event.map(Basis::BreakGlass),
+                4 => consent(ConsentForm::Attested),
                 _ => None,
             }
         })
@@ -247,6 +258,34 @@ impl<'r, 's> Cols<'r, 's> {
         let (i, s) = self.get::<Option<String>>()?;
         s.map(|s| FacilityId::parse(&s).map_err(|_| self.corrupt(i, "a facility id")))
             .transpose()
+    }
+
+    /// Who read (an audit entry's `reader` column).
+    pub(crate) fn reader(&mut self) -> Result<Reader> {
+        let (i, s) = self.get::<String>()?;
+        Reader::parse(&s).ok_or_else(|| self.corrupt(i, "a reader"))
+    }
+
+    /// An enum stored as its code; 0 is `None`.
+    pub(crate) fn opt_code<T>(&mut self, from_code: impl Fn(i32) -> Option<T>) -> Result<Option<T>> {
+        let (i, c) = self.get::<i64>()?;
+        match i32::try_from(c) {
+            Ok(0) => Ok(None),
+            Ok(c) => from_code(c)
+                .map(Some)
+                .ok_or_else(|| self.corrupt(i, "a known code")),
+            Err(_) => Err(self.corrupt(i, "a known code")),
+        }
+    }
+
+    /// An envelope stored as four columns: payload type, key id, signature, payload.
+    pub(crate) fn envelope(&mut self) -> Result<hrx_domain::Envelope> {
+        Ok(hrx_domain::Envelope {
+            payload_type: self.text()?,
+            key_id: self.text()?,
+            signature: self.blob()?,
+            payload: self.blob()?,
+        })
     }
 
     /// An enum stored as its code.

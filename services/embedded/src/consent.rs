@@ -1,81 +1,71 @@
-//! [`ConsentStore`]: a patient's grants and break-glass windows, in projection order;
-//! and the grant lookup the projector uses to check a revocation.
+//! [`ConsentStore`]: a patient's consent events and break-glass windows; the facts a
+//! facility's consent events are judged against (standing, break-glass counts); and
+//! the single-use patient request ids.
 
 use async_trait::async_trait;
-use hrx_domain::consent::{BreakGlassWindow, GrantState};
-use hrx_domain::event::{ConsentGrant, Evidence, Grantee};
-use hrx_domain::{EventId, PatientId, Purpose, RecordKind, SensitivityLabel};
-use hrx_ports::{ConsentStore, PortResult};
-use rusqlite::Connection;
+use hrx_domain::consent::BreakGlassWindow;
+use hrx_domain::{EventId, FacilityId, PatientId, Timestamp};
+use hrx_ports::{BreakGlassUse, ConsentEventKind, ConsentEventRow, ConsentStore, PortResult};
+use rusqlite::{Connection, params};
 
 use crate::SqliteNode;
 use crate::codec::{self, Cols};
 use crate::error::Result;
 
-const GRANT_COLUMNS: &str = "grant_event_id, patient_id, granted_by, granted_s, granted_ns, \
-     grantee, purposes, kinds, include_sensitive, data_from_s, data_from_ns, data_until_s, \
-     data_until_ns, expires_s, expires_ns, evidence_form_id, evidence_sha256, revoked_s, \
-     revoked_ns";
+const CONSENT_COLUMNS: &str = "event_id, patient_id, kind, facility_id, received_s, \
+     received_ns, payload_type, key_id, signature, payload";
 
-/// Decodes a row of [`GRANT_COLUMNS`]. The grant's own `patient_id` is the row's: the
-/// projector projects a grant under the patient its content names.
-fn decode_grant(c: &mut Cols<'_, '_>) -> Result<(PatientId, GrantState)> {
-    let grant_event_id = c.event_id()?;
-    let patient_id = c.patient()?;
-    let granted_by = c.facility()?;
-    let granted_at = c.ts()?;
-    let grantee = match c.opt_facility()? {
-        Some(f) => Grantee::Facility(f),
-        None => Grantee::AnyFacility,
-    };
-    let purposes = c.code_list(Purpose::from_code)?;
-    let kinds = c.code_list(RecordKind::from_code)?;
-    let include_sensitive = c.code_list(SensitivityLabel::from_code)?;
-    let data_from = c.opt_ts()?;
-    let data_until = c.opt_ts()?;
-    let expires_at = c.ts()?;
-    let evidence = Evidence {
-        form_id: c.text()?,
-        sha256: c.sha256()?,
-    };
-    let revoked_at = c.opt_ts()?;
-    let state = GrantState {
-        grant_event_id,
-        granted_by,
-        granted_at,
-        grant: ConsentGrant {
-            patient_id: patient_id.clone(),
-            grantee,
-            purposes,
-            kinds,
-            include_sensitive,
-            data_from,
-            data_until,
-            expires_at,
-            evidence,
-        },
-        revoked_at,
-    };
-    Ok((patient_id, state))
-}
-
-pub(crate) fn grant_by_id(
-    conn: &Connection,
-    grant: &EventId,
-) -> Result<Option<(PatientId, GrantState)>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_event_id = ?1"
-    ))?;
-    codec::first(&mut stmt, [codec::id(grant)], decode_grant)
-}
-
-fn grants(conn: &Connection, patient: &PatientId) -> Result<Vec<GrantState>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {GRANT_COLUMNS} FROM grants WHERE patient_id = ?1 ORDER BY rowid"
-    ))?;
-    codec::collect(&mut stmt, [patient.as_str()], |c| {
-        decode_grant(c).map(|(_, g)| g)
+/// Decodes a row of [`CONSENT_COLUMNS`].
+pub(crate) fn decode_consent_event(c: &mut Cols<'_, '_>) -> Result<ConsentEventRow> {
+    Ok(ConsentEventRow {
+        event_id: c.event_id()?,
+        patient_id: c.patient()?,
+        kind: c.code(ConsentEventKind::from_code)?,
+        facility_id: c.opt_facility()?,
+        received_at: c.ts()?,
+        envelope: c.envelope()?,
     })
+}
+
+pub(crate) fn consent_event_by_id(
+    conn: &Connection,
+    id: &EventId,
+) -> Result<Option<ConsentEventRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONSENT_COLUMNS} FROM consent_events WHERE event_id = ?1"
+    ))?;
+    codec::first(&mut stmt, [codec::id(id)], decode_consent_event)
+}
+
+fn consent_events(conn: &Connection, patient: &PatientId) -> Result<Vec<ConsentEventRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONSENT_COLUMNS} FROM consent_events WHERE patient_id = ?1 ORDER BY rowid"
+    ))?;
+    codec::collect(&mut stmt, [patient.as_str()], decode_consent_event)
+}
+
+/// Facility-attested grants received at or after `since`, newest first.
+pub(crate) fn attested_grants(
+    conn: &Connection,
+    since: Option<Timestamp>,
+    limit: usize,
+) -> Result<Vec<ConsentEventRow>> {
+    let (s, ns) = codec::ts(since.unwrap_or(Timestamp::from_unix_seconds(0).expect("epoch")));
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONSENT_COLUMNS} FROM consent_events \
+         WHERE kind = ?1 AND (received_s, received_ns) >= (?2, ?3) \
+         ORDER BY received_s DESC, received_ns DESC, rowid DESC LIMIT ?4"
+    ))?;
+    codec::collect(
+        &mut stmt,
+        params![
+            ConsentEventKind::AttestedGrant.code(),
+            s,
+            ns,
+            codec::limit(limit)
+        ],
+        decode_consent_event,
+    )
 }
 
 /// Columns of a window, for [`decode_window`].
@@ -98,14 +88,39 @@ fn windows(conn: &Connection, patient: &PatientId) -> Result<Vec<BreakGlassWindo
     codec::collect(&mut stmt, [patient.as_str()], decode_window)
 }
 
+fn latest_authored(
+    conn: &Connection,
+    facility: &FacilityId,
+    patient: &PatientId,
+) -> Result<Option<Timestamp>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT recorded_s, recorded_ns FROM records WHERE facility_id = ?1 AND patient_id = ?2 \
+         ORDER BY recorded_s DESC, recorded_ns DESC LIMIT 1",
+    )?;
+    codec::first(
+        &mut stmt,
+        params![facility.as_str(), patient.as_str()],
+        |c| c.ts(),
+    )
+}
+
+fn declared_since(conn: &Connection, facility: &FacilityId, since: Timestamp) -> Result<u64> {
+    let (s, ns) = codec::ts(since);
+    let mut stmt = conn.prepare_cached(
+        "SELECT count(*) FROM break_glass \
+         WHERE facility_id = ?1 AND (declared_s, declared_ns) > (?2, ?3)",
+    )?;
+    Ok(codec::first(&mut stmt, params![facility.as_str(), s, ns], |c| c.u64())?.unwrap_or(0))
+}
+
 #[async_trait]
 impl ConsentStore for SqliteNode {
-    async fn grants(&self, patient_id: &PatientId) -> PortResult<Vec<GrantState>> {
+    async fn consent_events(&self, patient_id: &PatientId) -> PortResult<Vec<ConsentEventRow>> {
         let patient = patient_id.clone();
         Ok(self
             .inner
             .db
-            .read(move |conn| grants(conn, &patient))
+            .read(move |conn| consent_events(conn, &patient))
             .await?)
     }
 
@@ -115,6 +130,67 @@ impl ConsentStore for SqliteNode {
             .inner
             .db
             .read(move |conn| windows(conn, &patient))
+            .await?)
+    }
+
+    async fn break_glass_uses_of(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassUse>> {
+        let patient = patient_id.clone();
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| crate::monitor::break_glass_uses(conn, None, Some(&patient)))
+            .await?)
+    }
+
+    async fn latest_authored(
+        &self,
+        facility: &FacilityId,
+        patient_id: &PatientId,
+    ) -> PortResult<Option<Timestamp>> {
+        let (facility, patient) = (facility.clone(), patient_id.clone());
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| latest_authored(conn, &facility, &patient))
+            .await?)
+    }
+
+    async fn break_glass_declared_since(
+        &self,
+        facility: &FacilityId,
+        since: Timestamp,
+    ) -> PortResult<u64> {
+        let facility = facility.clone();
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| declared_since(conn, &facility, since))
+            .await?)
+    }
+
+    async fn claim_request_id(
+        &self,
+        request_id: EventId,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> PortResult<bool> {
+        Ok(self
+            .inner
+            .db
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                tx.prepare_cached("DELETE FROM patient_request_ids WHERE used_s < ?1")?
+                    .execute([forget_before.seconds()])?;
+                let fresh = tx
+                    .prepare_cached(
+                        "INSERT INTO patient_request_ids (request_id, used_s) VALUES (?1, ?2) \
+                         ON CONFLICT (request_id) DO NOTHING",
+                    )?
+                    .execute(params![codec::id(&request_id), now.seconds()])?
+                    == 1;
+                tx.commit()?;
+                Ok(fresh)
+            })
             .await?)
     }
 }

@@ -66,6 +66,7 @@ pub(crate) fn chain_context(
     let (position, from) = table.sql();
     let tx = conn.transaction()?;
     let key = chain.as_key();
+    let key: &str = &key;
 
     let head = codec::first(
         &mut *tx.prepare_cached(&format!(

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use hrx_domain::{FacilityId, Reason, Timestamp};
+use hrx_domain::{FacilityId, PatientId, Reason, Timestamp};
 use hrx_ports::{
     BreakGlassUse, ChainKey, ExchangeCell, FacilityStats, MonitorStore, PortResult, RejectionRow,
     StatsDelta,
@@ -79,7 +79,7 @@ fn facility_stats(conn: &mut Connection) -> Result<Vec<FacilityStats>> {
     for (chain, head) in codec::collect(&mut stmt, [], |c| Ok((c.text()?, c.u64()?)))? {
         match ChainKey::parse(&chain) {
             Some(ChainKey::Facility(f)) => entry(&mut by_facility, f).head_seq = head,
-            Some(ChainKey::Registry) => {}
+            Some(ChainKey::Registry | ChainKey::Patient(_)) => {}
             None => {
                 return Err(EmbeddedError::Corrupt(
                     "column chain_links.chain does not hold a chain key".into(),
@@ -106,16 +106,25 @@ fn exchange_matrix(conn: &Connection) -> Result<Vec<ExchangeCell>> {
 
 /// Windows declared at or after `since` (all if `None`), oldest first, with the reads
 /// counted on the audit side.
-fn break_glass_uses(conn: &Connection, since: Option<Timestamp>) -> Result<Vec<BreakGlassUse>> {
+pub(crate) fn break_glass_uses(
+    conn: &Connection,
+    since: Option<Timestamp>,
+    patient: Option<&PatientId>,
+) -> Result<Vec<BreakGlassUse>> {
     let mut sql = format!(
-        "SELECT {WINDOW_COLUMNS}, b.patient_id, b.clinician, COALESCE(r.reads, 0) \
-         FROM break_glass b LEFT JOIN break_glass_reads r ON r.window_event_id = b.event_id"
+        "SELECT {WINDOW_COLUMNS}, b.patient_id, b.clinician, b.reason, COALESCE(r.reads, 0) \
+         FROM break_glass b LEFT JOIN break_glass_reads r ON r.window_event_id = b.event_id \
+         WHERE 1 = 1"
     );
     let mut values = Vec::new();
     if let Some(since) = since {
         let (s, ns) = codec::ts(since);
-        sql.push_str(" WHERE (b.declared_s, b.declared_ns) >= (?1, ?2)");
+        sql.push_str(" AND (b.declared_s, b.declared_ns) >= (?, ?)");
         values.extend([Value::Integer(s), Value::Integer(ns)]);
+    }
+    if let Some(patient) = patient {
+        sql.push_str(" AND b.patient_id = ?");
+        values.push(Value::Text(patient.as_str().to_owned()));
     }
     sql.push_str(" ORDER BY b.declared_s, b.declared_ns, b.rowid");
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -124,6 +133,7 @@ fn break_glass_uses(conn: &Connection, since: Option<Timestamp>) -> Result<Vec<B
             window: decode_window(c)?,
             patient_id: c.patient()?,
             clinician: c.text()?,
+            reason: c.text()?,
             reads: c.u64()?,
         })
     })
@@ -201,7 +211,19 @@ impl MonitorStore for SqliteNode {
         Ok(self
             .inner
             .db
-            .read(move |conn| break_glass_uses(conn, since))
+            .read(move |conn| break_glass_uses(conn, since, None))
+            .await?)
+    }
+
+    async fn attested_grants(
+        &self,
+        since: Option<Timestamp>,
+        limit: usize,
+    ) -> PortResult<Vec<hrx_ports::ConsentEventRow>> {
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| crate::consent::attested_grants(conn, since, limit))
             .await?)
     }
 

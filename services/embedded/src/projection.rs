@@ -8,11 +8,10 @@
 
 use async_trait::async_trait;
 use hrx_domain::chain::ChainContext;
-use hrx_domain::consent::GrantState;
-use hrx_domain::{EventId, PatientId};
+use hrx_domain::{EventId, FacilityId};
 use hrx_ports::{
-    BreakGlassUse, ChainKey, ChainLink, FacilityInfo, NewRecord, PortResult, Projection,
-    ProjectionBatch, ProjectionStore, ProjectorSnapshot, RejectionRow, StatsDelta,
+    BreakGlassUse, ChainKey, ChainLink, ConsentEventRow, FacilityInfo, NewRecord, PortResult,
+    Projection, ProjectionBatch, ProjectionStore, ProjectorSnapshot, RejectionRow, StatsDelta,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
@@ -20,7 +19,7 @@ use tokio::sync::watch;
 use crate::SqliteNode;
 use crate::audit::{self, ReadCounting};
 use crate::codec;
-use crate::consent::grant_by_id;
+use crate::consent::consent_event_by_id;
 use crate::error::{EmbeddedError, Result};
 use crate::log::{ChainTable, chain_context};
 use crate::registry::{all_keys, insert_key, revoke_key};
@@ -31,12 +30,7 @@ fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch) -> Result<()> {
     for p in &batch.projections {
         match p {
             Projection::Record(r) => insert_record(tx, r)?,
-            Projection::Grant { patient_id, state } => insert_grant(tx, patient_id, state)?,
-            Projection::Revocation {
-                grant_event_id,
-                revoked_at,
-                revoked_by,
-            } => revoke_grant(tx, grant_event_id, *revoked_at, revoked_by)?,
+            Projection::ConsentEvent(row) => insert_consent_event(tx, row)?,
             Projection::BreakGlass(declared, event) => {
                 insert_break_glass(tx, declared)?;
                 // The declaration's audit entry, keyed by the declaration's event id: a
@@ -158,74 +152,25 @@ fn insert_record(tx: &Transaction<'_>, r: &NewRecord) -> Result<()> {
     Ok(())
 }
 
-fn insert_grant(tx: &Transaction<'_>, patient: &PatientId, s: &GrantState) -> Result<()> {
-    let g = &s.grant;
-    let grantee = match &g.grantee {
-        hrx_domain::event::Grantee::Facility(f) => Some(f.as_str()),
-        hrx_domain::event::Grantee::AnyFacility => None,
-    };
-    let (granted_s, granted_ns) = codec::ts(s.granted_at);
-    let (from_s, from_ns) = codec::opt_ts(g.data_from);
-    let (until_s, until_ns) = codec::opt_ts(g.data_until);
-    let (expires_s, expires_ns) = codec::ts(g.expires_at);
-    let (revoked_s, revoked_ns) = codec::opt_ts(s.revoked_at);
+fn insert_consent_event(tx: &Transaction<'_>, r: &ConsentEventRow) -> Result<()> {
+    let (received_s, received_ns) = codec::ts(r.received_at);
     tx.prepare_cached(
-        "INSERT INTO grants (grant_event_id, patient_id, granted_by, granted_s, granted_ns, \
-         grantee, purposes, kinds, include_sensitive, data_from_s, data_from_ns, \
-         data_until_s, data_until_ns, expires_s, expires_ns, evidence_form_id, \
-         evidence_sha256, revoked_s, revoked_ns) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-         ?18, ?19)",
+        "INSERT INTO consent_events (event_id, patient_id, kind, facility_id, received_s, \
+         received_ns, payload_type, key_id, signature, payload) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
-        codec::id(&s.grant_event_id),
-        patient.as_str(),
-        s.granted_by.as_str(),
-        granted_s,
-        granted_ns,
-        grantee,
-        codec::codes(&g.purposes, |p| p.code()),
-        codec::codes(&g.kinds, |k| k.code()),
-        codec::codes(&g.include_sensitive, |l| l.code()),
-        from_s,
-        from_ns,
-        until_s,
-        until_ns,
-        expires_s,
-        expires_ns,
-        g.evidence.form_id,
-        g.evidence.sha256.as_bytes(),
-        revoked_s,
-        revoked_ns,
+        codec::id(&r.event_id),
+        r.patient_id.as_str(),
+        r.kind.code(),
+        r.facility_id.as_ref().map(FacilityId::as_str),
+        received_s,
+        received_ns,
+        r.envelope.payload_type,
+        r.envelope.key_id,
+        r.envelope.signature,
+        r.envelope.payload,
     ])?;
-    Ok(())
-}
-
-/// Marks a grant revoked. The first revocation stands (a revoked grant never allows a
-/// read again, and its time must not move); a missing grant means the projector's check
-/// and the store disagree, which is a bug or corruption, so the batch fails.
-fn revoke_grant(
-    tx: &Transaction<'_>,
-    grant: &EventId,
-    at: hrx_domain::Timestamp,
-    by: &EventId,
-) -> Result<()> {
-    let (s, ns) = codec::ts(at);
-    let changed = tx
-        .prepare_cached(
-            "UPDATE grants SET revoked_s = ?1, revoked_ns = ?2, revoked_by = ?3 \
-             WHERE grant_event_id = ?4 AND revoked_s IS NULL",
-        )?
-        .execute(params![s, ns, codec::id(by), codec::id(grant)])?;
-    if changed == 0
-        && !tx
-            .prepare_cached("SELECT 1 FROM grants WHERE grant_event_id = ?1")?
-            .exists([codec::id(grant)])?
-    {
-        return Err(EmbeddedError::Corrupt(format!(
-            "revocation {by} names grant {grant}, which is not projected"
-        )));
-    }
     Ok(())
 }
 
@@ -237,8 +182,8 @@ fn insert_break_glass(tx: &Transaction<'_>, u: &BreakGlassUse) -> Result<()> {
     let (expires_s, expires_ns) = codec::ts(w.expires_at);
     tx.prepare_cached(
         "INSERT INTO break_glass (event_id, patient_id, facility_id, clinician, \
-         declared_s, declared_ns, expires_s, expires_ns) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         declared_s, declared_ns, expires_s, expires_ns, reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         codec::id(&w.event_id),
@@ -249,6 +194,7 @@ fn insert_break_glass(tx: &Transaction<'_>, u: &BreakGlassUse) -> Result<()> {
         declared_ns,
         expires_s,
         expires_ns,
+        u.reason,
     ])?;
     Ok(())
 }
@@ -371,7 +317,7 @@ fn reset(tx: &Transaction<'_>) -> Result<()> {
     tx.execute_batch(
         "DELETE FROM records;
          DELETE FROM patient_counters;
-         DELETE FROM grants;
+         DELETE FROM consent_events;
          DELETE FROM break_glass;
          DELETE FROM facilities;
          DELETE FROM keys;
@@ -454,11 +400,11 @@ impl ProjectionStore for SqliteNode {
         Ok(context)
     }
 
-    async fn grant(&self, grant_event_id: EventId) -> PortResult<Option<(PatientId, GrantState)>> {
+    async fn consent_event(&self, event_id: EventId) -> PortResult<Option<ConsentEventRow>> {
         Ok(self
             .inner
             .db
-            .read(move |conn| grant_by_id(conn, &grant_event_id))
+            .read(move |conn| consent_event_by_id(conn, &event_id))
             .await?)
     }
 
@@ -469,7 +415,7 @@ impl ProjectionStore for SqliteNode {
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM records WHERE event_id = ?1) \
-                         OR EXISTS (SELECT 1 FROM grants WHERE grant_event_id = ?1) \
+                         OR EXISTS (SELECT 1 FROM consent_events WHERE event_id = ?1) \
                          OR EXISTS (SELECT 1 FROM break_glass WHERE event_id = ?1)",
                 )?;
                 Ok(stmt.query_row([crate::codec::id(&event_id)], |r| r.get::<_, bool>(0))?)

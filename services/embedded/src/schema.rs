@@ -85,7 +85,7 @@ pub(crate) const SOURCE_PROJECTOR: i64 = 1;
 pub(crate) const SOURCE_INGEST: i64 = 2;
 
 /// The migrations, in order. Index `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1: the log, the projections, the audit log and the monitor's tables.
 const V1: &str = r#"
@@ -314,6 +314,61 @@ CREATE TABLE break_glass_reads (
     window_event_id BLOB    PRIMARY KEY,
     reads           INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// Version 2: consent the patient controls. Consent events (key enrollments, grants,
+/// revocations, requests, patient statements) replace the grants table: the consent
+/// state is folded from them when read. The audit log records who read (a facility,
+/// the national center or the patient) and whether the access was refused, in hash
+/// format 2; older entries keep format 1.
+///
+/// Projections are rebuilt from the log after this migration (their offsets are
+/// cleared), so that every consent event is judged by the new rules and no grant
+/// projected under the old ones survives.
+const V2: &str = r#"
+DROP TABLE grants;
+CREATE TABLE consent_events (
+    event_id     BLOB    NOT NULL UNIQUE,
+    patient_id   TEXT    NOT NULL,
+    kind         INTEGER NOT NULL,
+    facility_id  TEXT,                     -- NULL: a patient statement
+    received_s   INTEGER NOT NULL,
+    received_ns  INTEGER NOT NULL,
+    payload_type TEXT    NOT NULL,
+    key_id       TEXT    NOT NULL,
+    signature    BLOB    NOT NULL,
+    payload      BLOB    NOT NULL
+);
+CREATE INDEX consent_events_patient ON consent_events (patient_id);
+CREATE INDEX consent_events_kind ON consent_events (kind, received_s DESC, received_ns DESC);
+
+ALTER TABLE break_glass ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+CREATE INDEX break_glass_facility ON break_glass (facility_id, declared_s, declared_ns);
+-- A facility's standing for a patient: its latest record.
+CREATE INDEX records_author ON records (facility_id, patient_id, recorded_s, recorded_ns);
+
+ALTER TABLE audit_log ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE audit_log ADD COLUMN reader_kind INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE audit_log ADD COLUMN outcome INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX audit_patient_reader ON audit_log (patient_id, reader, seq);
+
+-- Patient request ids already used (a signed view request is single-use).
+CREATE TABLE patient_request_ids (
+    request_id BLOB    PRIMARY KEY,
+    used_s     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX patient_request_ids_used ON patient_request_ids (used_s);
+
+DELETE FROM records;
+DELETE FROM patient_counters;
+DELETE FROM break_glass;
+DELETE FROM facilities;
+DELETE FROM keys;
+DELETE FROM chain_links;
+DELETE FROM projector_offsets;
+DELETE FROM stats WHERE source = 1;
+DELETE FROM stats_rejected WHERE source = 1;
+DELETE FROM rejections WHERE source = 1;
 "#;
 
 #[cfg(test)]

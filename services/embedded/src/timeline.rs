@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 use hrx_domain::{Envelope, EventId, PatientId, RecordKind, SensitivityLabel};
-use hrx_ports::{PortResult, StoredRecord, TimelineQuery, TimelineStore};
+use hrx_ports::{PortResult, RecordFactsRow, StoredRecord, TimelineQuery, TimelineStore};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
@@ -172,6 +172,28 @@ impl TimelineStore for SqliteNode {
                     params![patient.as_str(), codec::bound(after), codec::limit(limit)],
                     decode_record,
                 )
+            })
+            .await?)
+    }
+
+    async fn record_facts(&self, patient_id: &PatientId) -> PortResult<Vec<RecordFactsRow>> {
+        let patient = patient_id.clone();
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT facility_id, kind, occurred_s, occurred_ns, sensitivity \
+                     FROM records WHERE patient_id = ?1",
+                )?;
+                codec::collect(&mut stmt, [patient.as_str()], |c| {
+                    Ok(RecordFactsRow {
+                        facility_id: c.facility()?,
+                        kind: c.code(RecordKind::from_code)?,
+                        occurred_at: c.ts()?,
+                        sensitivity: c.code_list(SensitivityLabel::from_code)?,
+                    })
+                })
             })
             .await?)
     }

@@ -6,13 +6,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hrx_domain::event::Grantee;
-use hrx_domain::{Purpose, RecordKind};
+use hrx_domain::RecordKind;
 use hrx_embedded::{DB_FILE_NAME, EmbeddedError, SCHEMA_VERSION, SqliteNode};
 use hrx_ports::testkit::{self, F1, F2, P1, P2, append, event_id, facility, patient, record};
 use hrx_ports::{
-    AuditStore, ChainKey, ConsentStore, EventLog, MonitorStore, NewRecord, PortError, Projection,
-    ProjectionBatch, ProjectionStore, TimelineStore,
+    AuditStore, ChainKey, ConsentEventKind, ConsentStore, EventLog, MonitorStore, NewRecord,
+    PortError, Projection, ProjectionBatch, ProjectionStore, TimelineStore,
 };
 use tempfile::TempDir;
 
@@ -56,14 +55,21 @@ suite!(
     log_refuses_chain_conflicts_atomically,
     log_wait_for_wakes_on_append,
     log_chain_context_reports_head_and_priors,
+    log_patient_chains_are_chains_of_their_own,
     apply_commits_records_with_offsets,
     apply_fences_batches_by_their_start_offset,
     patient_seq_is_gap_free_per_patient,
     superseded_records_are_linked,
     timeline_orders_filters_and_pages_without_duplicates_or_skips,
     timestamps_round_trip_exactly_and_order_across_the_range,
-    grants_revocations_and_break_glass_round_trip,
+    consent_events_round_trip_exactly,
+    attested_grants_are_newest_first_since_inclusive_and_limited,
+    break_glass_round_trips_with_reason_and_counts,
+    latest_authored_is_the_facilitys_latest_record_of_the_patient,
+    record_facts_cover_every_record_of_the_patient,
+    claim_request_id_is_single_use_and_forgets_old_ids,
     audit_chain_is_intact_and_counts_exchange,
+    audit_records_every_reader_and_outcome,
     audit_batches_chain_like_single_appends,
     projector_batch_lookups_match_single_ones,
     break_glass_audit_is_idempotent_across_reset,
@@ -125,7 +131,10 @@ async fn reopening_the_directory_keeps_log_offsets_projections_and_audit() {
         .await
         .unwrap();
     assert_eq!(projected.head.seq, 2);
-    assert_eq!(node.accesses(&p, 0, 10).await.unwrap(), vec![entry.clone()]);
+    assert_eq!(
+        node.accesses(&p, None, 0, 10).await.unwrap(),
+        vec![entry.clone()]
+    );
 
     // Writing continues where it left off: offsets, patient_seq, the audit chain.
     assert_eq!(
@@ -158,12 +167,15 @@ async fn a_failed_apply_leaves_nothing_of_the_batch_and_the_offsets_unchanged() 
     let stats_before = node.facility_stats().await.unwrap();
     let changes_before = *node.changes().borrow();
 
-    // A good record, a grant, then a record whose event id is taken.
+    // A good record, a consent event, then a record whose event id is taken.
     let mut bad = testkit::record_batch(&[record(2, &f, 2, &p)]);
-    bad.projections.push(Projection::Grant {
-        patient_id: p.clone(),
-        state: testkit::grant(5, &p, &f, Grantee::AnyFacility, vec![Purpose::Treatment]),
-    });
+    bad.projections
+        .push(Projection::ConsentEvent(testkit::consent_event(
+            5,
+            ConsentEventKind::AttestedGrant,
+            &p,
+            Some(&f),
+        )));
     bad.projections.push(Projection::Record(NewRecord {
         seq: 3,
         ..r1.clone()
@@ -185,7 +197,8 @@ async fn a_failed_apply_leaves_nothing_of_the_batch_and_the_offsets_unchanged() 
         node.records_after(&p, 0, 10).await.unwrap(),
         vec![testkit::stored(&r1, 1, None)]
     );
-    assert!(node.grants(&p).await.unwrap().is_empty());
+    assert!(node.consent_events(&p).await.unwrap().is_empty());
+    assert!(!node.event_id_taken(event_id(5)).await.unwrap());
     assert_eq!(node.projected_offsets().await.unwrap(), vec![(0, 2)]);
     assert_eq!(node.facility_stats().await.unwrap(), stats_before);
     assert_eq!(
@@ -323,7 +336,7 @@ async fn the_log_and_the_audit_log_refuse_edits_even_in_sql() {
     // And through the adapter, a reset leaves them whole.
     node.reset_projections().await.unwrap();
     assert_eq!(node.end_offset(0).await.unwrap(), 1);
-    assert_eq!(node.accesses(&p, 0, 10).await.unwrap().len(), 1);
+    assert_eq!(node.accesses(&p, None, 0, 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -349,23 +362,69 @@ async fn an_unknown_stored_code_is_reported_as_corruption() {
     }
 }
 
+/// Consent event ids are unique: a batch reusing one (which the projector's
+/// `event_ids_taken` check should have turned into a rejection) is a conflict, and
+/// leaves nothing of itself.
 #[tokio::test]
-async fn a_revocation_of_an_unknown_grant_fails_the_batch() {
+async fn a_consent_event_id_already_projected_fails_the_batch() {
     let (_dir, node) = fresh();
-    let batch = ProjectionBatch {
-        projections: vec![Projection::Revocation {
-            grant_event_id: event_id(1),
-            revoked_at: testkit::at(1),
-            revoked_by: event_id(2),
-        }],
+    let p = patient(P1);
+    let first = testkit::consent_event(1, ConsentEventKind::PatientGrant, &p, None);
+    node.apply(testkit::consent_batch(std::slice::from_ref(&first)))
+        .await
+        .unwrap();
+    let reused = ProjectionBatch {
         offsets: vec![(0, 3)],
-        ..ProjectionBatch::default()
+        ..testkit::consent_batch(&[
+            testkit::consent_event(2, ConsentEventKind::PatientRevocation, &p, None),
+            hrx_ports::ConsentEventRow {
+                kind: ConsentEventKind::PatientDecline,
+                ..first.clone()
+            },
+        ])
     };
-    assert!(matches!(
-        node.apply(batch).await,
-        Err(PortError::Corrupt(_))
-    ));
+    match node.apply(reused).await {
+        Err(PortError::Conflict(m)) => assert!(!m.contains(P1), "no patient id in {m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(node.consent_events(&p).await.unwrap(), vec![first]);
     assert!(node.projected_offsets().await.unwrap().is_empty());
+}
+
+/// A stored reader that is no facility, `national-center` or `patient` is corruption,
+/// named by its column, never by its value.
+#[tokio::test]
+async fn an_unknown_stored_reader_is_reported_as_corruption() {
+    let (dir, node) = fresh();
+    let p = patient(P1);
+    node.append_access(
+        hrx_domain::audit::AccessEvent {
+            reader: hrx_domain::audit::Reader::Patient,
+            purpose: None,
+            ..testkit::access(&facility(F2), &p, vec![], 0, 1)
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    // Under the append-only trigger: a new row with a reader nobody writes.
+    let conn = sql(dir.path());
+    conn.execute_batch(
+        "CREATE TEMP TABLE t AS SELECT * FROM audit_log; \
+         UPDATE t SET seq = seq + 1, reader = 'someone'; \
+         INSERT INTO audit_log SELECT * FROM t;",
+    )
+    .unwrap();
+    match node.accesses(&p, None, 0, 10).await {
+        Err(PortError::Corrupt(m)) => {
+            assert!(m.contains("reader"), "{m}");
+            assert!(
+                !m.contains(P1) && !m.contains("someone"),
+                "no values in errors: {m}"
+            );
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +487,7 @@ async fn concurrent_readers_and_writers_all_finish() {
         records.iter().map(|r| r.patient_seq).collect::<Vec<_>>(),
         (1..=40).collect::<Vec<_>>()
     );
-    let audit = node.accesses(&p, 0, 100).await.unwrap();
+    let audit = node.accesses(&p, None, 0, 100).await.unwrap();
     assert_eq!(audit.len(), 40);
     assert!(audit.windows(2).all(|w| w[1].prev_hash == w[0].entry_hash));
 }

@@ -22,4 +22,6 @@ pub use ca::{CertificateAuthority, CertifiedKey};
 pub use dir::{ServerIdentity, TlsDir};
 pub use error::IdentityError;
 pub use principal::{Principal, principal_from_der};
-pub use tls::{caller, client_tls, server_tls};
+pub use tls::{
+    anonymous_client_tls, caller, client_tls, server_tls, server_tls_without_client_auth,
+};

@@ -28,6 +28,24 @@ pub fn server_tls(ca_cert_pem: &str, server: &CertifiedKey) -> ServerTlsConfig {
         .client_auth_optional(false)
 }
 
+/// The TLS configuration of the patient port: the server proves who it is, the client
+/// presents no certificate. Only `PatientService` is served there, and every one of its
+/// calls carries the patient's own signature: the patient is identified by their key,
+/// not by the connection.
+pub fn server_tls_without_client_auth(server: &CertifiedKey) -> ServerTlsConfig {
+    ensure_crypto_provider();
+    ServerTlsConfig::new().identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+}
+
+/// The TLS configuration of a client without a certificate of its own (the patient's
+/// app) that trusts only the CA in `ca_cert_pem` and expects `server_name`.
+pub fn anonymous_client_tls(ca_cert_pem: &str, server_name: &str) -> ClientTlsConfig {
+    ensure_crypto_provider();
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_cert_pem))
+        .domain_name(server_name)
+}
+
 /// The TLS configuration of a client that presents `client` as its identity, trusts only
 /// the CA in `ca_cert_pem` (no system roots), and expects the server's certificate to name
 /// `server_name`.

@@ -16,10 +16,17 @@ mod grpc;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use std::time::Duration;
+
+use hrx_consent::state::{Earlier, facility_facts};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
+use hrx_domain::consent::{ConsentPolicy, check_facility_event};
+use hrx_domain::event::unchecked;
 use hrx_domain::verify::{self, KeyRecord, SignatureMemo, Verdict};
-use hrx_domain::{Envelope, FacilityId, KeyId, Reason, Rejection, Sha256, Timestamp};
-use hrx_ports::{Append, ChainKey, EventLog, LogPosition, PortResult, RejectionRow, Store};
+use hrx_domain::{Envelope, EventId, FacilityId, KeyId, Reason, Rejection, Sha256, Timestamp};
+use hrx_ports::{
+    Append, ChainKey, EventLog, LogPosition, PortError, PortResult, RejectionRow, Store,
+};
 use hrx_proto::codec;
 use hrx_rpc::chains::ChainLocks;
 
@@ -27,6 +34,11 @@ pub use grpc::IngestGrpc;
 
 /// Most envelopes accepted in one SubmitEvents call.
 pub const MAX_BATCH: usize = 1000;
+
+/// How long a facility consent event waits for the projector to catch up with the
+/// facility's chain (its standing and break-glass counts are judged on the projected
+/// chain, as the projector will judge them) before ingest answers UNAVAILABLE.
+const PROJECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// What ingest answers for one envelope.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -57,6 +69,8 @@ pub struct Ingest {
     keys: RwLock<Arc<HashMap<KeyId, KeyRecord>>>,
     /// Signatures verified here, shared with the projector of the same process.
     verified: Arc<SignatureMemo>,
+    /// The bounds of facility consent events; the projector's must be the same.
+    policy: ConsentPolicy,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -79,7 +93,48 @@ impl Ingest {
             locks,
             keys: RwLock::new(Arc::new(HashMap::new())),
             verified: Arc::default(),
+            policy: ConsentPolicy::default(),
         }
+    }
+
+    /// The consent policy facility consent events are judged by.
+    pub fn with_policy(mut self, policy: ConsentPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Waits until the projector has projected `chain` up to `seq`.
+    async fn projected(&self, chain: &ChainKey, seq: u64) -> PortResult<()> {
+        let probe = EventId::from_bytes([0; 16]);
+        let mut changes = self.store.changes();
+        let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
+        loop {
+            changes.borrow_and_update();
+            if self.store.chain_context(chain, probe, 0).await?.head.seq >= seq {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return Err(PortError::Unavailable(format!(
+                        "the projector has not caught up with {chain}; retry"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The content verdict of an accepted facility event, judged against its facility's
+    /// chain too: what the projector will decide.
+    async fn judge(
+        &self,
+        facility: &FacilityId,
+        event: &hrx_domain::event::FacilityEvent,
+        earlier: &[Earlier],
+    ) -> PortResult<Option<Rejection>> {
+        let facts =
+            facility_facts(&*self.store, facility, &event.header, &event.body, earlier).await?;
+        Ok(check_facility_event(&self.policy, &event.header, &event.body, &facts).err())
     }
 
     /// Shares `verified` with a projector in the same process, which then skips the
@@ -212,6 +267,20 @@ impl Ingest {
             .map(|p| (p.event.header.link.event_id, p.event.header.link.seq))
             .collect();
         let logged_contexts = self.log.chain_contexts(&chain, &links).await?;
+        // Consent events of a facility are judged against its own chain: wait until the
+        // projector holds all of it that is in the log (the rest is in this batch).
+        let stateful = pending.iter().any(|p| {
+            matches!(
+                p.event.body,
+                unchecked::Body::ConsentGrant(_)
+                    | unchecked::Body::ConsentRevocation(_)
+                    | unchecked::Body::BreakGlass(_)
+            )
+        });
+        if stateful && let Some(first) = logged_contexts.first() {
+            self.projected(&chain, first.context.head.seq).await?;
+        }
+        let mut earlier: Vec<Earlier> = Vec::new();
         for (Pending { index, event }, logged) in pending.into_iter().zip(logged_contexts) {
             let link = event.header.link.clone();
             let mut ctx = logged.context;
@@ -269,6 +338,18 @@ impl Ingest {
                 verdict => {
                     // Accepted, or rejected for content only: either way it extends the
                     // chain and goes to the log; the projector records the rejection.
+                    let rejection = match &verdict {
+                        Verdict::Accepted(e) => {
+                            let rejection = self.judge(facility, e, &earlier).await?;
+                            if rejection.is_none()
+                                && let Some(left) = Earlier::of(&e.header, &e.body)
+                            {
+                                earlier.push(left);
+                            }
+                            rejection
+                        }
+                        other => other.rejection().cloned(),
+                    };
                     batch_head = Some(ChainHead::after(&link, event_hash));
                     appends.push((
                         index,
@@ -279,7 +360,7 @@ impl Ingest {
                             event_hash,
                             envelope,
                         },
-                        verdict.rejection().cloned(),
+                        rejection,
                     ));
                 }
             }

@@ -202,7 +202,7 @@ pub(crate) struct IndexRow {
 impl IndexRow {
     pub fn of(a: &Append, position: LogPosition) -> Self {
         Self {
-            chain: a.chain.as_key().to_owned(),
+            chain: a.chain.as_key().into_owned(),
             seq: a.seq,
             event_id: a.event_id,
             event_hash: a.event_hash,
@@ -230,7 +230,7 @@ pub(crate) async fn lock_chain<C: GenericClient>(c: &C, chain: &ChainKey) -> Por
         .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
         .await
         .map_err(pg)?;
-    c.execute(&stmt, &[&LOCK_CHAIN, &chain.as_key()])
+    c.execute(&stmt, &[&LOCK_CHAIN, &&*chain.as_key()])
         .await
         .map_err(pg)?;
     Ok(())

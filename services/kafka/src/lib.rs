@@ -7,7 +7,9 @@
 //!   facility id. The partition is chosen here, deterministically, exactly as Kafka's
 //!   default partitioner (Java client, librdkafka `murmur2_random`) would:
 //!   `toPositive(murmur2(key)) % N` ([`key_partition`]), so a facility's whole chain is
-//!   in one partition, in order, and tools that produce by key agree.
+//!   in one partition, in order, and tools that produce by key agree. A patient's
+//!   statement chain shares the topic, keyed and partitioned the same way by its key
+//!   `patient:<id>`.
 //! - `hrx.registry.v1` (exactly one partition): the national center's registry chain.
 //!
 //! The trait sees partitions `0..=N`: `0..N` are the facility-events partitions with
@@ -271,8 +273,8 @@ impl KafkaLog {
         })
     }
 
-    /// The trait partition that holds `chain` (facilities: murmur2 of the id; the
-    /// registry: the last partition).
+    /// The trait partition that holds `chain` (facilities and patients: murmur2 of the
+    /// message key; the registry: the last partition).
     pub fn partition_of(&self, chain: &ChainKey) -> u32 {
         self.inner.layout.partition_of(chain)
     }
@@ -509,7 +511,7 @@ impl Inner {
                 .iter()
                 .filter(|m| !indexed.contains(&m.offset))
                 .any(|m| match m.chain_info() {
-                    Ok(info) if chains.contains(&info.chain.as_key()) => true,
+                    Ok(info) if chains.contains(&&*info.chain.as_key()) => true,
                     _ => m
                         .timestamp_ms
                         .is_none_or(|t| now_ms.saturating_sub(t) > ORPHAN_AFTER_MS),
@@ -609,14 +611,14 @@ impl Inner {
         }
         let mut chains: Vec<String> = infos
             .iter()
-            .map(|(_, i)| i.chain.as_key().to_owned())
+            .map(|(_, i)| i.chain.as_key().into_owned())
             .collect();
         chains.sort();
         chains.dedup();
         let mut heads = index::heads(c, &chains).await?;
         let pairs: Vec<(String, EventId)> = infos
             .iter()
-            .map(|(_, i)| (i.chain.as_key().to_owned(), i.event_id))
+            .map(|(_, i)| (i.chain.as_key().into_owned(), i.event_id))
             .collect();
         let mut ids = index::existing_ids(c, &pairs).await?;
         let mut rows = Vec::new();
@@ -645,9 +647,10 @@ impl Inner {
         for a in batch {
             let loc = self.locate(self.layout.partition_of(&a.chain))?;
             let value = wire::encode_value(&a.envelope);
+            let key = a.chain.as_key();
             let record = FutureRecord::to(&loc.topic)
                 .partition(loc.kafka_partition)
-                .key(a.chain.as_key())
+                .key(&*key)
                 .payload(&value)
                 .headers(wire::headers(a));
             match producer.send_result(record) {
@@ -723,7 +726,7 @@ impl Inner {
             };
             for m in messages.iter().filter(|m| !ours.contains(&m.offset)) {
                 if let Ok(info) = m.chain_info()
-                    && chains.contains(info.chain.as_key())
+                    && chains.contains(&*info.chain.as_key())
                 {
                     return Err(PortError::Unavailable(format!(
                         "a delayed write to chain {} landed at partition {partition} offset {} \
@@ -798,7 +801,11 @@ impl EventLog for KafkaLog {
         let inner = &self.inner;
         let client = inner.index.client().await?;
         inner
-            .refresh(&client, inner.layout.partition_of(chain), &[chain.as_key()])
+            .refresh(
+                &client,
+                inner.layout.partition_of(chain),
+                &[&chain.as_key()],
+            )
             .await?;
         let (context, prior_position) = index::context(&client, chain, event_id, seq).await?;
         Ok(LogChainContext {
@@ -817,7 +824,11 @@ impl EventLog for KafkaLog {
         let inner = &self.inner;
         let client = inner.index.client().await?;
         inner
-            .refresh(&client, inner.layout.partition_of(chain), &[chain.as_key()])
+            .refresh(
+                &client,
+                inner.layout.partition_of(chain),
+                &[&chain.as_key()],
+            )
             .await?;
         Ok(index::contexts(&client, chain, links)
             .await?
@@ -851,25 +862,27 @@ impl EventLog for KafkaLog {
         for chain in &chains {
             index::lock_chain(&tx, chain).await?;
         }
+        // The message keys, in the order of `chains`.
+        let keys: Vec<String> = chains.iter().map(|c| c.as_key().into_owned()).collect();
         let mut caught_up = HashMap::new();
         for &p in &partitions {
             let in_p: Vec<&str> = chains
                 .iter()
-                .filter(|c| inner.layout.partition_of(c) == p)
-                .map(|c| c.as_key())
+                .zip(&keys)
+                .filter(|(c, _)| inner.layout.partition_of(c) == p)
+                .map(|(_, k)| k.as_str())
                 .collect();
             caught_up.insert(p, inner.refresh(&tx, p, &in_p).await?);
         }
 
         // The batch must continue each chain's indexed head.
-        let keys: Vec<String> = chains.iter().map(|c| c.as_key().to_owned()).collect();
         let heads = index::heads(&tx, &keys).await?;
-        for chain in &chains {
+        for (chain, key) in chains.iter().zip(&keys) {
             let first = batch
                 .iter()
                 .find(|a| a.chain == **chain)
                 .expect("a chain of the batch");
-            let head = heads.get(chain.as_key()).copied().unwrap_or(0);
+            let head = heads.get(key.as_str()).copied().unwrap_or(0);
             if first.seq != head + 1 {
                 return Err(PortError::Conflict(format!(
                     "chain {chain}: seq {} does not follow the log's head {head}",
@@ -879,9 +892,11 @@ impl EventLog for KafkaLog {
         }
         let pairs: Vec<(String, EventId)> = batch
             .iter()
-            .map(|a| (a.chain.as_key().to_owned(), a.event_id))
+            .map(|a| (a.chain.as_key().into_owned(), a.event_id))
             .collect();
-        if let Some((chain, id)) = index::existing_ids(&tx, &pairs).await?.into_iter().next() {
+        if let Some((key, id)) = index::existing_ids(&tx, &pairs).await?.into_iter().next() {
+            // Named by its Display, which never writes a patient id out.
+            let chain = ChainKey::parse(&key).map_or_else(|| "?".to_owned(), |c| c.to_string());
             return Err(PortError::Conflict(format!(
                 "chain {chain} already holds event {id}"
             )));
@@ -901,8 +916,9 @@ impl EventLog for KafkaLog {
                 .collect();
             let in_p: HashSet<&str> = chains
                 .iter()
-                .filter(|c| inner.layout.partition_of(c) == p)
-                .map(|c| c.as_key())
+                .zip(&keys)
+                .filter(|(c, _)| inner.layout.partition_of(c) == p)
+                .map(|(_, k)| k.as_str())
                 .collect();
             inner.check_window(p, caught_up[&p], &ours, &in_p).await?;
         }
@@ -1141,9 +1157,10 @@ mod tests {
         *log.inner.before_produce.lock().await = Some(Box::new(move || {
             Box::pin(async move {
                 let value = wire::encode_value(&zombie.envelope);
+                let key = zombie.chain.as_key();
                 let record = FutureRecord::to(&topic)
                     .partition(partition)
-                    .key(zombie.chain.as_key())
+                    .key(&*key)
                     .payload(&value)
                     .headers(wire::headers(&zombie));
                 producer

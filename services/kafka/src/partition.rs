@@ -1,5 +1,6 @@
-//! Where a chain lives: Kafka's default partitioner (murmur2) for facilities, and the
-//! mapping between the trait's partition numbers and (topic, Kafka partition).
+//! Where a chain lives: Kafka's default partitioner (murmur2) for facilities and
+//! patients' statement chains (both on the facility-events topic, by message key), and
+//! the mapping between the trait's partition numbers and (topic, Kafka partition).
 //!
 //! The trait sees one partition space, `0..=N`: facility-events partitions `0..N` keep
 //! their numbers, and the registry topic's single partition is `N`. `partitions()` is
@@ -76,6 +77,9 @@ impl Layout {
     pub fn partition_of(&self, chain: &ChainKey) -> u32 {
         match chain {
             ChainKey::Facility(f) => key_partition(f.as_str(), self.facility_partitions),
+            // A patient's statements share the facility-events topic, partitioned by
+            // their message key like a facility's events.
+            ChainKey::Patient(_) => key_partition(&chain.as_key(), self.facility_partitions),
             ChainKey::Registry => self.facility_partitions,
         }
     }
@@ -165,5 +169,23 @@ mod tests {
         assert_eq!(layout.locate(4), None);
         let f = ChainKey::parse("26001").expect("a facility id");
         assert_eq!(layout.partition_of(&f), key_partition("26001", 3));
+    }
+
+    #[test]
+    fn patient_chains_go_to_the_facility_topic_by_key() {
+        let layout = Layout {
+            facility_topic: "f".into(),
+            registry_topic: "r".into(),
+            facility_partitions: 12,
+        };
+        let chain = ChainKey::parse("patient:026062001234").expect("a patient chain");
+        assert!(matches!(chain, ChainKey::Patient(_)));
+        let p = layout.partition_of(&chain);
+        assert_eq!(p, key_partition("patient:026062001234", 12));
+        assert!(
+            p < layout.facility_partitions,
+            "never the registry partition"
+        );
+        assert_eq!(layout.locate(p).expect("a partition").topic, "f");
     }
 }

@@ -2,7 +2,8 @@
 //! hold. This is a contract between hrx processes (and versions) sharing a topic.
 //!
 //! - **Key**: the chain key as UTF-8 (`ChainKey::as_key()`: the 5-digit facility id,
-//!   or `registry`), so Kafka tooling and the default partitioner agree with hrx.
+//!   `registry`, or `patient:<12-digit id>` for a patient's statements), so Kafka
+//!   tooling and the default partitioner agree with hrx.
 //! - **Value**: the DSSE envelope, exactly as signed — the payload is never re-encoded:
 //!
 //!   ```text
@@ -142,13 +143,14 @@ impl From<&Append> for ChainInfo {
 
 /// The headers `append` writes for `append`.
 pub fn headers(append: &Append) -> OwnedHeaders {
+    let chain = append.chain.as_key();
     let seq = append.seq.to_string();
     let event_id = append.event_id.to_string();
     let event_hash = append.event_hash.to_hex();
     OwnedHeaders::new_with_capacity(4)
         .insert(Header {
             key: HEADER_CHAIN,
-            value: Some(append.chain.as_key()),
+            value: Some(&*chain),
         })
         .insert(Header {
             key: HEADER_SEQ,
@@ -289,5 +291,25 @@ mod tests {
             chain_info(bad_chain),
             Err(WireError::BadHeader(HEADER_CHAIN))
         );
+    }
+
+    #[test]
+    fn a_patient_chain_round_trips_through_the_headers() {
+        let patient = hrx_domain::PatientId::parse("026062001234").expect("a patient id");
+        let a = Append {
+            chain: ChainKey::Patient(patient.clone()),
+            ..sample()
+        };
+        let h = headers(&a);
+        let pairs: Vec<(&str, Option<&[u8]>)> = h.iter().map(|h| (h.key, h.value)).collect();
+        assert_eq!(pairs[0], (HEADER_CHAIN, Some(&b"patient:026062001234"[..])));
+        let info = chain_info(pairs.iter().copied()).expect("hrx headers");
+        assert_eq!(info.chain, ChainKey::Patient(patient));
+        assert_eq!(info, ChainInfo::from(&a));
+
+        // A patient key with a malformed id is no chain key.
+        let mut bad = pairs.clone();
+        bad[0] = (HEADER_CHAIN, Some(b"patient:02606200123"));
+        assert_eq!(chain_info(bad), Err(WireError::BadHeader(HEADER_CHAIN)));
     }
 }

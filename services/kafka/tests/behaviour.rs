@@ -153,6 +153,7 @@ log_behaviours!(
     log_refuses_chain_conflicts_atomically,
     log_wait_for_wakes_on_append,
     log_chain_context_reports_head_and_priors,
+    log_patient_chains_are_chains_of_their_own,
 );
 
 // ── Kafka-specific behaviours ────────────────────────────────────────────────────────
@@ -413,9 +414,10 @@ async fn an_event_in_kafka_but_not_in_the_index_is_found() {
         let topic = f.config.facility_topic.clone();
         async move {
             let value = wire::encode_value(&event.envelope);
+            let key = event.chain.as_key();
             let record = FutureRecord::to(&topic)
                 .partition(p as i32)
-                .key(event.chain.as_key())
+                .key(&*key)
                 .payload(&value)
                 .headers(wire::headers(&event));
             let d = producer
@@ -470,6 +472,91 @@ async fn an_event_in_kafka_but_not_in_the_index_is_found() {
     );
 }
 
+/// A patient's statement chain lives on the facility-events topic in the partition
+/// Kafka's default partitioner picks for its key (`patient:<id>`): a statement produced
+/// by key alone, leaving the partition to librdkafka, lands where `partition_of` says,
+/// and another process's chain index catches it up from the headers, under the patient's
+/// chain key; `append` then continues that chain there.
+#[tokio::test]
+async fn a_patient_chain_is_partitioned_by_its_key_and_caught_up_from_the_headers() {
+    let Some(f) = fixture(5).await else { return };
+    let a = f.open().await;
+    let patient = testkit::patient(testkit::P1);
+    let c = ChainKey::Patient(patient.clone());
+    assert_eq!(c.as_key(), format!("patient:{}", testkit::P1));
+    let p = a.partition_of(&c);
+    assert_eq!(p, key_partition(&c.as_key(), 5));
+    assert!(
+        p < 5,
+        "on the facility-events topic, not the registry's partition"
+    );
+
+    let producer = f.raw_producer(&[("partitioner", "murmur2_random")]);
+    let first = testkit::statement(&c, 1, 1);
+    let key = first.chain.as_key();
+    let value = wire::encode_value(&first.envelope);
+    let delivered = producer
+        .send(
+            FutureRecord::to(&f.config.facility_topic)
+                .key(&*key)
+                .payload(&value)
+                .headers(wire::headers(&first)),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("delivered");
+    assert_eq!(delivered.partition as u32, p, "librdkafka agrees");
+    let at1 = LogPosition {
+        partition: p,
+        offset: delivered.offset as u64,
+    };
+
+    let b = f.open().await;
+    let ctx = b
+        .chain_context(&c, event_id(1), 1)
+        .await
+        .expect("chain_context");
+    assert_eq!(
+        ctx.context.head,
+        ChainHead {
+            seq: 1,
+            event_hash: first.event_hash,
+            event_id: Some(event_id(1)),
+        }
+    );
+    assert_eq!(ctx.prior_position, Some(at1));
+    let other = ChainKey::Patient(testkit::patient(testkit::P2));
+    assert_eq!(
+        b.chain_context(&other, event_id(1), 1)
+            .await
+            .expect("chain_context")
+            .context
+            .head,
+        ChainHead::EMPTY,
+        "another patient's chain is apart"
+    );
+    match b.append(vec![testkit::statement(&c, 1, 2)]).await {
+        Err(PortError::Conflict(m)) => assert!(!m.contains(testkit::P1), "no patient id in {m}"),
+        other => panic!("seq 1 is taken in Kafka: {other:?}"),
+    }
+    let second = b
+        .append(vec![testkit::statement(&c, 2, 3)])
+        .await
+        .expect("seq 2")[0];
+    assert_eq!(second.partition, p);
+    let entries = a.read(p, 0, 10).await.expect("read");
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.envelope.clone())
+            .collect::<Vec<_>>(),
+        vec![
+            testkit::consent_envelope(1, false),
+            testkit::consent_envelope(3, false)
+        ]
+    );
+}
+
 /// Catching up from Kafka indexes only what extends a chain, in log order — as the
 /// projector judges it: a second event at a taken seq (a fork), an event past a gap,
 /// a message of another chain's partition and a message without headers stay out.
@@ -496,7 +583,7 @@ async fn catch_up_indexes_only_what_extends_a_chain() {
             .send(
                 FutureRecord::to(&f.config.facility_topic)
                     .partition(p as i32)
-                    .key(event.chain.as_key())
+                    .key(&*event.chain.as_key())
                     .payload(&value)
                     .headers(wire::headers(event)),
                 Duration::from_secs(10),

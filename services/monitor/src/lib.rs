@@ -8,14 +8,29 @@
 
 pub mod metrics;
 
+use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hrx_domain::Timestamp;
+use hrx_consent::state::{self, FactCache};
+use hrx_domain::consent::ConsentFact;
+use hrx_domain::{EventId, Timestamp};
 use hrx_ports::{EventLog, PortResult, Store};
 use hrx_proto::v1;
 use hrx_rpc::error::status;
 use hrx_rpc::{auth, wire};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+/// How far back from the newest declaration seen the live break-glass stream looks
+/// again: declared_at is the declaring facility's clock, so a declaration may arrive
+/// after a later-dated one.
+const WATCH_MARGIN: Duration = Duration::from_secs(3600);
+/// Fewest time between two reads of the live stream (projector batches come faster).
+const WATCH_EVERY: Duration = Duration::from_millis(200);
 
 /// Projector lag, per partition and overall.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +74,9 @@ pub async fn lag(log: &dyn EventLog, store: &dyn Store) -> PortResult<Lag> {
 pub struct MonitorGrpc {
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
+    facts: Arc<FactCache>,
+    /// Set when the node shuts down: live streams end so the server can stop.
+    stopping: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for MonitorGrpc {
@@ -68,8 +86,18 @@ impl std::fmt::Debug for MonitorGrpc {
 }
 
 impl MonitorGrpc {
-    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn Store>) -> Self {
-        Self { log, store }
+    /// `stopping` turns true when the node shuts down.
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn Store>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            log,
+            store,
+            facts: Arc::default(),
+            stopping,
+        }
     }
 
     pub fn into_server(self) -> v1::monitor_service_server::MonitorServiceServer<Self> {
@@ -142,19 +170,68 @@ impl v1::monitor_service_server::MonitorService for MonitorGrpc {
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(v1::ListBreakGlassResponse {
-            uses: uses
-                .into_iter()
-                .map(|u| v1::BreakGlassUse {
-                    event_id: u.window.event_id.to_string(),
-                    facility_id: u.window.facility_id.to_string(),
-                    patient_id: u.patient_id.to_string(),
-                    clinician: u.clinician,
-                    declared_at: wire::time(u.window.declared_at),
-                    expires_at: wire::time(u.window.expires_at),
-                    reads: u.reads,
-                })
-                .collect(),
+            uses: uses.iter().map(wire::break_glass_use).collect(),
         }))
+    }
+
+    type WatchBreakGlassStream =
+        Pin<Box<dyn Stream<Item = Result<v1::BreakGlassUse, Status>> + Send + 'static>>;
+
+    async fn watch_break_glass(
+        &self,
+        request: Request<v1::ListBreakGlassRequest>,
+    ) -> Result<Response<Self::WatchBreakGlassStream>, Status> {
+        auth::national_center(&auth::caller(&request)?)?;
+        let since = since(request.into_inner().since)?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(watch(self.store.clone(), since, self.stopping.clone(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_attested_grants(
+        &self,
+        request: Request<v1::ListAttestedGrantsRequest>,
+    ) -> Result<Response<v1::ListAttestedGrantsResponse>, Status> {
+        auth::national_center(&auth::caller(&request)?)?;
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            n => (n as usize).min(1000),
+        };
+        let rows = self
+            .store
+            .attested_grants(since(r.since)?, limit)
+            .await
+            .map_err(|e| status(&e))?;
+        let mut grants = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some(ConsentFact::AttestedGrant { facility, grant }) = state::fact_of(&row) else {
+                continue;
+            };
+            // Revocations may come later and from the patient: the patient's consent
+            // state says.
+            let loaded = state::load(&*self.store, &self.facts, &row.patient_id)
+                .await
+                .map_err(|e| status(&e))?;
+            let revoked_at = loaded
+                .state
+                .grant(row.event_id)
+                .and_then(|g| g.revoked_at);
+            grants.push(v1::AttestedGrant {
+                grant_event_id: row.event_id.to_string(),
+                facility_id: facility.to_string(),
+                patient_id: row.patient_id.to_string(),
+                grantee_facility_id: match &grant.grantee {
+                    hrx_domain::event::Grantee::Facility(f) => f.to_string(),
+                    hrx_domain::event::Grantee::AnyFacility => String::new(),
+                },
+                purposes: grant.purposes.iter().map(|p| p.code()).collect(),
+                granted_at: wire::time(row.received_at),
+                expires_at: wire::time(grant.expires_at),
+                revoked_at: revoked_at.and_then(wire::time),
+            });
+        }
+        Ok(Response::new(v1::ListAttestedGrantsResponse { grants }))
     }
 
     async fn list_rejections(
@@ -220,4 +297,73 @@ impl v1::monitor_service_server::MonitorService for MonitorGrpc {
             oldest_unprojected_ms: lag.oldest_unprojected_ms,
         }))
     }
+}
+
+/// The live break-glass stream: the declarations since `since`, then each new one as
+/// it is projected, until the client goes or the node stops.
+async fn watch(
+    store: Arc<dyn Store>,
+    since: Option<Timestamp>,
+    mut stopping: watch::Receiver<bool>,
+    tx: mpsc::Sender<Result<v1::BreakGlassUse, Status>>,
+) {
+    let mut changes = store.changes();
+    let mut seen: HashSet<EventId> = HashSet::new();
+    // Without `since`, only what is declared from now on (by the declarer's clock,
+    // less the margin) and not already projected.
+    let mut from = match since {
+        Some(t) => t,
+        None => {
+            let now = Timestamp::now();
+            let start = now.checked_sub(margin()).unwrap_or(now);
+            match store.break_glass_uses(Some(start)).await {
+                Ok(uses) => seen.extend(uses.iter().map(|u| u.window.event_id)),
+                Err(e) => {
+                    let _ = tx.send(Err(status(&e))).await;
+                    return;
+                }
+            }
+            start
+        }
+    };
+    loop {
+        changes.borrow_and_update();
+        let uses = match store.break_glass_uses(Some(from)).await {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = tx.send(Err(status(&e))).await;
+                return;
+            }
+        };
+        for u in uses {
+            if seen.insert(u.window.event_id) {
+                let newest = u.window.declared_at.checked_sub(margin());
+                if tx.send(Ok(wire::break_glass_use(&u))).await.is_err() {
+                    return;
+                }
+                if let Some(t) = newest
+                    && t > from
+                {
+                    from = t;
+                }
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tokio::time::sleep(WATCH_EVERY).await;
+            }
+            _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+                let _ = tx.send(Err(Status::unavailable("the node is shutting down; watch again"))).await;
+                return;
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+fn margin() -> hrx_domain::Duration {
+    hrx_domain::Duration::from_secs(WATCH_MARGIN.as_secs() as i64).expect("an hour is a duration")
 }

@@ -88,9 +88,21 @@ pub async fn render(log: &dyn EventLog, store: &dyn Store) -> PortResult<String>
         exchanged,
     );
 
+    let uses = store.break_glass_uses(None).await?;
     let glass = Counter::<u64>::default();
-    glass.inc_by(store.break_glass_uses(None).await?.len() as u64);
+    glass.inc_by(uses.len() as u64);
     registry.register("break_glass", "Break-glass declarations", glass);
+    let by_facility = Family::<Labels, Counter>::default();
+    for u in &uses {
+        by_facility
+            .get_or_create(&vec![("facility", u.window.facility_id.to_string())])
+            .inc();
+    }
+    registry.register(
+        "break_glass_declarations",
+        "Break-glass declarations, per declaring facility",
+        by_facility,
+    );
 
     let lag = super::lag(log, store).await?;
     let behind = Family::<Labels, Gauge>::default();

@@ -401,3 +401,243 @@ impl FacilityClient {
         v1::consent_service_client::ConsentServiceClient::new(self.channel.clone())
     }
 }
+
+/// A channel to a node's patient port: TLS that trusts the node's CA, no client
+/// certificate (the patient's app has none; its requests are signed instead).
+pub async fn connect_patient_port(addr: SocketAddr, ca_pem: &str) -> Result<Channel, ClientError> {
+    let connect_error = |source| ClientError::Connect { addr, source };
+    Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(connect_error)?
+        .tls_config(hrx_identity::anonymous_client_tls(ca_pem, "localhost"))
+        .map_err(connect_error)?
+        .connect()
+        .await
+        .map_err(connect_error)
+}
+
+/// A proof that the holder of `key` is `patient`, made for `facility` (an enrollment)
+/// or for no facility (a rotation), at `at`.
+pub fn key_proof(
+    key: &SigningKey,
+    patient: &hrx_domain::PatientId,
+    facility: Option<&FacilityId>,
+    at: Timestamp,
+) -> v1::SignedEnvelope {
+    let proof = v1::PatientKeyProof {
+        patient_id: patient.to_string(),
+        public_key: key.public_key().as_bytes().to_vec(),
+        facility_id: facility.map(|f| f.to_string()).unwrap_or_default(),
+        proved_at: Some(codec::timestamp(at)),
+    };
+    key.sign(PayloadType::PatientKeyProof, proof.encode_to_vec())
+        .into()
+}
+
+/// The body of a facility event enrolling `patient_key` for `patient`, with its proof
+/// of possession (the patient's app signs it at the desk; here the caller holds both).
+pub fn enrollment(
+    patient: &hrx_domain::PatientId,
+    patient_key: &SigningKey,
+    facility: &FacilityId,
+    at: Timestamp,
+) -> v1::facility_event::Body {
+    v1::facility_event::Body::PatientKeyEnrollment(v1::PatientKeyEnrollment {
+        patient_id: patient.to_string(),
+        public_key: patient_key.public_key().as_bytes().to_vec(),
+        proof: Some(key_proof(patient_key, patient, Some(facility), at)),
+    })
+}
+
+/// The patient's side, in CLI form: signs statements and requests with the patient's
+/// own key and sends them to the patient service, on the patient port or carried over a
+/// facility's connection.
+pub struct PatientClient {
+    pub patient: hrx_domain::PatientId,
+    key: SigningKey,
+    channel: Channel,
+}
+
+impl std::fmt::Debug for PatientClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatientClient")
+            .field("key_id", &self.key.key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PatientClient {
+    pub fn new(patient: hrx_domain::PatientId, key: SigningKey, channel: Channel) -> Self {
+        Self {
+            patient,
+            key,
+            channel,
+        }
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Uses another key from now on (after a rotation).
+    pub fn set_key(&mut self, key: SigningKey) {
+        self.key = key;
+    }
+
+    fn service(&self) -> v1::patient_service_client::PatientServiceClient<Channel> {
+        v1::patient_service_client::PatientServiceClient::new(self.channel.clone())
+    }
+
+    /// Signs `body` as a statement of this patient, with a fresh statement id.
+    pub fn statement(&self, body: v1::patient_statement::Body) -> (EventId, Envelope) {
+        let id = EventId::new_v7();
+        let statement = v1::PatientStatement {
+            header: Some(v1::PatientStatementHeader {
+                statement_id: id.to_string(),
+                patient_id: self.patient.to_string(),
+                public_key: self.key.public_key().as_bytes().to_vec(),
+                signed_at: Some(codec::timestamp(Timestamp::now())),
+            }),
+            body: Some(body),
+        };
+        let envelope = self
+            .key
+            .sign(PayloadType::PatientStatement, statement.encode_to_vec());
+        (id, envelope)
+    }
+
+    /// Submits signed statements as they are.
+    pub async fn submit(&self, statements: Vec<Envelope>) -> Result<Vec<v1::SubmitResult>, ClientError> {
+        Ok(self
+            .service()
+            .submit_statements(v1::SubmitStatementsRequest {
+                statements: statements.into_iter().map(Into::into).collect(),
+            })
+            .await?
+            .into_inner()
+            .results)
+    }
+
+    /// Signs and submits one statement; returns its id and result.
+    pub async fn state(
+        &self,
+        body: v1::patient_statement::Body,
+    ) -> Result<(EventId, v1::SubmitResult), ClientError> {
+        let (id, envelope) = self.statement(body);
+        let result = self.submit(vec![envelope]).await?.remove(0);
+        Ok((id, result))
+    }
+
+    /// A signed, single-use request for this patient's view.
+    pub fn view_request(&self, page_size: u32, cursor: &str) -> v1::SignedEnvelope {
+        let request = v1::PatientRequest {
+            request_id: EventId::new_v7().to_string(),
+            patient_id: self.patient.to_string(),
+            public_key: self.key.public_key().as_bytes().to_vec(),
+            issued_at: Some(codec::timestamp(Timestamp::now())),
+            query: Some(v1::patient_request::Query::View(v1::PatientViewQuery {
+                accesses_page_size: page_size,
+                accesses_cursor: cursor.to_owned(),
+            })),
+        };
+        self.key
+            .sign(PayloadType::PatientRequest, request.encode_to_vec())
+            .into()
+    }
+
+    /// Sends a signed view request.
+    pub async fn send_view_request(
+        &self,
+        request: v1::SignedEnvelope,
+    ) -> Result<v1::PatientView, ClientError> {
+        Ok(self
+            .service()
+            .get_patient_view(v1::GetPatientViewRequest {
+                request: Some(request),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The patient's view, with one page of the access list.
+    pub async fn view(&self, page_size: u32, cursor: &str) -> Result<v1::PatientView, ClientError> {
+        self.send_view_request(self.view_request(page_size, cursor))
+            .await
+    }
+
+    /// The patient's view with every access (all pages).
+    pub async fn view_all(&self) -> Result<v1::PatientView, ClientError> {
+        let mut view = self.view(1000, "").await?;
+        while !view.accesses_next_cursor.is_empty() {
+            let next = self.view(1000, &view.accesses_next_cursor).await?;
+            view.accesses.extend(next.accesses);
+            view.accesses_next_cursor = next.accesses_next_cursor;
+        }
+        Ok(view)
+    }
+
+    /// Approves a consent request: a patient-signed grant of what it asked, to the
+    /// requesting facility, naming the request.
+    pub async fn approve(
+        &self,
+        request: &v1::ConsentRequestView,
+    ) -> Result<(EventId, v1::SubmitResult), ClientError> {
+        let asked = request.request.clone().unwrap_or_default();
+        let seconds = asked.duration.map(|d| d.seconds).unwrap_or(0);
+        let expires = Timestamp::now()
+            .checked_add(hrx_domain::Duration::from_secs(seconds).unwrap_or(
+                hrx_domain::Duration::from_secs(0).expect("zero is a duration"),
+            ))
+            .unwrap_or_else(Timestamp::now);
+        self.state(v1::patient_statement::Body::ConsentGrant(v1::ConsentGrant {
+            patient_id: self.patient.to_string(),
+            purposes: asked.purposes,
+            kinds: asked.kinds,
+            include_sensitive: asked.include_sensitive,
+            data_from: asked.data_from,
+            data_until: asked.data_until,
+            expires_at: Some(codec::timestamp(expires)),
+            evidence: None,
+            request_event_id: request.request_event_id.clone(),
+            grantee: Some(v1::consent_grant::Grantee::GranteeFacilityId(
+                request.facility_id.clone(),
+            )),
+        }))
+        .await
+    }
+
+    /// Declines a consent request.
+    pub async fn decline(&self, request_event_id: &str) -> Result<(EventId, v1::SubmitResult), ClientError> {
+        self.state(v1::patient_statement::Body::ConsentDecline(v1::ConsentDecline {
+            request_event_id: request_event_id.to_owned(),
+        }))
+        .await
+    }
+
+    /// Revokes a grant (patient-signed or attested).
+    pub async fn revoke(&self, grant_id: &str) -> Result<(EventId, v1::SubmitResult), ClientError> {
+        self.state(v1::patient_statement::Body::ConsentRevocation(
+            v1::ConsentRevocation {
+                patient_id: self.patient.to_string(),
+                grant_event_id: grant_id.to_owned(),
+                evidence: None,
+            },
+        ))
+        .await
+    }
+
+    /// Replaces the patient's key with `new` (signed by the current key, with a proof
+    /// of possession by the new one); this client signs with `new` afterwards.
+    pub async fn rotate(&mut self, new: SigningKey) -> Result<v1::SubmitResult, ClientError> {
+        let proof = key_proof(&new, &self.patient, None, Timestamp::now());
+        let (_, result) = self
+            .state(v1::patient_statement::Body::KeyRotation(v1::PatientKeyRotation {
+                new_public_key: new.public_key().as_bytes().to_vec(),
+                proof: Some(proof),
+            }))
+            .await?;
+        if result.status == v1::SubmitStatus::Accepted as i32 {
+            self.key = new;
+        }
+        Ok(result)
+    }
+}

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
+use hrx_domain::consent::ConsentPolicy;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +91,11 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_DATABASE_POOL_SIZE",
     "HRX_ROOT_PUBLIC_KEY",
     "HRX_TLS_DIR",
+    "HRX_PATIENT_ADDR",
+    "HRX_ATTESTED_GRANT_MAX_DAYS",
+    "HRX_STANDING_WINDOW_DAYS",
+    "HRX_BREAK_GLASS_PER_DAY",
+    "HRX_BREAK_GLASS_OPEN_PER_PATIENT",
 ];
 
 /// Everything a node is configured with.
@@ -128,6 +134,18 @@ pub struct NodeConfig {
     pub root_public_key: Option<String>,
     /// The CA, server certificate and keys (default `<data_dir>/tls`).
     pub tls_dir: Option<PathBuf>,
+    /// The patient port (TLS without client certificates: `PatientService` only, every
+    /// call signed by the patient); port 0 picks a free port. Served by the consent role.
+    pub patient_addr: SocketAddr,
+    /// Longest expiry of a facility-attested grant, in days (at most 90 by default).
+    pub attested_grant_max_days: u32,
+    /// A facility has standing for a patient when it authored a record for them within
+    /// this many days.
+    pub standing_window_days: u32,
+    /// Break-glass declarations one facility may make in any 24 hours.
+    pub break_glass_per_day: u32,
+    /// Break-glass windows one facility may have open for one patient at once.
+    pub break_glass_open_per_patient: u32,
 }
 
 impl Default for NodeConfig {
@@ -148,6 +166,11 @@ impl Default for NodeConfig {
             database_pool_size: 16,
             root_public_key: None,
             tls_dir: None,
+            patient_addr: "127.0.0.1:7444".parse().expect("valid address"),
+            attested_grant_max_days: 90,
+            standing_window_days: 365,
+            break_glass_per_day: 20,
+            break_glass_open_per_patient: 1,
         }
     }
 }
@@ -174,12 +197,32 @@ impl NodeConfig {
         Role::parse_list(&self.roles)
     }
 
+    /// The consent policy ingest and the projector judge facility consent events by
+    /// (every process of one exchange must run with the same).
+    pub fn consent_policy(&self) -> Result<ConsentPolicy, String> {
+        let days = |n: u32, what: &str| {
+            hrx_domain::Duration::from_secs(i64::from(n) * 24 * 60 * 60)
+                .map_err(|_| format!("{what} is out of range"))
+        };
+        if self.attested_grant_max_days == 0 {
+            return Err("attested_grant_max_days must be at least 1".into());
+        }
+        Ok(ConsentPolicy {
+            attested_max: days(self.attested_grant_max_days, "attested_grant_max_days")?,
+            standing_window: days(self.standing_window_days, "standing_window_days")?,
+            break_glass_per_day: self.break_glass_per_day,
+            break_glass_open_per_patient: self.break_glass_open_per_patient,
+            ..ConsentPolicy::default()
+        })
+    }
+
     /// A configuration for tests and `hrx demo`: everything on loopback port 0.
     pub fn ephemeral(data_dir: &Path) -> Self {
         Self {
             data_dir: data_dir.to_owned(),
             grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
+            patient_addr: "127.0.0.1:0".parse().expect("valid address"),
             ..Self::default()
         }
     }

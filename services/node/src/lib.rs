@@ -3,8 +3,9 @@
 //! `Node::build(config)` opens the data directory (creating on first start the
 //! development CA and certificates, the national root key, and the database) and binds
 //! the listeners; `Node::run(shutdown)` runs the projector, the gRPC services over
-//! mutual TLS (ingest, timeline, consent, registry, monitor, health) and the Prometheus
-//! endpoint until `shutdown` resolves.
+//! mutual TLS (ingest, timeline, consent, patient, registry, monitor, health), the
+//! patient port (TLS without client certificates: `PatientService` only, every call
+//! signed by the patient) and the Prometheus endpoint until `shutdown` resolves.
 //!
 //! - [`config`]: defaults ← file ← `HRX_*` environment.
 //! - [`keys`]: private key files.
@@ -115,6 +116,8 @@ pub struct Node {
     root: Root,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
+    patient: TcpListener,
+    patient_addr: SocketAddr,
     metrics: TcpListener,
     metrics_addr: SocketAddr,
 }
@@ -125,6 +128,7 @@ impl std::fmt::Debug for Node {
             .field("data_dir", &self.config.data_dir)
             .field("roles", &self.roles)
             .field("grpc_addr", &self.grpc_addr)
+            .field("patient_addr", &self.patient_addr)
             .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
@@ -157,6 +161,7 @@ pub async fn backends(config: &NodeConfig) -> Result<Backends, NodeError> {
 impl Node {
     pub async fn build(config: NodeConfig) -> Result<Self, NodeError> {
         let roles = config.role_list().map_err(NodeError::Config)?;
+        config.consent_policy().map_err(NodeError::Config)?;
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
             path: dir.clone(),
@@ -180,6 +185,7 @@ impl Node {
         };
         let backends = backends(&config).await?;
         let (grpc, grpc_addr) = bind(config.grpc_addr).await?;
+        let (patient, patient_addr) = bind(config.patient_addr).await?;
         let (metrics, metrics_addr) = bind(config.metrics_addr).await?;
         Ok(Self {
             config,
@@ -189,6 +195,8 @@ impl Node {
             root,
             grpc,
             grpc_addr,
+            patient,
+            patient_addr,
             metrics,
             metrics_addr,
         })
@@ -200,6 +208,11 @@ impl Node {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// The patient port (served when this process runs the consent role).
+    pub fn patient_addr(&self) -> SocketAddr {
+        self.patient_addr
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -224,6 +237,7 @@ impl Node {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let Backends { log, store } = self.backends.clone();
         let roots = vec![self.root.record()];
+        let policy = self.config.consent_policy().map_err(NodeError::Config)?;
         let has = |r: Role| self.roles.contains(&r);
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -238,6 +252,7 @@ impl Node {
             projector_config.verified = verified.clone();
             projector_config.batch_size = self.config.projector_batch;
             projector_config.group = self.config.consumer_group.clone();
+            projector_config.policy = policy;
             let projector =
                 hrx_projector::Projector::build(log.clone(), store.clone(), projector_config)
                     .await?;
@@ -254,18 +269,31 @@ impl Node {
             ))?
             .add_service(health_service);
         let locks = ChainLocks::default();
+        // The consent core: the patient's consent state and the audit log, for the
+        // timeline and consent roles.
+        let consent = (has(Role::Timeline) || has(Role::Consent)).then(|| {
+            Arc::new(hrx_consent::Consent::new(
+                store.clone(),
+                Some(log.clone()),
+                locks.clone(),
+                policy,
+            ))
+        });
         if has(Role::Ingest) {
             let ingest = Arc::new(
                 hrx_ingest::Ingest::new(log.clone(), store.clone(), locks.clone())
-                    .with_verified(verified.clone()),
+                    .with_verified(verified.clone())
+                    .with_policy(policy),
             );
             router = router.add_service(hrx_ingest::IngestGrpc::new(ingest).into_server());
             health.set_serving::<v1::ingest_service_server::IngestServiceServer<hrx_ingest::IngestGrpc>>().await;
         }
         let mut timeline_service = None;
-        if has(Role::Timeline) {
+        if has(Role::Timeline)
+            && let Some(consent) = &consent
+        {
             let timeline = Arc::new(hrx_timeline::Timeline::new(
-                store.clone(),
+                consent.clone(),
                 hrx_timeline::TimelineConfig {
                     heartbeat: Duration::from_millis(self.config.heartbeat_ms.max(1)),
                 },
@@ -274,19 +302,41 @@ impl Node {
             router = router.add_service(hrx_timeline::TimelineGrpc::new(timeline).into_server());
             health.set_serving::<v1::timeline_service_server::TimelineServiceServer<hrx_timeline::TimelineGrpc>>().await;
         }
-        if has(Role::Consent) {
-            router = router.add_service(hrx_consent::ConsentGrpc::new(store.clone()).into_server());
+        let mut patient_server = None;
+        if has(Role::Consent)
+            && let Some(consent) = &consent
+        {
+            router = router
+                .add_service(hrx_consent::ConsentGrpc::new(consent.clone()).into_server())
+                .add_service(hrx_consent::PatientGrpc::new(consent.clone()).into_server());
             health.set_serving::<v1::consent_service_server::ConsentServiceServer<hrx_consent::ConsentGrpc>>().await;
+            health.set_serving::<v1::patient_service_server::PatientServiceServer<hrx_consent::PatientGrpc>>().await;
+            // The patient port: PatientService alone, with no client certificate asked.
+            let patient_router = tonic::transport::Server::builder()
+                .tls_config(hrx_identity::server_tls_without_client_auth(
+                    &self.identity.server,
+                ))?
+                .add_service(hrx_consent::PatientGrpc::new(consent.clone()).into_server());
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(self.patient).with_nodelay(Some(true));
+            patient_server = Some(tokio::spawn(
+                patient_router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+            ));
         }
         if has(Role::Registry) {
-            let registry =
-                hrx_registry::RegistryGrpc::new(log.clone(), store.clone(), locks, roots);
+            let registry = hrx_registry::RegistryGrpc::new(hrx_registry::Registry::new(
+                log.clone(),
+                store.clone(),
+                locks,
+                roots,
+            ));
             router = router.add_service(registry.into_server());
             health.set_serving::<v1::registry_service_server::RegistryServiceServer<hrx_registry::RegistryGrpc>>().await;
         }
         if has(Role::Monitor) {
             router = router.add_service(
-                hrx_monitor::MonitorGrpc::new(log.clone(), store.clone()).into_server(),
+                hrx_monitor::MonitorGrpc::new(log.clone(), store.clone(), stop_rx.clone())
+                    .into_server(),
             );
             health.set_serving::<v1::monitor_service_server::MonitorServiceServer<hrx_monitor::MonitorGrpc>>().await;
         }
@@ -309,6 +359,12 @@ impl Node {
         }
         let grpc_result = grpc.await;
         let metrics_result = metrics.await;
+        if let Some(p) = patient_server {
+            match p.await {
+                Ok(r) => r?,
+                Err(e) => tracing::error!(error = %e, "patient server task failed"),
+            }
+        }
         if let Some(p) = projector {
             let _ = p.await;
         }
@@ -357,7 +413,8 @@ pub async fn reproject(config: &NodeConfig) -> Result<u64, NodeError> {
         .reset_projections()
         .await
         .map_err(hrx_projector::ProjectorError::from)?;
-    let projector_config = hrx_projector::ProjectorConfig::new(vec![root.record()]);
+    let mut projector_config = hrx_projector::ProjectorConfig::new(vec![root.record()]);
+    projector_config.policy = config.consent_policy().map_err(NodeError::Config)?;
     let mut projector = hrx_projector::Projector::build(log, store, projector_config).await?;
     Ok(projector.catch_up().await?)
 }

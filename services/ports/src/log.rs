@@ -2,12 +2,13 @@
 //! chain index ingest keeps over it to answer accepted / duplicate / rejected before an
 //! event is written.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hrx_domain::chain::ChainContext;
-use hrx_domain::{Envelope, EventId, FacilityId, Sha256, Timestamp};
+use hrx_domain::{Envelope, EventId, FacilityId, PatientId, Sha256, Timestamp};
 use tokio::sync::watch;
 
 use crate::PortResult;
@@ -26,20 +27,31 @@ pub enum ChainKey {
     Facility(FacilityId),
     /// The national center's registry chain.
     Registry,
+    /// One patient's signed statements, in the order the exchange received them. The
+    /// exchange numbers them (the patient signs no chain: their app may be new, or
+    /// several); the statement id is the event id.
+    Patient(PatientId),
 }
 
+/// The message-key prefix of a patient's statement chain.
+const PATIENT_KEY_PREFIX: &str = "patient:";
+
 impl ChainKey {
-    /// `"26012"` for a facility, `"registry"` for the registry: the message key.
-    pub fn as_key(&self) -> &str {
+    /// `"26012"` for a facility, `"registry"` for the registry, `"patient:<id>"` for a
+    /// patient's statements: the message key.
+    pub fn as_key(&self) -> Cow<'_, str> {
         match self {
-            ChainKey::Facility(f) => f.as_str(),
-            ChainKey::Registry => "registry",
+            ChainKey::Facility(f) => Cow::Borrowed(f.as_str()),
+            ChainKey::Registry => Cow::Borrowed("registry"),
+            ChainKey::Patient(p) => Cow::Owned(format!("{PATIENT_KEY_PREFIX}{}", p.as_str())),
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         if s == "registry" {
             Some(ChainKey::Registry)
+        } else if let Some(p) = s.strip_prefix(PATIENT_KEY_PREFIX) {
+            PatientId::parse(p).ok().map(ChainKey::Patient)
         } else {
             FacilityId::parse(s).ok().map(ChainKey::Facility)
         }
@@ -48,7 +60,12 @@ impl ChainKey {
 
 impl fmt::Display for ChainKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_key())
+        match self {
+            // A patient id is never written out whole (logs, errors): the key's prefix
+            // says enough to tell the chains apart.
+            ChainKey::Patient(_) => f.write_str("patient chain"),
+            other => f.write_str(&other.as_key()),
+        }
     }
 }
 

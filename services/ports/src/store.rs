@@ -8,9 +8,9 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use hrx_domain::audit::{AccessEvent, AuditEntry};
+use hrx_domain::audit::{AccessEvent, AuditEntry, Reader};
 use hrx_domain::chain::ChainContext;
-use hrx_domain::consent::{BreakGlassWindow, GrantState};
+use hrx_domain::consent::BreakGlassWindow;
 use hrx_domain::verify::KeyRecord;
 use hrx_domain::{
     Envelope, EventId, FacilityId, FacilityLevel, KeyId, PatientId, Reason, RecordKind,
@@ -74,8 +74,86 @@ pub struct BreakGlassUse {
     pub window: BreakGlassWindow,
     pub patient_id: PatientId,
     pub clinician: String,
+    /// The declared reason (free text without patient data, by contract).
+    pub reason: String,
     /// Reads made under it so far.
     pub reads: u64,
+}
+
+/// What a consent event is, for the store's indexes and the monitor's counts. The
+/// consent state itself comes from the envelope, parsed again when read.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ConsentEventKind {
+    /// A facility enrolled a patient's key.
+    KeyEnrollment = 1,
+    /// A facility attested a grant.
+    AttestedGrant = 2,
+    /// A facility revoked a grant it attested.
+    FacilityRevocation = 3,
+    /// A facility asked for consent.
+    Request = 4,
+    /// The patient's signed statements.
+    PatientGrant = 10,
+    PatientRevocation = 11,
+    PatientDecline = 12,
+    KeyRotation = 13,
+    KeyRevocation = 14,
+}
+
+impl ConsentEventKind {
+    pub const ALL: [ConsentEventKind; 9] = [
+        Self::KeyEnrollment,
+        Self::AttestedGrant,
+        Self::FacilityRevocation,
+        Self::Request,
+        Self::PatientGrant,
+        Self::PatientRevocation,
+        Self::PatientDecline,
+        Self::KeyRotation,
+        Self::KeyRevocation,
+    ];
+
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    pub fn from_code(code: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+}
+
+/// A consent event as projected: the signed envelope it came in (a facility event, or
+/// a patient statement), who carried it and when the exchange received it. Reads parse
+/// the envelope again (`hrx-consent`), so the consent state has one definition.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConsentEventRow {
+    /// Event id (facility events) or statement id (patient statements): unique across
+    /// the exchange's ids.
+    pub event_id: EventId,
+    pub patient_id: PatientId,
+    pub kind: ConsentEventKind,
+    /// The facility whose event it is; `None` for a patient statement.
+    pub facility_id: Option<FacilityId>,
+    /// The log entry's time: when the exchange received it.
+    pub received_at: Timestamp,
+    pub envelope: Envelope,
+}
+
+/// What the patient's access list holds, counted (for the national center).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct AccessCounts {
+    pub allowed: u64,
+    pub denied: u64,
+    pub break_glass: u64,
+}
+
+/// The facts a consent decision needs about one record (never its content).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RecordFactsRow {
+    pub facility_id: FacilityId,
+    pub kind: RecordKind,
+    pub occurred_at: Timestamp,
+    pub sensitivity: Vec<SensitivityLabel>,
 }
 
 /// A facility as registered.
@@ -114,16 +192,8 @@ pub struct RejectionRow {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Projection {
     Record(NewRecord),
-    Grant {
-        patient_id: PatientId,
-        state: GrantState,
-    },
-    /// Marks a grant revoked (it exists and is the patient's: the projector checked).
-    Revocation {
-        grant_event_id: EventId,
-        revoked_at: Timestamp,
-        revoked_by: EventId,
-    },
+    /// A key enrollment, grant, revocation, request or patient statement.
+    ConsentEvent(ConsentEventRow),
     /// A break-glass declaration; the store also appends its `BreakGlass` audit entry.
     BreakGlass(BreakGlassUse, AccessEvent),
     FacilityRegistered(FacilityInfo),
@@ -209,11 +279,11 @@ pub trait ProjectionStore: Send + Sync + 'static {
         Ok(contexts)
     }
 
-    /// A grant with the patient it is about, to check a revocation against.
-    async fn grant(&self, grant_event_id: EventId) -> PortResult<Option<(PatientId, GrantState)>>;
+    /// A projected consent event by id (a facility's revocation names a grant).
+    async fn consent_event(&self, event_id: EventId) -> PortResult<Option<ConsentEventRow>>;
 
-    /// Whether a projected record, grant or break-glass declaration already has this
-    /// event id. Event ids are unique across the exchange; the projector rejects a
+    /// Whether a projected record, consent event or break-glass declaration already has
+    /// this event id. Event ids are unique across the exchange; the projector rejects a
     /// reused one as content instead of letting the batch fail on it forever.
     async fn event_id_taken(&self, event_id: EventId) -> PortResult<bool>;
 
@@ -272,16 +342,48 @@ pub trait TimelineStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> PortResult<Vec<StoredRecord>>;
+
+    /// The decision facts of every record of the patient (to count what a reader may not
+    /// see, whatever its filters).
+    async fn record_facts(&self, patient_id: &PatientId) -> PortResult<Vec<RecordFactsRow>>;
 }
 
-/// Consent state reads.
+/// Consent state reads, and what a facility's consent events are judged against.
 #[async_trait]
 pub trait ConsentStore: Send + Sync + 'static {
-    /// Every grant about the patient, in the order they were projected.
-    async fn grants(&self, patient_id: &PatientId) -> PortResult<Vec<GrantState>>;
+    /// Every consent event about the patient (any order: the fold sorts them).
+    async fn consent_events(&self, patient_id: &PatientId) -> PortResult<Vec<ConsentEventRow>>;
 
     /// Every break-glass window declared for the patient.
     async fn break_glass(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassWindow>>;
+
+    /// Every break-glass declaration for the patient, oldest first, with its reads
+    /// (the patient's own view).
+    async fn break_glass_uses_of(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassUse>>;
+
+    /// recorded_at of the latest record `facility` authored for the patient: its
+    /// standing.
+    async fn latest_authored(
+        &self,
+        facility: &FacilityId,
+        patient_id: &PatientId,
+    ) -> PortResult<Option<Timestamp>>;
+
+    /// How many break-glass declarations `facility` made with declared_at after `since`.
+    async fn break_glass_declared_since(
+        &self,
+        facility: &FacilityId,
+        since: Timestamp,
+    ) -> PortResult<u64>;
+
+    /// Records a patient request id as used; false if it was used already. Ids older
+    /// than `forget_before` may be forgotten (their requests are refused by time).
+    async fn claim_request_id(
+        &self,
+        request_id: EventId,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> PortResult<bool>;
 }
 
 /// The hash-chained audit log. Append-only: no method edits or deletes.
@@ -300,13 +402,18 @@ pub trait AuditStore: Send + Sync + 'static {
     /// a group commit, one durable write for many concurrent reads. All or nothing.
     async fn append_accesses(&self, batch: Vec<AccessAppend>) -> PortResult<Vec<AuditEntry>>;
 
-    /// The patient's access events with seq > `after`, ascending, at most `limit`.
+    /// The patient's access events with seq > `after`, ascending, at most `limit`; only
+    /// those by `reader` when given.
     async fn accesses(
         &self,
         patient_id: &PatientId,
+        reader: Option<&Reader>,
         after: u64,
         limit: usize,
     ) -> PortResult<Vec<AuditEntry>>;
+
+    /// The patient's access events, counted.
+    async fn access_counts(&self, patient_id: &PatientId) -> PortResult<AccessCounts>;
 }
 
 /// One access event to append, with the (author facility, records returned) pairs it
@@ -352,7 +459,14 @@ pub struct ExchangeCell {
 pub trait MonitorStore: Send + Sync + 'static {
     async fn facility_stats(&self) -> PortResult<Vec<FacilityStats>>;
     async fn exchange_matrix(&self) -> PortResult<Vec<ExchangeCell>>;
+    /// Oldest first, declared at or after `since`.
     async fn break_glass_uses(&self, since: Option<Timestamp>) -> PortResult<Vec<BreakGlassUse>>;
+    /// Facility-attested grants received at or after `since`, newest first.
+    async fn attested_grants(
+        &self,
+        since: Option<Timestamp>,
+        limit: usize,
+    ) -> PortResult<Vec<ConsentEventRow>>;
     /// Newest first.
     async fn rejections(
         &self,

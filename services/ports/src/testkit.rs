@@ -14,23 +14,27 @@
 //!
 //! What the suite pins down beyond the trait signatures (and so what every adapter
 //! promises): log offsets increase within a partition but may have gaps (Kafka's
-//! transaction markers take offsets); a chain's entries share one partition; grants and
-//! break-glass windows read back in projection order; a failed `append` writes nothing;
-//! the audit chain starts at seq 1 after the zero hash; break-glass read counts and the
-//! audit entry of a declaration survive `reset_projections` and a replay.
-//! Orders the traits leave open (facilities, keys, facility stats, the exchange matrix)
-//! are compared as sets.
+//! transaction markers take offsets); a chain's entries share one partition, patients'
+//! statement chains included; break-glass windows read back in projection order; a
+//! failed `append` writes nothing; consent events read back byte for byte; the audit
+//! chain starts at seq 1 after the zero hash and holds every reader's accesses, refused
+//! ones too; break-glass read counts and the audit entry of a declaration survive
+//! `reset_projections` and a replay. Orders the traits leave open (consent events,
+//! record facts, facilities, keys, facility stats, the exchange matrix) are compared as
+//! sets.
 //!
-//! The fixtures (ids, envelopes, records, grants, …) are public so that adapters'
-//! own tests can build data the same way.
+//! The fixtures (ids, envelopes, records, consent events, …) are public so that
+//! adapters' own tests can build data the same way.
 
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
-use hrx_domain::audit::{AccessAction, AccessEvent, AuditEntry};
+use hrx_domain::audit::{
+    AccessAction, AccessEvent, AccessOutcome, AuditEntry, AuditFormat, Reader,
+};
 use hrx_domain::chain::{self, ChainHead, ChainStep};
-use hrx_domain::consent::{Basis, BreakGlassWindow, GrantState};
-use hrx_domain::event::{ConsentGrant, Evidence, Grantee, Link};
+use hrx_domain::consent::{Basis, BreakGlassWindow, ConsentForm};
+use hrx_domain::event::Link;
 use hrx_domain::verify::{KeyOwner, KeyRecord};
 use hrx_domain::{
     Envelope, EventId, FacilityId, FacilityLevel, PatientId, PayloadType, PublicKey, Purpose,
@@ -38,9 +42,10 @@ use hrx_domain::{
 };
 
 use crate::{
-    AccessAppend, Append, BreakGlassUse, ChainKey, ChainLink, EventLog, ExchangeCell, FacilityInfo,
-    FacilityStats, LogPosition, NewRecord, PortError, PortResult, Projection, ProjectionBatch,
-    RejectionRow, StatsDelta, Store, StoredRecord, TimelineQuery,
+    AccessAppend, AccessCounts, Append, BreakGlassUse, ChainKey, ChainLink, ConsentEventKind,
+    ConsentEventRow, EventLog, ExchangeCell, FacilityInfo, FacilityStats, LogPosition, NewRecord,
+    PortError, PortResult, Projection, ProjectionBatch, RecordFactsRow, RejectionRow, StatsDelta,
+    Store, StoredRecord, TimelineQuery,
 };
 
 // ── Fixtures ─────────────────────────────────────────────────────────────────────────
@@ -178,39 +183,59 @@ pub fn record_batch(records: &[NewRecord]) -> ProjectionBatch {
     }
 }
 
-/// Grant `n` by `by` about `patient` to `grantee`, for `purposes`, all kinds, no
-/// sensitive labels, no data period, granted at `at(n)`, expiring a year later.
-pub fn grant(
-    n: u64,
-    patient: &PatientId,
-    by: &FacilityId,
-    grantee: Grantee,
-    purposes: Vec<Purpose>,
-) -> GrantState {
-    GrantState {
-        grant_event_id: event_id(n),
-        granted_by: by.clone(),
-        granted_at: at(n as i64),
-        grant: ConsentGrant {
-            patient_id: patient.clone(),
-            grantee,
-            purposes,
-            kinds: Vec::new(),
-            include_sensitive: Vec::new(),
-            data_from: None,
-            data_until: None,
-            expires_at: at(n as i64 + 365 * 86_400),
-            evidence: Evidence {
-                form_id: format!("CONSENT-{n}"),
-                sha256: Sha256::digest(format!("form {n}").as_bytes()),
-            },
-        },
-        revoked_at: None,
+/// The envelope of consent event `n`: a facility event, or (`facility` false) a
+/// patient's signed statement. Its payload ends in bytes that are not UTF-8, which a
+/// store must keep exactly. Not validly signed: stores don't verify.
+pub fn consent_envelope(n: u64, facility: bool) -> Envelope {
+    let mut payload = format!("consent event {n}").into_bytes();
+    payload.extend_from_slice(&[0x00, 0xff, 0xfe, (n % 256) as u8]);
+    let (payload_type, key_id) = if facility {
+        (
+            PayloadType::FACILITY_EVENT,
+            "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925".to_owned(),
+        )
+    } else {
+        (PayloadType::PATIENT_STATEMENT, format!("{:064x}", n + 1))
+    };
+    Envelope {
+        payload_type: payload_type.to_owned(),
+        payload,
+        key_id,
+        signature: (0..64u8)
+            .map(|i| i.wrapping_mul(3).wrapping_add(n as u8))
+            .collect(),
     }
 }
 
-/// Break-glass declaration `n` by `by` for `patient` at `at(n)`, one hour long, and the
-/// audit event the projector hands the store with it.
+/// Consent event `n` of `kind` about `patient`: facility `by`'s event, or with `None`
+/// the patient's statement; received at `at(n)`. Adjust fields with struct update
+/// syntax.
+pub fn consent_event(
+    n: u64,
+    kind: ConsentEventKind,
+    patient: &PatientId,
+    by: Option<&FacilityId>,
+) -> ConsentEventRow {
+    ConsentEventRow {
+        event_id: event_id(n),
+        patient_id: patient.clone(),
+        kind,
+        facility_id: by.cloned(),
+        received_at: at(n as i64),
+        envelope: consent_envelope(n, by.is_some()),
+    }
+}
+
+/// A batch of consent events, nothing else.
+pub fn consent_batch(rows: &[ConsentEventRow]) -> ProjectionBatch {
+    ProjectionBatch {
+        projections: rows.iter().cloned().map(Projection::ConsentEvent).collect(),
+        ..ProjectionBatch::default()
+    }
+}
+
+/// Break-glass declaration `n` by `by` for `patient` at `at(n)`, one hour long, with a
+/// reason, and the audit event the projector hands the store with it.
 pub fn break_glass(n: u64, patient: &PatientId, by: &FacilityId) -> (BreakGlassUse, AccessEvent) {
     let window = BreakGlassWindow {
         event_id: event_id(n),
@@ -219,25 +244,28 @@ pub fn break_glass(n: u64, patient: &PatientId, by: &FacilityId) -> (BreakGlassU
         expires_at: at(n as i64 + 3600),
     };
     let event = AccessEvent {
-        reader: by.clone(),
+        reader: Reader::Facility(by.clone()),
         patient: patient.clone(),
-        purpose: Purpose::Emergency,
+        purpose: Some(Purpose::Emergency),
         action: AccessAction::BreakGlass,
         bases: vec![Basis::BreakGlass(event_id(n))],
         records_returned: 0,
         records_withheld: 0,
         at: at(n as i64),
+        outcome: AccessOutcome::Allowed,
     };
     let use_ = BreakGlassUse {
         window,
         patient_id: patient.clone(),
         clinician: format!("BS-{n:04}"),
+        reason: format!("unconscious on arrival, no relative reachable ({n})"),
         reads: 0,
     };
     (use_, event)
 }
 
-/// A timeline read by `reader` of `patient` at `at(t)`.
+/// An allowed timeline read by facility `reader` of `patient` at `at(t)`, for
+/// treatment. Other readers, actions and outcomes by struct update syntax.
 pub fn access(
     reader: &FacilityId,
     patient: &PatientId,
@@ -246,14 +274,23 @@ pub fn access(
     t: i64,
 ) -> AccessEvent {
     AccessEvent {
-        reader: reader.clone(),
+        reader: Reader::Facility(reader.clone()),
         patient: patient.clone(),
-        purpose: Purpose::Treatment,
+        purpose: Some(Purpose::Treatment),
         action: AccessAction::GetTimeline,
         bases,
         records_returned: returned,
         records_withheld: 1,
         at: at(t),
+        outcome: AccessOutcome::Allowed,
+    }
+}
+
+/// A consent basis: grant `n` in `form`.
+pub fn consent_basis(n: u64, form: ConsentForm) -> Basis {
+    Basis::Consent {
+        grant: event_id(n),
+        form,
     }
 }
 
@@ -601,6 +638,134 @@ pub async fn log_chain_context_reports_head_and_priors<L: EventLog + ?Sized>(log
         "chain_context",
     );
     assert_eq!(registry.context.head, ChainHead::EMPTY);
+}
+
+/// Statement `n` of a patient's chain at `seq`: a patient-signed envelope.
+pub fn statement(chain: &ChainKey, seq: u64, n: u64) -> Append {
+    let envelope = consent_envelope(n, false);
+    Append {
+        event_hash: envelope.event_hash(),
+        envelope,
+        ..append(chain, seq, n)
+    }
+}
+
+/// A patient's statement chain (`ChainKey::Patient`) is a chain like a facility's:
+/// its entries share the partition `partition_of` names, in order, and read back as
+/// written; `chain_context` reports its head and priors; it is apart from other
+/// patients' chains and from facilities', and refuses a taken seq.
+pub async fn log_patient_chains_are_chains_of_their_own<L: EventLog + ?Sized>(log: &L) {
+    let (p1, p2) = (patient(P1), patient(P2));
+    let a = ChainKey::Patient(p1.clone());
+    let b = ChainKey::Patient(p2.clone());
+    let f = ChainKey::Facility(facility(F1));
+    let empty = ok(log.chain_context(&a, event_id(1), 1).await, "chain_context");
+    assert_eq!(empty.context.head, ChainHead::EMPTY);
+
+    let positions = ok(
+        log.append(vec![
+            statement(&a, 1, 1),
+            statement(&a, 2, 2),
+            statement(&b, 1, 3),
+            append(&f, 1, 4),
+        ])
+        .await,
+        "append",
+    );
+    assert_eq!(positions.len(), 4);
+    for (position, chain) in positions.iter().zip([&a, &a, &b, &f]) {
+        assert_eq!(position.partition, log.partition_of(chain), "chain {chain}");
+    }
+    assert!(positions[0].offset < positions[1].offset, "in chain order");
+    for (position, envelope) in positions.iter().zip([
+        consent_envelope(1, false),
+        consent_envelope(2, false),
+        consent_envelope(3, false),
+        self::envelope(4),
+    ]) {
+        let got = ok(
+            log.read(position.partition, position.offset, 1).await,
+            "read",
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].position, &got[0].envelope), (*position, &envelope));
+    }
+
+    let h = |n| consent_envelope(n, false).event_hash();
+    let next = ok(log.chain_context(&a, event_id(5), 3).await, "chain_context");
+    assert_eq!(
+        next.context.head,
+        ChainHead {
+            seq: 2,
+            event_hash: h(2),
+            event_id: Some(event_id(2)),
+        }
+    );
+    assert_eq!(
+        (
+            next.context.same_event_id,
+            next.context.same_seq,
+            next.prior_position
+        ),
+        (None, None, None)
+    );
+    let again = ok(log.chain_context(&a, event_id(1), 1).await, "chain_context");
+    let prior1 = chain::Prior {
+        event_id: event_id(1),
+        seq: 1,
+        event_hash: h(1),
+    };
+    assert_eq!(
+        (again.context.same_event_id, again.context.same_seq),
+        (Some(prior1), Some(prior1))
+    );
+    assert_eq!(again.prior_position, Some(positions[0]));
+    assert_eq!(
+        ok(
+            log.chain_contexts(&a, &[(event_id(1), 1), (event_id(5), 3)])
+                .await,
+            "chain_contexts"
+        ),
+        vec![again, next]
+    );
+
+    // Apart from other chains.
+    let other = ok(log.chain_context(&b, event_id(5), 2).await, "chain_context");
+    assert_eq!(
+        (other.context.head.seq, other.context.head.event_id),
+        (1, Some(event_id(3)))
+    );
+    let facility_chain = ok(log.chain_context(&f, event_id(5), 2).await, "chain_context");
+    assert_eq!(
+        (
+            facility_chain.context.head.seq,
+            facility_chain.context.head.event_id
+        ),
+        (1, Some(event_id(4)))
+    );
+    let nobody = ChainKey::Patient(patient("079200000001"));
+    assert_eq!(
+        ok(
+            log.chain_context(&nobody, event_id(5), 1).await,
+            "chain_context"
+        )
+        .context
+        .head,
+        ChainHead::EMPTY
+    );
+
+    // A taken seq is refused; the next one goes through.
+    assert_conflict(log.append(vec![statement(&a, 2, 6)]).await, "a taken seq");
+    let third = ok(log.append(vec![statement(&a, 3, 7)]).await, "append")[0];
+    assert_eq!(third.partition, positions[0].partition);
+    assert!(third.offset > positions[1].offset);
+    assert_eq!(
+        ok(log.chain_context(&a, event_id(8), 4).await, "chain_context")
+            .context
+            .head
+            .seq,
+        3
+    );
 }
 
 // ── Projection ───────────────────────────────────────────────────────────────────────
@@ -1109,137 +1274,510 @@ where
 
 // ── Consent ──────────────────────────────────────────────────────────────────────────
 
-/// Grants read back exactly and in projection order, per patient; `grant` finds one with
-/// its patient; a revocation (also one in the grant's own batch) sets `revoked_at`;
-/// break-glass windows read back for their patient, appear among the monitor's uses with
-/// no reads yet, and write their audit entry.
-pub async fn grants_revocations_and_break_glass_round_trip<S: Store + ?Sized>(store: &S) {
+/// Sorted by event id, for the reads whose order the traits leave open.
+fn by_event_id(mut rows: Vec<ConsentEventRow>) -> Vec<ConsentEventRow> {
+    rows.sort_by_key(|r| r.event_id);
+    rows
+}
+
+/// Consent events read back exactly — kind, carrier, time received to the nanosecond,
+/// and the envelope's bytes — per patient (`consent_events`, any order) and by id
+/// (`consent_event`); every kind round-trips; their ids are taken; a patient's
+/// statement chain is projected like a facility's and stays out of the facility stats;
+/// `reset_projections` deletes them all, and a replay brings them back.
+pub async fn consent_events_round_trip_exactly<S: Store + ?Sized>(store: &S) {
     let (f1, f2) = (facility(F1), facility(F2));
     let (p1, p2) = (patient(P1), patient(P2));
-    let mut g1 = grant(
-        10,
-        &p1,
-        &f1,
-        Grantee::Facility(f2.clone()),
-        vec![Purpose::Referral, Purpose::Treatment],
+    let attested = ConsentEventRow {
+        received_at: Timestamp::new(T0 + 10, 123_456_789).expect("in range"),
+        ..consent_event(10, ConsentEventKind::AttestedGrant, &p1, Some(&f1))
+    };
+    let signed = consent_event(11, ConsentEventKind::PatientGrant, &p1, None);
+    let other = consent_event(12, ConsentEventKind::KeyEnrollment, &p2, Some(&f2));
+    assert_ne!(
+        attested.envelope, signed.envelope,
+        "the fixtures differ where a store could mix them up"
     );
-    g1.grant.kinds = vec![RecordKind::Observation, RecordKind::Condition];
-    g1.grant.include_sensitive = vec![SensitivityLabel::Reproductive, SensitivityLabel::Hiv];
-    g1.grant.data_from = Some(at(-86_400));
-    g1.grant.data_until = Some(Timestamp::new(T0, 123_456_789).expect("in range"));
-    let g2 = grant(
-        11,
-        &p1,
-        &f1,
-        Grantee::AnyFacility,
-        vec![Purpose::ChronicCare],
-    );
-    let g_other = grant(
-        12,
-        &p2,
-        &f2,
-        Grantee::Facility(f1.clone()),
-        vec![Purpose::Treatment],
-    );
-    let g3 = grant(13, &p1, &f2, Grantee::AnyFacility, vec![Purpose::Emergency]);
-    ok(
-        store
-            .apply(ProjectionBatch {
-                projections: vec![
-                    Projection::Grant {
-                        patient_id: p1.clone(),
-                        state: g1.clone(),
-                    },
-                    Projection::Grant {
-                        patient_id: p2.clone(),
-                        state: g_other.clone(),
-                    },
-                    Projection::Grant {
-                        patient_id: p1.clone(),
-                        state: g2.clone(),
-                    },
-                ],
-                ..ProjectionBatch::default()
-            })
-            .await,
-        "apply grants",
-    );
-    assert_eq!(
-        ok(store.grants(&p1).await, "grants"),
-        vec![g1.clone(), g2.clone()]
-    );
-    assert_eq!(ok(store.grants(&p2).await, "grants"), vec![g_other.clone()]);
-    assert_eq!(
-        ok(store.grant(event_id(10)).await, "grant"),
-        Some((p1.clone(), g1.clone()))
-    );
-    assert_eq!(ok(store.grant(event_id(99)).await, "grant"), None);
+    // The patient's statement is seq 1 of the patient's chain.
+    let statement_link = ChainLink {
+        chain: ChainKey::Patient(p1.clone()),
+        seq: 1,
+        event_id: signed.event_id,
+        event_hash: signed.envelope.event_hash(),
+        position: pos(11),
+    };
+    let first = ProjectionBatch {
+        links: vec![statement_link.clone()],
+        offsets: vec![(0, 13)],
+        ..consent_batch(&[attested.clone(), other.clone(), signed.clone()])
+    };
+    ok(store.apply(first.clone()).await, "apply consent events");
 
-    // Revoke g1; grant and revoke g3 in one batch.
+    assert_eq!(
+        ok(store.consent_event(event_id(10)).await, "consent_event"),
+        Some(attested.clone())
+    );
+    assert_eq!(
+        ok(store.consent_event(event_id(11)).await, "consent_event"),
+        Some(signed.clone()),
+        "a patient statement: no facility, its own payload type and key"
+    );
+    assert_eq!(
+        ok(store.consent_event(event_id(99)).await, "consent_event"),
+        None
+    );
+    assert_eq!(
+        by_event_id(ok(store.consent_events(&p1).await, "consent_events")),
+        vec![attested.clone(), signed.clone()]
+    );
+    assert_eq!(
+        ok(store.consent_events(&p2).await, "consent_events"),
+        vec![other.clone()]
+    );
+    assert!(
+        ok(
+            store.consent_events(&patient("079200000001")).await,
+            "consent_events"
+        )
+        .is_empty()
+    );
+
+    // Every kind, in a later batch.
+    let all_kinds: Vec<ConsentEventRow> = ConsentEventKind::ALL
+        .iter()
+        .zip(20u64..)
+        .map(|(kind, n)| {
+            let facility_event = kind.code() < ConsentEventKind::PatientGrant.code();
+            consent_event(n, *kind, &p1, facility_event.then_some(&f2))
+        })
+        .collect();
+    ok(
+        store.apply(consent_batch(&all_kinds)).await,
+        "apply every kind",
+    );
+    for row in &all_kinds {
+        assert_eq!(
+            ok(store.consent_event(row.event_id).await, "consent_event").as_ref(),
+            Some(row),
+            "{:?}",
+            row.kind
+        );
+    }
+    let mut want = vec![attested.clone(), signed.clone()];
+    want.extend(all_kinds.iter().cloned());
+    assert_eq!(
+        by_event_id(ok(store.consent_events(&p1).await, "consent_events")),
+        want
+    );
+
+    // Their ids are taken, like records' and break-glass declarations'.
+    let asked = [
+        event_id(10),
+        event_id(11),
+        event_id(12),
+        event_id(20),
+        event_id(99),
+    ];
+    assert_eq!(
+        ok(store.event_ids_taken(&asked).await, "event_ids_taken"),
+        asked[..4].iter().copied().collect()
+    );
+    assert!(ok(
+        store.event_id_taken(event_id(12)).await,
+        "event_id_taken"
+    ));
+    assert!(!ok(
+        store.event_id_taken(event_id(99)).await,
+        "event_id_taken"
+    ));
+
+    // The patient's chain, apart from other chains; the monitor's heads are facilities'.
+    let head = ok(
+        store
+            .chain_context(&ChainKey::Patient(p1.clone()), event_id(13), 2)
+            .await,
+        "chain_context",
+    );
+    assert_eq!(
+        head.head,
+        ChainHead {
+            seq: 1,
+            event_hash: statement_link.event_hash,
+            event_id: Some(signed.event_id),
+        }
+    );
+    let again = ok(
+        store
+            .chain_context(&ChainKey::Patient(p1.clone()), event_id(11), 1)
+            .await,
+        "chain_context",
+    );
+    assert_eq!(again.same_event_id.map(|p| p.seq), Some(1));
+    for chain in [
+        ChainKey::Patient(p2.clone()),
+        ChainKey::Facility(f1.clone()),
+    ] {
+        assert_eq!(
+            ok(
+                store.chain_context(&chain, event_id(13), 1).await,
+                "chain_context"
+            )
+            .head,
+            ChainHead::EMPTY,
+            "chain {chain}"
+        );
+    }
+    assert!(
+        ok(store.facility_stats().await, "facility_stats").is_empty(),
+        "a patient's chain is no facility's"
+    );
+
+    // A reset deletes them; a replay restores them.
+    ok(store.reset_projections().await, "reset");
+    assert!(ok(store.consent_events(&p1).await, "consent_events").is_empty());
+    assert!(ok(store.consent_events(&p2).await, "consent_events").is_empty());
+    assert_eq!(
+        ok(store.consent_event(event_id(10)).await, "consent_event"),
+        None
+    );
+    assert!(!ok(
+        store.event_id_taken(event_id(11)).await,
+        "event_id_taken"
+    ));
+    assert!(ok(store.event_ids_taken(&asked).await, "event_ids_taken").is_empty());
+    assert_eq!(
+        ok(
+            store
+                .chain_context(&ChainKey::Patient(p1.clone()), event_id(13), 2)
+                .await,
+            "chain_context"
+        )
+        .head,
+        ChainHead::EMPTY
+    );
+    ok(store.apply(first).await, "replay");
+    assert_eq!(
+        by_event_id(ok(store.consent_events(&p1).await, "consent_events")),
+        vec![attested, signed]
+    );
+}
+
+/// Facility-attested grants list newest first by the time they were received,
+/// `since` inclusive (to the nanosecond), at most `limit`; other kinds of consent
+/// event never appear.
+pub async fn attested_grants_are_newest_first_since_inclusive_and_limited<S: Store + ?Sized>(
+    store: &S,
+) {
+    let (f1, f2) = (facility(F1), facility(F2));
+    let (p1, p2) = (patient(P1), patient(P2));
+    let attested = |n, p: &PatientId, by: &FacilityId, t: Timestamp| ConsentEventRow {
+        received_at: t,
+        ..consent_event(n, ConsentEventKind::AttestedGrant, p, Some(by))
+    };
+    let t20_1 = Timestamp::new(T0 + 20, 1).expect("in range");
+    let a10 = attested(1, &p1, &f1, at(10));
+    let a30 = attested(2, &p2, &f2, at(30));
+    let a20_1 = attested(3, &p1, &f2, t20_1);
+    let a20 = attested(4, &p1, &f1, at(20));
+    // Newer than every attested grant, and of other kinds.
+    let others = [
+        consent_event(40, ConsentEventKind::PatientGrant, &p1, None),
+        consent_event(45, ConsentEventKind::KeyEnrollment, &p1, Some(&f1)),
+        consent_event(50, ConsentEventKind::FacilityRevocation, &p1, Some(&f1)),
+        consent_event(60, ConsentEventKind::Request, &p2, Some(&f2)),
+    ];
+    // Projected in an order unrelated to time.
+    let mut first = vec![a20_1.clone()];
+    first.extend(others.iter().cloned());
+    first.push(a10.clone());
+    ok(store.apply(consent_batch(&first)).await, "apply");
     ok(
         store
-            .apply(ProjectionBatch {
-                projections: vec![
-                    Projection::Revocation {
-                        grant_event_id: event_id(10),
-                        revoked_at: at(500),
-                        revoked_by: event_id(20),
-                    },
-                    Projection::Grant {
-                        patient_id: p1.clone(),
-                        state: g3.clone(),
-                    },
-                    Projection::Revocation {
-                        grant_event_id: event_id(13),
-                        revoked_at: at(600),
-                        revoked_by: event_id(21),
-                    },
-                ],
-                ..ProjectionBatch::default()
-            })
+            .apply(consent_batch(&[a30.clone(), a20.clone()]))
             .await,
-        "apply revocations",
+        "apply",
     );
-    let revoked = |g: &GrantState, t| GrantState {
-        revoked_at: Some(t),
-        ..g.clone()
+
+    let listed = |since, limit| async move {
+        ok(store.attested_grants(since, limit).await, "attested_grants")
     };
     assert_eq!(
-        ok(store.grants(&p1).await, "grants"),
-        vec![revoked(&g1, at(500)), g2.clone(), revoked(&g3, at(600))]
+        listed(None, 100).await,
+        vec![a30.clone(), a20_1.clone(), a20.clone(), a10.clone()]
     );
-    assert_eq!(ok(store.grants(&p2).await, "grants"), vec![g_other]);
+    assert_eq!(
+        listed(Some(at(20)), 100).await,
+        vec![a30.clone(), a20_1.clone(), a20.clone()],
+        "since is inclusive"
+    );
+    assert_eq!(
+        listed(Some(t20_1), 100).await,
+        vec![a30.clone(), a20_1.clone()],
+        "to the nanosecond"
+    );
+    assert!(listed(Some(at(31)), 100).await.is_empty());
+    assert_eq!(listed(None, 2).await, vec![a30.clone(), a20_1]);
+    assert_eq!(listed(Some(at(10)), 1).await, vec![a30]);
+    assert!(listed(None, 0).await.is_empty());
+}
 
-    // Break-glass.
-    let (use_, event) = break_glass(30, &p1, &f2);
+/// Break-glass windows read back for their patient with the declared reason, in
+/// projection order; the monitor's uses list them oldest first (`since` inclusive) and
+/// the patient's own view lists theirs, with the reads made under each; each wrote its
+/// audit entry; `break_glass_declared_since` counts a facility's declarations, for any
+/// patient, made strictly after a time.
+pub async fn break_glass_round_trips_with_reason_and_counts<S: Store + ?Sized>(store: &S) {
+    let (f1, f2, f3) = (facility(F1), facility(F2), facility(F3));
+    let (p1, p2) = (patient(P1), patient(P2));
+    let (u30, e30) = break_glass(30, &p1, &f2);
+    let (u40, e40) = break_glass(40, &p2, &f2);
+    let (u50, e50) = break_glass(50, &p1, &f3);
+    let u50 = BreakGlassUse {
+        reason: "Ngừng tuần hoàn, không liên lạc được người nhà".into(),
+        ..u50
+    };
+    // Projected out of time order.
     ok(
         store
             .apply(ProjectionBatch {
-                projections: vec![Projection::BreakGlass(use_.clone(), event.clone())],
+                projections: vec![
+                    Projection::BreakGlass(u50.clone(), e50.clone()),
+                    Projection::BreakGlass(u30.clone(), e30.clone()),
+                ],
                 ..ProjectionBatch::default()
             })
             .await,
         "apply break-glass",
     );
+    ok(
+        store
+            .apply(ProjectionBatch {
+                projections: vec![Projection::BreakGlass(u40.clone(), e40.clone())],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "apply break-glass",
+    );
+
     assert_eq!(
         ok(store.break_glass(&p1).await, "break_glass"),
-        vec![use_.window.clone()]
+        vec![u50.window.clone(), u30.window.clone()],
+        "projection order"
     );
-    assert!(ok(store.break_glass(&p2).await, "break_glass").is_empty());
+    assert_eq!(
+        ok(store.break_glass(&p2).await, "break_glass"),
+        vec![u40.window.clone()]
+    );
     assert_eq!(
         ok(store.break_glass_uses(None).await, "uses"),
-        vec![use_.clone()]
+        vec![u30.clone(), u40.clone(), u50.clone()],
+        "oldest first, reasons kept"
     );
     assert_eq!(
-        ok(store.break_glass_uses(Some(at(30))).await, "uses since"),
-        vec![use_.clone()],
+        ok(store.break_glass_uses(Some(at(40))).await, "uses since"),
+        vec![u40.clone(), u50.clone()],
         "since is inclusive"
     );
-    assert!(ok(store.break_glass_uses(Some(at(31))).await, "uses since").is_empty());
-    let audit = ok(store.accesses(&p1, 0, 10).await, "accesses");
-    assert_eq!(audit.len(), 1);
-    assert_eq!(audit[0].event, event);
-    assert!(audit[0].is_intact());
+    assert!(ok(store.break_glass_uses(Some(at(51))).await, "uses since").is_empty());
+    assert_eq!(
+        ok(store.break_glass_uses_of(&p1).await, "uses of p1"),
+        vec![u30.clone(), u50.clone()]
+    );
+    assert_eq!(
+        ok(store.break_glass_uses_of(&p2).await, "uses of p2"),
+        vec![u40.clone()]
+    );
+    assert!(
+        ok(
+            store.break_glass_uses_of(&patient("079200000001")).await,
+            "uses of nobody"
+        )
+        .is_empty()
+    );
+
+    // Declarations strictly after `since`, per facility, whatever the patient.
+    let just_before_30 = Timestamp::new(T0 + 29, 999_999_999).expect("in range");
+    for (f, since, n) in [
+        (&f2, just_before_30, 2),
+        (&f2, at(30), 1),
+        (&f2, at(40), 0),
+        (&f3, at(0), 1),
+        (&f3, at(50), 0),
+        (&f1, at(0), 0),
+    ] {
+        assert_eq!(
+            ok(
+                store.break_glass_declared_since(f, since).await,
+                "break_glass_declared_since"
+            ),
+            n,
+            "{f} after {since:?}"
+        );
+    }
+
+    // Each declaration wrote its audit entry.
+    let audit = ok(store.accesses(&p1, None, 0, 10).await, "accesses");
+    assert_eq!(
+        audit.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+        vec![e50, e30]
+    );
+    assert!(audit.iter().all(AuditEntry::is_intact));
+    assert_eq!(
+        ok(store.accesses(&p2, None, 0, 10).await, "accesses")[0].event,
+        e40
+    );
+
+    // A read under the first window counts against it, wherever it is listed.
+    ok(
+        store
+            .append_access(
+                access(&f2, &p1, vec![Basis::BreakGlass(event_id(30))], 1, 100),
+                &[(f1.clone(), 1)],
+            )
+            .await,
+        "append_access",
+    );
+    let read = BreakGlassUse { reads: 1, ..u30 };
+    assert_eq!(
+        ok(store.break_glass_uses_of(&p1).await, "uses of p1"),
+        vec![read.clone(), u50.clone()]
+    );
+    assert_eq!(
+        ok(store.break_glass_uses(None).await, "uses"),
+        vec![read, u40, u50]
+    );
+}
+
+/// `latest_authored` is the latest `recorded_at` (to the nanosecond, before or after
+/// 1970) of the records one facility wrote about one patient, whatever order they were
+/// projected in, and `None` where it wrote none; a reset forgets it.
+pub async fn latest_authored_is_the_facilitys_latest_record_of_the_patient<S: Store + ?Sized>(
+    store: &S,
+) {
+    let (f1, f2, f3) = (facility(F1), facility(F2), facility(F3));
+    let (p1, p2) = (patient(P1), patient(P2));
+    let t = |s, ns| Timestamp::new(T0 + s, ns).expect("in range");
+    let recorded = |n, f: &FacilityId, seq, p: &PatientId, when| NewRecord {
+        recorded_at: when,
+        ..record(n, f, seq, p)
+    };
+    let latest = t(900, 7);
+    let records = [
+        recorded(1, &f1, 1, &p1, t(500, 0)),
+        recorded(2, &f1, 2, &p1, latest),
+        recorded(3, &f1, 3, &p1, t(900, 5)),
+        recorded(4, &f1, 4, &p1, at(-T0 - 86_400)),
+        recorded(5, &f2, 1, &p1, t(100, 0)),
+        // Later than any of p1's, and about another patient.
+        recorded(6, &f1, 5, &p2, t(5_000, 0)),
+    ];
+    ok(store.apply(record_batch(&records[..2])).await, "apply");
+    ok(store.apply(record_batch(&records[2..])).await, "apply");
+
+    let standing = |f: &FacilityId, p: &PatientId| {
+        let (f, p) = (f.clone(), p.clone());
+        async move { ok(store.latest_authored(&f, &p).await, "latest_authored") }
+    };
+    assert_eq!(standing(&f1, &p1).await, Some(latest));
+    assert_eq!(standing(&f2, &p1).await, Some(t(100, 0)));
+    assert_eq!(standing(&f1, &p2).await, Some(t(5_000, 0)));
+    assert_eq!(standing(&f2, &p2).await, None);
+    assert_eq!(standing(&f3, &p1).await, None);
+
+    ok(store.reset_projections().await, "reset");
+    assert_eq!(standing(&f1, &p1).await, None);
+}
+
+/// `record_facts` gives the facility, kind, clinical time and sensitivity of every
+/// record of the patient (corrected ones too), exactly, and nothing of others'.
+pub async fn record_facts_cover_every_record_of_the_patient<S: Store + ?Sized>(store: &S) {
+    let (f1, f2, f3) = (facility(F1), facility(F2), facility(F3));
+    let (p1, p2) = (patient(P1), patient(P2));
+    let records = [
+        NewRecord {
+            kind: RecordKind::Condition,
+            sensitivity: vec![SensitivityLabel::Hiv, SensitivityLabel::MentalHealth],
+            occurred_at: Timestamp::new(T0 + 1, 999).expect("in range"),
+            ..record(1, &f1, 1, &p1)
+        },
+        record(2, &f2, 1, &p1),
+        NewRecord {
+            kind: RecordKind::Condition,
+            sensitivity: vec![SensitivityLabel::Reproductive],
+            supersedes: Some(event_id(1)),
+            ..record(3, &f1, 2, &p1)
+        },
+        NewRecord {
+            kind: RecordKind::Allergy,
+            occurred_at: at(-T0 - 1_000),
+            ..record(4, &f3, 1, &p1)
+        },
+        record(5, &f1, 3, &p2),
+    ];
+    ok(store.apply(record_batch(&records[..3])).await, "apply");
+    ok(store.apply(record_batch(&records[3..])).await, "apply");
+
+    let facts_of = |r: &NewRecord| RecordFactsRow {
+        facility_id: r.facility_id.clone(),
+        kind: r.kind,
+        occurred_at: r.occurred_at,
+        sensitivity: r.sensitivity.clone(),
+    };
+    let sorted_facts = |mut v: Vec<RecordFactsRow>| {
+        v.sort_by(|a, b| {
+            (&a.facility_id, a.occurred_at, a.kind.code()).cmp(&(
+                &b.facility_id,
+                b.occurred_at,
+                b.kind.code(),
+            ))
+        });
+        v
+    };
+    assert_eq!(
+        sorted_facts(ok(store.record_facts(&p1).await, "record_facts")),
+        sorted_facts(records[..4].iter().map(facts_of).collect())
+    );
+    assert_eq!(
+        ok(store.record_facts(&p2).await, "record_facts"),
+        vec![facts_of(&records[4])]
+    );
+    assert!(
+        ok(
+            store.record_facts(&patient("079200000001")).await,
+            "record_facts"
+        )
+        .is_empty()
+    );
+}
+
+/// A patient request id can be claimed once: `true` the first time, `false` on every
+/// reuse; ids used before `forget_before` are forgotten (claimable again), those used
+/// at or after it are kept.
+pub async fn claim_request_id_is_single_use_and_forgets_old_ids<S: Store + ?Sized>(store: &S) {
+    let claim = |n: u64, now: i64, forget_before: i64| async move {
+        ok(
+            store
+                .claim_request_id(event_id(n), at(now), at(forget_before))
+                .await,
+            "claim_request_id",
+        )
+    };
+    assert!(claim(1, 100, 0).await, "a fresh id");
+    assert!(!claim(1, 100, 0).await, "reused at once");
+    assert!(!claim(1, 150, 0).await, "reused later");
+    assert!(claim(2, 300, 0).await, "another id");
+
+    // Forgetting what was used before 200: id 1, not id 2.
+    assert!(claim(3, 400, 200).await, "a fresh id");
+    assert!(claim(1, 401, 0).await, "id 1 was forgotten");
+    assert!(!claim(2, 402, 0).await, "id 2 was kept");
+    // Used exactly at `forget_before`: kept.
+    assert!(
+        !claim(3, 403, 400).await,
+        "used at 400, kept when forgetting before 400"
+    );
+    // Claimed again, id 1 counts from its new use.
+    assert!(!claim(1, 404, 300).await, "id 1 was used at 401");
 }
 
 // ── Audit ────────────────────────────────────────────────────────────────────────────
@@ -1265,7 +1803,13 @@ pub async fn audit_chain_is_intact_and_counts_exchange<S: Store + ?Sized>(store:
     let e1 = ok(
         store
             .append_access(
-                access(&f2, &p1, vec![Basis::Consent(event_id(10))], 4, 100),
+                access(
+                    &f2,
+                    &p1,
+                    vec![consent_basis(10, ConsentForm::PatientSigned)],
+                    4,
+                    100,
+                ),
                 &[(f1.clone(), 3), (f3.clone(), 1)],
             )
             .await,
@@ -1302,7 +1846,7 @@ pub async fn audit_chain_is_intact_and_counts_exchange<S: Store + ?Sized>(store:
         "append_access",
     );
 
-    let p1_entries = ok(store.accesses(&p1, 0, 100).await, "accesses");
+    let p1_entries = ok(store.accesses(&p1, None, 0, 100).await, "accesses");
     assert_eq!(p1_entries.len(), 4);
     let first = &p1_entries[0];
     assert_eq!((first.seq, first.prev_hash), (1, Sha256::ZERO));
@@ -1316,11 +1860,14 @@ pub async fn audit_chain_is_intact_and_counts_exchange<S: Store + ?Sized>(store:
     assert!(p1_entries.iter().all(AuditEntry::is_intact));
 
     assert_eq!(
-        ok(store.accesses(&p1, e1.seq, 1).await, "accesses page"),
+        ok(store.accesses(&p1, None, e1.seq, 1).await, "accesses page"),
         vec![e3.clone()]
     );
-    assert_eq!(ok(store.accesses(&p2, 0, 100).await, "accesses"), vec![e2]);
-    assert!(ok(store.accesses(&p1, e4.seq, 100).await, "accesses").is_empty());
+    assert_eq!(
+        ok(store.accesses(&p2, None, 0, 100).await, "accesses"),
+        vec![e2]
+    );
+    assert!(ok(store.accesses(&p1, None, e4.seq, 100).await, "accesses").is_empty());
 
     let cell = |r: &FacilityId, a: &FacilityId, records, accesses| ExchangeCell {
         reader: r.clone(),
@@ -1341,6 +1888,201 @@ pub async fn audit_chain_is_intact_and_counts_exchange<S: Store + ?Sized>(store:
     assert_eq!(
         uses[0].reads, 1,
         "one read under the window; the declaration is none"
+    );
+}
+
+/// The audit log holds every reader's accesses — a facility's, the national center's,
+/// the patient's — refused ones as well as allowed, all in the one chain (each entry
+/// in the current format and intact) and read back exactly, consent bases with their
+/// form; `accesses` filters by reader (and pages within the filter); `access_counts`
+/// counts allowed, refused and break-glass entries per patient; the exchange matrix
+/// counts facility readers only.
+pub async fn audit_records_every_reader_and_outcome<S: Store + ?Sized>(store: &S) {
+    let (f1, f2, f3) = (facility(F1), facility(F2), facility(F3));
+    let (p1, p2) = (patient(P1), patient(P2));
+    let (use_, declared) = break_glass(5, &p1, &f3);
+    ok(
+        store
+            .apply(ProjectionBatch {
+                projections: vec![Projection::BreakGlass(use_, declared)],
+                ..ProjectionBatch::default()
+            })
+            .await,
+        "apply break-glass",
+    );
+    let decl = ok(store.accesses(&p1, None, 0, 10).await, "accesses")
+        .pop()
+        .expect("the declaration's entry");
+
+    let consent = vec![
+        consent_basis(10, ConsentForm::PatientSigned),
+        consent_basis(11, ConsentForm::Attested),
+    ];
+    let by_facility = access(&f2, &p1, consent.clone(), 3, 100);
+    let refused = AccessEvent {
+        action: AccessAction::GetRecord,
+        bases: Vec::new(),
+        records_returned: 0,
+        records_withheld: 0,
+        outcome: AccessOutcome::Denied,
+        ..access(&f3, &p1, Vec::new(), 0, 101)
+    };
+    let by_patient = AccessEvent {
+        reader: Reader::Patient,
+        purpose: None,
+        action: AccessAction::PatientView,
+        ..access(&f2, &p1, vec![Basis::Author], 4, 102)
+    };
+    let by_center = AccessEvent {
+        reader: Reader::NationalCenter,
+        purpose: None,
+        action: AccessAction::ListAccesses,
+        records_withheld: 0,
+        ..access(&f2, &p1, Vec::new(), 0, 103)
+    };
+    let center_refused = AccessEvent {
+        reader: Reader::NationalCenter,
+        purpose: None,
+        action: AccessAction::ListGrants,
+        outcome: AccessOutcome::Denied,
+        ..access(&f2, &p2, Vec::new(), 0, 104)
+    };
+    let e1 = ok(
+        store
+            .append_access(by_facility.clone(), &[(f1.clone(), 2), (f3.clone(), 1)])
+            .await,
+        "append_access",
+    );
+    let e2 = ok(
+        store.append_access(refused.clone(), &[]).await,
+        "append_access",
+    );
+    // Authors given with non-facility readers must not reach the matrix.
+    let grouped = ok(
+        store
+            .append_accesses(vec![
+                AccessAppend {
+                    event: by_patient.clone(),
+                    authors: vec![(f1.clone(), 4)],
+                },
+                AccessAppend {
+                    event: by_center.clone(),
+                    authors: vec![(f2.clone(), 2)],
+                },
+                AccessAppend {
+                    event: center_refused.clone(),
+                    authors: Vec::new(),
+                },
+            ])
+            .await,
+        "append_accesses",
+    );
+    let [e3, e4, e5]: [AuditEntry; 3] = grouped.try_into().expect("three entries");
+    assert_eq!(
+        [&e1, &e2, &e3, &e4, &e5].map(|e| e.event.clone()),
+        [by_facility, refused, by_patient, by_center, center_refused],
+        "entries hold what was given"
+    );
+
+    // One chain, every entry intact and in the current format, read back exactly.
+    let p1_entries = ok(store.accesses(&p1, None, 0, 100).await, "accesses");
+    assert_eq!(
+        p1_entries,
+        vec![decl.clone(), e1.clone(), e2.clone(), e3.clone(), e4.clone()]
+    );
+    let chain = [&decl, &e1, &e2, &e3, &e4, &e5];
+    for w in chain.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1);
+        assert_eq!(w[1].prev_hash, w[0].entry_hash);
+    }
+    assert!(
+        chain
+            .iter()
+            .all(|e| e.is_intact() && e.format == AuditFormat::V2)
+    );
+    assert_eq!(p1_entries[1].event.bases, consent, "consent forms are kept");
+    assert_eq!(
+        ok(store.accesses(&p2, None, 0, 100).await, "accesses"),
+        vec![e5.clone()]
+    );
+
+    // By reader.
+    let by = |p: &PatientId, r: Reader, after: u64, limit: usize| {
+        let p = p.clone();
+        async move {
+            ok(
+                store.accesses(&p, Some(&r), after, limit).await,
+                "accesses by reader",
+            )
+        }
+    };
+    assert_eq!(by(&p1, Reader::Patient, 0, 100).await, vec![e3.clone()]);
+    assert_eq!(
+        by(&p1, Reader::NationalCenter, 0, 100).await,
+        vec![e4.clone()]
+    );
+    assert_eq!(
+        by(&p1, Reader::Facility(f2.clone()), 0, 100).await,
+        vec![e1.clone()]
+    );
+    assert_eq!(
+        by(&p1, Reader::Facility(f3.clone()), 0, 100).await,
+        vec![decl.clone(), e2.clone()]
+    );
+    assert_eq!(
+        by(&p1, Reader::Facility(f3.clone()), 0, 1).await,
+        vec![decl.clone()]
+    );
+    assert_eq!(
+        by(&p1, Reader::Facility(f3.clone()), decl.seq, 1).await,
+        vec![e2.clone()],
+        "paging within the filter"
+    );
+    assert!(
+        by(&p1, Reader::Facility(f1.clone()), 0, 100)
+            .await
+            .is_empty()
+    );
+    assert!(by(&p1, Reader::Patient, e3.seq, 100).await.is_empty());
+    assert_eq!(by(&p2, Reader::NationalCenter, 0, 100).await, vec![e5]);
+    assert!(by(&p2, Reader::Patient, 0, 100).await.is_empty());
+    assert!(by(&p1, Reader::Patient, 0, 0).await.is_empty());
+
+    // Counted.
+    assert_eq!(
+        ok(store.access_counts(&p1).await, "access_counts"),
+        AccessCounts {
+            allowed: 4,
+            denied: 1,
+            break_glass: 1,
+        }
+    );
+    assert_eq!(
+        ok(store.access_counts(&p2).await, "access_counts"),
+        AccessCounts {
+            allowed: 0,
+            denied: 1,
+            break_glass: 0,
+        }
+    );
+    assert_eq!(
+        ok(
+            store.access_counts(&patient("079200000001")).await,
+            "access_counts"
+        ),
+        AccessCounts::default()
+    );
+
+    // The matrix is facility × facility.
+    let cell = |r: &FacilityId, a: &FacilityId, records, accesses| ExchangeCell {
+        reader: r.clone(),
+        author: a.clone(),
+        records,
+        accesses,
+    };
+    assert_eq!(
+        sorted_cells(ok(store.exchange_matrix().await, "matrix")),
+        sorted_cells(vec![cell(&f2, &f1, 2, 1), cell(&f2, &f3, 1, 1)])
     );
 }
 
@@ -1379,7 +2121,7 @@ pub async fn audit_batches_chain_like_single_appends<S: Store + ?Sized>(store: &
             .await,
         "append_access",
     );
-    let stored = ok(store.accesses(&p, 0, 100).await, "accesses");
+    let stored = ok(store.accesses(&p, None, 0, 100).await, "accesses");
     let mut expected = vec![first];
     expected.extend(grouped);
     expected.push(last);
@@ -1426,17 +2168,20 @@ pub async fn break_glass_audit_is_idempotent_across_reset<S: Store + ?Sized>(sto
             .await,
         "append_access",
     );
-    let before = ok(store.accesses(&p, 0, 100).await, "accesses");
+    let before = ok(store.accesses(&p, None, 0, 100).await, "accesses");
     assert_eq!(before.len(), 2);
 
     ok(store.reset_projections().await, "reset");
     assert!(ok(store.break_glass(&p).await, "break_glass").is_empty());
     assert!(ok(store.break_glass_uses(None).await, "uses").is_empty());
-    assert_eq!(ok(store.accesses(&p, 0, 100).await, "accesses"), before);
+    assert_eq!(
+        ok(store.accesses(&p, None, 0, 100).await, "accesses"),
+        before
+    );
 
     ok(store.apply(batch).await, "replay");
     assert_eq!(
-        ok(store.accesses(&p, 0, 100).await, "accesses"),
+        ok(store.accesses(&p, None, 0, 100).await, "accesses"),
         before,
         "no second audit entry for the declaration"
     );
@@ -1486,10 +2231,12 @@ where
     batch.offsets = vec![(partition, positions[1].offset + 1)];
     let (use_, declared) = break_glass(2, &p, &f2);
     batch.projections.extend([
-        Projection::Grant {
-            patient_id: p.clone(),
-            state: grant(3, &p, &f1, Grantee::AnyFacility, vec![Purpose::Treatment]),
-        },
+        Projection::ConsentEvent(consent_event(
+            3,
+            ConsentEventKind::AttestedGrant,
+            &p,
+            Some(&f1),
+        )),
         Projection::BreakGlass(use_, declared),
         Projection::FacilityRegistered(FacilityInfo {
             facility_id: f1.clone(),
@@ -1531,7 +2278,7 @@ where
         store.record_ingest_rejections(ingest_rows.clone()).await,
         "record_ingest_rejections",
     );
-    let audit_before = ok(store.accesses(&p, 0, 100).await, "accesses");
+    let audit_before = ok(store.accesses(&p, None, 0, 100).await, "accesses");
     let matrix_before = ok(store.exchange_matrix().await, "matrix");
     assert_eq!(audit_before.len(), 2);
 
@@ -1547,10 +2294,37 @@ where
     assert!(ok(store.records_after(&p, 0, 10).await, "records_after").is_empty());
     assert!(ok(store.timeline(&timeline_query(&p, 10)).await, "timeline").is_empty());
     assert_eq!(ok(store.record(event_id(1)).await, "record"), None);
-    assert!(ok(store.grants(&p).await, "grants").is_empty());
-    assert_eq!(ok(store.grant(event_id(3)).await, "grant"), None);
+    assert!(ok(store.record_facts(&p).await, "record_facts").is_empty());
+    assert_eq!(
+        ok(store.latest_authored(&f1, &p).await, "latest_authored"),
+        None
+    );
+    assert!(ok(store.consent_events(&p).await, "consent_events").is_empty());
+    assert_eq!(
+        ok(store.consent_event(event_id(3)).await, "consent_event"),
+        None
+    );
+    assert!(ok(store.attested_grants(None, 10).await, "attested_grants").is_empty());
+    assert!(
+        ok(
+            store
+                .event_ids_taken(&[event_id(1), event_id(2), event_id(3)])
+                .await,
+            "ids"
+        )
+        .is_empty(),
+        "no id is taken any more"
+    );
     assert!(ok(store.break_glass(&p).await, "break_glass").is_empty());
     assert!(ok(store.break_glass_uses(None).await, "uses").is_empty());
+    assert!(ok(store.break_glass_uses_of(&p).await, "uses of p").is_empty());
+    assert_eq!(
+        ok(
+            store.break_glass_declared_since(&f2, at(0)).await,
+            "declared since"
+        ),
+        0
+    );
     assert!(ok(store.facilities().await, "facilities").is_empty());
     assert_eq!(ok(store.facility(&f1).await, "facility"), None);
     assert!(ok(store.keys(None).await, "keys").is_empty());
@@ -1567,7 +2341,7 @@ where
     );
     // Audit and ingest's rejections are kept.
     assert_eq!(
-        ok(store.accesses(&p, 0, 100).await, "accesses"),
+        ok(store.accesses(&p, None, 0, 100).await, "accesses"),
         audit_before
     );
     assert_eq!(ok(store.exchange_matrix().await, "matrix"), matrix_before);
@@ -1597,9 +2371,18 @@ where
         vec![stored(&r1, 1, None)]
     );
     assert_eq!(
-        ok(store.accesses(&p, 0, 100).await, "accesses"),
+        ok(store.accesses(&p, None, 0, 100).await, "accesses"),
         audit_before,
         "the replayed break-glass adds no audit entry"
+    );
+    assert_eq!(
+        ok(store.consent_event(event_id(3)).await, "consent_event"),
+        Some(consent_event(
+            3,
+            ConsentEventKind::AttestedGrant,
+            &p,
+            Some(&f1)
+        ))
     );
 }
 
@@ -1905,7 +2688,7 @@ pub async fn changes_counter_advances_after_apply<S: Store + ?Sized>(store: &S) 
 
 /// The projector's batch lookups answer what the single ones do, in the order asked:
 /// `chain_contexts` (head, same id, same seq; an empty chain; duplicates in the list)
-/// and `event_ids_taken` (records and grants use ids; unknown ids are free).
+/// and `event_ids_taken` (records and consent events use ids; unknown ids are free).
 pub async fn projector_batch_lookups_match_single_ones<S: Store + ?Sized>(store: &S) {
     let (f1, f2, p) = (facility(F1), facility(F2), patient(P1));
     let records = [
@@ -1914,10 +2697,14 @@ pub async fn projector_batch_lookups_match_single_ones<S: Store + ?Sized>(store:
         record(3, &f2, 1, &p),
     ];
     let mut batch = record_batch(&records);
-    batch.projections.push(Projection::Grant {
-        patient_id: p.clone(),
-        state: grant(20, &p, &f1, Grantee::AnyFacility, vec![Purpose::Treatment]),
-    });
+    batch
+        .projections
+        .push(Projection::ConsentEvent(consent_event(
+            20,
+            ConsentEventKind::AttestedGrant,
+            &p,
+            Some(&f1),
+        )));
     ok(store.apply(batch).await, "apply");
 
     let c1 = ChainKey::Facility(f1.clone());

@@ -13,10 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Transaction};
-use hrx_domain::audit::{AccessAction, AccessEvent, AuditEntry};
+use hrx_domain::audit::{
+    AccessAction, AccessEvent, AccessOutcome, AuditEntry, AuditFormat, Reader,
+};
 use hrx_domain::consent::Basis;
 use hrx_domain::{EventId, FacilityId, PatientId, Purpose, Sha256};
-use hrx_ports::{AccessAppend, AuditStore, PortResult};
+use hrx_ports::{AccessAppend, AccessCounts, AuditStore, PortResult};
 
 use crate::PgStore;
 use crate::codec::{self, Cols, execute, query};
@@ -39,9 +41,15 @@ pub(crate) async fn lock_head(tx: &Transaction<'_>) -> Result<(u64, Sha256)> {
     Ok((c.u64()?, c.sha256()?))
 }
 
-/// What `append_access` adds besides the entry: the reader and the (author facility,
-/// records returned) pairs of the exchange matrix.
+/// What `append_access` adds besides the entry: the reading facility and the (author
+/// facility, records returned) pairs of the exchange matrix.
 pub(crate) type Matrix<'a> = (&'a FacilityId, &'a [(FacilityId, u64)]);
+
+/// The exchange-matrix part of an access: the matrix is facility × facility, so the
+/// national center's and the patient's reads add nothing to it.
+fn matrix_of<'a>(reader: &'a Reader, authors: &'a [(FacilityId, u64)]) -> Option<Matrix<'a>> {
+    reader.facility().map(|f| (f, authors))
+}
 
 /// Writes `entries` (already chained after the locked head, each with the break-glass
 /// declaration it records, if any), moves the head to the last, adds `matrix` to the
@@ -69,12 +77,15 @@ pub(crate) async fn write(
     let mut prev = Vec::with_capacity(n);
     let mut hash = Vec::with_capacity(n);
     let mut declaration = Vec::with_capacity(n);
+    let mut format = Vec::with_capacity(n);
+    let mut reader_kind = Vec::with_capacity(n);
+    let mut outcome = Vec::with_capacity(n);
     for (entry, bg) in entries {
         let e = &entry.event;
         seq.push(int(entry.seq, "audit seq")?);
         reader.push(e.reader.as_str());
         patient.push(e.patient.as_str());
-        purpose.push(e.purpose.code());
+        purpose.push(e.purpose.map_or(0, Purpose::code));
         action.push(e.action.code());
         bases.push(codec::bases(&e.bases));
         returned.push(int(e.records_returned, "records returned")?);
@@ -85,6 +96,9 @@ pub(crate) async fn write(
         prev.push(entry.prev_hash.as_bytes().as_slice());
         hash.push(entry.entry_hash.as_bytes().as_slice());
         declaration.push(codec::opt_id(bg.as_ref()));
+        format.push(entry.format.code());
+        reader_kind.push(e.reader.kind_code());
+        outcome.push(e.outcome.code());
     }
 
     // Per author: records added, and one access per time the author is named.
@@ -120,10 +134,11 @@ pub(crate) async fn write(
         "WITH entries AS ( \
            INSERT INTO audit_log (seq, reader, patient_id, purpose, action, bases, \
              records_returned, records_withheld, at_s, at_ns, prev_hash, entry_hash, \
-             break_glass_event_id) \
+             break_glass_event_id, format, reader_kind, outcome) \
            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], \
              $5::integer[], $6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[], \
-             $10::integer[], $11::bytea[], $12::bytea[], $13::bytea[])), \
+             $10::integer[], $11::bytea[], $12::bytea[], $13::bytea[], $21::integer[], \
+             $22::integer[], $23::integer[])), \
          matrix AS ( \
            INSERT INTO exchange_matrix (reader, author, records, accesses) \
            SELECT $14::text, m.author, m.records, m.accesses \
@@ -159,48 +174,102 @@ pub(crate) async fn write(
             &windows,
             &head_seq,
             &head_hash,
+            &format,
+            &reader_kind,
+            &outcome,
         ],
     )
     .await?;
     Ok(())
 }
 
+/// Columns of an entry, for [`decode`].
+const ENTRY_COLUMNS: &str = "seq, format, reader, patient_id, purpose, action, bases, \
+     records_returned, records_withheld, at_s, at_ns, outcome, prev_hash, entry_hash";
+
 async fn accesses<C: GenericClient>(
     c: &C,
     patient: &PatientId,
+    reader: Option<&Reader>,
     after: u64,
     limit: usize,
 ) -> Result<Vec<AuditEntry>> {
+    let what = "reading audit entries";
+    let (after, limit) = (codec::bound(after), codec::limit(limit));
+    let rows = match reader {
+        None => {
+            query(
+                c,
+                what,
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM audit_log \
+                     WHERE patient_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ),
+                &[&patient.as_str(), &after, &limit],
+            )
+            .await?
+        }
+        Some(reader) => {
+            query(
+                c,
+                what,
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM audit_log \
+                     WHERE patient_id = $1 AND reader = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+                ),
+                &[&patient.as_str(), &reader.as_str(), &after, &limit],
+            )
+            .await?
+        }
+    };
+    codec::collect(&rows, decode)
+}
+
+async fn access_counts<C: GenericClient>(c: &C, patient: &PatientId) -> Result<AccessCounts> {
     let rows = query(
         c,
-        "reading audit entries",
-        "SELECT seq, reader, patient_id, purpose, action, bases, records_returned, \
-           records_withheld, at_s, at_ns, prev_hash, entry_hash \
-         FROM audit_log WHERE patient_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        "counting audit entries",
+        "SELECT count(*) FILTER (WHERE outcome = $2), count(*) FILTER (WHERE outcome = $3), \
+           count(*) FILTER (WHERE action = $4) \
+         FROM audit_log WHERE patient_id = $1",
         &[
             &patient.as_str(),
-            &codec::bound(after),
-            &codec::limit(limit),
+            &AccessOutcome::Allowed.code(),
+            &AccessOutcome::Denied.code(),
+            &AccessAction::BreakGlass.code(),
         ],
     )
     .await?;
-    codec::collect(&rows, decode)
+    rows.first()
+        .map(|r| {
+            let mut c = Cols::new(r);
+            Ok(AccessCounts {
+                allowed: c.u64()?,
+                denied: c.u64()?,
+                break_glass: c.u64()?,
+            })
+        })
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 fn decode(c: &mut Cols<'_>) -> Result<AuditEntry> {
     let seq = c.u64()?;
+    let format = c.code(AuditFormat::from_code)?;
     let event = AccessEvent {
-        reader: c.facility()?,
+        reader: c.reader()?,
         patient: c.patient()?,
-        purpose: c.code(Purpose::from_code)?,
+        purpose: c.opt_code(Purpose::from_code)?,
         action: c.code(AccessAction::from_code)?,
         bases: c.bases()?,
         records_returned: c.u64()?,
         records_withheld: c.u64()?,
         at: c.ts()?,
+        outcome: c.code(AccessOutcome::from_code)?,
     };
     let entry = AuditEntry {
         seq,
+        format,
         event,
         prev_hash: c.sha256()?,
         entry_hash: c.sha256()?,
@@ -240,7 +309,7 @@ impl AuditStore for PgStore {
         write(
             &tx,
             &[(entry.clone(), None)],
-            Some((&entry.event.reader, authors)),
+            matrix_of(&entry.event.reader, authors),
             &windows,
         )
         .await?;
@@ -263,7 +332,7 @@ impl AuditStore for PgStore {
             write(
                 &tx,
                 &[(entry.clone(), None)],
-                Some((&entry.event.reader, &authors)),
+                matrix_of(&entry.event.reader, &authors),
                 &windows,
             )
             .await?;
@@ -277,6 +346,7 @@ impl AuditStore for PgStore {
     async fn accesses(
         &self,
         patient_id: &PatientId,
+        reader: Option<&Reader>,
         after: u64,
         limit: usize,
     ) -> PortResult<Vec<AuditEntry>> {
@@ -284,6 +354,11 @@ impl AuditStore for PgStore {
             return Ok(Vec::new());
         }
         let client = self.client("reading audit entries").await?;
-        Ok(accesses(&client, patient_id, after, limit).await?)
+        Ok(accesses(&client, patient_id, reader, after, limit).await?)
+    }
+
+    async fn access_counts(&self, patient_id: &PatientId) -> PortResult<AccessCounts> {
+        let client = self.client("counting audit entries").await?;
+        Ok(access_counts(&client, patient_id).await?)
     }
 }

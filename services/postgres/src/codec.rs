@@ -7,8 +7,9 @@
 //! [`PgError::Corrupt`], naming the column and never the value.
 
 use deadpool_postgres::GenericClient;
-use hrx_domain::consent::Basis;
-use hrx_domain::{EventId, FacilityId, PatientId, Sha256, Timestamp};
+use hrx_domain::audit::Reader;
+use hrx_domain::consent::{Basis, ConsentForm};
+use hrx_domain::{Envelope, EventId, FacilityId, PatientId, Sha256, Timestamp};
 use hrx_ports::LogPosition;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, ToSql};
@@ -61,16 +62,25 @@ pub(crate) fn codes<T: Copy>(items: &[T], code: impl Fn(T) -> i32) -> String {
         .join(",")
 }
 
-/// Bases as 17 bytes each: a tag (1 author, 2 consent, 3 break-glass) and the event id
-/// (zeros for author), the tags of the audit hash. The same encoding as the embedded
-/// store, so audit rows mean the same on both.
+/// Bases as 17 bytes each: a tag (1 author, 2 patient-signed consent, 3 break-glass,
+/// 4 attested consent) and the event id (zeros for author). Entries written before
+/// consent had forms hold tag 2 for every consent basis (and hash it as 2 in their
+/// format). The same encoding as the embedded store, so audit rows mean the same on
+/// both.
 pub(crate) fn bases(bases: &[Basis]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bases.len() * 17);
     for b in bases {
         let (tag, event) = match b {
             Basis::Author => (1u8, [0u8; 16]),
-            Basis::Consent(e) => (2, e.to_bytes()),
+            Basis::Consent {
+                grant,
+                form: ConsentForm::PatientSigned,
+            } => (2, grant.to_bytes()),
             Basis::BreakGlass(e) => (3, e.to_bytes()),
+            Basis::Consent {
+                grant,
+                form: ConsentForm::Attested,
+            } => (4, grant.to_bytes()),
         };
         out.push(tag);
         out.extend_from_slice(&event);
@@ -91,10 +101,12 @@ fn decode_bases(bytes: &[u8]) -> Option<Vec<Basis>> {
         .chunks_exact(17)
         .map(|c| {
             let event = event_id_from_bytes(&c[1..]);
+            let consent = |form| event.map(|grant| Basis::Consent { grant, form });
             match c[0] {
                 1 => Some(Basis::Author),
-                2 => event.map(Basis::Consent),
+                2 => consent(ConsentForm::PatientSigned),
                 3 => event.map(Basis::BreakGlass),
+                4 => consent(ConsentForm::Attested),
                 _ => None,
             }
         })
@@ -243,6 +255,36 @@ impl<'r> Cols<'r> {
             .transpose()
     }
 
+    /// Who read (an audit entry's `reader` column).
+    pub(crate) fn reader(&mut self) -> Result<Reader> {
+        let (i, s) = self.get::<&str>("TEXT")?;
+        Reader::parse(s).ok_or_else(|| self.corrupt(i, "a reader"))
+    }
+
+    /// An enum stored as its code; 0 is `None`.
+    pub(crate) fn opt_code<T>(
+        &mut self,
+        from_code: impl Fn(i32) -> Option<T>,
+    ) -> Result<Option<T>> {
+        let (i, c) = self.get::<i32>("an INTEGER")?;
+        match c {
+            0 => Ok(None),
+            c => from_code(c)
+                .map(Some)
+                .ok_or_else(|| self.corrupt(i, "a known code")),
+        }
+    }
+
+    /// A signed envelope, four columns: payload type, key id, signature, payload.
+    pub(crate) fn envelope(&mut self) -> Result<Envelope> {
+        Ok(Envelope {
+            payload_type: self.text()?,
+            key_id: self.text()?,
+            signature: self.blob()?,
+            payload: self.blob()?,
+        })
+    }
+
     /// An enum stored as its code.
     pub(crate) fn code<T>(&mut self, from_code: impl Fn(i32) -> Option<T>) -> Result<T> {
         let (i, c) = self.get::<i32>("an INTEGER")?;
@@ -310,11 +352,21 @@ mod tests {
     fn bases_round_trip() {
         let b = vec![
             Basis::Author,
-            Basis::Consent(eid(7)),
+            Basis::Consent {
+                grant: eid(7),
+                form: ConsentForm::PatientSigned,
+            },
             Basis::BreakGlass(eid(9)),
+            Basis::Consent {
+                grant: eid(8),
+                form: ConsentForm::Attested,
+            },
         ];
-        assert_eq!(decode_bases(&bases(&b)), Some(b));
-        assert_eq!(decode_bases(&[4; 17]), None);
+        let encoded = bases(&b);
+        assert_eq!(encoded[17], 2, "patient-signed consent is tag 2");
+        assert_eq!(encoded[51], 4, "attested consent is tag 4");
+        assert_eq!(decode_bases(&encoded), Some(b));
+        assert_eq!(decode_bases(&[5; 17]), None);
         assert_eq!(decode_bases(&[1; 16]), None);
     }
 

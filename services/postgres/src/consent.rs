@@ -1,78 +1,76 @@
-//! [`ConsentStore`]: a patient's grants and break-glass windows, in projection order;
-//! and the grant lookup the projector uses to check a revocation.
+//! [`ConsentStore`]: a patient's consent events and break-glass windows, in projection
+//! order; the facts a facility's consent events are judged against (standing,
+//! break-glass counts); the single-use patient request ids; and the consent event
+//! lookup the projector uses to check a revocation.
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
-use hrx_domain::consent::{BreakGlassWindow, GrantState};
-use hrx_domain::event::{ConsentGrant, Evidence, Grantee};
-use hrx_domain::{EventId, PatientId, Purpose, RecordKind, SensitivityLabel};
-use hrx_ports::{ConsentStore, PortResult};
+use hrx_domain::consent::BreakGlassWindow;
+use hrx_domain::{EventId, FacilityId, PatientId, Timestamp};
+use hrx_ports::{BreakGlassUse, ConsentEventKind, ConsentEventRow, ConsentStore, PortResult};
 
 use crate::PgStore;
-use crate::codec::{self, Cols, query};
-use crate::error::Result;
+use crate::codec::{self, Cols, execute, query};
+use crate::error::{Result, db};
 
-const GRANT_COLUMNS: &str = "grant_event_id, patient_id, granted_by, granted_s, granted_ns, \
-     grantee, purposes, kinds, include_sensitive, data_from_s, data_from_ns, data_until_s, \
-     data_until_ns, expires_s, expires_ns, evidence_form_id, evidence_sha256, revoked_s, \
-     revoked_ns";
+/// Columns of a consent event, for [`decode_consent_event`].
+const CONSENT_COLUMNS: &str = "event_id, patient_id, kind, facility_id, received_s, \
+     received_ns, payload_type, key_id, signature, payload";
 
-/// Decodes a row of [`GRANT_COLUMNS`]. The grant's own `patient_id` is the row's: the
-/// projector projects a grant under the patient its content names.
-fn decode_grant(c: &mut Cols<'_>) -> Result<(PatientId, GrantState)> {
-    let grant_event_id = c.event_id()?;
-    let patient_id = c.patient()?;
-    let granted_by = c.facility()?;
-    let granted_at = c.ts()?;
-    let grantee = match c.opt_facility()? {
-        Some(f) => Grantee::Facility(f),
-        None => Grantee::AnyFacility,
-    };
-    let purposes = c.code_list(Purpose::from_code)?;
-    let kinds = c.code_list(RecordKind::from_code)?;
-    let include_sensitive = c.code_list(SensitivityLabel::from_code)?;
-    let data_from = c.opt_ts()?;
-    let data_until = c.opt_ts()?;
-    let expires_at = c.ts()?;
-    let evidence = Evidence {
-        form_id: c.text()?,
-        sha256: c.sha256()?,
-    };
-    let revoked_at = c.opt_ts()?;
-    let state = GrantState {
-        grant_event_id,
-        granted_by,
-        granted_at,
-        grant: ConsentGrant {
-            patient_id: patient_id.clone(),
-            grantee,
-            purposes,
-            kinds,
-            include_sensitive,
-            data_from,
-            data_until,
-            expires_at,
-            evidence,
-        },
-        revoked_at,
-    };
-    Ok((patient_id, state))
+/// Decodes a row of [`CONSENT_COLUMNS`].
+fn decode_consent_event(c: &mut Cols<'_>) -> Result<ConsentEventRow> {
+    Ok(ConsentEventRow {
+        event_id: c.event_id()?,
+        patient_id: c.patient()?,
+        kind: c.code(ConsentEventKind::from_code)?,
+        facility_id: c.opt_facility()?,
+        received_at: c.ts()?,
+        envelope: c.envelope()?,
+    })
 }
 
-pub(crate) async fn grant_by_id<C: GenericClient>(
+pub(crate) async fn consent_event_by_id<C: GenericClient>(
     c: &C,
-    grant: &EventId,
-) -> Result<Option<(PatientId, GrantState)>> {
+    id: &EventId,
+) -> Result<Option<ConsentEventRow>> {
     let rows = query(
         c,
-        "reading a grant",
-        &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_event_id = $1"),
-        &[&codec::id(grant)],
+        "reading a consent event",
+        &format!("SELECT {CONSENT_COLUMNS} FROM consent_events WHERE event_id = $1"),
+        &[&codec::id(id)],
     )
     .await?;
     rows.first()
-        .map(|r| decode_grant(&mut Cols::new(r)))
+        .map(|r| decode_consent_event(&mut Cols::new(r)))
         .transpose()
+}
+
+/// Facility-attested grants received at or after `since` (all if `None`), newest first
+/// (ties: the later projected first), at most `limit`.
+pub(crate) async fn attested_grants<C: GenericClient>(
+    c: &C,
+    since: Option<Timestamp>,
+    limit: usize,
+) -> Result<Vec<ConsentEventRow>> {
+    let (s, ns) = codec::opt_ts(since);
+    let rows = query(
+        c,
+        "reading attested grants",
+        &format!(
+            "SELECT {CONSENT_COLUMNS} FROM consent_events \
+             WHERE kind = $1 AND ($2::bigint IS NULL \
+                OR (received_s, received_ns) >= ($2::bigint, $3::integer)) \
+             ORDER BY received_s DESC, received_ns DESC, id DESC LIMIT $4"
+        ),
+        &[
+            &ConsentEventKind::AttestedGrant.code(),
+            &s,
+            &ns,
+            &codec::limit(limit),
+        ],
+    )
+    .await?;
+    codec::collect(&rows, decode_consent_event)
 }
 
 /// Columns of a window, for [`decode_window`].
@@ -90,17 +88,19 @@ pub(crate) fn decode_window(c: &mut Cols<'_>) -> Result<BreakGlassWindow> {
 
 #[async_trait]
 impl ConsentStore for PgStore {
-    async fn grants(&self, patient_id: &PatientId) -> PortResult<Vec<GrantState>> {
-        let what = "reading grants";
+    async fn consent_events(&self, patient_id: &PatientId) -> PortResult<Vec<ConsentEventRow>> {
+        let what = "reading consent events";
         let client = self.client(what).await?;
         let rows = query(
             &client,
             what,
-            &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE patient_id = $1 ORDER BY id"),
+            &format!(
+                "SELECT {CONSENT_COLUMNS} FROM consent_events WHERE patient_id = $1 ORDER BY id"
+            ),
             &[&patient_id.as_str()],
         )
         .await?;
-        Ok(codec::collect(&rows, |c| decode_grant(c).map(|(_, g)| g))?)
+        Ok(codec::collect(&rows, decode_consent_event)?)
     }
 
     async fn break_glass(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassWindow>> {
@@ -116,5 +116,87 @@ impl ConsentStore for PgStore {
         )
         .await?;
         Ok(codec::collect(&rows, decode_window)?)
+    }
+
+    async fn break_glass_uses_of(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassUse>> {
+        let client = self.client("reading a patient's break-glass uses").await?;
+        Ok(crate::monitor::break_glass_uses(&client, None, Some(patient_id)).await?)
+    }
+
+    /// One descent of `records_author`.
+    async fn latest_authored(
+        &self,
+        facility: &FacilityId,
+        patient_id: &PatientId,
+    ) -> PortResult<Option<Timestamp>> {
+        let what = "reading a facility's latest record for a patient";
+        let client = self.client(what).await?;
+        let rows = query(
+            &client,
+            what,
+            "SELECT recorded_s, recorded_ns FROM records \
+             WHERE facility_id = $1 AND patient_id = $2 \
+             ORDER BY recorded_s DESC, recorded_ns DESC LIMIT 1",
+            &[&facility.as_str(), &patient_id.as_str()],
+        )
+        .await?;
+        Ok(rows.first().map(|r| Cols::new(r).ts()).transpose()?)
+    }
+
+    async fn break_glass_declared_since(
+        &self,
+        facility: &FacilityId,
+        since: Timestamp,
+    ) -> PortResult<u64> {
+        let what = "counting a facility's break-glass declarations";
+        let client = self.client(what).await?;
+        let (s, ns) = codec::ts(since);
+        let rows = query(
+            &client,
+            what,
+            "SELECT count(*) FROM break_glass \
+             WHERE facility_id = $1 AND (declared_s, declared_ns) > ($2::bigint, $3::integer)",
+            &[&facility.as_str(), &s, &ns],
+        )
+        .await?;
+        Ok(rows
+            .first()
+            .map(|r| Cols::new(r).u64())
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Forgets the ids used before `forget_before`, then inserts this one unless it is
+    /// there: one transaction, and the primary key decides between concurrent claims
+    /// (in any process) of the same id, so exactly one of them gets `true`.
+    async fn claim_request_id(
+        &self,
+        request_id: EventId,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> PortResult<bool> {
+        let what = "claiming a patient request id";
+        let mut client = self.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| db(what, &e))?;
+        let (before_s, before_ns) = codec::ts(forget_before);
+        execute(
+            &tx,
+            what,
+            "DELETE FROM patient_request_ids \
+             WHERE (used_s, used_ns) < ($1::bigint, $2::integer)",
+            &[&before_s, &before_ns],
+        )
+        .await?;
+        let (s, ns) = codec::ts(now);
+        let inserted = execute(
+            &tx,
+            what,
+            "INSERT INTO patient_request_ids (request_id, used_s, used_ns) \
+             VALUES ($1, $2, $3) ON CONFLICT (request_id) DO NOTHING",
+            &[&codec::id(&request_id), &s, &ns],
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db(what, &e))?;
+        Ok(inserted == 1)
     }
 }

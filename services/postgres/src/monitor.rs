@@ -10,16 +10,16 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
-use hrx_domain::{FacilityId, Reason, Timestamp};
+use hrx_domain::{FacilityId, PatientId, Reason, Timestamp};
 use hrx_ports::{
-    BreakGlassUse, ChainKey, ExchangeCell, FacilityStats, MonitorStore, PortResult, RejectionRow,
-    StatsDelta,
+    BreakGlassUse, ChainKey, ConsentEventRow, ExchangeCell, FacilityStats, MonitorStore,
+    PortResult, RejectionRow, StatsDelta,
 };
 use tokio_postgres::IsolationLevel;
 
 use crate::PgStore;
 use crate::codec::{self, Cols, query};
-use crate::consent::{WINDOW_COLUMNS, decode_window};
+use crate::consent::{WINDOW_COLUMNS, attested_grants, decode_window};
 use crate::error::{PgError, Result, db};
 use crate::projection::{add_stats, insert_rejections, offsets};
 use crate::schema::SOURCE_INGEST;
@@ -91,7 +91,8 @@ async fn facility_stats<C: GenericClient>(c: &C) -> Result<Vec<FacilityStats>> {
     for (chain, head) in codec::collect(&rows, |c| Ok((c.text()?, c.u64()?)))? {
         match ChainKey::parse(&chain) {
             Some(ChainKey::Facility(f)) => entry(&mut by_facility, f).head_seq = head,
-            Some(ChainKey::Registry) => {}
+            // Heads are per facility; the registry's and patients' chains have none.
+            Some(ChainKey::Registry | ChainKey::Patient(_)) => {}
             None => {
                 return Err(PgError::Corrupt(
                     "column chain_links.chain does not hold a chain key".into(),
@@ -126,6 +127,58 @@ fn decode_rejection(c: &mut Cols<'_>) -> Result<RejectionRow> {
         field,
         message: c.text()?,
         at: c.ts()?,
+    })
+}
+
+/// Windows declared at or after `since` (all if `None`), or every window of `patient`
+/// when given (the patient's own view; `since` is then ignored), oldest first (ties:
+/// projection order), with the reads counted on the audit side. Two statements rather
+/// than one with `$n IS NULL OR …`, so that the patient's is an index lookup whatever
+/// plan the prepared statement settles on.
+pub(crate) async fn break_glass_uses<C: GenericClient>(
+    c: &C,
+    since: Option<Timestamp>,
+    patient: Option<&PatientId>,
+) -> Result<Vec<BreakGlassUse>> {
+    const WHAT: &str = "reading break-glass uses";
+    let select = format!(
+        "SELECT {WINDOW_COLUMNS}, b.patient_id, b.clinician, b.reason, COALESCE(r.reads, 0) \
+         FROM break_glass b \
+         LEFT JOIN break_glass_reads r ON r.window_event_id = b.event_id"
+    );
+    const ORDER: &str = "ORDER BY b.declared_s, b.declared_ns, b.id";
+    let rows = match patient {
+        Some(p) => {
+            query(
+                c,
+                WHAT,
+                &format!("{select} WHERE b.patient_id = $1 {ORDER}"),
+                &[&p.as_str()],
+            )
+            .await?
+        }
+        None => {
+            let (s, ns) = codec::opt_ts(since);
+            query(
+                c,
+                WHAT,
+                &format!(
+                    "{select} WHERE $1::bigint IS NULL \
+                       OR (b.declared_s, b.declared_ns) >= ($1::bigint, $2::integer) {ORDER}"
+                ),
+                &[&s, &ns],
+            )
+            .await?
+        }
+    };
+    codec::collect(&rows, |c| {
+        Ok(BreakGlassUse {
+            window: decode_window(c)?,
+            patient_id: c.patient()?,
+            clinician: c.text()?,
+            reason: c.text()?,
+            reads: c.u64()?,
+        })
     })
 }
 
@@ -172,31 +225,21 @@ impl MonitorStore for PgStore {
     /// Windows declared at or after `since` (all if `None`), oldest first, with the
     /// reads counted on the audit side.
     async fn break_glass_uses(&self, since: Option<Timestamp>) -> PortResult<Vec<BreakGlassUse>> {
-        let what = "reading break-glass uses";
-        let client = self.client(what).await?;
-        let (s, ns) = codec::opt_ts(since);
-        let rows = query(
-            &client,
-            what,
-            &format!(
-                "SELECT {WINDOW_COLUMNS}, b.patient_id, b.clinician, COALESCE(r.reads, 0) \
-                 FROM break_glass b \
-                 LEFT JOIN break_glass_reads r ON r.window_event_id = b.event_id \
-                 WHERE $1::bigint IS NULL \
-                    OR (b.declared_s, b.declared_ns) >= ($1::bigint, $2::integer) \
-                 ORDER BY b.declared_s, b.declared_ns, b.id"
-            ),
-            &[&s, &ns],
-        )
-        .await?;
-        Ok(codec::collect(&rows, |c| {
-            Ok(BreakGlassUse {
-                window: decode_window(c)?,
-                patient_id: c.patient()?,
-                clinician: c.text()?,
-                reads: c.u64()?,
-            })
-        })?)
+        let client = self.client("reading break-glass uses").await?;
+        Ok(break_glass_uses(&client, since, None).await?)
+    }
+
+    /// Newest first (ties: the later projected first).
+    async fn attested_grants(
+        &self,
+        since: Option<Timestamp>,
+        limit: usize,
+    ) -> PortResult<Vec<ConsentEventRow>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.client("reading attested grants").await?;
+        Ok(attested_grants(&client, since, limit).await?)
     }
 
     /// Newest first (ties: the later written first).

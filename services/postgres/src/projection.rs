@@ -4,14 +4,15 @@
 //! A batch is written one statement per table, every row of that table at once
 //! (`INSERT … SELECT FROM unnest($1::…[], …)`), so a batch costs a dozen round trips
 //! whatever its size. The statements run in a fixed order: records (with their
-//! envelopes and supersede links), grants, revocations, break-glass windows,
-//! facilities, keys added, keys revoked, rejections, chain links, stats, offsets, the
-//! break-glass audit entries, and the notification. Within a table, rows keep their
-//! order in the batch (identity columns are assigned `ORDER BY` ordinality), so
-//! "projection order" is batch order. Across tables the only dependencies are a
-//! revocation following its grant and a key revocation following its key, which that
-//! order honours. Any failure rolls the whole batch back, offsets included, so the
-//! projector re-reads the same entries.
+//! envelopes and supersede links), consent events, break-glass windows, facilities,
+//! keys added, keys revoked, rejections, chain links, stats, offsets, the break-glass
+//! audit entries, and the notification. Within a table, rows keep their order in the
+//! batch (identity columns are assigned `ORDER BY` ordinality), so "projection order"
+//! is batch order. Consent events are stored as they came (their envelopes), and the
+//! consent state is folded from them when read, so a revocation is one more row, not an
+//! update of its grant. Across tables the only dependency is a key revocation following
+//! its key, which that order honours. Any failure rolls the whole batch back, offsets
+//! included, so the projector re-reads the same entries.
 //!
 //! Lock order, which keeps concurrent projectors from deadlocking each other: patient
 //! counter rows (sorted by patient id), then stats rows (sorted by facility), then the
@@ -23,19 +24,17 @@ use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Transaction};
 use hrx_domain::audit::{AccessEvent, AuditEntry};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
-use hrx_domain::consent::GrantState;
-use hrx_domain::event::Grantee;
 use hrx_domain::verify::KeyRecord;
-use hrx_domain::{EventId, KeyId, PatientId, Timestamp};
+use hrx_domain::{EventId, FacilityId, KeyId, Timestamp};
 use hrx_ports::{
-    BreakGlassUse, ChainKey, ChainLink, FacilityInfo, NewRecord, PortResult, Projection,
-    ProjectionBatch, ProjectionStore, ProjectorSnapshot, RejectionRow, StatsDelta,
+    BreakGlassUse, ChainKey, ChainLink, ConsentEventRow, FacilityInfo, NewRecord, PortResult,
+    Projection, ProjectionBatch, ProjectionStore, ProjectorSnapshot, RejectionRow, StatsDelta,
 };
 use tokio::sync::watch;
 use tokio_postgres::IsolationLevel;
 
 use crate::codec::{self, Cols, execute, query};
-use crate::consent::grant_by_id;
+use crate::consent::consent_event_by_id;
 use crate::error::{PgError, Result, db, int};
 use crate::registry::all_keys;
 use crate::schema::SOURCE_PROJECTOR;
@@ -45,8 +44,7 @@ use crate::{PgStore, audit, notify};
 #[derive(Default)]
 struct Groups<'a> {
     records: Vec<&'a NewRecord>,
-    grants: Vec<(&'a PatientId, &'a GrantState)>,
-    revocations: Vec<(&'a EventId, Timestamp, &'a EventId)>,
+    consent_events: Vec<&'a ConsentEventRow>,
     break_glass: Vec<(&'a BreakGlassUse, &'a AccessEvent)>,
     facilities: Vec<&'a FacilityInfo>,
     keys_added: Vec<&'a KeyRecord>,
@@ -60,14 +58,7 @@ impl<'a> Groups<'a> {
         for p in projections {
             match p {
                 Projection::Record(r) => g.records.push(r),
-                Projection::Grant { patient_id, state } => g.grants.push((patient_id, state)),
-                Projection::Revocation {
-                    grant_event_id,
-                    revoked_at,
-                    revoked_by,
-                } => g
-                    .revocations
-                    .push((grant_event_id, *revoked_at, revoked_by)),
+                Projection::ConsentEvent(row) => g.consent_events.push(row),
                 Projection::BreakGlass(u, e) => g.break_glass.push((u, e)),
                 Projection::FacilityRegistered(f) => g.facilities.push(f),
                 Projection::KeyAdded(k) => g.keys_added.push(k),
@@ -87,8 +78,7 @@ async fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch, instance: &str) ->
     check_offsets(tx, &batch.expected_offsets).await?;
     let g = Groups::of(&batch.projections);
     insert_records(tx, &g.records).await?;
-    insert_grants(tx, &g.grants).await?;
-    revoke_grants(tx, &g.revocations).await?;
+    insert_consent_events(tx, &g.consent_events).await?;
     insert_windows(tx, &g.break_glass).await?;
     upsert_facilities(tx, &g.facilities).await?;
     insert_keys(tx, &g.keys_added).await?;
@@ -299,160 +289,61 @@ async fn link_corrections(tx: &Transaction<'_>, records: &[&NewRecord]) -> Resul
     Ok(())
 }
 
-async fn insert_grants(tx: &Transaction<'_>, grants: &[(&PatientId, &GrantState)]) -> Result<()> {
-    if grants.is_empty() {
+/// Inserts consent events as they came, in batch order (their `id`s).
+async fn insert_consent_events(tx: &Transaction<'_>, rows: &[&ConsentEventRow]) -> Result<()> {
+    if rows.is_empty() {
         return Ok(());
     }
-    let n = grants.len();
-    let mut grant_event_id = Vec::with_capacity(n);
+    let n = rows.len();
+    let mut event_id = Vec::with_capacity(n);
     let mut patient_id = Vec::with_capacity(n);
-    let mut granted_by = Vec::with_capacity(n);
-    let mut granted_s = Vec::with_capacity(n);
-    let mut granted_ns = Vec::with_capacity(n);
-    let mut grantee = Vec::with_capacity(n);
-    let mut purposes = Vec::with_capacity(n);
-    let mut kinds = Vec::with_capacity(n);
-    let mut sensitive = Vec::with_capacity(n);
-    let mut from_s = Vec::with_capacity(n);
-    let mut from_ns = Vec::with_capacity(n);
-    let mut until_s = Vec::with_capacity(n);
-    let mut until_ns = Vec::with_capacity(n);
-    let mut expires_s = Vec::with_capacity(n);
-    let mut expires_ns = Vec::with_capacity(n);
-    let mut form_id = Vec::with_capacity(n);
-    let mut form_sha = Vec::with_capacity(n);
-    let mut revoked_s = Vec::with_capacity(n);
-    let mut revoked_ns = Vec::with_capacity(n);
-    for (patient, s) in grants {
-        let g = &s.grant;
-        grant_event_id.push(codec::id(&s.grant_event_id));
-        patient_id.push(patient.as_str());
-        granted_by.push(s.granted_by.as_str());
-        let (a, b) = codec::ts(s.granted_at);
-        granted_s.push(a);
-        granted_ns.push(b);
-        grantee.push(match &g.grantee {
-            Grantee::Facility(f) => Some(f.as_str()),
-            Grantee::AnyFacility => None,
-        });
-        purposes.push(codec::codes(&g.purposes, |p| p.code()));
-        kinds.push(codec::codes(&g.kinds, |k| k.code()));
-        sensitive.push(codec::codes(&g.include_sensitive, |l| l.code()));
-        let (a, b) = codec::opt_ts(g.data_from);
-        from_s.push(a);
-        from_ns.push(b);
-        let (a, b) = codec::opt_ts(g.data_until);
-        until_s.push(a);
-        until_ns.push(b);
-        let (a, b) = codec::ts(g.expires_at);
-        expires_s.push(a);
-        expires_ns.push(b);
-        form_id.push(g.evidence.form_id.as_str());
-        form_sha.push(g.evidence.sha256.as_bytes().as_slice());
-        let (a, b) = codec::opt_ts(s.revoked_at);
-        revoked_s.push(a);
-        revoked_ns.push(b);
+    let mut kind = Vec::with_capacity(n);
+    let mut facility_id = Vec::with_capacity(n);
+    let mut received_s = Vec::with_capacity(n);
+    let mut received_ns = Vec::with_capacity(n);
+    let mut payload_type = Vec::with_capacity(n);
+    let mut key_id = Vec::with_capacity(n);
+    let mut signature = Vec::with_capacity(n);
+    let mut payload = Vec::with_capacity(n);
+    for r in rows {
+        event_id.push(codec::id(&r.event_id));
+        patient_id.push(r.patient_id.as_str());
+        kind.push(r.kind.code());
+        facility_id.push(r.facility_id.as_ref().map(FacilityId::as_str));
+        let (s, ns) = codec::ts(r.received_at);
+        received_s.push(s);
+        received_ns.push(ns);
+        payload_type.push(r.envelope.payload_type.as_str());
+        key_id.push(r.envelope.key_id.as_str());
+        signature.push(r.envelope.signature.as_slice());
+        payload.push(r.envelope.payload.as_slice());
     }
     execute(
         tx,
-        &format!("apply: inserting {n} grants"),
-        "INSERT INTO grants (grant_event_id, patient_id, granted_by, granted_s, granted_ns, \
-           grantee, purposes, kinds, include_sensitive, data_from_s, data_from_ns, \
-           data_until_s, data_until_ns, expires_s, expires_ns, evidence_form_id, \
-           evidence_sha256, revoked_s, revoked_ns) \
-         SELECT u.grant_event_id, u.patient_id, u.granted_by, u.granted_s, u.granted_ns, \
-           u.grantee, string_to_array(u.purposes, ',')::integer[], \
-           string_to_array(u.kinds, ',')::integer[], \
-           string_to_array(u.include_sensitive, ',')::integer[], u.data_from_s, \
-           u.data_from_ns, u.data_until_s, u.data_until_ns, u.expires_s, u.expires_ns, \
-           u.evidence_form_id, u.evidence_sha256, u.revoked_s, u.revoked_ns \
-         FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::integer[], \
-           $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::integer[], \
-           $12::bigint[], $13::integer[], $14::bigint[], $15::integer[], $16::text[], \
-           $17::bytea[], $18::bigint[], $19::integer[]) WITH ORDINALITY \
-           AS u(grant_event_id, patient_id, granted_by, granted_s, granted_ns, grantee, \
-             purposes, kinds, include_sensitive, data_from_s, data_from_ns, data_until_s, \
-             data_until_ns, expires_s, expires_ns, evidence_form_id, evidence_sha256, \
-             revoked_s, revoked_ns, ord) \
+        &format!("apply: inserting {n} consent events"),
+        "INSERT INTO consent_events (event_id, patient_id, kind, facility_id, received_s, \
+           received_ns, payload_type, key_id, signature, payload) \
+         SELECT u.event_id, u.patient_id, u.kind, u.facility_id, u.received_s, \
+           u.received_ns, u.payload_type, u.key_id, u.signature, u.payload \
+         FROM unnest($1::bytea[], $2::text[], $3::integer[], $4::text[], $5::bigint[], \
+           $6::integer[], $7::text[], $8::text[], $9::bytea[], $10::bytea[]) WITH ORDINALITY \
+           AS u(event_id, patient_id, kind, facility_id, received_s, received_ns, \
+             payload_type, key_id, signature, payload, ord) \
          ORDER BY u.ord",
         &[
-            &grant_event_id,
+            &event_id,
             &patient_id,
-            &granted_by,
-            &granted_s,
-            &granted_ns,
-            &grantee,
-            &purposes,
-            &kinds,
-            &sensitive,
-            &from_s,
-            &from_ns,
-            &until_s,
-            &until_ns,
-            &expires_s,
-            &expires_ns,
-            &form_id,
-            &form_sha,
-            &revoked_s,
-            &revoked_ns,
+            &kind,
+            &facility_id,
+            &received_s,
+            &received_ns,
+            &payload_type,
+            &key_id,
+            &signature,
+            &payload,
         ],
     )
     .await?;
-    Ok(())
-}
-
-/// Marks grants revoked. The first revocation of a grant stands (a revoked grant never
-/// allows a read again, and its time must not move); a missing grant means the
-/// projector's check and the store disagree, which is a bug or corruption, so the batch
-/// fails.
-async fn revoke_grants(
-    tx: &Transaction<'_>,
-    revocations: &[(&EventId, Timestamp, &EventId)],
-) -> Result<()> {
-    if revocations.is_empty() {
-        return Ok(());
-    }
-    // The first revocation of each grant in the batch (one UPDATE cannot change a row
-    // twice, and the later ones would not change it anyway).
-    let mut seen = HashSet::new();
-    let firsts: Vec<_> = revocations
-        .iter()
-        .filter(|(grant, _, _)| seen.insert(**grant))
-        .collect();
-    let grant_ids: Vec<Vec<u8>> = firsts.iter().map(|(g, _, _)| codec::id(g)).collect();
-    let revoked_s: Vec<i64> = firsts.iter().map(|(_, at, _)| at.seconds()).collect();
-    let revoked_ns: Vec<i32> = firsts.iter().map(|(_, at, _)| at.nanos()).collect();
-    let by: Vec<Vec<u8>> = firsts.iter().map(|(_, _, by)| codec::id(by)).collect();
-    let what = format!("apply: revoking {} grants", firsts.len());
-    execute(
-        tx,
-        &what,
-        "UPDATE grants g SET revoked_s = u.revoked_s, revoked_ns = u.revoked_ns, \
-           revoked_by = u.revoked_by \
-         FROM unnest($1::bytea[], $2::bigint[], $3::integer[], $4::bytea[]) \
-           AS u(grant_event_id, revoked_s, revoked_ns, revoked_by) \
-         WHERE g.grant_event_id = u.grant_event_id AND g.revoked_s IS NULL",
-        &[&grant_ids, &revoked_s, &revoked_ns, &by],
-    )
-    .await?;
-    let present: HashSet<Vec<u8>> = query(
-        tx,
-        &what,
-        "SELECT grant_event_id FROM grants WHERE grant_event_id = ANY($1::bytea[])",
-        &[&grant_ids],
-    )
-    .await?
-    .iter()
-    .map(|row| Cols::new(row).blob())
-    .collect::<Result<_>>()?;
-    if let Some((grant, _, by)) = firsts
-        .iter()
-        .find(|(g, _, _)| !present.contains(&codec::id(g)))
-    {
-        return Err(PgError::Corrupt(format!(
-            "revocation {by} names grant {grant}, which is not projected"
-        )));
-    }
     Ok(())
 }
 
@@ -474,6 +365,7 @@ async fn insert_windows(
     let mut declared_ns = Vec::with_capacity(n);
     let mut expires_s = Vec::with_capacity(n);
     let mut expires_ns = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
     for (u, _) in uses {
         let w = &u.window;
         event_id.push(codec::id(&w.event_id));
@@ -486,18 +378,19 @@ async fn insert_windows(
         let (s, ns) = codec::ts(w.expires_at);
         expires_s.push(s);
         expires_ns.push(ns);
+        reason.push(u.reason.as_str());
     }
     execute(
         tx,
         &format!("apply: inserting {n} break-glass windows"),
         "INSERT INTO break_glass (event_id, patient_id, facility_id, clinician, declared_s, \
-           declared_ns, expires_s, expires_ns) \
+           declared_ns, expires_s, expires_ns, reason) \
          SELECT u.event_id, u.patient_id, u.facility_id, u.clinician, u.declared_s, \
-           u.declared_ns, u.expires_s, u.expires_ns \
+           u.declared_ns, u.expires_s, u.expires_ns, u.reason \
          FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-           $6::integer[], $7::bigint[], $8::integer[]) WITH ORDINALITY \
+           $6::integer[], $7::bigint[], $8::integer[], $9::text[]) WITH ORDINALITY \
            AS u(event_id, patient_id, facility_id, clinician, declared_s, declared_ns, \
-             expires_s, expires_ns, ord) \
+             expires_s, expires_ns, reason, ord) \
          ORDER BY u.ord",
         &[
             &event_id,
@@ -508,6 +401,7 @@ async fn insert_windows(
             &declared_ns,
             &expires_s,
             &expires_ns,
+            &reason,
         ],
     )
     .await?;
@@ -775,7 +669,10 @@ async fn insert_links(tx: &Transaction<'_>, links: &[ChainLink]) -> Result<()> {
         return Ok(());
     }
     let n = links.len();
-    let chains: Vec<&str> = links.iter().map(|l| l.chain.as_key()).collect();
+    let chains: Vec<String> = links
+        .iter()
+        .map(|l| l.chain.as_key().into_owned())
+        .collect();
     let seqs: Vec<i64> = links
         .iter()
         .map(|l| int(l.seq, "seq"))
@@ -818,7 +715,7 @@ async fn insert_links(tx: &Transaction<'_>, links: &[ChainLink]) -> Result<()> {
         *inserted.entry(key).or_default() += 1;
     }
     for (i, l) in links.iter().enumerate() {
-        let key = (chains[i].to_owned(), seqs[i], ids[i].clone());
+        let key = (chains[i].clone(), seqs[i], ids[i].clone());
         match inserted.get_mut(&key) {
             Some(k) if *k > 0 => *k -= 1,
             _ => {
@@ -987,7 +884,7 @@ async fn save_offsets(tx: &Transaction<'_>, offsets: &[(u32, u64)]) -> Result<()
 async fn reset(tx: &Transaction<'_>, instance: &str) -> Result<()> {
     let what = "resetting projections";
     tx.batch_execute(
-        "TRUNCATE records, record_envelopes, patient_counters, grants, break_glass, \
+        "TRUNCATE records, record_envelopes, patient_counters, consent_events, break_glass, \
            facilities, keys, chain_links, projector_offsets",
     )
     .await
@@ -1086,8 +983,8 @@ async fn chain_contexts<C: GenericClient>(
         .collect())
 }
 
-/// Those of `ids` that a record, grant or break-glass declaration already uses, in one
-/// statement.
+/// Those of `ids` that a record, consent event or break-glass declaration already uses,
+/// in one statement.
 async fn event_ids_taken<C: GenericClient>(c: &C, ids: &[EventId]) -> Result<HashSet<EventId>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
@@ -1100,7 +997,7 @@ async fn event_ids_taken<C: GenericClient>(c: &C, ids: &[EventId]) -> Result<Has
         // OR EXISTS …) let the planner hash a whole table per call ("hashed SubPlan"),
         // which made the projector 3× slower on a grown `records`.
         "SELECT event_id FROM records WHERE event_id = ANY ($1) \
-         UNION SELECT grant_event_id FROM grants WHERE grant_event_id = ANY ($1) \
+         UNION SELECT event_id FROM consent_events WHERE event_id = ANY ($1) \
          UNION SELECT event_id FROM break_glass WHERE event_id = ANY ($1)",
         &[&bytes],
     )
@@ -1158,9 +1055,9 @@ impl ProjectionStore for PgStore {
         Ok(chain_contexts(&client, chain, links).await?)
     }
 
-    async fn grant(&self, grant_event_id: EventId) -> PortResult<Option<(PatientId, GrantState)>> {
-        let client = self.client("reading a grant").await?;
-        Ok(grant_by_id(&client, &grant_event_id).await?)
+    async fn consent_event(&self, event_id: EventId) -> PortResult<Option<ConsentEventRow>> {
+        let client = self.client("reading a consent event").await?;
+        Ok(consent_event_by_id(&client, &event_id).await?)
     }
 
     async fn event_id_taken(&self, event_id: EventId) -> PortResult<bool> {

@@ -21,8 +21,10 @@
 //! - Rows in `stats`, `stats_rejected` and `rejections` carry their `source`
 //!   ([`SOURCE_PROJECTOR`] or [`SOURCE_INGEST`]): the projector's are rebuilt by a
 //!   replay, ingest's are not in the log and survive `reset_projections`.
-//! - Tables whose order is "projection order" (grants, break-glass windows, keys,
-//!   rejections) have an identity `id`, assigned in batch order.
+//! - Tables whose order is "projection order" (consent events, break-glass windows,
+//!   keys, rejections) have an identity `id`, assigned in batch order.
+//! - A signed envelope is four columns: `payload_type TEXT`, `key_id TEXT`,
+//!   `signature BYTEA`, `payload BYTEA`, the bytes as signed.
 
 use deadpool_postgres::Client;
 
@@ -39,7 +41,7 @@ pub(crate) const SOURCE_INGEST: i16 = 2;
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// The migrations, in order. Index `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Brings the database up to [`SCHEMA_VERSION`]; returns the version found.
 pub(crate) async fn migrate(client: &mut Client) -> Result<i32> {
@@ -337,3 +339,402 @@ BEGIN
 END
 $$;
 "#;
+
+/// Version 3: consent the patient controls (the embedded store's version 2). Consent
+/// events (key enrollments, grants, revocations, requests, patient statements) replace
+/// the grants table: the consent state is folded from their envelopes when read. The
+/// audit log records who read (a facility, the national center or the patient) and
+/// whether the access was refused, in hash format 2; older entries keep format 1, which
+/// the defaults give them.
+///
+/// Projections are rebuilt from the log after this migration (every projection and the
+/// projector's offsets are cleared, as `reset_projections` does), so that every consent
+/// event is judged by the new rules and nothing projected under the old ones survives.
+/// The audit log and what hangs off it, and ingest's rows, are kept.
+const V3: &str = r#"
+DROP TABLE grants;
+CREATE TABLE consent_events (
+    id           BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id     BYTEA   NOT NULL UNIQUE,
+    patient_id   TEXT    NOT NULL,
+    kind         INTEGER NOT NULL,
+    facility_id  TEXT,                     -- NULL: a patient statement
+    received_s   BIGINT  NOT NULL,
+    received_ns  INTEGER NOT NULL,
+    payload_type TEXT    NOT NULL,
+    key_id       TEXT    NOT NULL,
+    signature    BYTEA   NOT NULL,
+    payload      BYTEA   NOT NULL
+);
+CREATE INDEX consent_events_patient ON consent_events (patient_id, id);
+CREATE INDEX consent_events_kind
+    ON consent_events (kind, received_s DESC, received_ns DESC, id DESC);
+
+ALTER TABLE break_glass ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+-- break_glass_declared_since: a facility's declarations after a time.
+CREATE INDEX break_glass_facility ON break_glass (facility_id, declared_s, declared_ns);
+-- A facility's standing for a patient: its latest record.
+CREATE INDEX records_author ON records (facility_id, patient_id, recorded_s, recorded_ns);
+
+-- A constant default adds the columns without rewriting the table (and without firing
+-- the append-only triggers, which guard UPDATE and DELETE).
+ALTER TABLE audit_log
+    ADD COLUMN format      INTEGER NOT NULL DEFAULT 1,
+    ADD COLUMN reader_kind INTEGER NOT NULL DEFAULT 1,
+    ADD COLUMN outcome     INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX audit_patient_reader ON audit_log (patient_id, reader, seq);
+
+-- Patient request ids already used (a signed view request is single-use).
+CREATE TABLE patient_request_ids (
+    request_id BYTEA   PRIMARY KEY,
+    used_s     BIGINT  NOT NULL,
+    used_ns    INTEGER NOT NULL
+);
+CREATE INDEX patient_request_ids_used ON patient_request_ids (used_s, used_ns);
+
+TRUNCATE records, record_envelopes, patient_counters, break_glass, facilities, keys,
+    chain_links, projector_offsets;
+DELETE FROM stats WHERE source = 1;
+DELETE FROM stats_rejected WHERE source = 1;
+DELETE FROM rejections WHERE source = 1;
+"#;
+
+#[cfg(test)]
+mod tests {
+    //! Upgrading a database that holds data, against a real server named by
+    //! `HRX_TEST_DATABASE_URL` (as in `tests/behaviour.rs`): skipped without one, unless
+    //! `HRX_TEST_REQUIRE_SERVICES=1`.
+
+    use hrx_domain::audit::{AccessAction, AccessEvent, AccessOutcome, AuditFormat, Reader};
+    use hrx_domain::consent::{Basis, ConsentForm};
+    use hrx_domain::{Purpose, Sha256};
+    use hrx_ports::testkit::{self, F1, F2, P1, event_id, facility, patient};
+    use hrx_ports::{
+        AuditStore, ChainKey, ConsentStore, MonitorStore, ProjectionStore, TimelineStore,
+    };
+    use tokio_postgres::NoTls;
+
+    use super::{MIGRATIONS, V1, V2};
+    use crate::PgStore;
+
+    fn admin_url() -> Option<String> {
+        match std::env::var("HRX_TEST_DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Some(url),
+            _ if std::env::var("HRX_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+                panic!("HRX_TEST_REQUIRE_SERVICES=1 but HRX_TEST_DATABASE_URL is not set")
+            }
+            _ => {
+                eprintln!("hrx-postgres: HRX_TEST_DATABASE_URL is not set; skipping this test");
+                None
+            }
+        }
+    }
+
+    async fn connect(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to PostgreSQL: {e}"));
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A database of its own, dropped when this goes out of scope (a panic included).
+    struct Scratch {
+        admin: String,
+        name: String,
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let (admin, name) = (self.admin.clone(), self.name.clone());
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(async {
+                        connect(&admin)
+                            .await
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await
+                    })
+            })
+            .join();
+        }
+    }
+
+    /// The database URL `admin` names, with the database `name` instead.
+    fn with_dbname(admin: &str, name: &str) -> String {
+        let (base, query) = admin.split_once('?').unwrap_or((admin, ""));
+        let authority_end = base
+            .find("://")
+            .map(|i| i + 3)
+            .and_then(|start| base[start..].find('/').map(|j| start + j))
+            .unwrap_or(base.len());
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        format!("{}/{name}{query}", &base[..authority_end])
+    }
+
+    /// An entry hash in format 1, as hrx wrote them before version 3, computed here from
+    /// the format's definition rather than by the code under test.
+    fn v1_hash(seq: u64, prev: &Sha256, e: &AccessEvent) -> Sha256 {
+        let mut buf = b"hrx-audit-v1".to_vec();
+        buf.extend_from_slice(&seq.to_be_bytes());
+        buf.extend_from_slice(prev.as_bytes());
+        for s in [e.reader.as_str(), e.patient.as_str()] {
+            buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        buf.extend_from_slice(&e.purpose.map_or(0, Purpose::code).to_be_bytes());
+        buf.extend_from_slice(&e.action.code().to_be_bytes());
+        buf.extend_from_slice(&(e.bases.len() as u32).to_be_bytes());
+        for b in &e.bases {
+            let (tag, id) = match b {
+                Basis::Author => (1u8, [0u8; 16]),
+                Basis::Consent { grant, .. } => (2, grant.to_bytes()),
+                Basis::BreakGlass(id) => (3, id.to_bytes()),
+            };
+            buf.push(tag);
+            buf.extend_from_slice(&id);
+        }
+        buf.extend_from_slice(&e.records_returned.to_be_bytes());
+        buf.extend_from_slice(&e.records_withheld.to_be_bytes());
+        buf.extend_from_slice(&e.at.unix_nanos().to_be_bytes());
+        Sha256::digest(&buf)
+    }
+
+    /// A version 2 database with projections, ingest's rows and a format-1 audit entry
+    /// upgrades to version 3: the grants table is gone and consent events are there
+    /// (empty), every projection and offset is cleared for a replay, ingest's rows, the
+    /// audit log, the exchange matrix and the break-glass reads are kept; the old entry
+    /// reads back in format 1, intact, and the chain continues from it in format 2.
+    #[tokio::test]
+    async fn version_3_keeps_the_audit_log_and_clears_projections_for_a_replay() {
+        assert_eq!(MIGRATIONS.len(), 3);
+        let Some(admin) = admin_url() else { return };
+        let name = format!("hrx_test_v3_{}", crate::instance_id().replace('-', "_"));
+        connect(&admin)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let _scratch = Scratch {
+            admin: admin.clone(),
+            name: name.clone(),
+        };
+        let url = with_dbname(&admin, &name);
+
+        // Version 2, as an older hrx left it.
+        let sql = connect(&url).await;
+        sql.batch_execute(
+            "CREATE TABLE hrx_store_migrations (
+                 version    INTEGER     PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .expect("the migrations table");
+        sql.batch_execute(V1).await.expect("version 1");
+        sql.batch_execute(V2).await.expect("version 2");
+        sql.batch_execute("INSERT INTO hrx_store_migrations (version) VALUES (1), (2)")
+            .await
+            .expect("record versions");
+
+        let (f1, f2, p) = (facility(F1), facility(F2), patient(P1));
+        let r = testkit::record(1, &f1, 1, &p);
+        let old = AccessEvent {
+            reader: Reader::Facility(f2.clone()),
+            patient: p.clone(),
+            purpose: Some(Purpose::Referral),
+            action: AccessAction::GetTimeline,
+            bases: vec![
+                Basis::Author,
+                Basis::Consent {
+                    grant: event_id(3),
+                    form: ConsentForm::PatientSigned,
+                },
+                Basis::BreakGlass(event_id(4)),
+            ],
+            records_returned: 2,
+            records_withheld: 1,
+            at: testkit::at(50),
+            outcome: AccessOutcome::Allowed,
+        };
+        let old_hash = v1_hash(1, &Sha256::ZERO, &old);
+        let bases = crate::codec::bases(&old.bases);
+        let (at_s, at_ns) = crate::codec::ts(old.at);
+        sql.execute(
+            "INSERT INTO audit_log (seq, reader, patient_id, purpose, action, bases, \
+               records_returned, records_withheld, at_s, at_ns, prev_hash, entry_hash) \
+             VALUES (1, $1, $2, $3, $4, $5, 2, 1, $6, $7, $8, $9)",
+            &[
+                &f2.as_str(),
+                &p.as_str(),
+                &Purpose::Referral.code(),
+                &AccessAction::GetTimeline.code(),
+                &bases,
+                &at_s,
+                &at_ns,
+                &Sha256::ZERO.as_bytes().as_slice(),
+                &old_hash.as_bytes().as_slice(),
+            ],
+        )
+        .await
+        .expect("a format-1 audit entry");
+        sql.execute(
+            "UPDATE audit_head SET seq = 1, entry_hash = $1",
+            &[&old_hash.as_bytes().as_slice()],
+        )
+        .await
+        .expect("the audit head");
+        let (rec_s, rec_ns) = crate::codec::ts(r.recorded_at);
+        sql.execute(
+            "INSERT INTO records (event_id, facility_id, seq, patient_id, kind, occurred_s, \
+               occurred_ns, recorded_s, recorded_ns, author, sensitivity, event_hash, \
+               log_partition, log_offset, patient_seq, body) \
+             VALUES ($1, $2, 1, $3, 1, 0, 0, $4, $5, 'BS', '{}', $6, 0, 1, 1, 'x')",
+            &[
+                &crate::codec::id(&r.event_id),
+                &f1.as_str(),
+                &p.as_str(),
+                &rec_s,
+                &rec_ns,
+                &r.event_hash.as_bytes().as_slice(),
+            ],
+        )
+        .await
+        .expect("a record");
+        sql.batch_execute(&format!(
+            "INSERT INTO patient_counters VALUES ('{P1}', 1);
+             INSERT INTO grants (grant_event_id, patient_id, granted_by, granted_s, granted_ns,
+                 purposes, kinds, include_sensitive, expires_s, expires_ns, evidence_form_id,
+                 evidence_sha256)
+               VALUES ('\\x{grant}', '{P1}', '{F1}', 1, 0, '{{1}}', '{{}}', '{{}}', 9, 0, 'F',
+                 '\\x00');
+             INSERT INTO break_glass (event_id, patient_id, facility_id, clinician, declared_s,
+                 declared_ns, expires_s, expires_ns)
+               VALUES ('\\x{window}', '{P1}', '{F2}', 'BS', 1, 0, 2, 0);
+             INSERT INTO break_glass_reads VALUES ('\\x{window}', 3);
+             INSERT INTO exchange_matrix VALUES ('{F2}', '{F1}', 2, 1);
+             INSERT INTO chain_links VALUES ('{F1}', 1, '\\x{record}', '\\x00', 0, 1),
+                                            ('registry', 1, '\\x{grant}', '\\x00', 3, 0);
+             INSERT INTO projector_offsets VALUES (0, 2), (3, 1);
+             INSERT INTO stats VALUES (1, '{F1}', 1, 0, 1, 0), (2, '{F2}', 0, 0, 2, 0);
+             INSERT INTO stats_rejected VALUES (1, '{F1}', 3, 1), (2, '{F2}', 4, 1);
+             INSERT INTO rejections (source, facility_id, reason, message, at_s, at_ns)
+               VALUES (1, '{F1}', 3, 'projected', 1, 0), (2, '{F2}', 4, 'ingest', 2, 0);",
+            grant = hex(&event_id(3).to_bytes()),
+            window = hex(&event_id(4).to_bytes()),
+            record = hex(&r.event_id.to_bytes()),
+        ))
+        .await
+        .expect("version 2 data");
+
+        // The upgrade.
+        let store = PgStore::connect(&url, 2)
+            .await
+            .expect("connect and migrate");
+        let versions: Vec<i32> = sql
+            .query(
+                "SELECT version FROM hrx_store_migrations ORDER BY version",
+                &[],
+            )
+            .await
+            .expect("versions")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(versions, vec![1, 2, 3]);
+        let exists = |table: &'static str| {
+            let sql = &sql;
+            async move {
+                sql.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                    .await
+                    .expect("to_regclass")
+                    .get::<_, bool>(0)
+            }
+        };
+        assert!(!exists("grants").await, "the grants table is dropped");
+        assert!(exists("consent_events").await);
+        assert!(exists("patient_request_ids").await);
+
+        // Projections and offsets cleared, for a replay under the new rules.
+        assert!(store.records_after(&p, 0, 10).await.unwrap().is_empty());
+        assert!(store.record_facts(&p).await.unwrap().is_empty());
+        assert!(store.break_glass(&p).await.unwrap().is_empty());
+        assert!(store.consent_events(&p).await.unwrap().is_empty());
+        assert!(store.projected_offsets().await.unwrap().is_empty());
+        for chain in [ChainKey::Facility(f1.clone()), ChainKey::Registry] {
+            let head = ProjectionStore::chain_context(&store, &chain, event_id(9), 2)
+                .await
+                .unwrap()
+                .head;
+            assert_eq!(head.seq, 0, "chain {chain}");
+        }
+        let counters: i64 = sql
+            .query_one("SELECT count(*) FROM patient_counters", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(counters, 0, "patient_seq restarts at 1 on the replay");
+        // Ingest's rows are kept, the projector's are not.
+        let rejections = store.rejections(None, 10).await.unwrap();
+        assert_eq!(
+            rejections
+                .iter()
+                .map(|r| r.message.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ingest"]
+        );
+        let stats = store.facility_stats().await.unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].facility_id, f2);
+
+        // The audit side is kept; the old entry is format 1 and intact.
+        let entries = store.accesses(&p, None, 0, 10).await.unwrap();
+        assert_eq!(entries.len(), 1);
+        let entry = &entries[0];
+        assert_eq!(entry.format, AuditFormat::V1);
+        assert_eq!(entry.event, old);
+        assert_eq!(entry.entry_hash, old_hash);
+        assert!(entry.is_intact(), "a format-1 entry still verifies");
+        assert_eq!(store.exchange_matrix().await.unwrap().len(), 1);
+        let reads: i64 = sql
+            .query_one("SELECT reads FROM break_glass_reads", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(reads, 3);
+        let next = store
+            .append_access(testkit::access(&f2, &p, vec![Basis::Author], 0, 60), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (next.seq, next.prev_hash, next.format),
+            (2, old_hash, AuditFormat::V2)
+        );
+        assert!(next.is_intact());
+        assert_eq!(
+            store.accesses(&p, None, 0, 10).await.unwrap(),
+            vec![entry.clone(), next]
+        );
+
+        // A second start finds nothing to do.
+        drop(store);
+        PgStore::connect(&url, 2).await.expect("reconnect");
+        let n: i64 = sql
+            .query_one("SELECT count(*) FROM hrx_store_migrations", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 3);
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}

@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 use hrx_domain::{Envelope, EventId, PatientId, RecordKind, SensitivityLabel};
-use hrx_ports::{PortResult, StoredRecord, TimelineQuery, TimelineStore};
+use hrx_ports::{PortResult, RecordFactsRow, StoredRecord, TimelineQuery, TimelineStore};
 use tokio_postgres::types::ToSql;
 
 use crate::PgStore;
@@ -184,6 +184,28 @@ impl TimelineStore for PgStore {
         )
         .await?;
         Ok(codec::collect(&rows, decode_record)?)
+    }
+
+    /// In projection order (`patient_seq`); the bodies are not read.
+    async fn record_facts(&self, patient_id: &PatientId) -> PortResult<Vec<RecordFactsRow>> {
+        let what = "reading record facts";
+        let client = self.client(what).await?;
+        let rows = query(
+            &client,
+            what,
+            "SELECT facility_id, kind, occurred_s, occurred_ns, sensitivity FROM records \
+             WHERE patient_id = $1 ORDER BY patient_seq",
+            &[&patient_id.as_str()],
+        )
+        .await?;
+        Ok(codec::collect(&rows, |c| {
+            Ok(RecordFactsRow {
+                facility_id: c.facility()?,
+                kind: c.code(RecordKind::from_code)?,
+                occurred_at: c.ts()?,
+                sensitivity: c.code_list(SensitivityLabel::from_code)?,
+            })
+        })?)
     }
 }
 

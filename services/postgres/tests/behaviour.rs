@@ -15,17 +15,16 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hrx_domain::Reason;
 use hrx_domain::consent::Basis;
-use hrx_domain::event::Grantee;
-use hrx_domain::{Purpose, Reason};
 use hrx_embedded::SqliteNode;
 use hrx_ports::testkit::{
-    self, F1, F2, P1, P2, access, at, event_id, facility, grant, patient, record, record_batch,
-    rejection,
+    self, F1, F2, P1, P2, access, at, consent_event, event_id, facility, patient, record,
+    record_batch, rejection,
 };
 use hrx_ports::{
-    AuditStore, ChainKey, ConsentStore, LogPosition, MonitorStore, NewRecord, PortError,
-    Projection, ProjectionStore, StatsDelta, TimelineStore,
+    AuditStore, ChainKey, ConsentEventKind, ConsentStore, LogPosition, MonitorStore, NewRecord,
+    PortError, Projection, ProjectionStore, StatsDelta, TimelineStore,
 };
 use hrx_postgres::{PgError, PgStore, SCHEMA_VERSION};
 use tokio_postgres::NoTls;
@@ -179,8 +178,14 @@ suite!(
     superseded_records_are_linked,
     timeline_orders_filters_and_pages_without_duplicates_or_skips,
     timestamps_round_trip_exactly_and_order_across_the_range,
-    grants_revocations_and_break_glass_round_trip,
+    consent_events_round_trip_exactly,
+    attested_grants_are_newest_first_since_inclusive_and_limited,
+    break_glass_round_trips_with_reason_and_counts,
+    latest_authored_is_the_facilitys_latest_record_of_the_patient,
+    record_facts_cover_every_record_of_the_patient,
+    claim_request_id_is_single_use_and_forgets_old_ids,
     audit_chain_is_intact_and_counts_exchange,
+    audit_records_every_reader_and_outcome,
     audit_batches_chain_like_single_appends,
     projector_batch_lookups_match_single_ones,
     break_glass_audit_is_idempotent_across_reset,
@@ -365,7 +370,7 @@ async fn the_audit_chain_stays_intact_under_concurrent_appends_from_two_stores()
         returned.push(r.expect("append task"));
     }
 
-    let entries = a.accesses(&p, 0, 1000).await.expect("accesses");
+    let entries = a.accesses(&p, None, 0, 1000).await.expect("accesses");
     assert_eq!(
         entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=2 * EACH).collect::<Vec<_>>()
@@ -491,7 +496,7 @@ async fn large_columns_are_lz4_compressed_where_the_server_has_it() {
 }
 
 /// A batch that fails part-way (a chain link at a taken seq, or a record id already
-/// projected) is a conflict and leaves nothing: no record, grant, rejection, stats or
+/// projected) is a conflict and leaves nothing: no record, consent event, rejection, stats or
 /// link, the offsets and the patient's counter as before, no change signalled.
 #[tokio::test]
 async fn a_failed_apply_leaves_nothing_and_offsets_unchanged() {
@@ -515,10 +520,12 @@ async fn a_failed_apply_leaves_nothing_and_offsets_unchanged() {
         records.extend(extra_record);
         let mut batch = record_batch(&records);
         batch.projections.extend([
-            Projection::Grant {
-                patient_id: p.clone(),
-                state: grant(3, &p, &f, Grantee::AnyFacility, vec![Purpose::Treatment]),
-            },
+            Projection::ConsentEvent(consent_event(
+                3,
+                ConsentEventKind::AttestedGrant,
+                &p,
+                Some(&f),
+            )),
             Projection::Rejection(rejection(4, Some(&f), Reason::InvalidField, 4, None)),
         ]);
         batch.stats.push(StatsDelta {
@@ -552,7 +559,18 @@ async fn a_failed_apply_leaves_nothing_and_offsets_unchanged() {
             "{name}"
         );
         assert_eq!(store.record(event_id(2)).await.expect("record"), None);
-        assert!(store.grants(&p).await.expect("grants").is_empty(), "{name}");
+        assert!(
+            store
+                .consent_events(&p)
+                .await
+                .expect("consent events")
+                .is_empty(),
+            "{name}"
+        );
+        assert!(
+            !store.event_id_taken(event_id(3)).await.expect("ids"),
+            "{name}"
+        );
         assert!(
             store
                 .rejections(None, 10)
@@ -587,6 +605,42 @@ async fn a_failed_apply_leaves_nothing_and_offsets_unchanged() {
         all.iter().map(|r| r.patient_seq).collect::<Vec<_>>(),
         vec![1, 2]
     );
+}
+
+/// Consent event ids are unique: a batch reusing one (which the projector's
+/// `event_ids_taken` check should have turned into a rejection) is a conflict naming no
+/// patient, and leaves nothing of itself.
+#[tokio::test]
+async fn a_consent_event_id_already_projected_fails_the_batch() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = db.store().await;
+    let p = patient(P1);
+    let first = consent_event(1, ConsentEventKind::PatientGrant, &p, None);
+    store
+        .apply(testkit::consent_batch(std::slice::from_ref(&first)))
+        .await
+        .expect("apply");
+    let reused = hrx_ports::ProjectionBatch {
+        offsets: vec![(0, 3)],
+        ..testkit::consent_batch(&[
+            consent_event(2, ConsentEventKind::PatientRevocation, &p, None),
+            hrx_ports::ConsentEventRow {
+                kind: ConsentEventKind::PatientDecline,
+                ..first.clone()
+            },
+        ])
+    };
+    match store.apply(reused).await {
+        Err(PortError::Conflict(m)) => assert!(!m.contains(P1), "no patient id in {m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        store.consent_events(&p).await.expect("consent events"),
+        vec![first]
+    );
+    assert!(store.projected_offsets().await.expect("offsets").is_empty());
 }
 
 /// A large batch (thousands of records over many patients, with their links and
@@ -684,7 +738,14 @@ async fn the_audit_log_is_append_only_in_the_database() {
     ] {
         assert!(sql.batch_execute(edit).await.is_err(), "{edit} must fail");
     }
-    assert_eq!(store.accesses(&p, 0, 10).await.expect("accesses").len(), 1);
+    assert_eq!(
+        store
+            .accesses(&p, None, 0, 10)
+            .await
+            .expect("accesses")
+            .len(),
+        1
+    );
 }
 
 /// Dropped connections (a server restart, an idle kill) are `Unavailable`, never a

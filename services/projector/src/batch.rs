@@ -5,18 +5,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use hrx_domain::audit::{AccessAction, AccessEvent};
+use hrx_consent::state::{Earlier, facility_facts, kind_of_fact};
+use hrx_domain::audit::{AccessAction, AccessEvent, AccessOutcome, Reader};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
-use hrx_domain::consent::{Basis, BreakGlassWindow, GrantState};
+use hrx_domain::consent::{
+    Basis, BreakGlassWindow, Classified, ConsentFact, ConsentPolicy, classify,
+};
 use hrx_domain::dsse::PayloadType;
 use hrx_domain::event::{Body, FacilityHeader, RegistryBody, unchecked};
 use hrx_domain::verify::{self, KeyOwner, KeyRecord, SignatureMemo, Verdict};
-use hrx_domain::{
-    EventId, FacilityId, KeyId, PatientId, Purpose, Reason, Rejection, Sha256, Timestamp,
-};
+use hrx_domain::{EventId, FacilityId, KeyId, Purpose, Reason, Rejection, Sha256, Timestamp};
 use hrx_ports::{
-    BreakGlassUse, ChainKey, ChainLink, FacilityInfo, LogEntry, NewRecord, PortResult, Projection,
-    ProjectionBatch, RejectionRow, StatsDelta, Store,
+    BreakGlassUse, ChainKey, ChainLink, ConsentEventRow, FacilityInfo, LogEntry, NewRecord,
+    PortResult, Projection, ProjectionBatch, RejectionRow, StatsDelta, Store,
 };
 use hrx_proto::codec;
 
@@ -26,11 +27,15 @@ struct Builder<'s> {
     keys: HashMap<KeyId, KeyRecord>,
     verified: &'s SignatureMemo,
     batch: ProjectionBatch,
+    policy: &'s ConsentPolicy,
     /// Heads after this batch's links, per chain.
     heads: HashMap<ChainKey, ChainHead>,
-    /// Grants projected in this batch (a revocation may follow in the same batch).
-    grants: HashMap<EventId, PatientId>,
-    /// Event ids of records, grants and break-glass declarations in this batch.
+    /// Per facility, what its events earlier in this batch leave for its later ones
+    /// (standing, attested grants, break-glass windows): the store has them only after
+    /// the batch is applied.
+    earlier: HashMap<FacilityId, Vec<Earlier>>,
+    /// Event ids of the records, consent events and break-glass declarations in this
+    /// batch.
     used_ids: HashSet<EventId>,
     /// Facilities registered in this batch.
     facilities: HashSet<FacilityId>,
@@ -93,6 +98,7 @@ pub(crate) async fn build(
     store: &dyn Store,
     keys: &HashMap<KeyId, KeyRecord>,
     verified: &SignatureMemo,
+    policy: &ConsentPolicy,
     entries: Vec<LogEntry>,
 ) -> PortResult<(ProjectionBatch, HashMap<KeyId, KeyRecord>)> {
     // Facility events decoded once, before verification: their claimed chain links
@@ -101,8 +107,10 @@ pub(crate) async fn build(
         .iter()
         .map(
             |entry| match PayloadType::parse(&entry.envelope.payload_type) {
-                Some(PayloadType::RegistryEvent) => None,
-                _ => codec::decode_facility_event(&entry.envelope.payload).ok(),
+                Some(PayloadType::FacilityEvent) | None => {
+                    codec::decode_facility_event(&entry.envelope.payload).ok()
+                }
+                _ => None,
             },
         )
         .collect();
@@ -111,9 +119,10 @@ pub(crate) async fn build(
         store,
         keys: keys.clone(),
         verified,
+        policy,
         batch: ProjectionBatch::default(),
         heads: HashMap::new(),
-        grants: HashMap::new(),
+        earlier: HashMap::new(),
         used_ids: HashSet::new(),
         facilities: HashSet::new(),
         stats: HashMap::new(),
@@ -243,6 +252,7 @@ impl Builder<'_> {
     ) -> PortResult<()> {
         match PayloadType::parse(&entry.envelope.payload_type) {
             Some(PayloadType::RegistryEvent) => self.registry(entry).await,
+            Some(PayloadType::PatientStatement) => self.statement(entry).await,
             _ => self.facility(entry, decoded).await,
         }
     }
@@ -292,7 +302,7 @@ impl Builder<'_> {
             }
             Verdict::Accepted(e) => {
                 self.link(chain, &link, hash, &entry);
-                match self.body(&entry, &facility, &link, hash, e.body).await? {
+                match self.body(&entry, &facility, &e.header, hash, e.body).await? {
                     Ok(p) => {
                         self.batch.projections.push(p);
                         self.stats(&facility, link.recorded_at).accepted += 1;
@@ -304,29 +314,57 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Whether `id` is used by an earlier event (this batch's or the store's). Event
+    /// ids are unique across the exchange: a reused one (another facility's, or a
+    /// patient's statement id) is refused here rather than failing the batch in the
+    /// store.
+    async fn id_reused(&mut self, id: EventId) -> PortResult<bool> {
+        if self.used_ids.contains(&id) || self.id_taken(id).await? {
+            return Ok(true);
+        }
+        self.used_ids.insert(id);
+        Ok(false)
+    }
+
     /// The projection of a valid body, or a rejection that needs projected state to
-    /// decide (a revocation of a grant that doesn't exist or is another patient's).
+    /// decide: a reused event id, and what a facility's consent events are judged
+    /// against in its own chain (standing, grantor, break-glass limits).
     async fn body(
         &mut self,
         entry: &LogEntry,
         facility: &FacilityId,
-        link: &hrx_domain::event::Link,
+        header: &FacilityHeader,
         hash: Sha256,
         body: Body,
     ) -> PortResult<Result<Projection, Rejection>> {
-        // Event ids are unique across the exchange: a reused one (another facility's,
-        // or a revocation's) is refused here rather than failing the batch in the store.
-        if !matches!(body, Body::ConsentRevocation(_)) {
-            if self.used_ids.contains(&link.event_id) || self.id_taken(link.event_id).await? {
-                return Ok(Err(Rejection::invalid_field(
-                    "header.event_id",
-                    "already used by another event",
-                )));
-            }
-            self.used_ids.insert(link.event_id);
+        let link = &header.link;
+        if self.id_reused(link.event_id).await? {
+            return Ok(Err(Rejection::invalid_field(
+                "header.event_id",
+                "already used by another event",
+            )));
         }
-        Ok(Ok(match body {
-            Body::Record(r) => Projection::Record(NewRecord {
+        let earlier = self.earlier.get(facility).map(Vec::as_slice).unwrap_or(&[]);
+        let facts = facility_facts(self.store, facility, header, &body, earlier).await?;
+        if let Err(rejection) =
+            hrx_domain::consent::check_facility_event(self.policy, header, &body, &facts)
+        {
+            return Ok(Err(rejection));
+        }
+        if let Some(e) = Earlier::of(header, &body) {
+            self.earlier.entry(facility.clone()).or_default().push(e);
+        }
+        let patient_id = body.patient_id().clone();
+        Ok(Ok(match classify(facility, body) {
+            Classified::Consent(fact) => Projection::ConsentEvent(ConsentEventRow {
+                event_id: link.event_id,
+                patient_id,
+                kind: kind_of_fact(&fact),
+                facility_id: Some(facility.clone()),
+                received_at: entry.appended_at,
+                envelope: entry.envelope.clone(),
+            }),
+            Classified::Record(r) => Projection::Record(NewRecord {
                 event_id: link.event_id,
                 facility_id: facility.clone(),
                 seq: link.seq,
@@ -342,37 +380,7 @@ impl Builder<'_> {
                 position: entry.position,
                 envelope: entry.envelope.clone(),
             }),
-            Body::ConsentGrant(g) => {
-                self.grants.insert(link.event_id, g.patient_id.clone());
-                Projection::Grant {
-                    patient_id: g.patient_id.clone(),
-                    state: GrantState {
-                        grant_event_id: link.event_id,
-                        granted_by: facility.clone(),
-                        granted_at: link.recorded_at,
-                        grant: g,
-                        revoked_at: None,
-                    },
-                }
-            }
-            Body::ConsentRevocation(r) => {
-                let patient = match self.grants.get(&r.grant_event_id) {
-                    Some(p) => Some(p.clone()),
-                    None => self.store.grant(r.grant_event_id).await?.map(|(p, _)| p),
-                };
-                if patient.as_ref() != Some(&r.patient_id) {
-                    return Ok(Err(Rejection::invalid_field(
-                        "consent_revocation.grant_event_id",
-                        "no grant with this event id for this patient",
-                    )));
-                }
-                Projection::Revocation {
-                    grant_event_id: r.grant_event_id,
-                    revoked_at: link.recorded_at,
-                    revoked_by: link.event_id,
-                }
-            }
-            Body::BreakGlass(b) => {
+            Classified::BreakGlass(b) => {
                 let window = BreakGlassWindow {
                     event_id: link.event_id,
                     facility_id: facility.clone(),
@@ -380,14 +388,15 @@ impl Builder<'_> {
                     expires_at: b.expires_at,
                 };
                 let audit = AccessEvent {
-                    reader: facility.clone(),
+                    reader: Reader::Facility(facility.clone()),
                     patient: b.patient_id.clone(),
-                    purpose: Purpose::Emergency,
+                    purpose: Some(Purpose::Emergency),
                     action: AccessAction::BreakGlass,
                     bases: vec![Basis::BreakGlass(link.event_id)],
                     records_returned: 0,
                     records_withheld: 0,
                     at: link.recorded_at,
+                    outcome: AccessOutcome::Allowed,
                 };
                 tracing::warn!(
                     facility = %facility,
@@ -399,12 +408,53 @@ impl Builder<'_> {
                         window,
                         patient_id: b.patient_id,
                         clinician: b.clinician,
+                        reason: b.reason,
                         reads: 0,
                     },
                     audit,
                 )
             }
         }))
+    }
+
+    /// A patient statement: verified from its own bytes (its header names the signing
+    /// key). Whether that key was the patient's when the exchange received it is the
+    /// consent state's to decide, from the log alone, whatever order the log's
+    /// partitions are projected in.
+    async fn statement(&mut self, entry: LogEntry) -> PortResult<()> {
+        let verified = hrx_domain::patient::verify_statement(
+            &entry.envelope,
+            entry.appended_at,
+            codec::decode_patient_statement,
+        );
+        let statement = match verified {
+            Ok(s) => s,
+            Err(rejection) => {
+                self.reject(&entry, None, None, &rejection);
+                return Ok(());
+            }
+        };
+        let id = statement.header.statement_id;
+        if self.id_reused(id).await? {
+            let rejection = Rejection::invalid_field(
+                "statement.header.statement_id",
+                "already used by another event",
+            );
+            self.reject(&entry, None, None, &rejection);
+            return Ok(());
+        }
+        let fact = ConsentFact::of_statement(&statement);
+        self.batch
+            .projections
+            .push(Projection::ConsentEvent(ConsentEventRow {
+                event_id: id,
+                patient_id: statement.header.patient_id.clone(),
+                kind: kind_of_fact(&fact),
+                facility_id: None,
+                received_at: entry.appended_at,
+                envelope: entry.envelope,
+            }));
+        Ok(())
     }
 
     async fn registry(&mut self, entry: LogEntry) -> PortResult<()> {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hrx_domain::KeyId;
+use hrx_domain::consent::ConsentPolicy;
 use hrx_domain::verify::{KeyRecord, SignatureMemo};
 use hrx_ports::{ChainKey, EventLog, PortError, Store};
 
@@ -35,6 +36,8 @@ pub struct ProjectorConfig {
     pub group: String,
     /// Signatures this process already verified (by its ingest): not verified twice.
     pub verified: Arc<SignatureMemo>,
+    /// The bounds of facility consent events; the same as ingest's.
+    pub policy: ConsentPolicy,
 }
 
 impl ProjectorConfig {
@@ -45,6 +48,7 @@ impl ProjectorConfig {
             idle_wait: Duration::from_millis(500),
             group: "hrx-projector".into(),
             verified: Arc::default(),
+            policy: ConsentPolicy::default(),
         }
     }
 }
@@ -168,7 +172,14 @@ impl Projector {
             .map(|e| e.position.offset + 1)
             .unwrap_or(from);
         let (mut batch, keys) =
-            batch::build(&*self.store, &self.keys, &self.config.verified, entries).await?;
+            batch::build(
+                &*self.store,
+                &self.keys,
+                &self.config.verified,
+                &self.config.policy,
+                entries,
+            )
+            .await?;
         batch.offsets.push((partition, next));
         batch.expected_offsets.push((partition, from));
         match self.store.apply(batch).await {

@@ -5,6 +5,7 @@
 //! that there is one place where validity is defined.
 
 use hrx_domain::event::unchecked;
+use hrx_domain::patient::raw;
 use hrx_domain::{Envelope, Rejection, Timestamp};
 use prost::Message;
 
@@ -66,10 +67,106 @@ pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     }
 }
 
+/// A domain duration on the wire.
+pub fn duration(d: hrx_domain::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.seconds(),
+        nanos: d.nanos(),
+    }
+}
+
 fn evidence(e: Option<v1::ConsentEvidence>) -> Option<unchecked::Evidence> {
     e.map(|e| unchecked::Evidence {
         form_id: e.form_id,
         sha256: e.sha256,
+    })
+}
+
+fn grant(g: v1::ConsentGrant) -> unchecked::ConsentGrant {
+    unchecked::ConsentGrant {
+        patient_id: g.patient_id,
+        purposes: g.purposes,
+        kinds: g.kinds,
+        include_sensitive: g.include_sensitive,
+        data_from: raw(g.data_from),
+        data_until: raw(g.data_until),
+        expires_at: raw(g.expires_at),
+        evidence: evidence(g.evidence),
+        request_event_id: g.request_event_id,
+        grantee: g.grantee.map(|g| match g {
+            v1::consent_grant::Grantee::GranteeFacilityId(f) => unchecked::Grantee::Facility(f),
+            v1::consent_grant::Grantee::AnyFacility(a) => unchecked::Grantee::AnyFacility(a),
+        }),
+    }
+}
+
+fn revocation(r: v1::ConsentRevocation) -> unchecked::ConsentRevocation {
+    unchecked::ConsentRevocation {
+        patient_id: r.patient_id,
+        grant_event_id: r.grant_event_id,
+        evidence: evidence(r.evidence),
+    }
+}
+
+/// A proof-of-possession envelope, with its `PatientKeyProof` payload decoded when it
+/// decodes (the domain checks the rest).
+fn proof(e: Option<v1::SignedEnvelope>) -> Option<raw::Proof> {
+    e.map(|e| {
+        let decoded = v1::PatientKeyProof::decode(e.payload.as_slice())
+            .ok()
+            .map(|p| raw::KeyProof {
+                patient_id: p.patient_id,
+                public_key: p.public_key,
+                facility_id: p.facility_id,
+                proved_at: raw(p.proved_at),
+            });
+        raw::Proof {
+            envelope: e.into(),
+            decoded,
+        }
+    })
+}
+
+/// Decodes a patient-statement payload into its raw form.
+pub fn decode_patient_statement(payload: &[u8]) -> Result<raw::Statement, DecodeError> {
+    use v1::patient_statement::Body as W;
+    let s = v1::PatientStatement::decode(payload)?;
+    Ok(raw::Statement {
+        header: s.header.map(|h| raw::StatementHeader {
+            statement_id: h.statement_id,
+            patient_id: h.patient_id,
+            public_key: h.public_key,
+            signed_at: raw(h.signed_at),
+        }),
+        body: s.body.map(|b| match b {
+            W::ConsentGrant(g) => raw::StatementBody::ConsentGrant(grant(g)),
+            W::ConsentRevocation(r) => raw::StatementBody::ConsentRevocation(revocation(r)),
+            W::ConsentDecline(d) => raw::StatementBody::ConsentDecline {
+                request_event_id: d.request_event_id,
+            },
+            W::KeyRotation(k) => raw::StatementBody::KeyRotation {
+                new_public_key: k.new_public_key,
+                proof: proof(k.proof),
+            },
+            W::KeyRevocation(k) => raw::StatementBody::KeyRevocation { reason: k.reason },
+        }),
+    })
+}
+
+/// Decodes a patient-request payload into its raw form.
+pub fn decode_patient_request(payload: &[u8]) -> Result<raw::Request, DecodeError> {
+    let r = v1::PatientRequest::decode(payload)?;
+    Ok(raw::Request {
+        request_id: r.request_id,
+        patient_id: r.patient_id,
+        public_key: r.public_key,
+        issued_at: raw(r.issued_at),
+        query: r.query.map(|q| match q {
+            v1::patient_request::Query::View(v) => raw::Query::View {
+                page_size: v.accesses_page_size,
+                cursor: v.accesses_cursor,
+            },
+        }),
     })
 }
 
@@ -96,31 +193,25 @@ pub fn decode_facility_event(payload: &[u8]) -> Result<unchecked::FacilityEvent,
                 content_type: r.content_type,
                 body: r.body,
             }),
-            W::ConsentGrant(g) => unchecked::Body::ConsentGrant(unchecked::ConsentGrant {
-                patient_id: g.patient_id,
-                purposes: g.purposes,
-                kinds: g.kinds,
-                include_sensitive: g.include_sensitive,
-                data_from: raw(g.data_from),
-                data_until: raw(g.data_until),
-                expires_at: raw(g.expires_at),
-                evidence: evidence(g.evidence),
-                grantee: g.grantee.map(|g| match g {
-                    v1::consent_grant::Grantee::GranteeFacilityId(f) => {
-                        unchecked::Grantee::Facility(f)
-                    }
-                    v1::consent_grant::Grantee::AnyFacility(a) => {
-                        unchecked::Grantee::AnyFacility(a)
-                    }
-                }),
-            }),
-            W::ConsentRevocation(r) => {
-                unchecked::Body::ConsentRevocation(unchecked::ConsentRevocation {
-                    patient_id: r.patient_id,
-                    grant_event_id: r.grant_event_id,
-                    evidence: evidence(r.evidence),
+            W::ConsentGrant(g) => unchecked::Body::ConsentGrant(grant(g)),
+            W::ConsentRevocation(r) => unchecked::Body::ConsentRevocation(revocation(r)),
+            W::PatientKeyEnrollment(e) => {
+                unchecked::Body::PatientKeyEnrollment(unchecked::PatientKeyEnrollment {
+                    patient_id: e.patient_id,
+                    public_key: e.public_key,
+                    proof: proof(e.proof),
                 })
             }
+            W::ConsentRequest(r) => unchecked::Body::ConsentRequest(unchecked::ConsentRequest {
+                patient_id: r.patient_id,
+                purposes: r.purposes,
+                kinds: r.kinds,
+                data_from: raw(r.data_from),
+                data_until: raw(r.data_until),
+                duration: raw_duration(r.duration),
+                reason: r.reason,
+                include_sensitive: r.include_sensitive,
+            }),
             W::BreakGlass(b) => unchecked::Body::BreakGlass(unchecked::BreakGlass {
                 patient_id: b.patient_id,
                 reason: b.reason,

@@ -1,9 +1,10 @@
 //! Registry: the national center registers facilities and their signing keys as
 //! registry events signed by the national root key (`hrx.v1.RegistryService`).
 //!
-//! Submissions are verified against the root key and the registry chain in the log,
-//! appended, and answered once the projector has applied them (or after a timeout),
-//! so that a facility registered by one call can submit events in the next.
+//! [`Registry`] is the logic, independent of any transport: submissions are verified
+//! against the root key and the registry chain in the log, appended, and answered once
+//! the projector has applied them (or after a timeout), so that a facility registered
+//! by one call can submit events in the next. [`RegistryGrpc`] is its gRPC face.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +17,23 @@ use hrx_ports::{
 };
 use hrx_proto::{codec, v1};
 use hrx_rpc::chains::ChainLocks;
-use hrx_rpc::error::{RequestError, status};
+use hrx_rpc::auth::Principal;
+use hrx_rpc::error::{ErrorCode, RequestError, ServiceError, status};
 use hrx_rpc::{auth, wire};
 use tonic::{Request, Response, Status};
 
-/// `RegistryService` over the log and the store.
+/// What the registry answers for one submitted registry event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    pub event_hash: hrx_domain::Sha256,
+    pub verdict: Verdict<()>,
+    /// Where it went in the log (accepted, or rejected for content only).
+    pub position: Option<LogPosition>,
+}
+
+/// The registry's logic, independent of any transport.
 #[derive(Clone)]
-pub struct RegistryGrpc {
+pub struct Registry {
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
     locks: ChainLocks,
@@ -31,13 +42,16 @@ pub struct RegistryGrpc {
     projection_wait: Duration,
 }
 
-impl std::fmt::Debug for RegistryGrpc {
+impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryGrpc").finish_non_exhaustive()
+        f.debug_struct("Registry").finish_non_exhaustive()
     }
 }
 
-impl RegistryGrpc {
+/// Most registry events in one submission.
+pub const MAX_BATCH: usize = 1000;
+
+impl Registry {
     pub fn new(
         log: Arc<dyn EventLog>,
         store: Arc<dyn Store>,
@@ -53,11 +67,8 @@ impl RegistryGrpc {
         }
     }
 
-    pub fn into_server(self) -> v1::registry_service_server::RegistryServiceServer<Self> {
-        v1::registry_service_server::RegistryServiceServer::new(self)
-    }
-
-    async fn head(&self) -> PortResult<ChainHead> {
+    /// The registry chain's head in the log.
+    pub async fn head(&self) -> PortResult<ChainHead> {
         let probe = EventId::from_bytes([0; 16]);
         Ok(self
             .log
@@ -88,6 +99,133 @@ impl RegistryGrpc {
             }
         }
     }
+
+    /// Verifies registry events against the root key and the registry chain, appends
+    /// those that extend it, and answers once they are projected (or after a timeout),
+    /// so that a facility registered by one call can submit events in the next. Only
+    /// the national center may submit.
+    pub async fn submit(
+        &self,
+        caller: &Principal,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<Submitted>, RegistryError> {
+        if *caller != Principal::NationalCenter {
+            return Err(RequestError::PermissionDenied("only the national center may call this").into());
+        }
+        if envelopes.len() > MAX_BATCH {
+            return Err(RequestError::invalid("envelopes", "at most 1000 per call").into());
+        }
+        let _guard = self.locks.lock(&ChainKey::Registry).await;
+        let mut results = Vec::with_capacity(envelopes.len());
+        let mut last = None;
+        for envelope in envelopes {
+            let head = self.head().await?;
+            let event_hash = envelope.event_hash();
+            let verdict = verify::verify_registry_envelope(
+                &envelope,
+                &*self.root_keys,
+                head,
+                codec::decode_registry_event,
+            );
+            let link = match &verdict {
+                Verdict::Accepted(e) => Some(e.header.link.clone()),
+                Verdict::Rejected {
+                    extends_chain: true,
+                    ..
+                } => codec::decode_registry_event(&envelope.payload)
+                    .ok()
+                    .and_then(|e| e.header)
+                    .and_then(|h| hrx_domain::event::RegistryHeader::parse(&h).ok())
+                    .map(|h| h.link),
+                _ => None,
+            };
+            let mut position = None;
+            if let Some(link) = link {
+                let append = Append {
+                    chain: ChainKey::Registry,
+                    seq: link.seq,
+                    event_id: link.event_id,
+                    event_hash,
+                    envelope,
+                };
+                let at = self.log.append(vec![append]).await?[0];
+                position = Some(at);
+                last = Some(at);
+            }
+            results.push(Submitted {
+                event_hash,
+                verdict: verdict.map(|_| ()),
+                position,
+            });
+        }
+        if let Some(position) = last {
+            self.projected(position).await;
+        }
+        Ok(results)
+    }
+
+    /// Registered facilities (of a province, when given) with their keys.
+    pub async fn facilities(&self, province: &str) -> PortResult<Vec<(FacilityInfo, Vec<KeyInfo>)>> {
+        let all = self.store.facilities().await?;
+        let keys = self.store.keys(None).await?;
+        Ok(all
+            .into_iter()
+            .filter(|f| province.is_empty() || f.province == province)
+            .map(|f| {
+                let own = keys
+                    .iter()
+                    .filter(|k| k.key.owner == KeyOwner::Facility(f.facility_id.clone()))
+                    .cloned()
+                    .collect();
+                (f, own)
+            })
+            .collect())
+    }
+
+    /// One facility with its keys.
+    pub async fn facility(&self, id: &FacilityId) -> Result<(FacilityInfo, Vec<KeyInfo>), RegistryError> {
+        let f = self
+            .store
+            .facility(id)
+            .await?
+            .ok_or(RequestError::NotFound("facility"))?;
+        let keys = self.store.keys(Some(id)).await?;
+        Ok((f, keys))
+    }
+}
+
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Port(#[from] hrx_ports::PortError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+impl ServiceError for RegistryError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            RegistryError::Port(e) => e.code(),
+            RegistryError::Request(e) => e.code(),
+        }
+    }
+}
+
+/// `RegistryService` over the registry core.
+#[derive(Clone, Debug)]
+pub struct RegistryGrpc {
+    core: Registry,
+}
+
+impl RegistryGrpc {
+    pub fn new(core: Registry) -> Self {
+        Self { core }
+    }
+
+    pub fn into_server(self) -> v1::registry_service_server::RegistryServiceServer<Self> {
+        v1::registry_service_server::RegistryServiceServer::new(self)
+    }
 }
 
 fn facility(f: FacilityInfo, keys: Vec<KeyInfo>) -> v1::Facility {
@@ -109,84 +247,48 @@ fn facility(f: FacilityInfo, keys: Vec<KeyInfo>) -> v1::Facility {
     }
 }
 
+fn result(s: Submitted) -> v1::SubmitResult {
+    let mut result = v1::SubmitResult {
+        event_hash: s.event_hash.as_bytes().to_vec(),
+        position: s.position.map(wire::position),
+        ..Default::default()
+    };
+    match s.verdict {
+        Verdict::Accepted(()) => result.status = v1::SubmitStatus::Accepted as i32,
+        Verdict::Duplicate => result.status = v1::SubmitStatus::Duplicate as i32,
+        Verdict::Rejected {
+            rejection,
+            extends_chain,
+        } => {
+            result.status = v1::SubmitStatus::Rejected as i32;
+            result.rejection = Some(codec::rejection(&rejection));
+            result.extends_chain = extends_chain;
+        }
+    }
+    result
+}
+
 #[tonic::async_trait]
 impl v1::registry_service_server::RegistryService for RegistryGrpc {
     async fn submit_registry_events(
         &self,
         request: Request<v1::SubmitRegistryEventsRequest>,
     ) -> Result<Response<v1::SubmitEventsResponse>, Status> {
-        auth::national_center(&auth::caller(&request)?)?;
+        let caller = auth::caller(&request)?;
         let envelopes: Vec<Envelope> = request
             .into_inner()
             .envelopes
             .into_iter()
             .map(Envelope::from)
             .collect();
-        if envelopes.len() > 1000 {
-            return Err(RequestError::invalid("envelopes", "at most 1000 per call").into());
-        }
-        let _guard = self.locks.lock(&ChainKey::Registry).await;
-        let mut results = Vec::with_capacity(envelopes.len());
-        let mut last = None;
-        for envelope in envelopes {
-            let head = self.head().await.map_err(|e| status(&e))?;
-            let event_hash = envelope.event_hash();
-            let verdict = verify::verify_registry_envelope(
-                &envelope,
-                &*self.root_keys,
-                head,
-                codec::decode_registry_event,
-            );
-            let mut result = v1::SubmitResult {
-                event_hash: event_hash.as_bytes().to_vec(),
-                ..Default::default()
-            };
-            let link = match &verdict {
-                Verdict::Accepted(e) => Some(e.header.link.clone()),
-                Verdict::Rejected {
-                    extends_chain: true,
-                    ..
-                } => codec::decode_registry_event(&envelope.payload)
-                    .ok()
-                    .and_then(|e| e.header)
-                    .and_then(|h| hrx_domain::event::RegistryHeader::parse(&h).ok())
-                    .map(|h| h.link),
-                _ => None,
-            };
-            if let Some(link) = link {
-                let append = Append {
-                    chain: ChainKey::Registry,
-                    seq: link.seq,
-                    event_id: link.event_id,
-                    event_hash,
-                    envelope,
-                };
-                let position = self
-                    .log
-                    .append(vec![append])
-                    .await
-                    .map_err(|e| status(&e))?[0];
-                result.position = Some(wire::position(position));
-                last = Some(position);
-            }
-            match verdict {
-                Verdict::Accepted(_) => result.status = v1::SubmitStatus::Accepted as i32,
-                Verdict::Duplicate => result.status = v1::SubmitStatus::Duplicate as i32,
-                Verdict::Rejected {
-                    rejection,
-                    extends_chain,
-                } => {
-                    result.status = v1::SubmitStatus::Rejected as i32;
-                    result.rejection = Some(codec::rejection(&rejection));
-                    result.extends_chain = extends_chain;
-                }
-            }
-            results.push(result);
-        }
-        if let Some(position) = last {
-            self.projected(position).await;
-        }
-        Ok(Response::new(v1::SubmitEventsResponse { results }))
+        let submitted = self
+            .core
+            .submit(&caller, envelopes)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(v1::SubmitEventsResponse {
+            results: submitted.into_iter().map(result).collect(),
+        }))
     }
 
     async fn list_facilities(
@@ -195,19 +297,13 @@ impl v1::registry_service_server::RegistryService for RegistryGrpc {
     ) -> Result<Response<v1::ListFacilitiesResponse>, Status> {
         auth::caller(&request)?;
         let province = request.into_inner().province;
-        let all = self.store.facilities().await.map_err(|e| status(&e))?;
-        let keys = self.store.keys(None).await.map_err(|e| status(&e))?;
-        let facilities = all
+        let facilities = self
+            .core
+            .facilities(&province)
+            .await
+            .map_err(|e| status(&e))?
             .into_iter()
-            .filter(|f| province.is_empty() || f.province == province)
-            .map(|f| {
-                let own = keys
-                    .iter()
-                    .filter(|k| k.key.owner == KeyOwner::Facility(f.facility_id.clone()))
-                    .cloned()
-                    .collect();
-                facility(f, own)
-            })
+            .map(|(f, keys)| facility(f, keys))
             .collect();
         Ok(Response::new(v1::ListFacilitiesResponse { facilities }))
     }
@@ -218,13 +314,7 @@ impl v1::registry_service_server::RegistryService for RegistryGrpc {
     ) -> Result<Response<v1::Facility>, Status> {
         auth::caller(&request)?;
         let id: FacilityId = wire::facility("facility_id", &request.get_ref().facility_id)?;
-        let f = self
-            .store
-            .facility(&id)
-            .await
-            .map_err(|e| status(&e))?
-            .ok_or(RequestError::NotFound("facility"))?;
-        let keys = self.store.keys(Some(&id)).await.map_err(|e| status(&e))?;
+        let (f, keys) = self.core.facility(&id).await.map_err(|e| status(&e))?;
         Ok(Response::new(facility(f, keys)))
     }
 
@@ -233,7 +323,7 @@ impl v1::registry_service_server::RegistryService for RegistryGrpc {
         request: Request<v1::GetRegistryHeadRequest>,
     ) -> Result<Response<v1::ChainHead>, Status> {
         auth::caller(&request)?;
-        let head = self.head().await.map_err(|e| status(&e))?;
+        let head = self.core.head().await.map_err(|e| status(&e))?;
         Ok(Response::new(v1::ChainHead {
             seq: head.seq,
             event_hash: head.event_hash.as_bytes().to_vec(),

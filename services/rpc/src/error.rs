@@ -104,6 +104,9 @@ pub enum RequestError {
     PermissionDenied(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The caller could not be identified (a patient request that does not verify).
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 impl RequestError {
@@ -121,6 +124,7 @@ impl ServiceError for RequestError {
             RequestError::Invalid { .. } => ErrorCode::InvalidArgument,
             RequestError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             RequestError::NotFound(_) => ErrorCode::NotFound,
+            RequestError::Unauthenticated(_) => ErrorCode::Unauthenticated,
         }
     }
 }

@@ -2,10 +2,10 @@
 //! parsed into domain types here, with an INVALID_ARGUMENT naming the field.
 
 use hrx_domain::audit::AuditEntry;
-use hrx_domain::consent::{Basis, GrantState, GrantStatus};
-use hrx_domain::event::Grantee;
+use hrx_domain::consent::{Basis, ConsentForm};
+use hrx_domain::event::{ConsentGrant, Grantee};
 use hrx_domain::{EventId, FacilityId, PatientId, Purpose, RecordKind, Timestamp};
-use hrx_ports::{LogPosition, StoredRecord};
+use hrx_ports::{BreakGlassUse, LogPosition, StoredRecord};
 use hrx_proto::codec;
 use hrx_proto::v1;
 
@@ -57,15 +57,25 @@ pub fn position(p: LogPosition) -> v1::LogPosition {
     }
 }
 
+pub fn form(f: ConsentForm) -> v1::ConsentForm {
+    match f {
+        ConsentForm::PatientSigned => v1::ConsentForm::PatientSigned,
+        ConsentForm::Attested => v1::ConsentForm::Attested,
+    }
+}
+
 pub fn basis(b: &Basis) -> v1::Basis {
-    let (basis, source) = match b {
-        Basis::Author => (v1::AccessBasis::Author, String::new()),
-        Basis::Consent(id) => (v1::AccessBasis::Consent, id.to_string()),
-        Basis::BreakGlass(id) => (v1::AccessBasis::BreakGlass, id.to_string()),
+    let (basis, source, consent_form) = match b {
+        Basis::Author => (v1::AccessBasis::Author, String::new(), None),
+        Basis::Consent { grant, form: f } => {
+            (v1::AccessBasis::Consent, grant.to_string(), Some(form(*f)))
+        }
+        Basis::BreakGlass(id) => (v1::AccessBasis::BreakGlass, id.to_string(), None),
     };
     v1::Basis {
         basis: basis as i32,
         source_event_id: source,
+        form: consent_form.unwrap_or(v1::ConsentForm::Unspecified) as i32,
     }
 }
 
@@ -96,36 +106,22 @@ fn evidence(e: &hrx_domain::event::Evidence) -> v1::ConsentEvidence {
     }
 }
 
-/// A grant as the patient's view shows it.
-pub fn grant(g: &GrantState, now: Timestamp) -> v1::GrantView {
-    let c = &g.grant;
-    let status = match g.status(now) {
-        GrantStatus::Active | GrantStatus::NotYetValid => v1::GrantStatus::Active,
-        GrantStatus::Revoked => v1::GrantStatus::Revoked,
-        GrantStatus::Expired => v1::GrantStatus::Expired,
-    };
-    v1::GrantView {
-        grant_event_id: g.grant_event_id.to_string(),
-        granted_by_facility_id: g.granted_by.to_string(),
-        grant: Some(v1::ConsentGrant {
-            patient_id: c.patient_id.to_string(),
-            purposes: c.purposes.iter().map(|p| p.code()).collect(),
-            kinds: c.kinds.iter().map(|k| k.code()).collect(),
-            include_sensitive: c.include_sensitive.iter().map(|l| l.code()).collect(),
-            data_from: c.data_from.and_then(time),
-            data_until: c.data_until.and_then(time),
-            expires_at: time(c.expires_at),
-            evidence: Some(evidence(&c.evidence)),
-            grantee: Some(match &c.grantee {
-                Grantee::Facility(f) => {
-                    v1::consent_grant::Grantee::GranteeFacilityId(f.to_string())
-                }
-                Grantee::AnyFacility => v1::consent_grant::Grantee::AnyFacility(true),
-            }),
+/// A grant's terms on the wire.
+pub fn consent_grant(c: &ConsentGrant) -> v1::ConsentGrant {
+    v1::ConsentGrant {
+        patient_id: c.patient_id.to_string(),
+        purposes: c.purposes.iter().map(|p| p.code()).collect(),
+        kinds: c.kinds.iter().map(|k| k.code()).collect(),
+        include_sensitive: c.include_sensitive.iter().map(|l| l.code()).collect(),
+        data_from: c.data_from.and_then(time),
+        data_until: c.data_until.and_then(time),
+        expires_at: time(c.expires_at),
+        evidence: c.evidence.as_ref().map(evidence),
+        request_event_id: c.request.map(|r| r.to_string()).unwrap_or_default(),
+        grantee: Some(match &c.grantee {
+            Grantee::Facility(f) => v1::consent_grant::Grantee::GranteeFacilityId(f.to_string()),
+            Grantee::AnyFacility => v1::consent_grant::Grantee::AnyFacility(true),
         }),
-        status: status as i32,
-        granted_at: time(g.granted_at),
-        revoked_at: g.revoked_at.and_then(time),
     }
 }
 
@@ -134,9 +130,15 @@ pub fn access(a: &AuditEntry) -> v1::AccessEvent {
     let e = &a.event;
     v1::AccessEvent {
         audit_seq: a.seq,
-        reader_facility_id: e.reader.to_string(),
+        reader_facility_id: e
+            .reader
+            .facility()
+            .map(|f| f.to_string())
+            .unwrap_or_default(),
+        reader_kind: e.reader.kind_code(),
+        outcome: e.outcome.code(),
         patient_id: e.patient.to_string(),
-        purpose: e.purpose.code(),
+        purpose: e.purpose.map_or(0, |p| p.code()),
         action: e.action.code(),
         bases: e.bases.iter().map(basis).collect(),
         records_returned: e.records_returned,
@@ -144,5 +146,19 @@ pub fn access(a: &AuditEntry) -> v1::AccessEvent {
         at: time(e.at),
         prev_hash: a.prev_hash.as_bytes().to_vec(),
         entry_hash: a.entry_hash.as_bytes().to_vec(),
+    }
+}
+
+/// A break-glass declaration as the monitor and the patient see it.
+pub fn break_glass_use(u: &BreakGlassUse) -> v1::BreakGlassUse {
+    v1::BreakGlassUse {
+        event_id: u.window.event_id.to_string(),
+        facility_id: u.window.facility_id.to_string(),
+        patient_id: u.patient_id.to_string(),
+        clinician: u.clinician.clone(),
+        declared_at: time(u.window.declared_at),
+        expires_at: time(u.window.expires_at),
+        reads: u.reads,
+        reason: u.reason.clone(),
     }
 }

@@ -18,8 +18,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hrx_domain::audit::AccessAction;
-use hrx_domain::consent::{Access, BreakGlassWindow, GrantState};
+use hrx_consent::state::Loaded;
+use hrx_domain::audit::{AccessAction, AccessOutcome};
+use hrx_domain::consent::{Access, Basis};
 use hrx_domain::{FacilityId, PatientId, Purpose, RecordKind, Timestamp};
 use hrx_ports::{PortError, PortResult, StoredRecord};
 use hrx_proto::v1;
@@ -56,8 +57,7 @@ fn ended() -> Status {
 
 /// One patient's state as of the last applied batch, shared by its followers.
 pub(crate) struct Snapshot {
-    grants: Vec<GrantState>,
-    glass: Vec<BreakGlassWindow>,
+    consent: Loaded,
     /// Records with patient_seq `last_seq - records.len() + 1 ..= last_seq`, in order.
     records: Vec<Arc<StoredRecord>>,
     last_seq: u64,
@@ -147,8 +147,7 @@ async fn tail(
     loop {
         changes.borrow_and_update();
         let read = async {
-            let grants = store.grants(&patient).await?;
-            let glass = store.break_glass(&patient).await?;
+            let consent = timeline.consent.load(&patient).await?;
             loop {
                 let rows = store.records_after(&patient, last_seq, CHUNK).await?;
                 let full = rows.len() == CHUNK;
@@ -163,14 +162,13 @@ async fn tail(
                     break;
                 }
             }
-            PortResult::Ok((grants, glass))
+            PortResult::Ok(consent)
         }
         .await;
         match read {
-            Ok((grants, glass)) => {
+            Ok(consent) => {
                 tx.send_replace(Some(Ok(Arc::new(Snapshot {
-                    grants,
-                    glass,
+                    consent,
                     records: window.iter().cloned().collect(),
                     last_seq,
                 }))));
@@ -201,40 +199,50 @@ async fn tail(
     }
 }
 
-/// Checks the reader may follow, audits the start, and spawns the stream's task.
+/// Checks the reader may follow and its cursor, audits the start (or the refusal),
+/// and spawns the stream's task.
 pub(crate) async fn start(
     timeline: Arc<Timeline>,
     spec: Spec,
 ) -> Result<ReceiverStream<Item>, Status> {
-    let store = &timeline.store;
-    let grants = store.grants(&spec.patient).await.map_err(|e| status(&e))?;
-    let glass = store
-        .break_glass(&spec.patient)
+    let standing = timeline
+        .standing(&spec.reader, &spec.patient)
         .await
         .map_err(|e| status(&e))?;
-    let standing = Access {
-        reader: &spec.reader,
-        purpose: spec.purpose,
-        now: Timestamp::now(),
-        grants: &grants,
-        break_glass: &glass,
+    let bases = standing.access(&spec.reader, spec.purpose).standing();
+    if bases.is_empty() {
+        timeline
+            .refuse(
+                &spec.reader,
+                &spec.patient,
+                spec.purpose,
+                AccessAction::Follow,
+                crate::ReadError::NoStanding,
+            )
+            .await
+            .map_err(|e| status(&e))?;
     }
-    .standing();
-    if standing.is_empty() {
-        return Err(RequestError::PermissionDenied(
-            "following needs an active consent or break-glass for this patient and purpose",
-        )
-        .into());
+    // Each follower's cursor is checked on its own: one that names a record the
+    // patient does not have is this follower's error, never its tail's.
+    if spec.after > 0 {
+        let at_or_after = timeline
+            .store
+            .records_after(&spec.patient, spec.after - 1, 1)
+            .await
+            .map_err(|e| status(&e))?;
+        if at_or_after.first().is_none_or(|r| r.patient_seq != spec.after) {
+            return Err(RequestError::invalid("cursor", "not a cursor issued for this patient").into());
+        }
     }
     timeline
-        .audit(
+        .audit_as(
             &spec.reader,
             &spec.patient,
             spec.purpose,
             AccessAction::Follow,
-            standing,
-            0,
-            0,
+            AccessOutcome::Allowed,
+            bases,
+            (0, 0),
             &[],
         )
         .await
@@ -284,8 +292,8 @@ async fn pump(
             reader: &spec.reader,
             purpose: spec.purpose,
             now,
-            grants: &snapshot.grants,
-            break_glass: &snapshot.glass,
+            grants: &snapshot.consent.state.grants,
+            break_glass: &snapshot.consent.windows,
         };
         if access.standing().is_empty() {
             return Err(ended());
@@ -303,18 +311,21 @@ async fn pump(
                     "the store has no records where the follow window has some",
                 ));
             }
-            for r in rows {
-                if !deliver(&spec.kinds, &mut spec.after, &access, &r, tx).await {
-                    return Ok(());
-                }
+            let to = (&spec.kinds[..], &spec.patient, &mut spec.after);
+            if !deliver(timeline, to, &access, rows.iter(), tx).await? {
+                return Ok(());
             }
             continue;
         }
         let from = spec.after;
-        for r in snapshot.records.iter().filter(|r| r.patient_seq > from) {
-            if !deliver(&spec.kinds, &mut spec.after, &access, r, tx).await {
-                return Ok(());
-            }
+        let fresh = snapshot
+            .records
+            .iter()
+            .map(|r| &**r)
+            .filter(|r| r.patient_seq > from);
+        let to = (&spec.kinds[..], &spec.patient, &mut spec.after);
+        if !deliver(timeline, to, &access, fresh, tx).await? {
+            return Ok(());
         }
         let wake_at = access.next_change();
         let until_change = wake_at
@@ -343,29 +354,62 @@ async fn pump(
     }
 }
 
-/// Sends `r` if the reader wants and may see it, and moves the cursor past it; false
-/// when the client has gone.
-async fn deliver(
-    kinds: &[RecordKind],
-    after: &mut u64,
+/// Sends the records of `batch` the reader wants and may see, after auditing them as
+/// one delivery, and moves the cursor past the whole batch; false when the client has
+/// gone.
+async fn deliver<'r>(
+    timeline: &Timeline,
+    (kinds, patient, after): (&[RecordKind], &PatientId, &mut u64),
     access: &Access<'_>,
-    r: &StoredRecord,
+    batch: impl Iterator<Item = &'r StoredRecord>,
     tx: &mpsc::Sender<Item>,
-) -> bool {
-    let seq = r.patient_seq;
-    let wanted = kinds.is_empty() || kinds.contains(&r.kind);
-    if let (true, Some(basis)) = (wanted, access.decide(&facts(r))) {
-        let item = v1::FollowResponse {
-            cursor: cursor::encode_follow(seq),
-            item: Some(v1::follow_response::Item::Entry(wire::entry(
-                r.clone(),
-                &basis,
-            ))),
+) -> Result<bool, Status> {
+    let mut last = None;
+    let mut items = Vec::new();
+    let mut bases: Vec<Basis> = Vec::new();
+    let mut authors: Vec<(FacilityId, u64)> = Vec::new();
+    for r in batch {
+        last = Some(r.patient_seq);
+        let wanted = kinds.is_empty() || kinds.contains(&r.kind);
+        let Some(basis) = access.decide(&facts(r)).filter(|_| wanted) else {
+            continue;
         };
+        if !bases.contains(&basis) {
+            bases.push(basis);
+        }
+        match authors.iter_mut().find(|(f, _)| *f == r.facility_id) {
+            Some((_, n)) => *n += 1,
+            None => authors.push((r.facility_id.clone(), 1)),
+        }
+        items.push(v1::FollowResponse {
+            cursor: cursor::encode_follow(r.patient_seq),
+            item: Some(v1::follow_response::Item::Entry(wire::entry(r.clone(), &basis))),
+        });
+    }
+    if !items.is_empty() {
+        // Audited before anything is sent: the patient's access list shows what each
+        // follower received, batch by batch.
+        timeline
+            .audit_as(
+                access.reader,
+                patient,
+                access.purpose,
+                AccessAction::FollowDelivery,
+                AccessOutcome::Allowed,
+                bases,
+                (items.len() as u64, 0),
+                &authors,
+            )
+            .await
+            .map_err(|e| status(&e))?;
+    }
+    for item in items {
         if tx.send(Ok(item)).await.is_err() {
-            return false;
+            return Ok(false);
         }
     }
-    *after = seq;
-    true
+    if let Some(seq) = last {
+        *after = seq;
+    }
+    Ok(true)
 }

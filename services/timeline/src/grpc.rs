@@ -3,9 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use hrx_domain::Timestamp;
-use hrx_domain::audit::AccessAction;
-use hrx_domain::consent::Access;
+use hrx_domain::audit::{AccessAction, AccessOutcome};
 use hrx_ports::TimelineQuery;
 use hrx_proto::v1;
 use hrx_proto::v1::timeline_service_server::TimelineService;
@@ -14,7 +12,7 @@ use hrx_rpc::{auth, wire};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::{DEFAULT_PAGE, MAX_PAGE, Timeline, cursor, facts, follow};
+use crate::{DEFAULT_PAGE, MAX_PAGE, ReadError, Timeline, cursor, facts, follow};
 
 /// `TimelineService` over a [`Timeline`].
 #[derive(Clone, Debug)]
@@ -98,48 +96,47 @@ impl TimelineService for TimelineGrpc {
         let event_id = wire::event_id("event_id", &r.event_id)?;
         let purpose = wire::purpose("purpose", r.purpose)?;
         let t = &self.timeline;
+        let standing = t
+            .standing(&reader, &patient)
+            .await
+            .map_err(|e| status(&e))?;
+        if !standing.any(&reader, purpose) {
+            t.refuse(
+                &reader,
+                &patient,
+                purpose,
+                AccessAction::GetRecord,
+                ReadError::NoStanding,
+            )
+            .await
+            .map_err(|e| status(&e))?;
+        }
         let found = t.store.record(event_id).await.map_err(|e| status(&e))?;
         // A record of another patient is "not found": the answer must not reveal
         // which patient an event id belongs to.
         let Some((record, envelope)) = found.filter(|(rec, _)| rec.patient_id == patient) else {
             return Err(RequestError::NotFound("record").into());
         };
-        let grants = t.store.grants(&patient).await.map_err(|e| status(&e))?;
-        let glass = t
-            .store
-            .break_glass(&patient)
-            .await
-            .map_err(|e| status(&e))?;
-        let access = Access {
-            reader: &reader,
-            purpose,
-            now: Timestamp::now(),
-            grants: &grants,
-            break_glass: &glass,
-        };
-        let decision = access.decide(&facts(&record));
-        let (bases, returned, withheld) = match decision {
-            Some(b) => (vec![b], 1, 0),
-            None => (vec![], 0, 1),
+        let decision = standing.access(&reader, purpose).decide(&facts(&record));
+        let (bases, returned, withheld, outcome) = match decision {
+            Some(b) => (vec![b], 1, 0, AccessOutcome::Allowed),
+            None => (vec![], 0, 1, AccessOutcome::Denied),
         };
         let authors = [(record.facility_id.clone(), returned)];
-        t.audit(
+        t.audit_as(
             &reader,
             &patient,
             purpose,
             AccessAction::GetRecord,
+            outcome,
             bases,
-            returned,
-            withheld,
+            (returned, withheld),
             &authors,
         )
         .await
         .map_err(|e| status(&e))?;
         let Some(basis) = decision else {
-            return Err(RequestError::PermissionDenied(
-                "no consent covers this record for this reader and purpose",
-            )
-            .into());
+            return Err(status(&ReadError::Withheld));
         };
         Ok(Response::new(v1::GetRecordResponse {
             entry: Some(wire::entry(record, &basis)),

@@ -10,9 +10,12 @@
 //!   with heartbeats; ends with PERMISSION_DENIED when the reader's consent is revoked
 //!   or expires.
 //!
-//! Every call appends an access event to the audit log before answering.
+//! Every call appends an access event to the audit log before answering, refusals
+//! too; every batch a follow stream delivers is audited before it is sent. A facility
+//! with no basis for the patient — no grant for the purpose, no open break-glass (for
+//! the emergency purpose), no record it authored — is refused with no counts, and the
+//! withheld count covers the patient's whole timeline, whatever the filters.
 
-mod audit;
 pub mod cursor;
 mod follow;
 mod grpc;
@@ -21,13 +24,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hrx_consent::Consent;
+use hrx_consent::state::Loaded;
 use hrx_domain::FacilityId;
-use hrx_domain::audit::{AccessAction, AccessEvent};
+use hrx_domain::audit::{AccessAction, AccessEvent, AccessOutcome, Reader};
 use hrx_domain::consent::{Access, Basis, RecordFacts};
 use hrx_domain::{PatientId, Purpose, Timestamp};
-use hrx_ports::{AccessAppend, PortResult, Store, StoredRecord, TimelineQuery};
-
-use crate::audit::AuditWriter;
+use hrx_ports::{PortError, PortResult, Store, StoredRecord, TimelineQuery};
 
 pub use grpc::TimelineGrpc;
 
@@ -56,7 +59,8 @@ impl Default for TimelineConfig {
 pub struct Timeline {
     store: Arc<dyn Store>,
     config: TimelineConfig,
-    audit: AuditWriter,
+    /// Consent state and the audit log.
+    consent: Arc<Consent>,
     tails: follow::Tails,
     /// Set when the node shuts down: follow streams end so the server can stop.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -76,7 +80,56 @@ pub struct Page {
     pub entries: Vec<(StoredRecord, Basis)>,
     /// The last returned record's cursor, when more records follow.
     pub next: Option<String>,
+    /// The patient's records this reader may not see for this purpose, in the whole
+    /// timeline (not only the filtered or paged part).
     pub withheld: u64,
+}
+
+/// Why a read was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The reader has no basis for this patient and purpose (audited as refused).
+    #[error("no grant, open break-glass or authored record gives this reader access to this patient for this purpose")]
+    NoStanding,
+    /// The record is not the reader's to see (audited as refused).
+    #[error("no consent covers this record for this reader and purpose")]
+    Withheld,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+impl hrx_rpc::ServiceError for ReadError {
+    fn code(&self) -> hrx_rpc::ErrorCode {
+        match self {
+            ReadError::NoStanding | ReadError::Withheld => hrx_rpc::ErrorCode::PermissionDenied,
+            ReadError::Port(e) => e.code(),
+        }
+    }
+}
+
+/// A reader's standing towards a patient, as of one read.
+pub(crate) struct Standing {
+    pub loaded: Loaded,
+    pub now: Timestamp,
+    /// Whether the reader authored any record of the patient.
+    pub authored: bool,
+}
+
+impl Standing {
+    pub(crate) fn access<'a>(&'a self, reader: &'a FacilityId, purpose: Purpose) -> Access<'a> {
+        Access {
+            reader,
+            purpose,
+            now: self.now,
+            grants: &self.loaded.state.grants,
+            break_glass: &self.loaded.windows,
+        }
+    }
+
+    /// Whether the reader has any basis at all for the patient and purpose.
+    pub(crate) fn any(&self, reader: &FacilityId, purpose: Purpose) -> bool {
+        self.authored || !self.access(reader, purpose).standing().is_empty()
+    }
 }
 
 /// The facts a consent decision needs, from a stored record.
@@ -105,13 +158,11 @@ fn summary<'a>(
 }
 
 impl Timeline {
-    /// Must be called within a tokio runtime: it starts the audit writer's task.
-    pub fn new(store: Arc<dyn Store>, config: TimelineConfig) -> Self {
-        let audit = AuditWriter::spawn(store.clone());
+    pub fn new(consent: Arc<Consent>, config: TimelineConfig) -> Self {
         Self {
-            store,
+            store: consent.store().clone(),
             config,
-            audit,
+            consent,
             tails: follow::Tails::default(),
             stopping: tokio::sync::watch::Sender::new(false),
         }
@@ -124,28 +175,66 @@ impl Timeline {
         self.stopping.send_replace(true);
     }
 
+    /// The reader's standing towards the patient now.
+    pub(crate) async fn standing(
+        &self,
+        reader: &FacilityId,
+        patient: &PatientId,
+    ) -> PortResult<Standing> {
+        let loaded = self.consent.load(patient).await?;
+        let authored = self.store.latest_authored(reader, patient).await?.is_some();
+        Ok(Standing {
+            loaded,
+            now: Timestamp::now(),
+            authored,
+        })
+    }
+
+    /// Audits a refused read and returns the refusal.
+    pub(crate) async fn refuse(
+        &self,
+        reader: &FacilityId,
+        patient: &PatientId,
+        purpose: Purpose,
+        action: AccessAction,
+        refusal: ReadError,
+    ) -> Result<std::convert::Infallible, ReadError> {
+        self.audit_as(
+            reader,
+            patient,
+            purpose,
+            action,
+            AccessOutcome::Denied,
+            Vec::new(),
+            (0, 0),
+            &[],
+        )
+        .await?;
+        Err(refusal)
+    }
+
     /// A page of `query` (its `limit` is the page size) as `reader` may see it, audited.
     pub async fn page(
         &self,
         reader: &FacilityId,
         purpose: Purpose,
         query: TimelineQuery,
-    ) -> PortResult<Page> {
+    ) -> Result<Page, ReadError> {
         let page_size = query.limit;
-        let grants = self.store.grants(&query.patient_id).await?;
-        let glass = self.store.break_glass(&query.patient_id).await?;
-        let now = Timestamp::now();
-        let access = Access {
-            reader,
-            purpose,
-            now,
-            grants: &grants,
-            break_glass: &glass,
-        };
+        let standing = self.standing(reader, &query.patient_id).await?;
+        if !standing.any(reader, purpose) {
+            self.refuse(
+                reader,
+                &query.patient_id,
+                purpose,
+                AccessAction::GetTimeline,
+                ReadError::NoStanding,
+            )
+            .await?;
+        }
+        let access = standing.access(reader, purpose);
         // Scan in chunks until the page is full and one more visible record proves
-        // there is a next page, or the records run out. Withheld records are counted up
-        // to the last returned one (or to the end on the last page), so the counts of
-        // all pages add up to the total withheld.
+        // there is a next page, or the records run out.
         // The first chunk is exactly enough when every record is visible (the common
         // case: a page and the one record proving a next page); later chunks double,
         // so a reader who may see few records still needs few round trips.
@@ -154,7 +243,6 @@ impl Timeline {
             ..query.clone()
         };
         let mut entries = Vec::new();
-        let (mut withheld, mut since_last) = (0u64, 0u64);
         let mut more = false;
         'scan: loop {
             let rows = self.store.timeline(&scan).await?;
@@ -166,12 +254,8 @@ impl Timeline {
                         more = true;
                         break 'scan;
                     }
-                    Some(b) => {
-                        entries.push((r, b));
-                        withheld += since_last;
-                        since_last = 0;
-                    }
-                    None => since_last += 1,
+                    Some(b) => entries.push((r, b)),
+                    None => {}
                 }
             }
             if exhausted {
@@ -179,22 +263,23 @@ impl Timeline {
             }
             scan.limit = (scan.limit * 2).min(MAX_SCAN);
         }
-        if !more {
-            withheld += since_last;
-        }
+        // What is withheld is counted over the whole timeline, never over the filtered
+        // part: counts that moved with the filters would tell, filter by filter, where
+        // and when the patient was seen.
+        let withheld = self.withheld(&access, &query.patient_id).await?;
         let next = more.then(|| {
             let (r, _) = entries.last().expect("a full page has a last entry");
             cursor::encode_timeline(r.occurred_at, r.event_id)
         });
         let (bases, authors) = summary(entries.iter());
-        self.audit(
+        self.audit_as(
             reader,
             &query.patient_id,
             purpose,
             AccessAction::GetTimeline,
+            AccessOutcome::Allowed,
             bases,
-            entries.len() as u64,
-            withheld,
+            (entries.len() as u64, withheld),
             &authors,
         )
         .await?;
@@ -205,33 +290,48 @@ impl Timeline {
         })
     }
 
+    /// How many of the patient's records `access` withholds.
+    pub(crate) async fn withheld(&self, access: &Access<'_>, patient: &PatientId) -> PortResult<u64> {
+        let all = self.store.record_facts(patient).await?;
+        Ok(all
+            .iter()
+            .filter(|r| {
+                access
+                    .decide(&RecordFacts {
+                        author: &r.facility_id,
+                        kind: r.kind,
+                        occurred_at: r.occurred_at,
+                        sensitivity: &r.sensitivity,
+                    })
+                    .is_none()
+            })
+            .count() as u64)
+    }
+
+    /// Appends an access event by facility `reader`; returns once it is durable.
     #[allow(clippy::too_many_arguments)]
-    async fn audit(
+    pub(crate) async fn audit_as(
         &self,
         reader: &FacilityId,
         patient: &PatientId,
         purpose: Purpose,
         action: AccessAction,
+        outcome: AccessOutcome,
         bases: Vec<Basis>,
-        returned: u64,
-        withheld: u64,
+        (returned, withheld): (u64, u64),
         authors: &[(FacilityId, u64)],
     ) -> PortResult<()> {
         let event = AccessEvent {
-            reader: reader.clone(),
+            reader: Reader::Facility(reader.clone()),
             patient: patient.clone(),
-            purpose,
+            purpose: Some(purpose),
             action,
             bases,
             records_returned: returned,
             records_withheld: withheld,
             at: Timestamp::now(),
+            outcome,
         };
-        self.audit
-            .append(AccessAppend {
-                event,
-                authors: authors.to_vec(),
-            })
-            .await
+        self.consent.audit(event, authors.to_vec()).await
     }
 }

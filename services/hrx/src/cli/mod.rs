@@ -10,6 +10,7 @@ mod fhir;
 mod keygen;
 mod loadgen;
 mod migrate;
+pub(crate) mod patient;
 mod registry;
 mod reproject;
 mod serve;
@@ -59,6 +60,9 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Synthetic load: pre-sign a seeded population to files, or submit it to a running node.
     Loadgen(loadgen::LoadgenArgs),
+    /// The patient's app: keygen, enroll (at a facility), requests, approve, decline,
+    /// grant, revoke, accesses.
+    Patient(patient::PatientArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -74,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Reproject(a) => reproject::run(a),
         Command::Migrate(a) => migrate::run(a),
         Command::Loadgen(a) => loadgen::run(a),
+        Command::Patient(a) => patient::run(a),
     }
 }
 

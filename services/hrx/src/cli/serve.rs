@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// TOML configuration file (keys: data_dir, grpc_addr, metrics_addr, heartbeat_ms, projector_batch).
+    /// TOML configuration file (keys: data_dir, grpc_addr, patient_addr, metrics_addr,
+    /// heartbeat_ms, projector_batch, attested_grant_max_days, standing_window_days,
+    /// break_glass_per_day, break_glass_open_per_patient, …).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory (overrides HRX_DATA_DIR).
@@ -25,6 +27,10 @@ pub struct ServeArgs {
     /// Prometheus listen address (overrides HRX_METRICS_ADDR).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Patient port: TLS without client certificates, patient-signed calls only
+    /// (overrides HRX_PATIENT_ADDR).
+    #[arg(long)]
+    patient_addr: Option<SocketAddr>,
     /// Roles to run, comma-separated: ingest,projector,timeline,consent,registry,monitor
     /// (overrides HRX_ROLES; default all).
     #[arg(long)]
@@ -35,6 +41,8 @@ pub struct ServeArgs {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct NodeFile {
     pub grpc_addr: SocketAddr,
+    /// The patient port (TLS without client certificates).
+    pub patient_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub pid: u32,
 }
@@ -43,8 +51,8 @@ pub fn node_file(data_dir: &Path) -> PathBuf {
     data_dir.join("node.json")
 }
 
-/// The gRPC address of the node running on `data_dir`.
-pub fn running_node(data_dir: &Path) -> anyhow::Result<SocketAddr> {
+/// What `node.json` says about the node running on `data_dir`.
+pub fn node_file_of(data_dir: &Path) -> anyhow::Result<NodeFile> {
     let path = node_file(data_dir);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -52,9 +60,12 @@ pub fn running_node(data_dir: &Path) -> anyhow::Result<SocketAddr> {
             data_dir.display()
         )
     })?;
-    let f: NodeFile =
-        serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok(f.grpc_addr)
+    serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The gRPC address of the node running on `data_dir`.
+pub fn running_node(data_dir: &Path) -> anyhow::Result<SocketAddr> {
+    Ok(node_file_of(data_dir)?.grpc_addr)
 }
 
 pub fn config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
@@ -68,6 +79,9 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     }
     if let Some(a) = args.metrics_addr {
         c.metrics_addr = a;
+    }
+    if let Some(a) = args.patient_addr {
+        c.patient_addr = a;
     }
     if let Some(r) = &args.role {
         c.roles = r.clone();
@@ -103,6 +117,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("hrx node on {} ({})", dir.display(), roles.join(", "));
         println!("  national root key  {}", node.root_key_id());
         println!("  gRPC (mutual TLS)  {}", node.grpc_addr());
+        println!("  patient port (TLS) {}", node.patient_addr());
         println!(
             "  metrics            http://{}/metrics",
             node.metrics_addr()
@@ -110,6 +125,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("  certificates       {}", dir.join("tls").display());
         let file = NodeFile {
             grpc_addr: node.grpc_addr(),
+            patient_addr: node.patient_addr(),
             metrics_addr: node.metrics_addr(),
             pid: std::process::id(),
         };

@@ -20,7 +20,7 @@ struct Pending {
 }
 
 /// The handle reads audit through; the writer task ends when the last handle goes.
-pub(crate) struct AuditWriter {
+pub struct AuditWriter {
     queue: mpsc::Sender<Pending>,
 }
 
@@ -30,14 +30,14 @@ fn stopped() -> PortError {
 
 impl AuditWriter {
     /// Starts the writer task on the current tokio runtime.
-    pub(crate) fn spawn(store: Arc<dyn Store>) -> Self {
+    pub fn spawn(store: Arc<dyn Store>) -> Self {
         let (queue, rx) = mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(write_groups(store, rx));
         Self { queue }
     }
 
     /// Appends `append` and returns once it is committed.
-    pub(crate) async fn append(&self, append: AccessAppend) -> PortResult<()> {
+    pub async fn append(&self, append: AccessAppend) -> PortResult<()> {
         let (done, committed) = oneshot::channel();
         self.queue
             .send(Pending { append, done })
@@ -57,5 +57,11 @@ async fn write_groups(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Pending>)
         for waiter in waiters {
             let _ = waiter.send(result.clone());
         }
+    }
+}
+
+impl std::fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter").finish_non_exhaustive()
     }
 }
