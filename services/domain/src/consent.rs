@@ -454,7 +454,7 @@ impl ConsentState {
     /// by id), whatever order they are given in.
     pub fn fold(events: impl IntoIterator<Item = ConsentEvent>) -> Self {
         let mut events: Vec<ConsentEvent> = events.into_iter().collect();
-        events.sort_by(|a, b| (a.received_at, a.id).cmp(&(b.received_at, b.id)));
+        events.sort_by_key(|e| (e.received_at, e.id));
         let mut state = ConsentState::default();
         // Revocations and answers refer to grants and requests; they are resolved once
         // every grant and request is known, in the order they were received.

@@ -43,7 +43,7 @@ fn snapshot(dir: &Path) -> String {
                 limit: 1000,
             };
             out += &format!("{:?}\n", db.timeline(&q).await.unwrap());
-            out += &format!("{:?}\n", db.grants(&patient).await.unwrap());
+            out += &format!("{:?}\n", db.consent_events(&patient).await.unwrap());
             out += &format!("{:?}\n", db.break_glass(&patient).await.unwrap());
         }
         out += &format!("{:?}\n", db.facilities().await.unwrap());
@@ -61,13 +61,23 @@ fn demo_tells_the_story_and_reproject_rebuilds_identical_projections() {
     let out = run(hrx().args(["demo", "--keep"]).arg(&data));
     let text = String::from_utf8_lossy(&out.stdout);
     for expected in [
-        "without consent: 0 records shown, 5 withheld",
+        "without consent: PermissionDenied, no records and no counts",
+        "shows it pending",
+        "approves with their own key",
         "with consent: 5 records shown, 0 withheld",
-        "(no consent): 0 shown, 3 withheld",
+        "patient-signed …",
+        "a self-attested grant: refused, NO_STANDING",
+        "a grant to any facility: refused, ATTESTED_GRANT_OUT_OF_BOUNDS",
+        "365 days: refused, ATTESTED_GRANT_OUT_OF_BOUNDS",
         "live: OBSERVATION HbA1c",
-        "for 4 h: 3 records shown",
-        "GET_TIMELINE",
-        "FOLLOW",
+        "alert at the National Center",
+        "EMERGENCY reads only: 7 records shown",
+        "a second window for the same patient: refused, BREAK_GLASS_LIMIT",
+        "enrolled in person at 26012",
+        "REFUSED",
+        "FOLLOW_DELIVERY        5 record(s)",
+        "FOLLOW_DELIVERY        1 record(s)",
+        "attested grant …",
         "INVALID_FIELD 1",
         "the node stopped cleanly",
     ] {

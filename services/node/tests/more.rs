@@ -67,6 +67,13 @@ async fn check_access_and_list_grants_reflect_grants_and_revocations(env: Env) {
     let expires = Timestamp::now()
         .checked_add(hrx_domain::Duration::from_secs(3600).unwrap())
         .unwrap();
+    // The district hospital treats An: its standing to attest a paper-form grant.
+    let (_, r) = w
+        .district
+        .emit(record(AN, RecordKind::Encounter, Timestamp::now(), &[]))
+        .await
+        .unwrap();
+    assert!(accepted(&r));
     let (grant_id, r) = w
         .district
         .emit(grant(AN, PROVINCIAL, &[Purpose::Referral], expires))
@@ -92,35 +99,50 @@ async fn check_access_and_list_grants_reflect_grants_and_revocations(env: Env) {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
 
-    let revoke = v1::facility_event::Body::ConsentRevocation(v1::ConsentRevocation {
-        patient_id: AN.into(),
-        grant_event_id: grant_id.to_string(),
-        evidence: None,
-    });
-    let (_, r) = w.clinic.emit(revoke).await.unwrap();
-    assert!(accepted(&r), "the patient may revoke through any facility");
-    // Revoking a grant that does not exist is a content rejection.
-    let bogus = v1::facility_event::Body::ConsentRevocation(v1::ConsentRevocation {
-        patient_id: BINH.into(),
-        grant_event_id: grant_id.to_string(),
-        evidence: None,
-    });
-    let (_, r) = w.clinic.emit(bogus).await.unwrap();
-    assert!(accepted(&r), "ingest cannot know; the projector rejects it");
+    let revoke = |patient: &str| {
+        v1::facility_event::Body::ConsentRevocation(v1::ConsentRevocation {
+            patient_id: patient.into(),
+            grant_event_id: grant_id.to_string(),
+            evidence: None,
+        })
+    };
+    // Only the facility that attested a grant (or the patient) may revoke it.
+    for patient in [AN, BINH] {
+        let (_, r) = w.clinic.emit(revoke(patient)).await.unwrap();
+        assert_eq!(r.status, v1::SubmitStatus::Rejected as i32, "{r:?}");
+        assert!(r.extends_chain);
+        assert_eq!(
+            r.rejection.unwrap().reason,
+            v1::RejectionReason::NotGrantor as i32
+        );
+    }
+    settle(&w.nc).await;
+    assert!(check(&w.provincial, Purpose::Referral).await.allowed);
+    let (_, r) = w.district.emit(revoke(AN)).await.unwrap();
+    assert!(accepted(&r), "{r:?}");
     settle(&w.nc).await;
     assert!(!check(&w.provincial, Purpose::Referral).await.allowed);
-    let grants = w
-        .district
-        .consent()
-        .list_grants(v1::ListGrantsRequest {
-            patient_id: AN.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    // A facility sees the grants that name it, with the signed artefact; others none.
+    let grants_of = |f: &hrx_node::client::FacilityClient| {
+        let mut c = f.consent();
+        async move {
+            c.list_grants(v1::ListGrantsRequest {
+                patient_id: AN.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let grants = grants_of(&w.provincial).await.grants;
     assert_eq!(grants.len(), 1);
     assert_eq!(grants[0].status, v1::GrantStatus::Revoked as i32);
+    assert_eq!(grants[0].form, v1::ConsentForm::Attested as i32);
+    assert_eq!(grants[0].revoked_by, DISTRICT);
+    let artefact: hrx_domain::Envelope = grants[0].artefact.clone().unwrap().into();
+    assert_eq!(artefact.event_hash().to_string().len(), 64);
+    assert!(grants_of(&w.clinic).await.grants.is_empty());
+    assert!(grants_of(&w.district).await.grants.is_empty(), "the grant does not name the district");
     let rejections = v1::monitor_service_client::MonitorServiceClient::new(w.nc.channel())
         .list_rejections(v1::ListRejectionsRequest {
             facility_id: CLINIC.into(),
@@ -130,11 +152,9 @@ async fn check_access_and_list_grants_reflect_grants_and_revocations(env: Env) {
         .unwrap()
         .into_inner()
         .rejections;
-    assert_eq!(rejections.len(), 1);
-    assert_eq!(
-        rejections[0].rejection.as_ref().unwrap().field,
-        "consent_revocation.grant_event_id"
-    );
+    assert_eq!(rejections.len(), 2);
+    assert!(rejections.iter().all(|r| r.rejection.as_ref().unwrap().reason
+        == v1::RejectionReason::NotGrantor as i32));
     node.stop().await;
 }
 
@@ -144,6 +164,12 @@ async fn a_follow_stream_ends_when_its_grant_expires(env: Env) {
     let expires = Timestamp::now()
         .checked_add(hrx_domain::Duration::from_secs(2).unwrap())
         .unwrap();
+    let (_, r) = w
+        .district
+        .emit(record(AN, RecordKind::Encounter, Timestamp::now(), &[]))
+        .await
+        .unwrap();
+    assert!(accepted(&r));
     let (_, r) = w
         .district
         .emit(grant(AN, CLINIC, &[Purpose::ChronicCare], expires))
@@ -204,13 +230,6 @@ async fn followers_of_one_patient_share_its_tail_not_their_consent(env: Env) {
         .checked_add(hrx_domain::Duration::from_secs(86_400).unwrap())
         .unwrap();
     let mut envelopes = Vec::new();
-    for reader in [CLINIC, PROVINCIAL] {
-        envelopes.push(
-            w.district
-                .sign(grant(BINH, reader, &[Purpose::ChronicCare], expires)),
-        );
-    }
-    let provincial_grant = envelopes[1].0;
     let start = Timestamp::parse_rfc3339("2024-01-01T00:00:00Z").unwrap();
     for i in 0..RECORDS {
         let at = start
@@ -221,10 +240,15 @@ async fn followers_of_one_patient_share_its_tail_not_their_consent(env: Env) {
                 .sign(record(BINH, RecordKind::Observation, at, &[])),
         );
     }
-    let ids: Vec<String> = envelopes[2..]
-        .iter()
-        .map(|(id, _)| id.to_string())
-        .collect();
+    let ids: Vec<String> = envelopes.iter().map(|(id, _)| id.to_string()).collect();
+    // The grants come after the district's records: its standing for Bình.
+    for reader in [CLINIC, PROVINCIAL] {
+        envelopes.push(
+            w.district
+                .sign(grant(BINH, reader, &[Purpose::ChronicCare], expires)),
+        );
+    }
+    let provincial_grant = envelopes[RECORDS + 1].0;
     for chunk in envelopes.chunks(200) {
         let results = w
             .district

@@ -223,8 +223,10 @@ async fn every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_i
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().starts_with(field), "{}", e.message());
     }
-    // Page size 0 means the default.
-    let ok = t
+    // Page size 0 means the default (for a reader with a basis: the author).
+    let ok = w
+        .district
+        .timeline()
         .get_timeline(v1::GetTimelineRequest {
             patient_id: AN.into(),
             purpose: 2,

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use hrx_domain::{Purpose, RecordKind, SensitivityLabel, Timestamp};
+use hrx_node::client::FacilityClient;
 use hrx_proto::v1;
 use support::*;
 use tokio_stream::StreamExt;
@@ -46,10 +47,20 @@ async fn referral_read_needs_consent_and_says_what_was_withheld(env: Env) {
     assert!(accepted(&r));
     settle(&w.nc).await;
 
-    // Without consent, the provincial hospital sees nothing, and is told 3 were withheld.
-    let (entries, withheld) = read_all(&w.provincial, AN, Purpose::Referral, 50).await;
-    assert!(entries.is_empty());
-    assert_eq!(withheld, 3);
+    // Without consent, the provincial hospital has no basis at all: refused, and told
+    // nothing (not even how many records exist).
+    let refused = w
+        .provincial
+        .timeline()
+        .get_timeline(v1::GetTimelineRequest {
+            patient_id: AN.into(),
+            purpose: Purpose::Referral.code(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(!refused.message().contains('3'), "no counts: {}", refused.message());
     // The author always reads its own.
     let (own, withheld) = read_all(&w.district, AN, Purpose::Treatment, 50).await;
     assert_eq!((own.len(), withheld), (3, 0));
@@ -84,9 +95,18 @@ async fn referral_read_needs_consent_and_says_what_was_withheld(env: Env) {
             )
         );
     }
-    // Another purpose is not covered.
-    let (entries, _) = read_all(&w.provincial, AN, Purpose::ChronicCare, 50).await;
-    assert!(entries.is_empty());
+    // Another purpose is not covered: no basis for it.
+    let other = w
+        .provincial
+        .timeline()
+        .get_timeline(v1::GetTimelineRequest {
+            patient_id: AN.into(),
+            purpose: Purpose::ChronicCare.code(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::PermissionDenied);
 
     // GetRecord returns the original envelope; the reader verifies it itself.
     let got = w
@@ -112,23 +132,26 @@ async fn referral_read_needs_consent_and_says_what_was_withheld(env: Env) {
     key.verify(&envelope)
         .expect("the hospital's signature verifies");
 
-    // The patient's access list shows who read, why and on what basis.
-    let accesses = w
-        .district
-        .consent()
-        .list_accesses(v1::ListAccessesRequest {
-            patient_id: AN.into(),
-            ..Default::default()
-        })
+    // The patient's access list shows who read, why and on what basis — the refused
+    // reads too.
+    let mut district = FacilityClient::open(env.path(), node.addr, &fac(DISTRICT))
         .await
-        .unwrap()
-        .into_inner()
-        .accesses;
+        .unwrap();
+    let app = w.enroll(env.path(), &node, &mut district, AN).await;
+    let accesses = app.view_all().await.unwrap().accesses;
     let provincial_reads: Vec<_> = accesses
         .iter()
         .filter(|a| a.reader_facility_id == PROVINCIAL)
         .collect();
-    assert!(provincial_reads.len() >= 3);
+    assert_eq!(
+        provincial_reads
+            .iter()
+            .filter(|a| a.outcome == v1::AccessOutcome::Denied as i32)
+            .count(),
+        2,
+        "both refused reads are audited"
+    );
+    assert!(provincial_reads.len() >= 4);
     assert!(
         provincial_reads
             .iter()
@@ -223,12 +246,7 @@ async fn chronic_care_follow_gets_backlog_then_live_then_ends_on_revocation(env:
     let expires = Timestamp::now()
         .checked_add(hrx_domain::Duration::from_secs(86_400).unwrap())
         .unwrap();
-    let (grant_id, r) = w
-        .district
-        .emit(grant(AN, CLINIC, &[Purpose::ChronicCare], expires))
-        .await
-        .unwrap();
-    assert!(accepted(&r));
+    // The district hospital treats An (its standing to attest a paper-form grant).
     let (first, r) = w
         .district
         .emit(record(
@@ -240,6 +258,12 @@ async fn chronic_care_follow_gets_backlog_then_live_then_ends_on_revocation(env:
         .await
         .unwrap();
     assert!(accepted(&r));
+    let (grant_id, r) = w
+        .district
+        .emit(grant(AN, CLINIC, &[Purpose::ChronicCare], expires))
+        .await
+        .unwrap();
+    assert!(accepted(&r), "{r:?}");
     settle(&w.nc).await;
 
     let follow = |cursor: String| {
@@ -350,8 +374,17 @@ async fn break_glass_opens_everything_for_a_bounded_time_and_is_reported(env: En
         .unwrap();
     assert!(accepted(&r));
     settle(&w.nc).await;
-    let (entries, withheld) = read_all(&w.emergency, BINH, Purpose::Emergency, 50).await;
-    assert_eq!((entries.len(), withheld), (0, 1));
+    let refused = w
+        .emergency
+        .timeline()
+        .get_timeline(v1::GetTimelineRequest {
+            patient_id: BINH.into(),
+            purpose: Purpose::Emergency.code(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "no basis before break-glass");
 
     let glass = v1::facility_event::Body::BreakGlass(v1::BreakGlassDeclaration {
         patient_id: BINH.into(),
@@ -398,18 +431,31 @@ async fn break_glass_opens_everything_for_a_bounded_time_and_is_reported(env: En
     assert_eq!(uses.len(), 1);
     assert_eq!(uses[0].event_id, glass_id.to_string());
     assert!(uses[0].reads >= 1);
-    // And the patient's access list has the declaration.
-    let accesses = w
-        .district
-        .consent()
-        .list_accesses(v1::ListAccessesRequest {
+    // Break-glass releases records for the emergency purpose only.
+    let treatment = w
+        .emergency
+        .timeline()
+        .get_timeline(v1::GetTimelineRequest {
             patient_id: BINH.into(),
+            purpose: Purpose::Treatment.code(),
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
-        .accesses;
+        .unwrap_err();
+    assert_eq!(treatment.code(), tonic::Code::PermissionDenied);
+    // And the patient's own view has the declaration, with its reason.
+    let mut district = FacilityClient::open(env.path(), node.addr, &fac(DISTRICT))
+        .await
+        .unwrap();
+    let view = w
+        .enroll(env.path(), &node, &mut district, BINH)
+        .await
+        .view_all()
+        .await
+        .unwrap();
+    assert_eq!(view.break_glass.len(), 1);
+    assert_eq!(view.break_glass[0].reason, "Bệnh nhân hôn mê, không thể lấy đồng ý");
+    let accesses = view.accesses;
     assert!(
         accesses
             .iter()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hrx_domain::event::FHIR_JSON;
 use hrx_domain::{FacilityId, FacilityLevel, RecordKind, Timestamp};
-use hrx_node::client::{FacilityClient, NationalCenter};
+use hrx_node::client::{FacilityClient, NationalCenter, PatientClient};
 use hrx_node::{Node, NodeConfig, NodeError};
 use hrx_proto::{codec, v1};
 use serde_json::json;
@@ -128,6 +128,8 @@ macro_rules! both_backends {
 pub struct TestNode {
     pub addr: std::net::SocketAddr,
     pub metrics: std::net::SocketAddr,
+    /// The patient port (TLS, no client certificate).
+    pub patient: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), NodeError>>>,
 }
@@ -135,7 +137,7 @@ pub struct TestNode {
 impl TestNode {
     pub async fn start(env: &Env) -> Self {
         let node = Node::build(env.config.clone()).await.expect("node builds");
-        let (addr, metrics) = (node.grpc_addr(), node.metrics_addr());
+        let (addr, metrics, patient) = (node.grpc_addr(), node.metrics_addr(), node.patient_addr());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async {
             let _ = rx.await;
@@ -143,6 +145,7 @@ impl TestNode {
         Self {
             addr,
             metrics,
+            patient,
             stop: Some(tx),
             task: Some(task),
         }
@@ -225,6 +228,56 @@ impl World {
     }
 }
 
+impl World {
+    /// `facility` enrolls a new key for `patient` in person; waits until it is the
+    /// patient's and returns the patient's app, on the patient port.
+    pub async fn enroll(
+        &self,
+        dir: &Path,
+        node: &TestNode,
+        facility: &mut FacilityClient,
+        patient: &str,
+    ) -> PatientClient {
+        let key = hrx_domain::SigningKey::from_pkcs8(&hrx_domain::SigningKey::generate_pkcs8().unwrap()).unwrap();
+        let patient = hrx_domain::PatientId::parse(patient).unwrap();
+        let body = hrx_node::client::enrollment(&patient, &key, &facility.id, Timestamp::now());
+        let (_, r) = facility.emit(body).await.unwrap();
+        assert!(accepted(&r), "{r:?}");
+        settle(&self.nc).await;
+        PatientClient::new(patient, key, patient_port(dir, node).await)
+    }
+}
+
+/// A channel to the node's patient port (no client certificate).
+pub async fn patient_port(dir: &Path, node: &TestNode) -> tonic::transport::Channel {
+    let ca = std::fs::read_to_string(dir.join("tls").join("ca.pem")).unwrap();
+    hrx_node::client::connect_patient_port(node.patient, &ca)
+        .await
+        .unwrap()
+}
+
+/// Days from now.
+pub fn in_days(days: i64) -> Timestamp {
+    Timestamp::now()
+        .checked_add(hrx_domain::Duration::from_secs(days * 86_400).unwrap())
+        .unwrap()
+}
+
+/// A patient-signed grant's body.
+pub fn patient_grant(
+    patient: &str,
+    grantee: &str,
+    purposes: &[hrx_domain::Purpose],
+    expires: Timestamp,
+) -> v1::patient_statement::Body {
+    let v1::facility_event::Body::ConsentGrant(mut g) = grant(patient, grantee, purposes, expires)
+    else {
+        panic!("grant() builds a grant")
+    };
+    g.evidence = None;
+    v1::patient_statement::Body::ConsentGrant(g)
+}
+
 pub fn ts(rfc3339: &str) -> Timestamp {
     Timestamp::parse_rfc3339(rfc3339).unwrap()
 }
@@ -272,6 +325,7 @@ pub fn grant(
             form_id: "PCT-2026-000871".into(),
             sha256: vec![7; 32],
         }),
+        request_event_id: String::new(),
         grantee: Some(v1::consent_grant::Grantee::GranteeFacilityId(
             grantee.into(),
         )),
@@ -300,7 +354,8 @@ where
     }
 }
 
-/// A whole timeline for `reader`, page by page.
+/// A whole timeline for `reader`, page by page, and the withheld count (the same on
+/// every page: it covers the whole timeline).
 pub async fn read_all(
     reader: &FacilityClient,
     patient: &str,
@@ -324,7 +379,10 @@ pub async fn read_all(
             .unwrap()
             .into_inner();
         entries.extend(page.entries);
-        withheld += page.withheld_count;
+        if cursor.is_empty() {
+            withheld = page.withheld_count;
+        }
+        assert_eq!(page.withheld_count, withheld, "withheld is the same on every page");
         if page.next_cursor.is_empty() {
             return (entries, withheld);
         }
