@@ -39,6 +39,10 @@ pub const MAX_PAGE: usize = 1000;
 /// Most statements in one submission.
 pub const MAX_STATEMENTS: usize = 100;
 
+/// How long a statement waits for the projector to hold the patient's earlier ones
+/// before the submission is answered UNAVAILABLE.
+const PROJECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a consent call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsentError {
@@ -477,6 +481,9 @@ impl Consent {
         for (patient, statements) in by_patient {
             let chain = ChainKey::Patient(patient.clone());
             let _guard = self.locks.lock(&chain).await;
+            // The patient's earlier statements must be in the state they are judged
+            // against (a rotation just accepted makes the next statement's key valid).
+            self.projected(log.as_ref(), &chain).await?;
             let loaded = self.load(&patient).await?;
             let mut events = self.facts.events(&loaded.rows)?;
             let mut state = loaded.state;
@@ -558,6 +565,39 @@ impl Consent {
             .into_iter()
             .map(|o| o.expect("every statement answered"))
             .collect())
+    }
+
+    /// Waits until the projector has projected everything the log holds of `chain`.
+    async fn projected(&self, log: &dyn EventLog, chain: &ChainKey) -> Result<(), PortError> {
+        let probe = EventId::from_bytes([0; 16]);
+        let head = log.chain_context(chain, probe, 0).await?.context.head;
+        if head.seq == 0 {
+            return Ok(());
+        }
+        let Some(last) = log.chain_context(chain, probe, head.seq).await?.prior_position else {
+            return Ok(());
+        };
+        let mut changes = self.store.changes();
+        let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
+        loop {
+            changes.borrow_and_update();
+            let projected = self.store.projected_offsets().await?;
+            if projected
+                .iter()
+                .any(|(p, next)| *p == last.partition && *next > last.offset)
+            {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return Err(PortError::Unavailable(
+                        "the projector has not caught up with the patient's statements; retry"
+                            .into(),
+                    ));
+                }
+            }
+        }
     }
 
     /// The patient's own view, for a signed single-use request.

@@ -172,6 +172,24 @@ pub enum KeyError {
 pub struct SigningKey {
     pair: Ed25519KeyPair,
     public: PublicKey,
+    /// What the key was made from, so that it can be cloned (ring's key pairs cannot).
+    source: KeySource,
+}
+
+#[derive(Clone)]
+enum KeySource {
+    Seed([u8; 32]),
+    Pkcs8(Vec<u8>),
+}
+
+impl Clone for SigningKey {
+    fn clone(&self) -> Self {
+        let copy = match &self.source {
+            KeySource::Seed(seed) => Self::from_seed(seed),
+            KeySource::Pkcs8(der) => Self::from_pkcs8(der),
+        };
+        copy.expect("a key that parsed once parses again")
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -186,14 +204,14 @@ impl SigningKey {
     /// From the 32-byte private seed (RFC 8032), as test vectors carry it.
     pub fn from_seed(seed: &[u8; 32]) -> Result<Self, KeyError> {
         let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| KeyError::Rejected)?;
-        Ok(Self::from_pair(pair))
+        Ok(Self::from_pair(pair, KeySource::Seed(*seed)))
     }
 
     /// From a PKCS#8 v1 or v2 document (what `generate_pkcs8` and OpenSSL write).
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
         let pair =
             Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| KeyError::Rejected)?;
-        Ok(Self::from_pair(pair))
+        Ok(Self::from_pair(pair, KeySource::Pkcs8(der.to_vec())))
     }
 
     /// A fresh key as a PKCS#8 v2 document, to be stored by the caller.
@@ -204,10 +222,14 @@ impl SigningKey {
             .map_err(|_| KeyError::Random)
     }
 
-    fn from_pair(pair: Ed25519KeyPair) -> Self {
+    fn from_pair(pair: Ed25519KeyPair, source: KeySource) -> Self {
         let public = PublicKey::from_slice(pair.public_key().as_ref())
             .expect("Ed25519 public keys are 32 bytes");
-        Self { pair, public }
+        Self {
+            pair,
+            public,
+            source,
+        }
     }
 
     pub fn public_key(&self) -> PublicKey {

@@ -23,6 +23,9 @@ use hrx_domain::consent::ConsentPolicy;
 use hrx_domain::verify::{KeyRecord, SignatureMemo};
 use hrx_ports::{ChainKey, EventLog, PortError, Store};
 
+/// How long `catch_up` waits on a partition that makes no progress.
+const CATCH_UP_STALL: Duration = Duration::from_secs(30);
+
 /// Projector settings.
 #[derive(Clone, Debug)]
 pub struct ProjectorConfig {
@@ -196,16 +199,33 @@ impl Projector {
     }
 
     /// Projects until every partition is at the log's end offset as read at the start.
+    /// A read that comes back empty before the end (a log whose fetches are not yet
+    /// served, as a fresh Kafka consumer's may not be) is retried; a partition that
+    /// makes no progress for [`CATCH_UP_STALL`] is an error, never a silent stop.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectorError> {
         let mut total = 0u64;
         for partition in 0..self.log.partitions() {
             let end = self.log.end_offset(partition).await?;
-            while self.offsets.get(&partition).copied().unwrap_or(0) < end {
-                let n = self.step(partition).await?;
-                if n == 0 {
+            let mut stalled_since = tokio::time::Instant::now();
+            loop {
+                let at = self.offsets.get(&partition).copied().unwrap_or(0);
+                if at >= end {
                     break;
                 }
-                total += n as u64;
+                let n = self.step(partition).await?;
+                if n > 0 {
+                    total += n as u64;
+                    stalled_since = tokio::time::Instant::now();
+                    continue;
+                }
+                if stalled_since.elapsed() > CATCH_UP_STALL {
+                    return Err(ProjectorError::Port(PortError::Unavailable(format!(
+                        "partition {partition} made no progress at offset {at} of {end}"
+                    ))));
+                }
+                self.log
+                    .wait_for(partition, at, Duration::from_millis(200))
+                    .await;
             }
         }
         Ok(total)
