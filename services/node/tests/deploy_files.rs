@@ -491,10 +491,15 @@ impl Container {
         };
         let grpc = self.listener_port("HRX_GRPC_ADDR", findings);
         let metrics = self.listener_port("HRX_METRICS_ADDR", findings);
+        let patient = self.listener_port("HRX_PATIENT_ADDR", findings);
         let wanted: Vec<(&str, Option<u16>)> = match listener {
             Listener::Grpc => vec![("HRX_GRPC_ADDR", grpc)],
             Listener::Metrics => vec![("HRX_METRICS_ADDR", metrics)],
-            Listener::Either => vec![("HRX_GRPC_ADDR", grpc), ("HRX_METRICS_ADDR", metrics)],
+            Listener::Either => vec![
+                ("HRX_GRPC_ADDR", grpc),
+                ("HRX_METRICS_ADDR", metrics),
+                ("HRX_PATIENT_ADDR", patient),
+            ],
         };
         if wanted.iter().any(|(_, p)| *p == Some(number)) {
             return;
