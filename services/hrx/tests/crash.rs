@@ -129,6 +129,7 @@ impl Deployment {
             .env("HRX_BACKEND", "distributed")
             .env("HRX_DATA_DIR", &data)
             .env("HRX_GRPC_ADDR", "127.0.0.1:0")
+            .env("HRX_PATIENT_ADDR", "127.0.0.1:0")
             .env("HRX_METRICS_ADDR", "127.0.0.1:0")
             .env("HRX_KAFKA_BROKERS", c.kafka_brokers.as_ref().unwrap())
             .env("HRX_KAFKA_PARTITIONS", c.kafka_partitions.to_string())

@@ -202,6 +202,7 @@ impl Serve {
                 .arg("serve")
                 .env("HRX_DATA_DIR", data)
                 .env("HRX_GRPC_ADDR", "127.0.0.1:0")
+                .env("HRX_PATIENT_ADDR", "127.0.0.1:0")
                 .env("HRX_METRICS_ADDR", "127.0.0.1:0")
                 .stdout(Stdio::null())
                 .spawn()

@@ -133,6 +133,7 @@ fn serve_registry_emit_and_stop() {
             .arg(&config)
             .env("HRX_DATA_DIR", &data)
             .env("HRX_GRPC_ADDR", "127.0.0.1:0")
+            .env("HRX_PATIENT_ADDR", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -290,4 +291,79 @@ fn serve_registry_emit_and_stop() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// The patient's app in CLI form against `hrx serve`: a key of their own, enrolled at
+/// the district hospital; a grant signed with it; the access list; a revocation.
+#[test]
+fn patient_cli_enrolls_grants_revokes_and_lists_accesses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let _serve = Serve(
+        hrx()
+            .arg("serve")
+            .env("HRX_DATA_DIR", &data)
+            .env("HRX_GRPC_ADDR", "127.0.0.1:0")
+            .env("HRX_PATIENT_ADDR", "127.0.0.1:0")
+            .env("HRX_METRICS_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&data.join("node.json"));
+    let d = data.to_str().unwrap();
+    for (id, level) in [("26012", "basic"), ("26001", "specialized")] {
+        run(hrx().args([
+            "registry", "--data-dir", d, "facility", "add", "--id", id, "--name", "H",
+            "--province", "Phú Thọ", "--level", level,
+        ]));
+    }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/fhir/observation-hba1c.json");
+    run(hrx()
+        .args(["emit", "--data-dir", d, "--facility", "26012", "--author", "CCHN-002614"])
+        .arg(&fixture));
+    let patient = String::from_utf8_lossy(&std::fs::read(&fixture).unwrap())
+        .split("Patient/")
+        .nth(1)
+        .map(|s| s[..12].to_owned())
+        .expect("the fixture names its patient");
+
+    let key = dir.path().join("an");
+    let out = run(hrx()
+        .args(["patient", "keygen", "--patient", &patient, "--out"])
+        .arg(&key));
+    let key_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(key_id.len(), 64);
+    let key_pem = dir.path().join("an.key.pem");
+    let k = key_pem.to_str().unwrap();
+    let out = run(hrx().args(["patient", "enroll", "--data-dir", d, "--facility", "26012", "--key", k]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("key {key_id} is the patient's now")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(hrx().args([
+        "patient", "grant", "--data-dir", d, "--key", k, "--to", "26001", "--purpose", "referral",
+        "--days", "30",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains(": accepted"), "{text}");
+    let grant = text.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_owned();
+    let out = run(hrx().args(["patient", "requests", "--data-dir", d, "--key", k]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no consent requests waiting"));
+    let out = run(hrx().args(["patient", "accesses", "--data-dir", d, "--key", k]));
+    let view = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(view.contains("enrolled in person at 26012"), "{view}");
+    assert!(view.contains(&format!("{grant}  patient-signed to 26001 for REFERRAL  active")), "{view}");
+    assert!(view.contains("PATIENT_VIEW"), "the earlier views are audited: {view}");
+    let out = run(hrx().args(["patient", "revoke", &grant, "--data-dir", d, "--key", k]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": accepted"));
+    // Revoking what the patient does not have: exit 1 and the typed reason.
+    let out = hrx()
+        .args(["patient", "revoke", "01a23556-4942-7005-a6f0-27ff36b2f5c4", "--data-dir", d, "--key", k])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rejected NOT_GRANTOR"));
 }
