@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use hrx_domain::audit::{AccessAction, AccessEvent, AccessOutcome, AuditEntry, Reader};
 use hrx_domain::consent::{
-    Access, Basis, ConsentForm, ConsentPolicy, ConsentState, GrantState, GrantStatus,
-    RequestState,
+    Access, Basis, ConsentForm, ConsentPolicy, ConsentState, GrantState, GrantStatus, RequestState,
 };
 use hrx_domain::patient::{self, Query, Statement};
 use hrx_domain::{
@@ -22,8 +21,8 @@ use hrx_domain::{
 };
 use hrx_identity::Principal;
 use hrx_ports::{
-    AccessAppend, AccessCounts, Append, BreakGlassUse, ChainKey, EventLog, LogPosition,
-    PortError, RejectionRow, Store,
+    AccessAppend, AccessCounts, Append, BreakGlassUse, ChainKey, EventLog, LogPosition, PortError,
+    RejectionRow, Store,
 };
 use hrx_proto::codec;
 use hrx_rpc::chains::ChainLocks;
@@ -460,8 +459,7 @@ impl Consent {
         let now = Timestamp::now();
         let mut outcomes: Vec<Option<StatementOutcome>> = vec![None; envelopes.len()];
         let mut refused = Vec::new();
-        let mut by_patient: HashMap<PatientId, Vec<(usize, Envelope, Statement)>> =
-            HashMap::new();
+        let mut by_patient: HashMap<PatientId, Vec<(usize, Envelope, Statement)>> = HashMap::new();
         for (i, envelope) in envelopes.into_iter().enumerate() {
             let event_hash = envelope.event_hash();
             match patient::verify_statement(&envelope, now, codec::decode_patient_statement) {
@@ -574,7 +572,11 @@ impl Consent {
         if head.seq == 0 {
             return Ok(());
         }
-        let Some(last) = log.chain_context(chain, probe, head.seq).await?.prior_position else {
+        let Some(last) = log
+            .chain_context(chain, probe, head.seq)
+            .await?
+            .prior_position
+        else {
             return Ok(());
         };
         let mut changes = self.store.changes();
@@ -616,9 +618,7 @@ impl Consent {
             )
             .into());
         }
-        let forget_before = now
-            .checked_sub(patient::request_id_memory())
-            .unwrap_or(now);
+        let forget_before = now.checked_sub(patient::request_id_memory()).unwrap_or(now);
         if !self
             .store
             .claim_request_id(r.request_id, now, forget_before)
@@ -629,7 +629,10 @@ impl Consent {
             )
             .into());
         }
-        let Query::View { page_size: size, cursor } = r.query;
+        let Query::View {
+            page_size: size,
+            cursor,
+        } = r.query;
         let limit = page_size(size)?;
         let after = access_cursor(&cursor)?;
         let (accesses, next) = self.page(&r.patient_id, None, after, limit).await?;

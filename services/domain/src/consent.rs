@@ -232,7 +232,10 @@ pub enum ConsentFact {
         grant: ConsentGrant,
     },
     /// A facility revoked a grant (it counts only if the facility attested it).
-    FacilityRevocation { facility: FacilityId, grant: EventId },
+    FacilityRevocation {
+        facility: FacilityId,
+        grant: EventId,
+    },
     /// A facility asked for consent.
     Request {
         facility: FacilityId,
@@ -397,7 +400,9 @@ impl GrantState {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Answer {
     /// A patient-signed grant naming the request.
-    Approved { grant: EventId },
+    Approved {
+        grant: EventId,
+    },
     Declined,
 }
 
@@ -512,17 +517,15 @@ impl ConsentState {
                         }
                     }
                 }
-                ConsentFact::AttestedGrant { facility, grant } => {
-                    state.grants.push(GrantState {
-                        grant_event_id: e.id,
-                        form: ConsentForm::Attested,
-                        granted_by: Some(facility),
-                        granted_at: t,
-                        grant,
-                        revoked_at: None,
-                        revoked_by: None,
-                    })
-                }
+                ConsentFact::AttestedGrant { facility, grant } => state.grants.push(GrantState {
+                    grant_event_id: e.id,
+                    form: ConsentForm::Attested,
+                    granted_by: Some(facility),
+                    granted_at: t,
+                    grant,
+                    revoked_at: None,
+                    revoked_by: None,
+                }),
                 ConsentFact::FacilityRevocation { facility, grant } => {
                     revocations.push((grant, Revoker::Facility(facility), t))
                 }
@@ -566,7 +569,9 @@ impl ConsentState {
                 continue;
             };
             let fits = match answer {
-                Answer::Approved { .. } => approved_for == Some(Grantee::Facility(r.facility.clone())),
+                Answer::Approved { .. } => {
+                    approved_for == Some(Grantee::Facility(r.facility.clone()))
+                }
                 Answer::Declined => true,
             };
             if fits && r.answer.is_none() {
@@ -618,12 +623,9 @@ impl ConsentState {
                 .filter(|r| r.status(now, policy) == RequestStatus::Pending)
         };
         match &statement.body {
-            StatementBody::Revocation(r) if self.grant(r.grant_event_id).is_none() => {
-                Err(Rejection::new(
-                    Reason::NotGrantor,
-                    "the patient has no grant with this id",
-                ))
-            }
+            StatementBody::Revocation(r) if self.grant(r.grant_event_id).is_none() => Err(
+                Rejection::new(Reason::NotGrantor, "the patient has no grant with this id"),
+            ),
             StatementBody::Decline { request } if pending(*request).is_none() => {
                 Err(Rejection::invalid_field(
                     "consent_decline.request_event_id",

@@ -10,15 +10,15 @@ use crate::dsse::PublicKey;
 use crate::event::{Body, RegistryBody};
 use crate::event::{
     BreakGlass, ConsentGrant, ConsentRequest, ConsentRevocation, Evidence, FHIR_JSON,
-    FacilityHeader, Grantee, MAX_BODY_BYTES, MAX_BREAK_GLASS_REASON_BYTES,
-    MAX_BREAK_GLASS_SECONDS, MAX_REQUEST_REASON_BYTES, MAX_REQUEST_SECONDS, Record,
-    optional_timestamp, timestamp, unchecked,
+    FacilityHeader, Grantee, MAX_BODY_BYTES, MAX_BREAK_GLASS_REASON_BYTES, MAX_BREAK_GLASS_SECONDS,
+    MAX_REQUEST_REASON_BYTES, MAX_REQUEST_SECONDS, Record, optional_timestamp, timestamp,
+    unchecked,
 };
-use crate::time::Timestamp;
 use crate::ids::{EventId, FacilityId, KeyId, PatientId, Sha256};
 use crate::kinds::{FacilityLevel, Purpose, RecordKind, SensitivityLabel};
 use crate::rejection::Rejection;
 use crate::time::Duration;
+use crate::time::Timestamp;
 
 /// Parses the body of a facility event whose header is already valid.
 pub fn check_body(header: &FacilityHeader, body: &unchecked::Body) -> Result<Body, Rejection> {
@@ -282,7 +282,9 @@ pub fn check_request(r: &unchecked::ConsentRequest) -> Result<ConsentRequest, Re
         .ok_or_else(|| Rejection::invalid_field("consent_request.duration", "required"))?;
     let duration = Duration::new(raw.seconds, raw.nanos)
         .ok()
-        .filter(|d| d.as_nanos() > 0 && d.as_nanos() <= i128::from(MAX_REQUEST_SECONDS) * 1_000_000_000)
+        .filter(|d| {
+            d.as_nanos() > 0 && d.as_nanos() <= i128::from(MAX_REQUEST_SECONDS) * 1_000_000_000
+        })
         .ok_or_else(|| {
             Rejection::invalid_field(
                 "consent_request.duration",

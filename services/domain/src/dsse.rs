@@ -24,10 +24,8 @@ pub enum PayloadType {
 impl PayloadType {
     pub const FACILITY_EVENT: &'static str = "application/vnd.hrx.facility-event.v1+protobuf";
     pub const REGISTRY_EVENT: &'static str = "application/vnd.hrx.registry-event.v1+protobuf";
-    pub const PATIENT_STATEMENT: &'static str =
-        "application/vnd.hrx.patient-statement.v1+protobuf";
-    pub const PATIENT_KEY_PROOF: &'static str =
-        "application/vnd.hrx.patient-key-proof.v1+protobuf";
+    pub const PATIENT_STATEMENT: &'static str = "application/vnd.hrx.patient-statement.v1+protobuf";
+    pub const PATIENT_KEY_PROOF: &'static str = "application/vnd.hrx.patient-key-proof.v1+protobuf";
     pub const PATIENT_REQUEST: &'static str = "application/vnd.hrx.patient-request.v1+protobuf";
 
     pub fn parse(s: &str) -> Option<Self> {

@@ -58,9 +58,16 @@ pub mod raw {
     pub enum StatementBody {
         ConsentGrant(ConsentGrant),
         ConsentRevocation(ConsentRevocation),
-        ConsentDecline { request_event_id: String },
-        KeyRotation { new_public_key: Vec<u8>, proof: Option<Proof> },
-        KeyRevocation { reason: String },
+        ConsentDecline {
+            request_event_id: String,
+        },
+        KeyRotation {
+            new_public_key: Vec<u8>,
+            proof: Option<Proof>,
+        },
+        KeyRevocation {
+            reason: String,
+        },
     }
 
     #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -190,7 +197,8 @@ where
         public_key: public_key(&h.public_key, "statement.header.public_key")?,
         signed_at: timestamp(h.signed_at, "statement.header.signed_at")?,
     };
-    let event_hash = check_self_signed(envelope, PayloadType::PatientStatement, &header.public_key)?;
+    let event_hash =
+        check_self_signed(envelope, PayloadType::PatientStatement, &header.public_key)?;
     let body = check_statement_body(&header, &body, received_at)?;
     Ok(Statement {
         header,
@@ -282,7 +290,9 @@ pub fn check_proof(
     }
     let well_formed = e.check_key_id_and_signature_form().is_ok();
     if !well_formed || KeyId::parse(&e.key_id).ok() != Some(key.key_id()) {
-        return Err(bad_proof("the proof is not signed by the key being enrolled"));
+        return Err(bad_proof(
+            "the proof is not signed by the key being enrolled",
+        ));
     }
     key.verify(e)
         .map_err(|_| bad_proof("the proof's signature does not verify with the enrolled key"))?;
@@ -371,9 +381,8 @@ where
         ));
     }
     envelope.check_key_id_and_signature_form()?;
-    let r = decode(&envelope.payload).map_err(|_| {
-        Rejection::new(Reason::MalformedPayload, "payload is not a PatientRequest")
-    })?;
+    let r = decode(&envelope.payload)
+        .map_err(|_| Rejection::new(Reason::MalformedPayload, "payload is not a PatientRequest"))?;
     let request_id = EventId::parse(&r.request_id)
         .map_err(|e| Rejection::invalid_field("request.request_id", e))?;
     let patient_id = patient_field(&r.patient_id, "request.patient_id")?;

@@ -13,7 +13,9 @@ use hrx_domain::consent::{
 };
 use hrx_domain::event::{ConsentGrant, ConsentRevocation, Grantee};
 use hrx_domain::patient::StatementBody;
-use hrx_domain::{EventId, FacilityId, KeyId, PatientId, Purpose, RecordKind, SigningKey, Timestamp};
+use hrx_domain::{
+    EventId, FacilityId, KeyId, PatientId, Purpose, RecordKind, SigningKey, Timestamp,
+};
 use proptest::prelude::*;
 
 const FACILITIES: [&str; 3] = ["26001", "26012", "26105"];
@@ -34,13 +36,37 @@ fn key(i: u8) -> hrx_domain::PublicKey {
 /// One generated step of a patient's history.
 #[derive(Clone, Debug)]
 enum Step {
-    Enroll { facility: usize, key: u8 },
-    Rotate { signer: u8, new: u8 },
-    RevokeKey { signer: u8 },
-    PatientGrant { signer: u8, grantee: Option<usize>, purpose: usize, expires: i64 },
-    Attest { facility: usize, grantee: usize, purpose: usize, expires: i64 },
-    PatientRevoke { signer: u8, grant: usize },
-    FacilityRevoke { facility: usize, grant: usize },
+    Enroll {
+        facility: usize,
+        key: u8,
+    },
+    Rotate {
+        signer: u8,
+        new: u8,
+    },
+    RevokeKey {
+        signer: u8,
+    },
+    PatientGrant {
+        signer: u8,
+        grantee: Option<usize>,
+        purpose: usize,
+        expires: i64,
+    },
+    Attest {
+        facility: usize,
+        grantee: usize,
+        purpose: usize,
+        expires: i64,
+    },
+    PatientRevoke {
+        signer: u8,
+        grant: usize,
+    },
+    FacilityRevoke {
+        facility: usize,
+        grant: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -65,7 +91,8 @@ fn step() -> impl Strategy<Value = Step> {
             }
         ),
         (0..4u8, 0..12usize).prop_map(|(signer, grant)| Step::PatientRevoke { signer, grant }),
-        (0..3usize, 0..12usize).prop_map(|(facility, grant)| Step::FacilityRevoke { facility, grant }),
+        (0..3usize, 0..12usize)
+            .prop_map(|(facility, grant)| Step::FacilityRevoke { facility, grant }),
     ]
 }
 
@@ -104,7 +131,9 @@ fn event(i: usize, s: &Step) -> ConsentEvent {
             facility: fac(facility),
             key: key(k),
         },
-        Step::Rotate { signer, new } => statement(signer, StatementBody::KeyRotation { new_key: key(new) }),
+        Step::Rotate { signer, new } => {
+            statement(signer, StatementBody::KeyRotation { new_key: key(new) })
+        }
         Step::RevokeKey { signer } => statement(
             signer,
             StatementBody::KeyRevocation {
@@ -273,12 +302,12 @@ proptest! {
         let now = now.max(steps.len() as i64);
         for reader in 0..3 {
             for author in 0..3 {
-                for purpose in 0..PURPOSES.len() {
+                for (purpose, p) in PURPOSES.iter().enumerate() {
                     let reader_id = fac(reader);
                     let author_id = fac(author);
                     let decided = Access {
                         reader: &reader_id,
-                        purpose: PURPOSES[purpose],
+                        purpose: *p,
                         now: t(now),
                         grants: &state.grants,
                         break_glass: &glass,
@@ -292,7 +321,7 @@ proptest! {
                     prop_assert_eq!(
                         decided,
                         model(&steps, &windows, reader, author, purpose, now),
-                        "reader {} author {} purpose {:?} at {}", reader, author, PURPOSES[purpose], now
+                        "reader {} author {} purpose {:?} at {}", reader, author, p, now
                     );
                 }
             }

@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use hrx_domain::audit::{AccessAction, AccessEvent, AccessOutcome, AuditEntry, AuditFormat, Reader};
+use hrx_domain::audit::{
+    AccessAction, AccessEvent, AccessOutcome, AuditEntry, AuditFormat, Reader,
+};
 use hrx_domain::consent::Basis;
 use hrx_domain::{EventId, FacilityId, PatientId, Purpose, Sha256};
 use hrx_ports::{AccessAppend, AccessCounts, AuditStore, PortResult};

@@ -267,7 +267,10 @@ impl<'r, 's> Cols<'r, 's> {
     }
 
     /// An enum stored as its code; 0 is `None`.
-    pub(crate) fn opt_code<T>(&mut self, from_code: impl Fn(i32) -> Option<T>) -> Result<Option<T>> {
+    pub(crate) fn opt_code<T>(
+        &mut self,
+        from_code: impl Fn(i32) -> Option<T>,
+    ) -> Result<Option<T>> {
         let (i, c) = self.get::<i64>()?;
         match i32::try_from(c) {
             Ok(0) => Ok(None),
@@ -377,11 +380,18 @@ mod tests {
     fn bases_round_trip() {
         let b = vec![
             Basis::Author,
-            Basis::Consent(eid(7)),
+            Basis::Consent {
+                grant: eid(7),
+                form: ConsentForm::PatientSigned,
+            },
             Basis::BreakGlass(eid(9)),
+            Basis::Consent {
+                grant: eid(8),
+                form: ConsentForm::Attested,
+            },
         ];
         assert_eq!(decode_bases(&bases(&b)), Some(b));
-        assert_eq!(decode_bases(&[4; 17]), None);
+        assert_eq!(decode_bases(&[5; 17]), None);
         assert_eq!(decode_bases(&[1; 16]), None);
     }
 

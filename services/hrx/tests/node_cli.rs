@@ -314,14 +314,33 @@ fn patient_cli_enrolls_grants_revokes_and_lists_accesses() {
     let d = data.to_str().unwrap();
     for (id, level) in [("26012", "basic"), ("26001", "specialized")] {
         run(hrx().args([
-            "registry", "--data-dir", d, "facility", "add", "--id", id, "--name", "H",
-            "--province", "Phú Thọ", "--level", level,
+            "registry",
+            "--data-dir",
+            d,
+            "facility",
+            "add",
+            "--id",
+            id,
+            "--name",
+            "H",
+            "--province",
+            "Phú Thọ",
+            "--level",
+            level,
         ]));
     }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/fhir/observation-hba1c.json");
     run(hrx()
-        .args(["emit", "--data-dir", d, "--facility", "26012", "--author", "CCHN-002614"])
+        .args([
+            "emit",
+            "--data-dir",
+            d,
+            "--facility",
+            "26012",
+            "--author",
+            "CCHN-002614",
+        ])
         .arg(&fixture));
     let patient = String::from_utf8_lossy(&std::fs::read(&fixture).unwrap())
         .split("Patient/")
@@ -337,31 +356,72 @@ fn patient_cli_enrolls_grants_revokes_and_lists_accesses() {
     assert_eq!(key_id.len(), 64);
     let key_pem = dir.path().join("an.key.pem");
     let k = key_pem.to_str().unwrap();
-    let out = run(hrx().args(["patient", "enroll", "--data-dir", d, "--facility", "26012", "--key", k]));
+    let out = run(hrx().args([
+        "patient",
+        "enroll",
+        "--data-dir",
+        d,
+        "--facility",
+        "26012",
+        "--key",
+        k,
+    ]));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("key {key_id} is the patient's now")),
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("key {key_id} is the patient's now")),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     let out = run(hrx().args([
-        "patient", "grant", "--data-dir", d, "--key", k, "--to", "26001", "--purpose", "referral",
-        "--days", "30",
+        "patient",
+        "grant",
+        "--data-dir",
+        d,
+        "--key",
+        k,
+        "--to",
+        "26001",
+        "--purpose",
+        "referral",
+        "--days",
+        "30",
     ]));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains(": accepted"), "{text}");
-    let grant = text.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_owned();
+    let grant = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
     let out = run(hrx().args(["patient", "requests", "--data-dir", d, "--key", k]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no consent requests waiting"));
     let out = run(hrx().args(["patient", "accesses", "--data-dir", d, "--key", k]));
     let view = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(view.contains("enrolled in person at 26012"), "{view}");
-    assert!(view.contains(&format!("{grant}  patient-signed to 26001 for REFERRAL  active")), "{view}");
-    assert!(view.contains("PATIENT_VIEW"), "the earlier views are audited: {view}");
+    assert!(
+        view.contains(&format!(
+            "{grant}  patient-signed to 26001 for REFERRAL  active"
+        )),
+        "{view}"
+    );
+    assert!(
+        view.contains("PATIENT_VIEW"),
+        "the earlier views are audited: {view}"
+    );
     let out = run(hrx().args(["patient", "revoke", &grant, "--data-dir", d, "--key", k]));
     assert!(String::from_utf8_lossy(&out.stdout).contains(": accepted"));
     // Revoking what the patient does not have: exit 1 and the typed reason.
     let out = hrx()
-        .args(["patient", "revoke", "01a23556-4942-7005-a6f0-27ff36b2f5c4", "--data-dir", d, "--key", k])
+        .args([
+            "patient",
+            "revoke",
+            "01a23556-4942-7005-a6f0-27ff36b2f5c4",
+            "--data-dir",
+            d,
+            "--key",
+            k,
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -213,10 +213,7 @@ impl v1::monitor_service_server::MonitorService for MonitorGrpc {
             let loaded = state::load(&*self.store, &self.facts, &row.patient_id)
                 .await
                 .map_err(|e| status(&e))?;
-            let revoked_at = loaded
-                .state
-                .grant(row.event_id)
-                .and_then(|g| g.revoked_at);
+            let revoked_at = loaded.state.grant(row.event_id).and_then(|g| g.revoked_at);
             grants.push(v1::AttestedGrant {
                 grant_event_id: row.event_id.to_string(),
                 facility_id: facility.to_string(),

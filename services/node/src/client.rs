@@ -506,7 +506,10 @@ impl PatientClient {
     }
 
     /// Submits signed statements as they are.
-    pub async fn submit(&self, statements: Vec<Envelope>) -> Result<Vec<v1::SubmitResult>, ClientError> {
+    pub async fn submit(
+        &self,
+        statements: Vec<Envelope>,
+    ) -> Result<Vec<v1::SubmitResult>, ClientError> {
         Ok(self
             .service()
             .submit_statements(v1::SubmitStatementsRequest {
@@ -584,32 +587,40 @@ impl PatientClient {
         let asked = request.request.clone().unwrap_or_default();
         let seconds = asked.duration.map(|d| d.seconds).unwrap_or(0);
         let expires = Timestamp::now()
-            .checked_add(hrx_domain::Duration::from_secs(seconds).unwrap_or(
-                hrx_domain::Duration::from_secs(0).expect("zero is a duration"),
-            ))
+            .checked_add(
+                hrx_domain::Duration::from_secs(seconds)
+                    .unwrap_or(hrx_domain::Duration::from_secs(0).expect("zero is a duration")),
+            )
             .unwrap_or_else(Timestamp::now);
-        self.state(v1::patient_statement::Body::ConsentGrant(v1::ConsentGrant {
-            patient_id: self.patient.to_string(),
-            purposes: asked.purposes,
-            kinds: asked.kinds,
-            include_sensitive: asked.include_sensitive,
-            data_from: asked.data_from,
-            data_until: asked.data_until,
-            expires_at: Some(codec::timestamp(expires)),
-            evidence: None,
-            request_event_id: request.request_event_id.clone(),
-            grantee: Some(v1::consent_grant::Grantee::GranteeFacilityId(
-                request.facility_id.clone(),
-            )),
-        }))
+        self.state(v1::patient_statement::Body::ConsentGrant(
+            v1::ConsentGrant {
+                patient_id: self.patient.to_string(),
+                purposes: asked.purposes,
+                kinds: asked.kinds,
+                include_sensitive: asked.include_sensitive,
+                data_from: asked.data_from,
+                data_until: asked.data_until,
+                expires_at: Some(codec::timestamp(expires)),
+                evidence: None,
+                request_event_id: request.request_event_id.clone(),
+                grantee: Some(v1::consent_grant::Grantee::GranteeFacilityId(
+                    request.facility_id.clone(),
+                )),
+            },
+        ))
         .await
     }
 
     /// Declines a consent request.
-    pub async fn decline(&self, request_event_id: &str) -> Result<(EventId, v1::SubmitResult), ClientError> {
-        self.state(v1::patient_statement::Body::ConsentDecline(v1::ConsentDecline {
-            request_event_id: request_event_id.to_owned(),
-        }))
+    pub async fn decline(
+        &self,
+        request_event_id: &str,
+    ) -> Result<(EventId, v1::SubmitResult), ClientError> {
+        self.state(v1::patient_statement::Body::ConsentDecline(
+            v1::ConsentDecline {
+                request_event_id: request_event_id.to_owned(),
+            },
+        ))
         .await
     }
 
@@ -630,10 +641,12 @@ impl PatientClient {
     pub async fn rotate(&mut self, new: SigningKey) -> Result<v1::SubmitResult, ClientError> {
         let proof = key_proof(&new, &self.patient, None, Timestamp::now());
         let (_, result) = self
-            .state(v1::patient_statement::Body::KeyRotation(v1::PatientKeyRotation {
-                new_public_key: new.public_key().as_bytes().to_vec(),
-                proof: Some(proof),
-            }))
+            .state(v1::patient_statement::Body::KeyRotation(
+                v1::PatientKeyRotation {
+                    new_public_key: new.public_key().as_bytes().to_vec(),
+                    proof: Some(proof),
+                },
+            ))
             .await?;
         if result.status == v1::SubmitStatus::Accepted as i32 {
             self.key = new;

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use hrx_domain::consent::ConsentPolicy;
 use figment::providers::{Env, Format, Serialized, Toml};
+use hrx_domain::consent::ConsentPolicy;
 use serde::{Deserialize, Serialize};
 
 /// Where the log and the store live.

@@ -11,7 +11,9 @@ mod support;
 use std::time::Duration;
 
 use hrx_domain::dsse::PayloadType;
-use hrx_domain::{EventId, PatientId, Purpose, RecordKind, SensitivityLabel, SigningKey, Timestamp};
+use hrx_domain::{
+    EventId, PatientId, Purpose, RecordKind, SensitivityLabel, SigningKey, Timestamp,
+};
 use hrx_node::client::{FacilityClient, PatientClient, enrollment, key_proof};
 use hrx_proto::{codec, v1};
 use prost::Message as _;
@@ -56,7 +58,12 @@ fn refused(status: tonic::Status) -> tonic::Code {
 async fn treat(w: &mut World, patient: &str) -> EventId {
     let (id, r) = w
         .district
-        .emit(record(patient, RecordKind::Condition, ts("2026-10-02T02:00:00Z"), &[]))
+        .emit(record(
+            patient,
+            RecordKind::Condition,
+            ts("2026-10-02T02:00:00Z"),
+            &[],
+        ))
         .await
         .unwrap();
     assert!(accepted(&r), "{r:?}");
@@ -72,14 +79,24 @@ async fn patient_keys_are_enrolled_in_person_rotated_and_revoked_by_the_patient(
     let (key, other) = (new_key(), new_key());
     let mut body = enrollment(&an, &key, &w.district.id, Timestamp::now());
     if let v1::facility_event::Body::PatientKeyEnrollment(e) = &mut body {
-        e.proof = Some(key_proof(&other, &an, Some(&w.district.id), Timestamp::now()));
+        e.proof = Some(key_proof(
+            &other,
+            &an,
+            Some(&w.district.id),
+            Timestamp::now(),
+        ));
     }
     let (_, r) = w.district.emit(body).await.unwrap();
     assert_eq!(reason(&r), v1::RejectionReason::BadProofOfPossession as i32);
     assert!(r.extends_chain, "content rejection: the chain goes on");
     let mut body = enrollment(&an, &key, &w.district.id, Timestamp::now());
     if let v1::facility_event::Body::PatientKeyEnrollment(e) = &mut body {
-        e.proof = Some(key_proof(&key, &an, Some(&w.provincial.id), Timestamp::now()));
+        e.proof = Some(key_proof(
+            &key,
+            &an,
+            Some(&w.provincial.id),
+            Timestamp::now(),
+        ));
     }
     let (_, r) = w.district.emit(body).await.unwrap();
     assert_eq!(reason(&r), v1::RejectionReason::BadProofOfPossession as i32);
@@ -91,7 +108,12 @@ async fn patient_keys_are_enrolled_in_person_rotated_and_revoked_by_the_patient(
     let mut app = w.enroll(env.path(), &node, &mut district, AN).await;
     let first = app.key().key_id();
     let (_, r) = app
-        .state(patient_grant(AN, PROVINCIAL, &[Purpose::Referral], in_days(30)))
+        .state(patient_grant(
+            AN,
+            PROVINCIAL,
+            &[Purpose::Referral],
+            in_days(30),
+        ))
         .await
         .unwrap();
     assert!(accepted(&r), "{r:?}");
@@ -100,12 +122,22 @@ async fn patient_keys_are_enrolled_in_person_rotated_and_revoked_by_the_patient(
     let binh_app = w.enroll(env.path(), &node, &mut district, BINH).await;
     let forger = PatientClient::new(an.clone(), new_key(), patient_port(env.path(), &node).await);
     let (_, r) = forger
-        .state(patient_grant(AN, CLINIC, &[Purpose::Treatment], in_days(30)))
+        .state(patient_grant(
+            AN,
+            CLINIC,
+            &[Purpose::Treatment],
+            in_days(30),
+        ))
         .await
         .unwrap();
     assert_eq!(reason(&r), v1::RejectionReason::PatientKeyNotValid as i32);
     let binh_signs_for_an = {
-        let (_, envelope) = binh_app.statement(patient_grant(AN, CLINIC, &[Purpose::Treatment], in_days(30)));
+        let (_, envelope) = binh_app.statement(patient_grant(
+            AN,
+            CLINIC,
+            &[Purpose::Treatment],
+            in_days(30),
+        ));
         // Bình's app only signs Bình's statements: make one for An with Bình's key.
         let mut s = v1::PatientStatement::decode(envelope.payload.as_slice()).unwrap();
         s.header.as_mut().unwrap().patient_id = AN.into();
@@ -123,12 +155,19 @@ async fn patient_keys_are_enrolled_in_person_rotated_and_revoked_by_the_patient(
     settle(&w.nc).await;
     let stale = PatientClient::new(an.clone(), old, patient_port(env.path(), &node).await);
     let (_, r) = stale
-        .state(patient_grant(AN, CLINIC, &[Purpose::Treatment], in_days(30)))
+        .state(patient_grant(
+            AN,
+            CLINIC,
+            &[Purpose::Treatment],
+            in_days(30),
+        ))
         .await
         .unwrap();
     assert_eq!(reason(&r), v1::RejectionReason::PatientKeyNotValid as i32);
     let e = stale.view(10, "").await.unwrap_err();
-    assert!(matches!(e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::Unauthenticated));
+    assert!(
+        matches!(e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::Unauthenticated)
+    );
     let view = app.view(10, "").await.unwrap();
     let status = |v: &v1::PatientView| {
         v.keys
@@ -151,7 +190,9 @@ async fn patient_keys_are_enrolled_in_person_rotated_and_revoked_by_the_patient(
         .unwrap();
     let lost = w.enroll(env.path(), &node, &mut provincial, AN).await;
     let e = app.view(10, "").await.unwrap_err();
-    assert!(matches!(e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::Unauthenticated));
+    assert!(
+        matches!(e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::Unauthenticated)
+    );
     let view = lost.view(10, "").await.unwrap();
     assert_eq!(
         status(&view),
@@ -177,7 +218,9 @@ async fn patient_keys_are_enrolled_in_person_rotated_and_revoked_by_the_patient(
     assert!(accepted(&r), "{r:?}");
     settle(&w.nc).await;
     let e = lost.view(10, "").await.unwrap_err();
-    assert!(matches!(e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::Unauthenticated));
+    assert!(
+        matches!(e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::Unauthenticated)
+    );
     node.stop().await;
 }
 
@@ -192,14 +235,24 @@ async fn patient_signed_grants_are_verifiable_and_carried_by_app_or_facility(env
 
     // From the app, on the patient port (no client certificate).
     let (grant_id, r) = app
-        .state(patient_grant(AN, PROVINCIAL, &[Purpose::Referral], in_days(30)))
+        .state(patient_grant(
+            AN,
+            PROVINCIAL,
+            &[Purpose::Referral],
+            in_days(30),
+        ))
         .await
         .unwrap();
     assert!(accepted(&r), "{r:?}");
     // Carried by a facility over its own mutually authenticated connection.
     let carried = PatientClient::new(pid(AN), app.key().clone(), w.clinic.channel());
     let (_, r) = carried
-        .state(patient_grant(AN, CLINIC, &[Purpose::ChronicCare], in_days(30)))
+        .state(patient_grant(
+            AN,
+            CLINIC,
+            &[Purpose::ChronicCare],
+            in_days(30),
+        ))
         .await
         .unwrap();
     assert!(accepted(&r), "{r:?}");
@@ -223,7 +276,11 @@ async fn patient_signed_grants_are_verifiable_and_carried_by_app_or_facility(env
         .unwrap()
         .into_inner()
         .grants;
-    assert_eq!(grants.len(), 1, "only the grant that names the provincial hospital");
+    assert_eq!(
+        grants.len(),
+        1,
+        "only the grant that names the provincial hospital"
+    );
     let artefact: hrx_domain::Envelope = grants[0].artefact.clone().unwrap().into();
     let statement = hrx_domain::patient::verify_statement(
         &artefact,
@@ -242,7 +299,11 @@ async fn patient_signed_grants_are_verifiable_and_carried_by_app_or_facility(env
     assert!(accepted(&r), "{r:?}");
     settle(&w.nc).await;
     assert_eq!(
-        refused(read(&w.provincial, AN, Purpose::Referral).await.unwrap_err()),
+        refused(
+            read(&w.provincial, AN, Purpose::Referral)
+                .await
+                .unwrap_err()
+        ),
         tonic::Code::PermissionDenied
     );
     // A grant the patient does not have cannot be revoked by them.
@@ -279,7 +340,11 @@ async fn consent_requests_wait_for_the_patients_answer(env: Env) {
     settle(&w.nc).await;
     // Asking gives no access.
     assert_eq!(
-        refused(read(&w.provincial, AN, Purpose::Referral).await.unwrap_err()),
+        refused(
+            read(&w.provincial, AN, Purpose::Referral)
+                .await
+                .unwrap_err()
+        ),
         tonic::Code::PermissionDenied
     );
     let requests_of = |f: &FacilityClient| {
@@ -297,7 +362,10 @@ async fn consent_requests_wait_for_the_patients_answer(env: Env) {
     let mine = requests_of(&w.provincial).await;
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].status, v1::ConsentRequestStatus::Pending as i32);
-    assert!(requests_of(&w.clinic).await.is_empty(), "another facility's request");
+    assert!(
+        requests_of(&w.clinic).await.is_empty(),
+        "another facility's request"
+    );
 
     let view = app.view(1, "").await.unwrap();
     let pending = view
@@ -329,8 +397,15 @@ async fn consent_requests_wait_for_the_patients_answer(env: Env) {
     assert!(accepted(&r), "{r:?}");
     settle(&w.nc).await;
     let (_, r) = app.decline(&second.to_string()).await.unwrap();
-    assert_eq!(r.rejection.unwrap().field, "consent_decline.request_event_id");
-    let statuses: Vec<i32> = requests_of(&w.provincial).await.iter().map(|q| q.status).collect();
+    assert_eq!(
+        r.rejection.unwrap().field,
+        "consent_decline.request_event_id"
+    );
+    let statuses: Vec<i32> = requests_of(&w.provincial)
+        .await
+        .iter()
+        .map(|q| q.status)
+        .collect();
     assert!(statuses.contains(&(v1::ConsentRequestStatus::Declined as i32)));
     node.stop().await;
 }
@@ -366,7 +441,9 @@ async fn attested_grants_are_bounded_shown_and_revoked_only_by_their_grantor(env
         bounded(base(), &|g| {
             g.expires_at = Some(codec::timestamp(in_days(91)))
         }),
-        bounded(base(), &|g| g.request_event_id = EventId::new_v7().to_string()),
+        bounded(base(), &|g| {
+            g.request_event_id = EventId::new_v7().to_string()
+        }),
     ] {
         let (_, r) = w.district.emit(out).await.unwrap();
         assert_eq!(
@@ -391,7 +468,10 @@ async fn attested_grants_are_bounded_shown_and_revoked_only_by_their_grantor(env
         .grants;
     assert_eq!(attested.len(), 1);
     assert_eq!(
-        (attested[0].grant_event_id.as_str(), attested[0].facility_id.as_str()),
+        (
+            attested[0].grant_event_id.as_str(),
+            attested[0].facility_id.as_str()
+        ),
         (grant_id.to_string().as_str(), DISTRICT)
     );
     let mut district = FacilityClient::open(env.path(), node.addr, &fac(DISTRICT))
@@ -465,7 +545,11 @@ async fn break_glass_is_limited_alerted_live_and_shown_to_the_patient(mut env: E
         .unwrap()
         .unwrap();
     assert_eq!(
-        (alert.event_id.as_str(), alert.facility_id.as_str(), alert.reason.as_str()),
+        (
+            alert.event_id.as_str(),
+            alert.facility_id.as_str(),
+            alert.reason.as_str()
+        ),
         (first.to_string().as_str(), EMERGENCY, "Bệnh nhân hôn mê")
     );
     // One open window per patient; two declarations a day (configured here).
@@ -478,9 +562,20 @@ async fn break_glass_is_limited_alerted_live_and_shown_to_the_patient(mut env: E
     settle(&w.nc).await;
 
     // Emergency reads only.
-    assert_eq!(read(&w.emergency, AN, Purpose::Emergency).await.unwrap().entries.len(), 1);
     assert_eq!(
-        refused(read(&w.emergency, AN, Purpose::Treatment).await.unwrap_err()),
+        read(&w.emergency, AN, Purpose::Emergency)
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
+    assert_eq!(
+        refused(
+            read(&w.emergency, AN, Purpose::Treatment)
+                .await
+                .unwrap_err()
+        ),
         tonic::Code::PermissionDenied
     );
     // Prometheus has it per facility.
@@ -503,7 +598,11 @@ async fn break_glass_is_limited_alerted_live_and_shown_to_the_patient(mut env: E
     assert_eq!(view.break_glass.len(), 1);
     assert_eq!(view.break_glass[0].event_id, first.to_string());
     assert!(view.break_glass[0].reads >= 1);
-    assert!(view.accesses.iter().any(|a| a.action == v1::AccessAction::BreakGlass as i32));
+    assert!(
+        view.accesses
+            .iter()
+            .any(|a| a.action == v1::AccessAction::BreakGlass as i32)
+    );
     node.stop().await;
 }
 
@@ -515,7 +614,10 @@ async fn facilities_and_the_national_center_see_only_their_share(env: Env) {
         .await
         .unwrap();
     let app = w.enroll(env.path(), &node, &mut district, AN).await;
-    for (to, purpose) in [(PROVINCIAL, Purpose::Referral), (CLINIC, Purpose::ChronicCare)] {
+    for (to, purpose) in [
+        (PROVINCIAL, Purpose::Referral),
+        (CLINIC, Purpose::ChronicCare),
+    ] {
         let (_, r) = app
             .state(patient_grant(AN, to, &[purpose], in_days(30)))
             .await
@@ -555,7 +657,9 @@ async fn facilities_and_the_national_center_see_only_their_share(env: Env) {
     let own = accesses(w.provincial.channel()).await;
     assert!(!own.accesses.is_empty());
     assert!(
-        own.accesses.iter().all(|a| a.reader_facility_id == PROVINCIAL),
+        own.accesses
+            .iter()
+            .all(|a| a.reader_facility_id == PROVINCIAL),
         "a facility sees its own accesses only"
     );
     let counted = accesses(w.nc.channel()).await;
@@ -608,9 +712,17 @@ async fn no_basis_means_no_answer_and_withheld_never_follows_the_filters(env: En
         (RecordKind::Encounter, "2026-01-05T00:00:00Z", &[][..]),
         (RecordKind::Condition, "2026-03-05T00:00:00Z", &[][..]),
         (RecordKind::Observation, "2026-06-05T00:00:00Z", &[][..]),
-        (RecordKind::Observation, "2026-09-05T00:00:00Z", &[SensitivityLabel::Hiv][..]),
+        (
+            RecordKind::Observation,
+            "2026-09-05T00:00:00Z",
+            &[SensitivityLabel::Hiv][..],
+        ),
     ] {
-        let (id, r) = w.district.emit(record(AN, kind, ts(at), labels)).await.unwrap();
+        let (id, r) = w
+            .district
+            .emit(record(AN, kind, ts(at), labels))
+            .await
+            .unwrap();
         assert!(accepted(&r));
         ids.push(id);
     }
@@ -631,7 +743,11 @@ async fn no_basis_means_no_answer_and_withheld_never_follows_the_filters(env: En
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::PermissionDenied, "existence is not revealed");
+        assert_eq!(
+            e.code(),
+            tonic::Code::PermissionDenied,
+            "existence is not revealed"
+        );
     }
     let e = w
         .clinic
@@ -688,7 +804,11 @@ async fn no_basis_means_no_answer_and_withheld_never_follows_the_filters(env: En
             .into_inner();
         counts.push(page.withheld_count);
     }
-    assert_eq!(counts, vec![3; 5], "encounter, condition and the HIV record");
+    assert_eq!(
+        counts,
+        vec![3; 5],
+        "encounter, condition and the HIV record"
+    );
     node.stop().await;
 }
 
@@ -699,13 +819,13 @@ async fn patient_views_are_signed_single_use_and_the_patient_port_serves_nothing
         .await
         .unwrap();
     let app = w.enroll(env.path(), &node, &mut district, AN).await;
-    let unauthenticated = |e: hrx_node::client::ClientError| {
-        matches!(e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::Unauthenticated)
-    };
+    let unauthenticated = |e: hrx_node::client::ClientError| matches!(e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::Unauthenticated);
     // A request is used once.
     let request = app.view_request(10, "");
     app.send_view_request(request.clone()).await.unwrap();
-    assert!(unauthenticated(app.send_view_request(request).await.unwrap_err()));
+    assert!(unauthenticated(
+        app.send_view_request(request).await.unwrap_err()
+    ));
     // Stale, or signed by a key that is not the patient's, or for another patient.
     let signed = |key: &SigningKey, patient: &str, at: Timestamp| {
         let r = v1::PatientRequest {
@@ -713,7 +833,9 @@ async fn patient_views_are_signed_single_use_and_the_patient_port_serves_nothing
             patient_id: patient.into(),
             public_key: key.public_key().as_bytes().to_vec(),
             issued_at: Some(codec::timestamp(at)),
-            query: Some(v1::patient_request::Query::View(v1::PatientViewQuery::default())),
+            query: Some(v1::patient_request::Query::View(
+                v1::PatientViewQuery::default(),
+            )),
         };
         v1::SignedEnvelope::from(key.sign(PayloadType::PatientRequest, r.encode_to_vec()))
     };
@@ -723,7 +845,9 @@ async fn patient_views_are_signed_single_use_and_the_patient_port_serves_nothing
         signed(&new_key(), AN, Timestamp::now()),
         signed(app.key(), BINH, Timestamp::now()),
     ] {
-        assert!(unauthenticated(app.send_view_request(request).await.unwrap_err()));
+        assert!(unauthenticated(
+            app.send_view_request(request).await.unwrap_err()
+        ));
     }
     // The patient port serves the patient service only.
     let e = v1::timeline_service_client::TimelineServiceClient::new(
@@ -802,7 +926,10 @@ async fn every_follow_delivery_and_refusal_is_audited(env: Env) {
     }
     // A cursor this patient never had is this follower's error alone.
     let bad = hrx_timeline::cursor::encode_follow(u64::MAX);
-    assert_eq!(follow(&bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        follow(&bad).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
     let mut resumed = follow(&cursor).await.unwrap().into_inner();
     loop {
         let item = tokio::time::timeout(Duration::from_secs(5), resumed.next())
@@ -835,20 +962,39 @@ async fn every_follow_delivery_and_refusal_is_audited(env: Env) {
     let accesses = app.view_all().await.unwrap().accesses;
     let delivered: u64 = accesses
         .iter()
-        .filter(|a| a.action == v1::AccessAction::FollowDelivery as i32 && a.reader_facility_id == CLINIC)
+        .filter(|a| {
+            a.action == v1::AccessAction::FollowDelivery as i32 && a.reader_facility_id == CLINIC
+        })
         .map(|a| a.records_returned)
         .sum();
-    assert_eq!(delivered, 3 + 1 + 1, "backlog, live, and the resumed stream's one record");
-    assert!(accesses.iter().any(|a| a.action == v1::AccessAction::Follow as i32
-        && a.reader_facility_id == PROVINCIAL
-        && a.outcome == v1::AccessOutcome::Denied as i32));
+    assert_eq!(
+        delivered,
+        3 + 1 + 1,
+        "backlog, live, and the resumed stream's one record"
+    );
+    assert!(
+        accesses
+            .iter()
+            .any(|a| a.action == v1::AccessAction::Follow as i32
+                && a.reader_facility_id == PROVINCIAL
+                && a.outcome == v1::AccessOutcome::Denied as i32)
+    );
     node.stop().await;
 }
 
 /// The patient's consent state as the view shows it, without the parts that move on
 /// their own (the access list, which every view grows).
 fn consent_state(v: &v1::PatientView) -> String {
-    format!("{:?}\n{:?}\n{:?}\n{:?}", v.keys, v.grants, v.requests, v.break_glass.iter().map(|b| (&b.event_id, &b.facility_id, &b.reason)).collect::<Vec<_>>())
+    format!(
+        "{:?}\n{:?}\n{:?}\n{:?}",
+        v.keys,
+        v.grants,
+        v.requests,
+        v.break_glass
+            .iter()
+            .map(|b| (&b.event_id, &b.facility_id, &b.reason))
+            .collect::<Vec<_>>()
+    )
 }
 
 async fn a_replay_of_the_log_rebuilds_the_same_consent_state(env: Env) {
@@ -866,22 +1012,29 @@ async fn a_replay_of_the_log_rebuilds_the_same_consent_state(env: Env) {
     assert!(accepted(&r));
     let (request, r) = w
         .provincial
-        .emit(v1::facility_event::Body::ConsentRequest(v1::ConsentRequest {
-            patient_id: AN.into(),
-            purposes: vec![Purpose::Referral.code()],
-            duration: Some(prost_types::Duration {
-                seconds: 86_400,
-                nanos: 0,
-            }),
-            reason: "chuyển tuyến".into(),
-            ..Default::default()
-        }))
+        .emit(v1::facility_event::Body::ConsentRequest(
+            v1::ConsentRequest {
+                patient_id: AN.into(),
+                purposes: vec![Purpose::Referral.code()],
+                duration: Some(prost_types::Duration {
+                    seconds: 86_400,
+                    nanos: 0,
+                }),
+                reason: "chuyển tuyến".into(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     assert!(accepted(&r));
     settle(&w.nc).await;
     let view = app.view(1, "").await.unwrap();
-    let pending = view.requests.iter().find(|q| q.request_event_id == request.to_string()).unwrap().clone();
+    let pending = view
+        .requests
+        .iter()
+        .find(|q| q.request_event_id == request.to_string())
+        .unwrap()
+        .clone();
     let (_, r) = app.approve(&pending).await.unwrap();
     assert!(accepted(&r));
     let r = app.rotate(new_key()).await.unwrap();
@@ -901,13 +1054,24 @@ async fn a_replay_of_the_log_rebuilds_the_same_consent_state(env: Env) {
     // and not counted on the distributed log).
     assert!(n >= 8, "replayed {n} entries");
     let node = TestNode::start(&env).await;
-    let nc = hrx_node::client::NationalCenter::open(env.path(), node.addr).await.unwrap();
+    let nc = hrx_node::client::NationalCenter::open(env.path(), node.addr)
+        .await
+        .unwrap();
     settle(&nc).await;
-    let app = PatientClient::new(pid(AN), app.key().clone(), patient_port(env.path(), &node).await);
+    let app = PatientClient::new(
+        pid(AN),
+        app.key().clone(),
+        patient_port(env.path(), &node).await,
+    );
     let after = consent_state(&app.view(1, "").await.unwrap());
     assert_eq!(before, after, "the replay rebuilds the same consent state");
-    let provincial = FacilityClient::open(env.path(), node.addr, &fac(PROVINCIAL)).await.unwrap();
-    assert_eq!(read_all(&provincial, AN, Purpose::Referral, 10).await, provincial_before);
+    let provincial = FacilityClient::open(env.path(), node.addr, &fac(PROVINCIAL))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&provincial, AN, Purpose::Referral, 10).await,
+        provincial_before
+    );
     drop((nc, provincial));
     node.stop().await;
 }

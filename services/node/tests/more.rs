@@ -142,7 +142,10 @@ async fn check_access_and_list_grants_reflect_grants_and_revocations(env: Env) {
     let artefact: hrx_domain::Envelope = grants[0].artefact.clone().unwrap().into();
     assert_eq!(artefact.event_hash().to_string().len(), 64);
     assert!(grants_of(&w.clinic).await.grants.is_empty());
-    assert!(grants_of(&w.district).await.grants.is_empty(), "the grant does not name the district");
+    assert!(
+        grants_of(&w.district).await.grants.is_empty(),
+        "the grant does not name the district"
+    );
     let rejections = v1::monitor_service_client::MonitorServiceClient::new(w.nc.channel())
         .list_rejections(v1::ListRejectionsRequest {
             facility_id: CLINIC.into(),

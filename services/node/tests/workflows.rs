@@ -60,7 +60,11 @@ async fn referral_read_needs_consent_and_says_what_was_withheld(env: Env) {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-    assert!(!refused.message().contains('3'), "no counts: {}", refused.message());
+    assert!(
+        !refused.message().contains('3'),
+        "no counts: {}",
+        refused.message()
+    );
     // The author always reads its own.
     let (own, withheld) = read_all(&w.district, AN, Purpose::Treatment, 50).await;
     assert_eq!((own.len(), withheld), (3, 0));
@@ -384,7 +388,11 @@ async fn break_glass_opens_everything_for_a_bounded_time_and_is_reported(env: En
         })
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "no basis before break-glass");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::PermissionDenied,
+        "no basis before break-glass"
+    );
 
     let glass = v1::facility_event::Body::BreakGlass(v1::BreakGlassDeclaration {
         patient_id: BINH.into(),
@@ -454,7 +462,10 @@ async fn break_glass_opens_everything_for_a_bounded_time_and_is_reported(env: En
         .await
         .unwrap();
     assert_eq!(view.break_glass.len(), 1);
-    assert_eq!(view.break_glass[0].reason, "Bệnh nhân hôn mê, không thể lấy đồng ý");
+    assert_eq!(
+        view.break_glass[0].reason,
+        "Bệnh nhân hôn mê, không thể lấy đồng ý"
+    );
     let accesses = view.accesses;
     assert!(
         accesses

@@ -302,7 +302,10 @@ impl Builder<'_> {
             }
             Verdict::Accepted(e) => {
                 self.link(chain, &link, hash, &entry);
-                match self.body(&entry, &facility, &e.header, hash, e.body).await? {
+                match self
+                    .body(&entry, &facility, &e.header, hash, e.body)
+                    .await?
+                {
                     Ok(p) => {
                         self.batch.projections.push(p);
                         self.stats(&facility, link.recorded_at).accepted += 1;

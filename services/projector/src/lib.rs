@@ -174,15 +174,14 @@ impl Projector {
             .last()
             .map(|e| e.position.offset + 1)
             .unwrap_or(from);
-        let (mut batch, keys) =
-            batch::build(
-                &*self.store,
-                &self.keys,
-                &self.config.verified,
-                &self.config.policy,
-                entries,
-            )
-            .await?;
+        let (mut batch, keys) = batch::build(
+            &*self.store,
+            &self.keys,
+            &self.config.verified,
+            &self.config.policy,
+            entries,
+        )
+        .await?;
         batch.offsets.push((partition, next));
         batch.expected_offsets.push((partition, from));
         match self.store.apply(batch).await {

@@ -16,8 +16,8 @@ use hrx_ports::{
     Append, ChainKey, EventLog, FacilityInfo, KeyInfo, LogPosition, PortResult, Store,
 };
 use hrx_proto::{codec, v1};
-use hrx_rpc::chains::ChainLocks;
 use hrx_rpc::auth::Principal;
+use hrx_rpc::chains::ChainLocks;
 use hrx_rpc::error::{ErrorCode, RequestError, ServiceError, status};
 use hrx_rpc::{auth, wire};
 use tonic::{Request, Response, Status};
@@ -110,7 +110,9 @@ impl Registry {
         envelopes: Vec<Envelope>,
     ) -> Result<Vec<Submitted>, RegistryError> {
         if *caller != Principal::NationalCenter {
-            return Err(RequestError::PermissionDenied("only the national center may call this").into());
+            return Err(
+                RequestError::PermissionDenied("only the national center may call this").into(),
+            );
         }
         if envelopes.len() > MAX_BATCH {
             return Err(RequestError::invalid("envelopes", "at most 1000 per call").into());
@@ -165,7 +167,10 @@ impl Registry {
     }
 
     /// Registered facilities (of a province, when given) with their keys.
-    pub async fn facilities(&self, province: &str) -> PortResult<Vec<(FacilityInfo, Vec<KeyInfo>)>> {
+    pub async fn facilities(
+        &self,
+        province: &str,
+    ) -> PortResult<Vec<(FacilityInfo, Vec<KeyInfo>)>> {
         let all = self.store.facilities().await?;
         let keys = self.store.keys(None).await?;
         Ok(all
@@ -183,7 +188,10 @@ impl Registry {
     }
 
     /// One facility with its keys.
-    pub async fn facility(&self, id: &FacilityId) -> Result<(FacilityInfo, Vec<KeyInfo>), RegistryError> {
+    pub async fn facility(
+        &self,
+        id: &FacilityId,
+    ) -> Result<(FacilityInfo, Vec<KeyInfo>), RegistryError> {
         let f = self
             .store
             .facility(id)

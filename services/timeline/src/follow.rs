@@ -230,8 +230,13 @@ pub(crate) async fn start(
             .records_after(&spec.patient, spec.after - 1, 1)
             .await
             .map_err(|e| status(&e))?;
-        if at_or_after.first().is_none_or(|r| r.patient_seq != spec.after) {
-            return Err(RequestError::invalid("cursor", "not a cursor issued for this patient").into());
+        if at_or_after
+            .first()
+            .is_none_or(|r| r.patient_seq != spec.after)
+        {
+            return Err(
+                RequestError::invalid("cursor", "not a cursor issued for this patient").into(),
+            );
         }
     }
     timeline
@@ -383,7 +388,10 @@ async fn deliver<'r>(
         }
         items.push(v1::FollowResponse {
             cursor: cursor::encode_follow(r.patient_seq),
-            item: Some(v1::follow_response::Item::Entry(wire::entry(r.clone(), &basis))),
+            item: Some(v1::follow_response::Item::Entry(wire::entry(
+                r.clone(),
+                &basis,
+            ))),
         });
     }
     if !items.is_empty() {

@@ -89,7 +89,9 @@ pub struct Page {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The reader has no basis for this patient and purpose (audited as refused).
-    #[error("no grant, open break-glass or authored record gives this reader access to this patient for this purpose")]
+    #[error(
+        "no grant, open break-glass or authored record gives this reader access to this patient for this purpose"
+    )]
     NoStanding,
     /// The record is not the reader's to see (audited as refused).
     #[error("no consent covers this record for this reader and purpose")]
@@ -291,7 +293,11 @@ impl Timeline {
     }
 
     /// How many of the patient's records `access` withholds.
-    pub(crate) async fn withheld(&self, access: &Access<'_>, patient: &PatientId) -> PortResult<u64> {
+    pub(crate) async fn withheld(
+        &self,
+        access: &Access<'_>,
+        patient: &PatientId,
+    ) -> PortResult<u64> {
         let all = self.store.record_facts(patient).await?;
         Ok(all
             .iter()

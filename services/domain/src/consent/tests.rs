@@ -124,7 +124,10 @@ fn grant_allows_its_grantee_purpose_kinds_period_and_labels_only() {
         rec(RecordKind::Observation, t(100), NONE),
         rec(RecordKind::Observation, t(50), &[SensitivityLabel::Hiv]),
     ] {
-        assert_eq!(access(&reader, Purpose::Referral, t(10)).decide(&other), None);
+        assert_eq!(
+            access(&reader, Purpose::Referral, t(10)).decide(&other),
+            None
+        );
     }
     assert_eq!(
         access(&reader, Purpose::Referral, t(10)).next_change(),
@@ -208,7 +211,11 @@ fn statements_count_only_when_signed_by_the_key_the_patient_had_when_received() 
         ev(3, 20, statement(1, patient_grant(&provincial))),
         // Another key (another patient's): ignored.
         ev(4, 21, statement(2, patient_grant(&district))),
-        ev(5, 30, statement(1, StatementBody::KeyRotation { new_key: key(3) })),
+        ev(
+            5,
+            30,
+            statement(1, StatementBody::KeyRotation { new_key: key(3) }),
+        ),
         // The old key after the rotation: ignored.
         ev(6, 40, statement(1, patient_grant(&district))),
         ev(
@@ -243,7 +250,12 @@ fn statements_count_only_when_signed_by_the_key_the_patient_had_when_received() 
     let g = &state.grants[0];
     assert_eq!(
         (g.grant_event_id, g.form, g.revoked_at, g.revoked_by.clone()),
-        (id(3), ConsentForm::PatientSigned, Some(t(50)), Some(Revoker::Patient))
+        (
+            id(3),
+            ConsentForm::PatientSigned,
+            Some(t(50)),
+            Some(Revoker::Patient)
+        )
     );
     let ends: Vec<_> = state.keys.iter().map(|k| k.ended).collect();
     assert_eq!(
@@ -254,7 +266,10 @@ fn statements_count_only_when_signed_by_the_key_the_patient_had_when_received() 
             None
         ]
     );
-    assert_eq!(state.active_key().map(PatientKey::key_id), Some(key(4).key_id()));
+    assert_eq!(
+        state.active_key().map(PatientKey::key_id),
+        Some(key(4).key_id())
+    );
     assert_eq!(state.keys[1].enrolled_by, None);
 }
 
@@ -262,7 +277,10 @@ fn statements_count_only_when_signed_by_the_key_the_patient_had_when_received() 
 fn facilities_revoke_only_what_they_attested_and_requests_are_answered_by_the_patient() {
     let district = fac("26012");
     let provincial = fac("26001");
-    let attested = consent(Grantee::Facility(provincial.clone()), vec![Purpose::Referral]);
+    let attested = consent(
+        Grantee::Facility(provincial.clone()),
+        vec![Purpose::Referral],
+    );
     let request = ConsentRequest {
         patient_id: pat(),
         purposes: vec![Purpose::Referral],
@@ -273,22 +291,82 @@ fn facilities_revoke_only_what_they_attested_and_requests_are_answered_by_the_pa
         reason: "referral".into(),
         include_sensitive: vec![],
     };
-    let mut approval = consent(Grantee::Facility(provincial.clone()), vec![Purpose::Referral]);
+    let mut approval = consent(
+        Grantee::Facility(provincial.clone()),
+        vec![Purpose::Referral],
+    );
     approval.request = Some(id(20));
     approval.evidence = None;
     let state = ConsentState::fold(vec![
-        ev(1, 0, ConsentFact::KeyEnrolled { facility: district.clone(), key: key(1) }),
-        ev(10, 1, ConsentFact::AttestedGrant { facility: district.clone(), grant: attested.clone() }),
-        ev(11, 2, ConsentFact::AttestedGrant { facility: district.clone(), grant: attested }),
+        ev(
+            1,
+            0,
+            ConsentFact::KeyEnrolled {
+                facility: district.clone(),
+                key: key(1),
+            },
+        ),
+        ev(
+            10,
+            1,
+            ConsentFact::AttestedGrant {
+                facility: district.clone(),
+                grant: attested.clone(),
+            },
+        ),
+        ev(
+            11,
+            2,
+            ConsentFact::AttestedGrant {
+                facility: district.clone(),
+                grant: attested,
+            },
+        ),
         // Another facility cannot revoke the district's grant; the district can.
-        ev(12, 3, ConsentFact::FacilityRevocation { facility: provincial.clone(), grant: id(10) }),
-        ev(13, 4, ConsentFact::FacilityRevocation { facility: district.clone(), grant: id(11) }),
-        ev(20, 5, ConsentFact::Request { facility: provincial.clone(), request: request.clone() }),
-        ev(21, 6, ConsentFact::Request { facility: provincial.clone(), request }),
+        ev(
+            12,
+            3,
+            ConsentFact::FacilityRevocation {
+                facility: provincial.clone(),
+                grant: id(10),
+            },
+        ),
+        ev(
+            13,
+            4,
+            ConsentFact::FacilityRevocation {
+                facility: district.clone(),
+                grant: id(11),
+            },
+        ),
+        ev(
+            20,
+            5,
+            ConsentFact::Request {
+                facility: provincial.clone(),
+                request: request.clone(),
+            },
+        ),
+        ev(
+            21,
+            6,
+            ConsentFact::Request {
+                facility: provincial.clone(),
+                request,
+            },
+        ),
         ev(22, 7, statement(1, StatementBody::Grant(approval))),
-        ev(23, 8, statement(1, StatementBody::Decline { request: id(21) })),
+        ev(
+            23,
+            8,
+            statement(1, StatementBody::Decline { request: id(21) }),
+        ),
         // A second answer does not change the first.
-        ev(24, 9, statement(1, StatementBody::Decline { request: id(20) })),
+        ev(
+            24,
+            9,
+            statement(1, StatementBody::Decline { request: id(20) }),
+        ),
     ]);
     assert_eq!(state.grant(id(10)).unwrap().revoked_at, None);
     assert_eq!(

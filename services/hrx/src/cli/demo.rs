@@ -202,7 +202,12 @@ fn patient_grant(
     v1::patient_statement::Body::ConsentGrant(grant_terms(patient, grantee, purposes, days, false))
 }
 
-fn consent_request(patient: &str, purposes: &[Purpose], days: i64, reason: &str) -> v1::facility_event::Body {
+fn consent_request(
+    patient: &str,
+    purposes: &[Purpose],
+    days: i64,
+    reason: &str,
+) -> v1::facility_event::Body {
     v1::facility_event::Body::ConsentRequest(v1::ConsentRequest {
         patient_id: patient.into(),
         purposes: purposes.iter().map(|p| p.code()).collect(),
@@ -222,7 +227,9 @@ fn rejection_text(r: &v1::SubmitResult) -> String {
     let rej = r.rejection.clone().unwrap_or_default();
     format!(
         "{}: {}",
-        Reason::from_code(rej.reason).map(|r| r.name()).unwrap_or("?"),
+        Reason::from_code(rej.reason)
+            .map(|r| r.name())
+            .unwrap_or("?"),
         rej.message
     )
 }
@@ -435,7 +442,9 @@ async fn register(nc: &NationalCenter) -> anyhow::Result<()> {
             FacilityLevel::Initial,
         ),
     ] {
-        let r = nc.register_facility(&fac(id), name, province, level).await?;
+        let r = nc
+            .register_facility(&fac(id), name, province, level)
+            .await?;
         println!("   {id}  {name}\n          signing key {}", r.key_id);
     }
     Ok(())
@@ -451,13 +460,42 @@ async fn district_records(district: &mut FacilityClient) -> anyhow::Result<()> {
         district,
         vec![
             encounter(an, "2026-10-02T01:30:00Z", "Khám định kỳ đái tháo đường"),
-            condition(an, "2026-10-02T01:45:00Z", "E11.9", "Đái tháo đường type 2 (E11.9)"),
-            lab(an, "2026-10-02T02:10:00Z", "4548-4", "HbA1c (LOINC 4548-4)", 8.1, "%"),
-            medication(an, "2026-10-02T02:30:00Z", "A10BA02", "Metformin 850 mg x 2/ngày"),
+            condition(
+                an,
+                "2026-10-02T01:45:00Z",
+                "E11.9",
+                "Đái tháo đường type 2 (E11.9)",
+            ),
+            lab(
+                an,
+                "2026-10-02T02:10:00Z",
+                "4548-4",
+                "HbA1c (LOINC 4548-4)",
+                8.1,
+                "%",
+            ),
+            medication(
+                an,
+                "2026-10-02T02:30:00Z",
+                "A10BA02",
+                "Metformin 850 mg x 2/ngày",
+            ),
             referral(an, "2026-11-18T03:00:00Z"),
             encounter(binh, "2026-11-03T01:00:00Z", "Đau ngực, khó thở"),
-            condition(binh, "2026-11-03T01:20:00Z", "I10", "Tăng huyết áp vô căn (I10)"),
-            lab(binh, "2026-11-03T01:25:00Z", "8480-6", "Huyết áp tâm thu (LOINC 8480-6)", 165.0, "mmHg"),
+            condition(
+                binh,
+                "2026-11-03T01:20:00Z",
+                "I10",
+                "Tăng huyết áp vô căn (I10)",
+            ),
+            lab(
+                binh,
+                "2026-11-03T01:25:00Z",
+                "8480-6",
+                "Huyết áp tâm thu (LOINC 8480-6)",
+                165.0,
+                "mmHg",
+            ),
             condition(cuong, "2026-09-15T02:00:00Z", "A15.0", "Lao phổi (A15.0)"),
         ],
     )
@@ -474,7 +512,9 @@ async fn district_records(district: &mut FacilityClient) -> anyhow::Result<()> {
     let rej = bad.rejection.clone().unwrap_or_default();
     println!(
         "   one malformed record is refused: {} [{}] (it still extends the chain: {})",
-        Reason::from_code(rej.reason).map(|r| r.name()).unwrap_or("?"),
+        Reason::from_code(rej.reason)
+            .map(|r| r.name())
+            .unwrap_or("?"),
         rej.field,
         bad.extends_chain
     );
@@ -497,7 +537,9 @@ async fn story(
     let [(an, an_name), _, (cuong, cuong_name)] = PATIENTS;
     let an_id = hrx_domain::PatientId::parse(an).expect("a demo patient id");
 
-    println!("\n== 3. {an_name} enrolls their own key (phone app) at the district hospital, in person");
+    println!(
+        "\n== 3. {an_name} enrolls their own key (phone app) at the district hospital, in person"
+    );
     let key = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()?)?;
     let (_, r) = district
         .emit(enrollment(&an_id, &key, &fac(DISTRICT), Timestamp::now()))
@@ -514,7 +556,9 @@ async fn story(
         "   key {}… enrolled: a proof of possession signed by the patient's key, carried in a district-signed event",
         &app.key().key_id().as_str()[..16]
     );
-    println!("   the app talks to the patients' port: no certificate, every call signed by the patient");
+    println!(
+        "   the app talks to the patients' port: no certificate, every call signed by the patient"
+    );
 
     println!("\n== 4. Referral: the provincial hospital opens {an_name}'s history");
     let refused = provincial
@@ -607,7 +651,9 @@ async fn story(
     );
     println!("   365 days: refused, {}", rejection_text(&r));
 
-    println!("\n== 7. The diabetes clinic follows {an_name} live (CHRONIC_CARE, granted by the patient's app)");
+    println!(
+        "\n== 7. The diabetes clinic follows {an_name} live (CHRONIC_CARE, granted by the patient's app)"
+    );
     let (_, r) = app
         .state(patient_grant(an, CLINIC, &[Purpose::ChronicCare], 365))
         .await?;
@@ -628,7 +674,14 @@ async fn story(
     println!("   backlog delivered: 5 records");
     let sent = Instant::now();
     district
-        .emit(lab(an, "2026-11-25T02:00:00Z", "4548-4", "HbA1c (LOINC 4548-4)", 7.4, "%"))
+        .emit(lab(
+            an,
+            "2026-11-25T02:00:00Z",
+            "4548-4",
+            "HbA1c (LOINC 4548-4)",
+            7.4,
+            "%",
+        ))
         .await?;
     let e = next_entry(&mut stream).await?;
     println!(
@@ -640,25 +693,36 @@ async fn story(
     drop(stream);
     // Something the clinic wrote itself, so that it appears as an author below.
     clinic
-        .emit(lab(an, "2026-11-26T02:00:00Z", "2345-7", "Glucose (LOINC 2345-7)", 7.9, "mmol/L"))
+        .emit(lab(
+            an,
+            "2026-11-26T02:00:00Z",
+            "2345-7",
+            "Glucose (LOINC 2345-7)",
+            7.9,
+            "mmol/L",
+        ))
         .await?;
 
-    println!("\n== 8. Break-glass: {an_name} arrives unconscious at the provincial emergency department");
+    println!(
+        "\n== 8. Break-glass: {an_name} arrives unconscious at the provincial emergency department"
+    );
     let mut monitor = v1::monitor_service_client::MonitorServiceClient::new(nc.channel());
     let mut alerts = monitor
         .watch_break_glass(v1::ListBreakGlassRequest::default())
         .await?
         .into_inner();
     let (glass, r) = provincial
-        .emit(v1::facility_event::Body::BreakGlass(v1::BreakGlassDeclaration {
-            patient_id: an.into(),
-            reason: "Bệnh nhân hôn mê, không thể lấy đồng ý".into(),
-            clinician: "CCHN-009921".into(),
-            duration: Some(prost_types::Duration {
-                seconds: 4 * 3600,
-                nanos: 0,
-            }),
-        }))
+        .emit(v1::facility_event::Body::BreakGlass(
+            v1::BreakGlassDeclaration {
+                patient_id: an.into(),
+                reason: "Bệnh nhân hôn mê, không thể lấy đồng ý".into(),
+                clinician: "CCHN-009921".into(),
+                duration: Some(prost_types::Duration {
+                    seconds: 4 * 3600,
+                    nanos: 0,
+                }),
+            },
+        ))
         .await?;
     accepted(&r, "the break-glass declaration")?;
     let alert = tokio::time::timeout(Duration::from_secs(5), alerts.next())
@@ -679,17 +743,22 @@ async fn story(
         page.entries.len()
     );
     let (_, again) = provincial
-        .emit(v1::facility_event::Body::BreakGlass(v1::BreakGlassDeclaration {
-            patient_id: an.into(),
-            reason: "Khai báo lần hai".into(),
-            clinician: "CCHN-009921".into(),
-            duration: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
-        }))
+        .emit(v1::facility_event::Body::BreakGlass(
+            v1::BreakGlassDeclaration {
+                patient_id: an.into(),
+                reason: "Khai báo lần hai".into(),
+                clinician: "CCHN-009921".into(),
+                duration: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+            },
+        ))
         .await?;
-    println!("   a second window for the same patient: refused, {}", rejection_text(&again));
+    println!(
+        "   a second window for the same patient: refused, {}",
+        rejection_text(&again)
+    );
 
     println!("\n== 9. {an_name} opens their own view (a signed, single-use request)");
     crate::cli::patient::print_view(&app.view_all().await?);

@@ -14,7 +14,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use hrx_domain::{FacilityId, PatientId, Purpose, Reason, RecordKind, SensitivityLabel, SigningKey, Timestamp};
+use hrx_domain::{
+    FacilityId, PatientId, Purpose, Reason, RecordKind, SensitivityLabel, SigningKey, Timestamp,
+};
 use hrx_node::client::{FacilityClient, PatientClient, connect_patient_port, enrollment};
 use hrx_proto::{codec, v1};
 use serde::{Deserialize, Serialize};
@@ -103,7 +105,11 @@ enum PatientCommand {
     /// Grant a facility (or any facility) access, signed by the patient.
     Grant {
         /// The facility allowed to read.
-        #[arg(long, required_unless_present = "any_facility", conflicts_with = "any_facility")]
+        #[arg(
+            long,
+            required_unless_present = "any_facility",
+            conflicts_with = "any_facility"
+        )]
         to: Option<String>,
         /// Any registered facility.
         #[arg(long)]
@@ -171,11 +177,10 @@ fn patient_key(k: &KeyArgs) -> anyhow::Result<(PatientId, SigningKey)> {
         Some(p) => p.clone(),
         None => {
             let path = pub_path(&k.key);
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!("no --patient and cannot read {}", path.display())
-            })?;
-            let f: PatientKeyFile = serde_json::from_str(&text)
-                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("no --patient and cannot read {}", path.display()))?;
+            let f: PatientKeyFile =
+                serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             f.patient_id
         }
     };
@@ -217,7 +222,10 @@ fn kind(s: &str) -> anyhow::Result<RecordKind> {
 
 fn label(s: &str) -> anyhow::Result<SensitivityLabel> {
     code(s, "sensitivity label", |s| {
-        SensitivityLabel::ALL.iter().copied().find(|l| l.name() == s)
+        SensitivityLabel::ALL
+            .iter()
+            .copied()
+            .find(|l| l.name() == s)
     })
 }
 
@@ -400,27 +408,29 @@ pub fn run(a: PatientArgs) -> anyhow::Result<ExitCode> {
                     .ok_or_else(|| anyhow!("--days: too far"))?;
                 let app = client(&key, &at).await?;
                 let (id, result) = app
-                    .state(v1::patient_statement::Body::ConsentGrant(v1::ConsentGrant {
-                        patient_id: app.patient.to_string(),
-                        purposes: purposes
-                            .iter()
-                            .map(|p| purpose(p).map(Purpose::code))
-                            .collect::<anyhow::Result<_>>()?,
-                        kinds: kinds
-                            .iter()
-                            .map(|k| kind(k).map(RecordKind::code))
-                            .collect::<anyhow::Result<_>>()?,
-                        include_sensitive: include
-                            .iter()
-                            .map(|l| label(l).map(SensitivityLabel::code))
-                            .collect::<anyhow::Result<_>>()?,
-                        data_from: time(&from, "--from")?,
-                        data_until: time(&until, "--until")?,
-                        expires_at: Some(codec::timestamp(expires)),
-                        evidence: None,
-                        request_event_id: String::new(),
-                        grantee: Some(grantee),
-                    }))
+                    .state(v1::patient_statement::Body::ConsentGrant(
+                        v1::ConsentGrant {
+                            patient_id: app.patient.to_string(),
+                            purposes: purposes
+                                .iter()
+                                .map(|p| purpose(p).map(Purpose::code))
+                                .collect::<anyhow::Result<_>>()?,
+                            kinds: kinds
+                                .iter()
+                                .map(|k| kind(k).map(RecordKind::code))
+                                .collect::<anyhow::Result<_>>()?,
+                            include_sensitive: include
+                                .iter()
+                                .map(|l| label(l).map(SensitivityLabel::code))
+                                .collect::<anyhow::Result<_>>()?,
+                            data_from: time(&from, "--from")?,
+                            data_until: time(&until, "--until")?,
+                            expires_at: Some(codec::timestamp(expires)),
+                            evidence: None,
+                            request_event_id: String::new(),
+                            grantee: Some(grantee),
+                        },
+                    ))
                     .await?;
                 Ok(exit(report("grant", &id.to_string(), &result)))
             }
@@ -444,14 +454,22 @@ pub fn print_view(view: &v1::PatientView) {
     println!("keys:");
     for k in &view.keys {
         let status = v1::PatientKeyStatus::try_from(k.status)
-            .map(|s| s.as_str_name().trim_start_matches("PATIENT_KEY_STATUS_").to_lowercase())
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("PATIENT_KEY_STATUS_")
+                    .to_lowercase()
+            })
             .unwrap_or_default();
         let by = if k.enrolled_by_facility_id.is_empty() {
             "rotated by the patient".to_owned()
         } else {
             format!("enrolled in person at {}", k.enrolled_by_facility_id)
         };
-        println!("  {}…  {status:<8} {by}, from {}", &k.key_id[..16], date(k.valid_from));
+        println!(
+            "  {}…  {status:<8} {by}, from {}",
+            &k.key_id[..16],
+            date(k.valid_from)
+        );
     }
     println!("grants:");
     for g in &view.grants {
@@ -461,10 +479,19 @@ pub fn print_view(view: &v1::PatientView) {
             _ => "any facility".into(),
         };
         let form = v1::ConsentForm::try_from(g.form)
-            .map(|f| f.as_str_name().trim_start_matches("CONSENT_FORM_").to_lowercase().replace('_', "-"))
+            .map(|f| {
+                f.as_str_name()
+                    .trim_start_matches("CONSENT_FORM_")
+                    .to_lowercase()
+                    .replace('_', "-")
+            })
             .unwrap_or_default();
         let status = v1::GrantStatus::try_from(g.status)
-            .map(|s| s.as_str_name().trim_start_matches("GRANT_STATUS_").to_lowercase())
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("GRANT_STATUS_")
+                    .to_lowercase()
+            })
             .unwrap_or_default();
         let by = if g.granted_by_facility_id.is_empty() {
             String::new()
@@ -492,7 +519,11 @@ pub fn print_view(view: &v1::PatientView) {
     println!("accesses:");
     for a in &view.accesses {
         let action = v1::AccessAction::try_from(a.action)
-            .map(|s| s.as_str_name().trim_start_matches("ACCESS_ACTION_").to_owned())
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("ACCESS_ACTION_")
+                    .to_owned()
+            })
             .unwrap_or_default();
         let who = match v1::ReaderKind::try_from(a.reader_kind) {
             Ok(v1::ReaderKind::Patient) => "you".to_owned(),

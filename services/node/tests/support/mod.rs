@@ -238,7 +238,9 @@ impl World {
         facility: &mut FacilityClient,
         patient: &str,
     ) -> PatientClient {
-        let key = hrx_domain::SigningKey::from_pkcs8(&hrx_domain::SigningKey::generate_pkcs8().unwrap()).unwrap();
+        let key =
+            hrx_domain::SigningKey::from_pkcs8(&hrx_domain::SigningKey::generate_pkcs8().unwrap())
+                .unwrap();
         let patient = hrx_domain::PatientId::parse(patient).unwrap();
         let body = hrx_node::client::enrollment(&patient, &key, &facility.id, Timestamp::now());
         let (_, r) = facility.emit(body).await.unwrap();
@@ -382,7 +384,10 @@ pub async fn read_all(
         if cursor.is_empty() {
             withheld = page.withheld_count;
         }
-        assert_eq!(page.withheld_count, withheld, "withheld is the same on every page");
+        assert_eq!(
+            page.withheld_count, withheld,
+            "withheld is the same on every page"
+        );
         if page.next_cursor.is_empty() {
             return (entries, withheld);
         }
