@@ -87,10 +87,10 @@ GRANT = {
         "patient_id": PATIENT,
         "purposes": ["TREATMENT", "REFERRAL"],
         "kinds": [],
-        "include_sensitive": ["HIV"],
+        "include_sensitive": [],
         "data_from": "2025-01-01T00:00:00Z",
         "data_until": None,
-        "expires_at": "2026-09-01T00:00:00+07:00",
+        "expires_at": "2026-04-01T00:00:00+07:00",
         "evidence": {"form_id": "FORM-1", "sha256": "ab" * 32},
         "grantee_facility_id": "10002",
     },
@@ -124,9 +124,10 @@ def _input(event, signer="facility-10001", payload_type=FACILITY_EVENT_TYPE, ove
     }
 
 
-def _run(inp, head=None):
+def _run(inp, head=None, ctx=None):
     env = build_envelope(inp, KEYS)
-    return verify(env, Context.from_json({"keys": _ctx_keys(), "head": head})).as_dict(), env
+    context = {"keys": _ctx_keys(), "head": head, **(ctx or {})}
+    return verify(env, Context.from_json(context)).as_dict(), env
 
 
 def _exp(verdict, reason=None, field=None, extends=False):
@@ -162,11 +163,20 @@ def _field(f):
     return _exp("rejected", "INVALID_FIELD", f, True)
 
 
+def _rejects(reason, extends=True):
+    return _exp("rejected", reason, None, extends)
+
+
+# The facility's latest record for the patient: 30 days before HEADER's recorded_at.
+STANDING = {"facility_facts": {"latest_authored": "2026-01-31T08:15:00Z"}}
+GRANTOR = {"facility_facts": {"attested_the_grant": True}}
+ANY = _with(_with(GRANT, "consent_grant.grantee_facility_id", _DEL), "consent_grant.any_facility", True)
+
 CASES = [
     ("record", RECORD, {}, ACCEPT),
-    ("grant", GRANT, {}, ACCEPT),
-    ("grant-any", _with(_with(GRANT, "consent_grant.grantee_facility_id", _DEL), "consent_grant.any_facility", True), {}, ACCEPT),
-    ("revocation", REVOCATION, {}, ACCEPT),
+    ("grant", GRANT, {"ctx": STANDING}, ACCEPT),
+    ("grant-any", ANY, {"ctx": STANDING}, _rejects("ATTESTED_GRANT_OUT_OF_BOUNDS")),
+    ("revocation", REVOCATION, {"ctx": GRANTOR}, ACCEPT),
     ("break-glass", BREAK_GLASS, {}, ACCEPT),
     ("break-glass-24h", _with(BREAK_GLASS, "break_glass.duration_seconds", 86400), {}, ACCEPT),
     ("allergy-identifier", _with(_with(RECORD, "record.kind", "ALLERGY"), "record.body",
@@ -239,7 +249,7 @@ def test_case(event, opts, expected):
         override=opts.get("override"),
         tamper=opts.get("tamper"),
     )
-    got, _ = _run(inp, head)
+    got, _ = _run(inp, head, opts.get("ctx"))
     assert got == expected
 
 
@@ -301,8 +311,8 @@ def test_event_json_values():
     ev = facility_event_from_json(GRANT)
     g = ev.consent_grant
     assert list(g.purposes) == [pb.common.PURPOSE_TREATMENT, pb.common.PURPOSE_REFERRAL]
-    assert list(g.include_sensitive) == [pb.common.SENSITIVITY_LABEL_HIV]
-    assert g.expires_at.seconds == 1788195600 and g.expires_at.nanos == 0  # 2026-08-31T17:00:00Z
+    assert list(g.include_sensitive) == []
+    assert g.expires_at.seconds == 1774976400 and g.expires_at.nanos == 0  # 2026-03-31T17:00:00Z
     assert g.HasField("data_from") and not g.HasField("data_until")
     assert g.WhichOneof("grantee") == "grantee_facility_id"
     r = facility_event_from_json(RECORD).record
@@ -359,3 +369,368 @@ def test_vector_file_roundtrip(tmp_path):
     assert rebuilt == Envelope.from_json(v["envelope"])
     assert dsse.pae(rebuilt.payload_type, rebuilt.payload).hex() == v["pae"]
     assert verify(rebuilt, Context.from_json(v["context"])).as_dict() == v["expected"]
+
+
+# ---------------------------------------------------------------------------- patient keys,
+# consent requests, facility facts (README steps 9 and 10)
+
+from hrx_ref import PATIENT_KEY_PROOF_TYPE, PATIENT_STATEMENT_TYPE  # noqa: E402
+from hrx_ref.vectors import build_proof  # noqa: E402
+
+PATIENT_KEYS = {
+    k.name: k
+    for k in (
+        _kp("patient-p1", "", 7),
+        _kp("patient-p2", "", 8),
+        _kp("patient-q1", "", 9),
+    )
+}
+ALL_KEYS = {**KEYS, **PATIENT_KEYS}
+P1 = PATIENT_KEYS["patient-p1"]
+OTHER_PATIENT = "001085099999"
+
+
+def _proof(key="patient-p1", patient=PATIENT, public_key=None, facility="10001",
+           proved_at="2026-03-02T08:10:00Z", **over):
+    recipe = {
+        "signer": key,
+        "payload_type": PATIENT_KEY_PROOF_TYPE,
+        "proof": {"patient_id": patient, "public_key": (public_key or ALL_KEYS[key].public_key.hex()),
+                  "facility_id": facility, "proved_at": proved_at},
+        "payload_override": None,
+        "key_id": None,
+        "tamper": None,
+    }
+    recipe.update(over)
+    return build_proof(recipe, ALL_KEYS)
+
+
+def _enrollment(proof=None, public_key=None, patient=PATIENT):
+    body = {"patient_id": patient, "public_key": public_key or P1.public_key.hex(),
+            "proof": _proof() if proof is None else proof}
+    if proof is _DEL:
+        del body["proof"]
+    return {"header": HEADER, "patient_key_enrollment": body}
+
+
+REQUEST = {
+    "header": HEADER,
+    "consent_request": {
+        "patient_id": PATIENT,
+        "purposes": ["REFERRAL"],
+        "kinds": ["OBSERVATION"],
+        "data_from": "2025-01-01T00:00:00Z",
+        "data_until": "2026-03-01T00:00:00Z",
+        "duration_seconds": 30 * 86400,
+        "reason": "Tiếp nhận chuyển tuyến",
+        "include_sensitive": [],
+    },
+}
+
+_UNIT_SEPARATOR = "\x1f"  # Python's isspace() says yes; Unicode White_Space says no.
+
+FACT_CASES = [
+    # Key enrollment: fields, then the proof of possession.
+    ("enroll", _enrollment(), {}, ACCEPT),
+    ("enroll-bad-patient", _enrollment(patient="1"), {}, _field("patient_key_enrollment.patient_id")),
+    ("enroll-short-key", _enrollment(public_key="ab" * 31), {}, _field("patient_key_enrollment.public_key")),
+    ("enroll-no-proof", _enrollment(proof=_DEL), {}, _field("patient_key_enrollment.proof")),
+    ("proof-other-facility", _enrollment(_proof(facility="10002")), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-empty-facility", _enrollment(_proof(facility="")), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-other-patient", _enrollment(_proof(patient=OTHER_PATIENT)), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-names-other-key", _enrollment(_proof(public_key=PATIENT_KEYS["patient-p2"].public_key.hex())), {},
+        _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-signed-by-other-key", _enrollment(_proof(key="patient-p2", public_key=P1.public_key.hex())), {},
+        _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-forged-key-id", _enrollment(_proof(key="patient-p2", public_key=P1.public_key.hex(), key_id=P1.key_id)), {},
+        _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-uppercase-key-id", _enrollment(_proof(key_id=P1.key_id.upper())), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-short-signature", _enrollment(_proof(tamper={"field": "signature", "byte": None, "xor": None, "truncate_to": 63})),
+        {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-bit-flip", _enrollment(_proof(tamper={"field": "signature", "byte": 3, "xor": 1})), {},
+        _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-statement-type", _enrollment(_proof(payload_type=PATIENT_STATEMENT_TYPE)), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-garbage-payload", _enrollment(_proof(payload_override="0aff")), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-no-time", _enrollment(_proof(proved_at=None)), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-hour-early", _enrollment(_proof(proved_at="2026-03-02T07:15:00Z")), {}, ACCEPT),
+    ("proof-hour-late", _enrollment(_proof(proved_at="2026-03-02T09:15:00Z")), {}, ACCEPT),
+    ("proof-too-early", _enrollment(_proof(proved_at="2026-03-02T07:14:59.999999999Z")), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    ("proof-too-late", _enrollment(_proof(proved_at="2026-03-02T09:15:00.000000001Z")), {}, _rejects("BAD_PROOF_OF_POSSESSION")),
+    # Consent request fields.
+    ("request", REQUEST, {}, ACCEPT),
+    ("request-no-purpose", _with(REQUEST, "consent_request.purposes", []), {}, _field("consent_request.purposes")),
+    ("request-purpose-unspecified", _with(REQUEST, "consent_request.purposes", ["UNSPECIFIED"]), {}, _field("consent_request.purposes")),
+    ("request-kind-unspecified", _with(REQUEST, "consent_request.kinds", ["UNSPECIFIED"]), {}, _field("consent_request.kinds")),
+    ("request-period", _with(REQUEST, "consent_request.data_until", "2025-01-01T00:00:00Z"), {}, _field("consent_request.data_until")),
+    ("request-no-duration", _with(REQUEST, "consent_request.duration_seconds", _DEL), {}, _field("consent_request.duration")),
+    ("request-zero", _with(REQUEST, "consent_request.duration_seconds", 0), {}, _field("consent_request.duration")),
+    ("request-365-days", _with(REQUEST, "consent_request.duration_seconds", 365 * 86400), {}, ACCEPT),
+    ("request-too-long", _with(REQUEST, "consent_request.duration_seconds", 365 * 86400 + 1), {}, _field("consent_request.duration")),
+    ("request-blank-reason", _with(REQUEST, "consent_request.reason", " \u3000\t\u2028"), {}, _field("consent_request.reason")),
+    ("request-unit-separator-reason", _with(REQUEST, "consent_request.reason", _UNIT_SEPARATOR), {}, ACCEPT),
+    ("request-long-reason", _with(REQUEST, "consent_request.reason", "ư" * 501), {}, _field("consent_request.reason")),
+    ("request-1000-byte-reason", _with(REQUEST, "consent_request.reason", "a" * 1000), {}, ACCEPT),
+    ("request-sensitive-unspecified", _with(REQUEST, "consent_request.include_sensitive", ["UNSPECIFIED"]), {},
+        _field("consent_request.include_sensitive")),
+    # Grant: request_event_id is content (step 9), then the attested bounds (step 10).
+    ("grant-request-id-bad", _with(ANY, "consent_grant.request_event_id", "REQ-1"), {}, _field("consent_grant.request_event_id")),
+    ("grant-no-evidence-before-request-id", _with(_with(GRANT, "consent_grant.request_event_id", "x"), "consent_grant.evidence", None),
+        {}, _field("consent_grant.evidence")),
+    ("grant-answers-request", _with(GRANT, "consent_grant.request_event_id", "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a77"),
+        {"ctx": STANDING}, _rejects("ATTESTED_GRANT_OUT_OF_BOUNDS")),
+    ("grant-sensitive", _with(GRANT, "consent_grant.include_sensitive", ["HIV"]), {"ctx": STANDING},
+        _rejects("ATTESTED_GRANT_OUT_OF_BOUNDS")),
+    ("grant-any-no-standing", ANY, {}, _rejects("ATTESTED_GRANT_OUT_OF_BOUNDS")),
+    ("grant-90-days", _with(GRANT, "consent_grant.expires_at", "2026-05-31T08:15:00Z"), {"ctx": STANDING}, ACCEPT),
+    ("grant-90-days-and-1ns", _with(GRANT, "consent_grant.expires_at", "2026-05-31T08:15:00.000000001Z"), {"ctx": STANDING},
+        _rejects("ATTESTED_GRANT_OUT_OF_BOUNDS")),
+    ("grant-policy-30-days", GRANT, {"ctx": {**STANDING, "policy": {"attested_max_days": 29}}},
+        _rejects("ATTESTED_GRANT_OUT_OF_BOUNDS")),
+    ("grant-no-standing", GRANT, {}, _rejects("NO_STANDING")),
+    ("grant-standing-at-window", GRANT, {"ctx": {"facility_facts": {"latest_authored": "2025-03-02T08:15:00Z"}}}, ACCEPT),
+    ("grant-standing-stale", GRANT, {"ctx": {"facility_facts": {"latest_authored": "2025-03-02T08:14:59Z"}}}, _rejects("NO_STANDING")),
+    ("grant-standing-now", GRANT, {"ctx": {"facility_facts": {"latest_authored": HEADER["recorded_at"]}}}, ACCEPT),
+    ("grant-standing-future", GRANT, {"ctx": {"facility_facts": {"latest_authored": "2026-03-02T08:15:00.000000001Z"}}},
+        _rejects("NO_STANDING")),
+    ("grant-standing-policy-window", GRANT, {"ctx": {**STANDING, "policy": {"standing_window_days": 29}}}, _rejects("NO_STANDING")),
+    # Arithmetic on instants is exact, not clamped to the timestamp range: a maximum past
+    # 9999 bounds nothing, a standing window starting before year 1 starts nowhere.
+    ("grant-max-past-9999", _with(_with(GRANT, "header.recorded_at", "9999-12-01T00:00:00Z"),
+                                  "consent_grant.expires_at", "9999-12-31T00:00:00Z"),
+        {"ctx": {"facility_facts": {"latest_authored": "9999-11-30T00:00:00Z"}}}, ACCEPT),
+    ("grant-window-before-year-1", _with(_with(_with(GRANT, "header.recorded_at", "0001-06-01T00:00:00Z"),
+                                               "consent_grant.expires_at", "0001-07-01T00:00:00Z"), "consent_grant.data_from", None),
+        {"ctx": {"facility_facts": {"latest_authored": "0001-05-01T00:00:00Z"},
+                 "keys": [{**k, "valid_from": "0001-01-01T00:00:00Z"} for k in _ctx_keys()]}}, ACCEPT),
+    # Revocation by a facility, break-glass limits.
+    ("revocation-not-grantor", REVOCATION, {}, _rejects("NOT_GRANTOR")),
+    ("revocation-bad-evidence", _with(REVOCATION, "consent_revocation.evidence", {"form_id": " ", "sha256": "ab" * 32}), {},
+        _field("consent_revocation.evidence")),
+    ("break-glass-19", BREAK_GLASS, {"ctx": {"facility_facts": {"declared_since": 19}}}, ACCEPT),
+    ("break-glass-20", BREAK_GLASS, {"ctx": {"facility_facts": {"declared_since": 20}}}, _rejects("BREAK_GLASS_LIMIT")),
+    ("break-glass-open", BREAK_GLASS, {"ctx": {"facility_facts": {"open_for_patient": 1}}}, _rejects("BREAK_GLASS_LIMIT")),
+    ("break-glass-policy-open", BREAK_GLASS, {"ctx": {"facility_facts": {"open_for_patient": 1},
+                                                      "policy": {"break_glass_open_per_patient": 2}}}, ACCEPT),
+    ("break-glass-policy-day", BREAK_GLASS, {"ctx": {"facility_facts": {"declared_since": 3},
+                                                     "policy": {"break_glass_per_day": 3}}}, _rejects("BREAK_GLASS_LIMIT")),
+    ("break-glass-blank-reason", _with(BREAK_GLASS, "break_glass.reason", "\u00a0 "), {}, _field("break_glass.reason")),
+    ("break-glass-past-9999", _with(_with(BREAK_GLASS, "header.recorded_at", "9999-12-31T23:00:00Z"), "break_glass.duration_seconds", 7200),
+        {}, _field("break_glass.duration")),
+    # Facts do not rescue content, and content failures come first.
+    ("content-before-facts", _with(GRANT, "consent_grant.expires_at", None), {}, _field("consent_grant.expires_at")),
+    ("record-blank-author", _with(RECORD, "record.author", "\u3000"), {}, _field("record.author")),
+]
+
+
+@pytest.mark.parametrize("event,opts,expected", [c[1:] for c in FACT_CASES], ids=[c[0] for c in FACT_CASES])
+def test_fact_case(event, opts, expected):
+    env = build_envelope(_input(event), ALL_KEYS)
+    context = {"keys": _ctx_keys(), "head": None, **opts.get("ctx", {})}
+    assert verify(env, Context.from_json(context)).as_dict() == expected
+
+
+def test_facts_are_ignored_by_records_and_requests():
+    ctx = {"facility_facts": {"declared_since": 99, "open_for_patient": 99}, "policy": {"break_glass_per_day": 0}}
+    for event in (RECORD, REQUEST, _enrollment()):
+        env = build_envelope(_input(event), ALL_KEYS)
+        assert verify(env, Context.from_json({"keys": _ctx_keys(), "head": None, **ctx})).as_dict() == ACCEPT
+
+
+@pytest.mark.parametrize("seconds,nanos", [(253_402_300_800, 0), (-62_135_596_801, 0), (0, -1), (0, 1_000_000_000)])
+def test_timestamps_out_of_range(seconds, nanos):
+    from hrx_ref.event_json import facility_event_from_json as fe
+
+    msg = fe(RECORD)
+    msg.header.recorded_at.seconds, msg.header.recorded_at.nanos = seconds, nanos
+    got, _ = _run(_input(None, override=msg.SerializeToString().hex()))
+    assert got == _exp("rejected", "INVALID_FIELD", "header.recorded_at")
+    msg = fe(RECORD)
+    msg.record.occurred_at.seconds, msg.record.occurred_at.nanos = seconds, nanos
+    got, _ = _run(_input(None, override=msg.SerializeToString().hex()))
+    assert got == _field("record.occurred_at")
+
+
+def test_context_is_strict():
+    with pytest.raises(ValueError):
+        Context.from_json({"keys": [], "head": None, "facility_fact": {}})
+    with pytest.raises(ValueError):
+        Context.from_json({"keys": [], "head": None, "policy": {"attested_max": 1}})
+
+
+def test_nested_proof_must_match_its_recipe():
+    recipe = {"signer": "patient-p1", "payload_type": PATIENT_KEY_PROOF_TYPE,
+              "proof": {"patient_id": PATIENT, "public_key": P1.public_key.hex(), "facility_id": "10001",
+                        "proved_at": "2026-03-02T08:10:00Z"},
+              "payload_override": None, "key_id": None, "tamper": None}
+    inp = {**_input(_enrollment(build_proof(recipe, ALL_KEYS))), "proof": recipe}
+    build_envelope(inp, ALL_KEYS)
+    other = {**recipe, "proof": {**recipe["proof"], "facility_id": "10002"}}
+    with pytest.raises(ValueError):
+        build_envelope({**inp, "proof": other}, ALL_KEYS)
+
+
+# ---------------------------------------------------------------------------- statements
+
+RECEIVED = "2026-03-02T09:00:00Z"
+S_HEADER = {
+    "statement_id": "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4b00",
+    "patient_id": PATIENT,
+    "public_key": P1.public_key.hex(),
+    "signed_at": "2026-03-02T08:59:00Z",
+}
+OWN_GRANT = {
+    "patient_id": PATIENT,
+    "purposes": ["TREATMENT"],
+    "kinds": [],
+    "include_sensitive": ["MENTAL_HEALTH"],
+    "expires_at": "2027-03-02T00:00:00Z",
+    "any_facility": True,
+}
+GRANT_ID = "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4b01"
+REQUEST_ID = "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4b02"
+STATE = {
+    "patient_id": PATIENT,
+    "active_key_id": P1.key_id,
+    "grants": [GRANT_ID],
+    "pending_requests": [{"request_event_id": REQUEST_ID, "facility_id": "10002"}],
+}
+APPROVAL = {**OWN_GRANT, "include_sensitive": [], "request_event_id": REQUEST_ID, "grantee_facility_id": "10002"}
+del APPROVAL["any_facility"]
+
+
+def _stmt(body_name, body, header=None):
+    return {"header": header or S_HEADER, body_name: body}
+
+
+def _rotation(proof=None, new_key=None):
+    new = new_key or PATIENT_KEYS["patient-p2"].public_key.hex()
+    body = {"new_public_key": new,
+            "proof": _proof("patient-p2", facility="", proved_at="2026-03-02T08:59:00Z") if proof is None else proof}
+    if proof is _DEL:
+        del body["proof"]
+    return _stmt("key_rotation", body)
+
+
+def _s_reject(reason, field=None):
+    return _exp("rejected", reason, field, False)
+
+
+S_ACCEPT = _exp("accepted")
+
+STATEMENT_CASES = [
+    ("grant", _stmt("consent_grant", OWN_GRANT), {}, S_ACCEPT),
+    ("grant-with-evidence", _stmt("consent_grant", {**OWN_GRANT, "evidence": {"form_id": "F", "sha256": "ab" * 32}}), {}, S_ACCEPT),
+    ("grant-bad-evidence", _stmt("consent_grant", {**OWN_GRANT, "evidence": {"form_id": "", "sha256": "ab" * 32}}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.evidence")),
+    ("grant-expires-at-received", _stmt("consent_grant", {**OWN_GRANT, "expires_at": RECEIVED}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.expires_at")),
+    ("grant-for-another-patient", _stmt("consent_grant", {**OWN_GRANT, "patient_id": OTHER_PATIENT}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.patient_id")),
+    ("grant-bad-patient-first", _stmt("consent_grant", {**OWN_GRANT, "patient_id": "x", "purposes": []}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.patient_id")),
+    ("grant-purposes-before-patient-match", _stmt("consent_grant", {**OWN_GRANT, "patient_id": OTHER_PATIENT, "purposes": []}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.purposes")),
+    ("approval", _stmt("consent_grant", APPROVAL), {}, S_ACCEPT),
+    ("approval-wrong-grantee", _stmt("consent_grant", {**APPROVAL, "grantee_facility_id": "10001"}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.request_event_id")),
+    ("approval-any-facility", _stmt("consent_grant", {**OWN_GRANT, "request_event_id": REQUEST_ID}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.request_event_id")),
+    ("approval-not-pending", _stmt("consent_grant", {**APPROVAL, "request_event_id": GRANT_ID}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.request_event_id")),
+    ("approval-bad-request-id", _stmt("consent_grant", {**APPROVAL, "request_event_id": REQUEST_ID.upper()}), {},
+        _s_reject("INVALID_FIELD", "consent_grant.request_event_id")),
+    ("revocation", _stmt("consent_revocation", {"patient_id": PATIENT, "grant_event_id": GRANT_ID}), {}, S_ACCEPT),
+    ("revocation-not-theirs", _stmt("consent_revocation", {"patient_id": PATIENT, "grant_event_id": REQUEST_ID}), {},
+        _s_reject("NOT_GRANTOR")),
+    ("revocation-other-patient", _stmt("consent_revocation", {"patient_id": OTHER_PATIENT, "grant_event_id": GRANT_ID}), {},
+        _s_reject("INVALID_FIELD", "consent_revocation.patient_id")),
+    ("decline", _stmt("consent_decline", {"request_event_id": REQUEST_ID}), {}, S_ACCEPT),
+    ("decline-not-pending", _stmt("consent_decline", {"request_event_id": GRANT_ID}), {},
+        _s_reject("INVALID_FIELD", "consent_decline.request_event_id")),
+    ("decline-bad-id", _stmt("consent_decline", {"request_event_id": ""}), {},
+        _s_reject("INVALID_FIELD", "consent_decline.request_event_id")),
+    ("rotation", _rotation(), {}, S_ACCEPT),
+    ("rotation-same-key", _rotation(new_key=P1.public_key.hex()), {}, _s_reject("INVALID_FIELD", "key_rotation.new_public_key")),
+    ("rotation-short-key", _rotation(new_key="ab" * 31), {}, _s_reject("INVALID_FIELD", "key_rotation.new_public_key")),
+    ("rotation-no-proof", _rotation(proof=_DEL), {}, _s_reject("INVALID_FIELD", "key_rotation.proof")),
+    ("rotation-proof-facility", _rotation(_proof("patient-p2", facility="10001", proved_at="2026-03-02T08:59:00Z")), {},
+        _s_reject("BAD_PROOF_OF_POSSESSION")),
+    ("rotation-proof-vs-received", _rotation(_proof("patient-p2", facility="", proved_at="2026-03-02T07:59:59Z")), {},
+        _s_reject("BAD_PROOF_OF_POSSESSION")),
+    ("rotation-proof-at-received-minus-hour", _rotation(_proof("patient-p2", facility="", proved_at="2026-03-02T08:00:00Z")), {},
+        S_ACCEPT),
+    ("key-revocation", _stmt("key_revocation", {"reason": "a" * 1000}), {}, S_ACCEPT),
+    ("key-revocation-empty-reason", _stmt("key_revocation", {"reason": ""}), {}, S_ACCEPT),
+    ("key-revocation-long", _stmt("key_revocation", {"reason": "a" * 1001}), {}, _s_reject("INVALID_FIELD", "key_revocation.reason")),
+    # Header and envelope.
+    ("header-statement-id", _stmt("consent_grant", OWN_GRANT, {**S_HEADER, "statement_id": "x"}), {},
+        _s_reject("INVALID_FIELD", "statement.header.statement_id")),
+    ("header-patient-id", _stmt("consent_grant", OWN_GRANT, {**S_HEADER, "patient_id": "00108501234"}), {},
+        _s_reject("INVALID_FIELD", "statement.header.patient_id")),
+    ("header-public-key", _stmt("consent_grant", OWN_GRANT, {**S_HEADER, "public_key": "ab" * 33}), {},
+        _s_reject("INVALID_FIELD", "statement.header.public_key")),
+    ("header-signed-at", _stmt("consent_grant", OWN_GRANT, {**S_HEADER, "signed_at": None}), {},
+        _s_reject("INVALID_FIELD", "statement.header.signed_at")),
+    ("key-id-not-header-key", _stmt("consent_grant", OWN_GRANT), {"signer": "patient-q1"}, _s_reject("BAD_SIGNATURE")),
+    ("signature-flip", _stmt("consent_grant", OWN_GRANT), {"tamper": {"field": "signature", "byte": 9, "xor": 2}},
+        _s_reject("BAD_SIGNATURE")),
+    ("payload-flip-in-reason", _stmt("key_revocation", {"reason": "lost phone"}),
+        {"tamper": {"field": "payload", "byte": -3, "xor": 0x20}}, _s_reject("BAD_SIGNATURE")),
+    ("short-signature", _stmt("consent_grant", OWN_GRANT),
+        {"tamper": {"field": "signature", "byte": None, "xor": None, "truncate_to": 0}}, _s_reject("MALFORMED_ENVELOPE")),
+    ("facility-type", _stmt("consent_grant", OWN_GRANT), {"payload_type": FACILITY_EVENT_TYPE}, _s_reject("UNKNOWN_PAYLOAD_TYPE")),
+    ("garbage-and-bad-signature", None, {"override": "0aff01", "tamper": {"field": "signature", "byte": 0, "xor": 1}},
+        _s_reject("MALFORMED_PAYLOAD")),
+    ("no-body", {"header": S_HEADER}, {}, _s_reject("MALFORMED_PAYLOAD")),
+    ("no-header", {"consent_grant": OWN_GRANT}, {}, _s_reject("MALFORMED_PAYLOAD")),
+    # The patient's key, after content.
+    ("other-patients-key", _stmt("consent_grant", OWN_GRANT, {**S_HEADER, "public_key": PATIENT_KEYS["patient-q1"].public_key.hex()}),
+        {"signer": "patient-q1"}, _s_reject("PATIENT_KEY_NOT_VALID")),
+    ("no-active-key", _stmt("consent_grant", OWN_GRANT), {"state": {**STATE, "active_key_id": None}}, _s_reject("PATIENT_KEY_NOT_VALID")),
+    ("replaced-key", _stmt("consent_grant", OWN_GRANT), {"state": {**STATE, "active_key_id": PATIENT_KEYS["patient-p2"].key_id}},
+        _s_reject("PATIENT_KEY_NOT_VALID")),
+    ("state-of-another-patient", _stmt("consent_grant", OWN_GRANT), {"state": {**STATE, "patient_id": OTHER_PATIENT}},
+        _s_reject("PATIENT_KEY_NOT_VALID")),
+    ("no-state", _stmt("consent_grant", OWN_GRANT), {"state": None}, _s_reject("PATIENT_KEY_NOT_VALID")),
+    ("content-before-key", _stmt("consent_grant", {**OWN_GRANT, "kinds": ["UNSPECIFIED"]}), {"state": None},
+        _s_reject("INVALID_FIELD", "consent_grant.kinds")),
+    ("key-before-references", _stmt("consent_revocation", {"patient_id": PATIENT, "grant_event_id": REQUEST_ID}),
+        {"state": {**STATE, "active_key_id": None}}, _s_reject("PATIENT_KEY_NOT_VALID")),
+]
+
+
+@pytest.mark.parametrize("statement,opts,expected", [c[1:] for c in STATEMENT_CASES], ids=[c[0] for c in STATEMENT_CASES])
+def test_statement_case(statement, opts, expected):
+    tamper = opts.get("tamper")
+    inp = {
+        "signer": opts.get("signer", "patient-p1"),
+        "payload_type": opts.get("payload_type", PATIENT_STATEMENT_TYPE),
+        "event": None,
+        "statement": statement,
+        "payload_override": opts.get("override"),
+        "tamper": tamper,
+    }
+    if tamper is not None and tamper.get("byte") is not None and tamper["byte"] < 0:
+        # Count from the end of the payload (the reason is the last field).
+        from hrx_ref.event_json import encode_patient_statement
+
+        tamper = {**tamper, "byte": len(encode_patient_statement(statement)) + tamper["byte"]}
+        inp["tamper"] = tamper
+    env = build_envelope(inp, ALL_KEYS)
+    context = {"keys": [], "head": None, "received_at": RECEIVED, "patient": opts.get("state", STATE)}
+    assert verify(env, Context.from_json(context)).as_dict() == expected
+
+
+def test_statement_json_encoding():
+    pb = load()
+    from hrx_ref.event_json import patient_statement_from_json
+
+    st = patient_statement_from_json(_rotation())
+    assert st.WhichOneof("body") == "key_rotation"
+    proof = st.key_rotation.proof
+    assert proof.payload_type == PATIENT_KEY_PROOF_TYPE and len(proof.signature) == 64
+    p = pb.events.PatientKeyProof.FromString(proof.payload)
+    assert p.facility_id == "" and p.public_key == PATIENT_KEYS["patient-p2"].public_key
+    # PatientStatement: header is field 1 (tag 0x0a), key_rotation field 13 (tag 0x6a).
+    data = st.SerializeToString()
+    assert data[0] == 0x0A and data[2 + data[1]] == 0x6A

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hrx_ref import KNOWN_PAYLOAD_TYPES, VECTORS_DIR, dsse
+from hrx_ref import KNOWN_PAYLOAD_TYPES, PATIENT_STATEMENT_TYPE, VECTORS_DIR, dsse
 from hrx_ref.proto import load
 from hrx_ref.vectors import build_envelope, first_difference, load_json, load_keys
 from hrx_ref.verify import Context, Envelope, verify
@@ -36,15 +36,16 @@ def _vector_params():
     return [pytest.param(p, id=p.stem) for p in VECTOR_PATHS]
 
 
-def _describe_payloads(ours: bytes, theirs: bytes) -> str:
+def _describe_payloads(ours: bytes, theirs: bytes, payload_type: str) -> str:
     """Decode both payloads (when possible) so a byte mismatch can be traced to a field."""
     from google.protobuf import text_format
 
     pb = load()
+    cls = pb.events.PatientStatement if payload_type == PATIENT_STATEMENT_TYPE else pb.events.FacilityEvent
     out = []
     for label, data in (("ours", ours), ("theirs", theirs)):
         try:
-            msg = pb.events.FacilityEvent.FromString(data)
+            msg = cls.FromString(data)
             out.append(f"--- {label} decoded:\n{text_format.MessageToString(msg)}")
         except Exception as e:  # noqa: BLE001 - diagnostics only
             out.append(f"--- {label}: does not decode ({e})")
@@ -69,6 +70,10 @@ def test_key_pair(entry):
     assert entry["key_id"] == hashlib.sha256(bytes.fromhex(entry["public_key"])).hexdigest()
     fid = entry["facility_id"]
     assert fid == "" or (len(fid) == 5 and fid.isascii() and fid.isdigit()), f"odd facility_id {fid!r}"
+    pid = entry.get("patient_id")
+    if pid is not None:
+        assert fid == "", "a patient's key belongs to no facility"
+        assert len(pid) == 12 and pid.isascii() and pid.isdigit(), f"odd patient_id {pid!r}"
 
 
 def test_key_names_unique():
@@ -120,7 +125,7 @@ def test_envelope_rebuilt_from_input(path: Path, keys):
             "payload differs: "
             + first_difference(ours.payload, theirs.payload)
             + "\n"
-            + _describe_payloads(ours.payload, theirs.payload)
+            + _describe_payloads(ours.payload, theirs.payload, ours.payload_type)
         )
     assert ours.key_id == theirs.key_id, "key_id differs"
     if ours.signature != theirs.signature:
@@ -149,4 +154,27 @@ def test_payload_types_are_the_contracts():
     assert KNOWN_PAYLOAD_TYPES == (
         "application/vnd.hrx.facility-event.v1+protobuf",
         "application/vnd.hrx.registry-event.v1+protobuf",
+        "application/vnd.hrx.patient-statement.v1+protobuf",
+        "application/vnd.hrx.patient-key-proof.v1+protobuf",
+        "application/vnd.hrx.patient-request.v1+protobuf",
     )
+
+
+@pytest.mark.parametrize("path", _vector_params())
+def test_statement_vectors_never_extend_a_chain(path: Path):
+    v = load_json(path)
+    if v["context"].get("received_at") is None:
+        assert v["context"].get("patient") is None, "a facility event's context has no patient state"
+        return
+    assert v["expected"]["extends_chain"] is False
+    assert v["expected"]["verdict"] in ("accepted", "rejected")
+    assert v["context"].get("facility_facts") is None
+
+
+def test_the_new_rules_are_covered():
+    reasons = {load_json(p)["expected"]["reason"] for p in VECTOR_PATHS}
+    for r in ("PATIENT_KEY_NOT_VALID", "BAD_PROOF_OF_POSSESSION", "NO_STANDING",
+              "ATTESTED_GRANT_OUT_OF_BOUNDS", "NOT_GRANTOR", "BREAK_GLASS_LIMIT"):
+        assert r in reasons, f"no vector for {r}"
+    statements = [p for p in VECTOR_PATHS if load_json(p)["context"].get("received_at") is not None]
+    assert len(statements) >= 10

@@ -9,11 +9,21 @@ use hrx_tests::vectors::{self, EnvelopeHex};
 #[test]
 fn vector_files_are_what_the_generator_writes() {
     let dir = vectors::dir();
-    for (name, text) in hrx_tests::generate::files().unwrap() {
-        let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+    let files = hrx_tests::generate::files().unwrap();
+    for (name, text) in &files {
+        let on_disk = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         assert!(
-            on_disk == text,
+            &on_disk == text,
             "{name} is stale: run `cargo run -p hrx-tests --bin gen-vectors`"
+        );
+    }
+    // ...and nothing else: a vector the generator no longer writes is stale too.
+    let written: BTreeSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            !name.ends_with(".json") || written.contains(name.as_str()),
+            "{name} is not written by the generator: remove it"
         );
     }
 }
@@ -47,10 +57,84 @@ fn envelopes_pae_and_hashes_rebuild_byte_for_byte() {
 
 #[test]
 fn verdicts_and_reasons_match() {
+    let (keys, vectors) = vectors::load().unwrap();
+    for v in &vectors {
+        let got = vectors::evaluate(v.envelope.to_envelope().unwrap(), &v.context, &keys).unwrap();
+        assert_eq!(got, v.expected, "{}", v.name);
+    }
+}
+
+#[test]
+fn facility_facts_decide_only_in_step_10() {
+    // Without facts (steps 1–9), a vector rejected in step 10 is accepted, and every
+    // other facility vector keeps its verdict.
+    const STEP_10: [&str; 4] = [
+        "NO_STANDING",
+        "ATTESTED_GRANT_OUT_OF_BOUNDS",
+        "NOT_GRANTOR",
+        "BREAK_GLASS_LIMIT",
+    ];
     let (_, vectors) = vectors::load().unwrap();
     for v in &vectors {
-        let got = vectors::evaluate(v.envelope.to_envelope().unwrap(), &v.context).unwrap();
-        assert_eq!(got, v.expected, "{}", v.name);
+        let Some(got) =
+            vectors::evaluate_through_content(v.envelope.to_envelope().unwrap(), &v.context)
+                .unwrap()
+        else {
+            continue;
+        };
+        if v.expected
+            .reason
+            .as_deref()
+            .is_some_and(|r| STEP_10.contains(&r))
+        {
+            assert_eq!(got.verdict, "accepted", "{}", v.name);
+            assert!(got.extends_chain, "{}", v.name);
+        } else {
+            assert_eq!(got, v.expected, "{}", v.name);
+        }
+    }
+}
+
+#[test]
+fn statements_never_extend_a_chain_and_carry_their_context() {
+    let (_, vectors) = vectors::load().unwrap();
+    let statements: Vec<_> = vectors
+        .iter()
+        .filter(|v| v.context.is_statement())
+        .collect();
+    assert!(
+        statements.len() >= 10,
+        "{} statement vectors",
+        statements.len()
+    );
+    for v in statements {
+        assert!(!v.expected.extends_chain, "{}", v.name);
+        assert_ne!(v.expected.verdict, "duplicate", "{}", v.name);
+        assert!(
+            v.context.keys.is_empty() && v.context.head.is_none(),
+            "{}",
+            v.name
+        );
+        assert!(v.context.facility_facts.is_none(), "{}", v.name);
+    }
+    for v in vectors.iter().filter(|v| !v.context.is_statement()) {
+        assert!(v.context.patient.is_none(), "{}", v.name);
+    }
+}
+
+#[test]
+fn patient_keys_are_not_in_the_facility_registry() {
+    let (keys, vectors) = vectors::load().unwrap();
+    for k in keys.keys.iter().filter(|k| k.patient_id.is_some()) {
+        assert!(k.facility_id.is_empty(), "{}", k.name);
+        for v in &vectors {
+            assert!(
+                v.context.keys.iter().all(|c| c.key_id != k.key_id),
+                "{} lists patient key {}",
+                v.name,
+                k.name
+            );
+        }
     }
 }
 
@@ -85,6 +169,12 @@ fn the_set_covers_what_the_contract_requires() {
         "FORK",
         "INVALID_FIELD",
         "MALFORMED_ENVELOPE",
+        "PATIENT_KEY_NOT_VALID",
+        "BAD_PROOF_OF_POSSESSION",
+        "NO_STANDING",
+        "ATTESTED_GRANT_OUT_OF_BOUNDS",
+        "NOT_GRANTOR",
+        "BREAK_GLASS_LIMIT",
     ] {
         assert!(reasons.contains(r), "no vector for {r}");
     }
@@ -97,6 +187,12 @@ fn the_set_covers_what_the_contract_requires() {
         "record.body.resourceType",
         "record.body.subject",
         "record.body",
+        "consent_grant.patient_id",
+        "consent_grant.request_event_id",
+        "consent_decline.request_event_id",
+        "statement.header.public_key",
+        "patient_key_enrollment.public_key",
+        "consent_request.duration",
     ] {
         assert!(fields.contains(f), "no vector for field {f}");
     }

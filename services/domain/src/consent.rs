@@ -127,8 +127,9 @@ pub fn facts_needed(header: &FacilityHeader, body: &Body) -> FactsNeeded {
         Body::ConsentRevocation(r) => FactsNeeded::Grantor {
             grant: r.grant_event_id,
         },
+        // Within a day of the year 1 the window reaches back to its start.
         Body::BreakGlass(_) => FactsNeeded::BreakGlass {
-            since: at.checked_sub(days(1)).unwrap_or(at),
+            since: at.checked_sub(days(1)).unwrap_or(Timestamp::MIN),
             at,
         },
         _ => FactsNeeded::None,
@@ -160,8 +161,9 @@ pub fn check_facility_event(
                     "a facility-attested grant may not include sensitive labels",
                 ));
             }
+            // Past the year 9999 there is no expiry beyond the limit.
             let limit = at.checked_add(policy.attested_max);
-            if limit.is_none_or(|limit| g.expires_at > limit) {
+            if limit.is_some_and(|limit| g.expires_at > limit) {
                 return Err(out_of_bounds(
                     "a facility-attested grant expires later than the policy allows",
                 ));
@@ -171,7 +173,10 @@ pub fn check_facility_event(
                     "only the patient's own signed grant answers a consent request",
                 ));
             }
-            let window_start = at.checked_sub(policy.standing_window).unwrap_or(at);
+            // Before the year 1 the window has no lower bound.
+            let window_start = at
+                .checked_sub(policy.standing_window)
+                .unwrap_or(Timestamp::MIN);
             if facts
                 .latest_authored
                 .is_none_or(|t| t < window_start || t > at)

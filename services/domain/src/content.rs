@@ -214,7 +214,11 @@ pub fn check_grant_fields(
     if expires_at <= reference {
         return Err(Rejection::invalid_field(
             "consent_grant.expires_at",
-            "must be after recorded_at",
+            if evidence_required {
+                "must be after recorded_at"
+            } else {
+                "must be after the time the exchange received the statement"
+            },
         ));
     }
     let evidence = match (&g.evidence, evidence_required) {

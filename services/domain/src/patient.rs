@@ -10,7 +10,8 @@
 //!
 //! Verification order of a statement (the contract; `tests/vectors/README.md`):
 //! payload type → envelope form → payload decodes → header fields → key id names the
-//! header's key → signature → the key is the patient's → content.
+//! header's key → signature → content → the key is the patient's (when received) →
+//! what it refers to (grants, pending requests).
 
 use crate::dsse::{Envelope, PayloadType, PublicKey};
 use crate::event::{ConsentGrant, ConsentRevocation, Link, timestamp, unchecked};

@@ -28,6 +28,12 @@ const MIN_SECONDS: i64 = -62_135_596_800;
 const MAX_SECONDS: i64 = 253_402_300_799;
 
 impl Timestamp {
+    /// 0001-01-01T00:00:00Z, the earliest instant of the wire's range.
+    pub const MIN: Timestamp = Timestamp {
+        seconds: MIN_SECONDS,
+        nanos: 0,
+    };
+
     pub fn new(seconds: i64, nanos: i32) -> Result<Self, TimeError> {
         if !(MIN_SECONDS..=MAX_SECONDS).contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
             return Err(TimeError::OutOfRange);

@@ -13,4 +13,13 @@ VECTORS_DIR = REPO_ROOT / "tests" / "vectors"
 
 FACILITY_EVENT_TYPE = "application/vnd.hrx.facility-event.v1+protobuf"
 REGISTRY_EVENT_TYPE = "application/vnd.hrx.registry-event.v1+protobuf"
-KNOWN_PAYLOAD_TYPES = (FACILITY_EVENT_TYPE, REGISTRY_EVENT_TYPE)
+PATIENT_STATEMENT_TYPE = "application/vnd.hrx.patient-statement.v1+protobuf"
+PATIENT_KEY_PROOF_TYPE = "application/vnd.hrx.patient-key-proof.v1+protobuf"
+PATIENT_REQUEST_TYPE = "application/vnd.hrx.patient-request.v1+protobuf"
+KNOWN_PAYLOAD_TYPES = (
+    FACILITY_EVENT_TYPE,
+    REGISTRY_EVENT_TYPE,
+    PATIENT_STATEMENT_TYPE,
+    PATIENT_KEY_PROOF_TYPE,
+    PATIENT_REQUEST_TYPE,
+)

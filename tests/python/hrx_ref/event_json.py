@@ -1,11 +1,13 @@
-"""Builds an hrx.v1.FacilityEvent from the JSON form used in tests/vectors (README "A vector").
+"""Builds hrx.v1 messages from the JSON form used in tests/vectors (README "JSON form").
 
-Rules: field names as in events.proto; enum values without their prefix ("OBSERVATION" →
-RECORD_KIND_OBSERVATION; integers are taken as raw enum numbers); times in RFC 3339 →
-google.protobuf.Timestamp; bytes in hex, except `record.body`, which is the exact UTF-8
-text of the body; a Duration field `x` is given as `"x_seconds"`; absent (or null) fields
-take the protobuf default. Any other key is an error, so a mismatch with the generator
-shows up instead of being ignored.
+One set of rules for a FacilityEvent (`input.event`), a PatientStatement
+(`input.statement`) and a PatientKeyProof (a proof's `proof`): field names as in
+events.proto; enum values without their prefix ("OBSERVATION" → RECORD_KIND_OBSERVATION;
+integers are taken as raw enum numbers); times in RFC 3339 → google.protobuf.Timestamp;
+bytes in hex, except `record.body`, which is the exact UTF-8 text of the body; a Duration
+field `x` is given as `"x_seconds"`; a nested message (a proof's SignedEnvelope, evidence)
+is an object by the same rules; absent (or null) fields take the protobuf default. Any
+other key is an error, so a mismatch with the generator shows up instead of being ignored.
 """
 
 from __future__ import annotations
@@ -135,6 +137,12 @@ def _fill(msg, obj: Any, path: str) -> None:
             setattr(msg, field.name, _scalar(field, value, fpath))
 
 
+def _from_json(cls, obj: dict):
+    msg = cls()
+    _fill(msg, obj, "")
+    return msg
+
+
 def facility_event_from_json(obj: dict):
     """The FacilityEvent message described by `obj` (the README's `input.event`)."""
     pb = load()
@@ -145,3 +153,21 @@ def facility_event_from_json(obj: dict):
 
 def encode_facility_event(obj: dict) -> bytes:
     return facility_event_from_json(obj).SerializeToString()
+
+
+def patient_statement_from_json(obj: dict):
+    """The PatientStatement message described by `obj` (the README's `input.statement`)."""
+    return _from_json(load().events.PatientStatement, obj)
+
+
+def encode_patient_statement(obj: dict) -> bytes:
+    return patient_statement_from_json(obj).SerializeToString()
+
+
+def key_proof_from_json(obj: dict):
+    """The PatientKeyProof message described by `obj` (a proof recipe's `proof`)."""
+    return _from_json(load().events.PatientKeyProof, obj)
+
+
+def encode_key_proof(obj: dict) -> bytes:
+    return key_proof_from_json(obj).SerializeToString()

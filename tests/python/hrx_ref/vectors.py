@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dsse
-from .event_json import encode_facility_event
+from .event_json import encode_facility_event, encode_key_proof, encode_patient_statement
 from .verify import Envelope
 
 
@@ -18,6 +18,7 @@ class KeyPair:
     seed: bytes
     public_key: bytes
     key_id: str
+    patient_id: str | None = None
 
 
 def load_json(path: Path) -> dict:
@@ -34,6 +35,7 @@ def load_keys(path: Path) -> dict[str, KeyPair]:
             seed=bytes.fromhex(k["seed"]),
             public_key=bytes.fromhex(k["public_key"]),
             key_id=k["key_id"],
+            patient_id=k.get("patient_id"),
         )
         if kp.name in out:
             raise ValueError(f"duplicate key name {kp.name!r} in {path}")
@@ -41,14 +43,22 @@ def load_keys(path: Path) -> dict[str, KeyPair]:
     return out
 
 
+INPUT_KEYS = {"signer", "payload_type", "event", "statement", "proof", "payload_override", "tamper"}
+PROOF_KEYS = {"signer", "payload_type", "proof", "payload_override", "key_id", "tamper"}
+
+
 def build_payload(inp: dict) -> bytes:
     override = inp.get("payload_override")
     if override is not None:
         return bytes.fromhex(override)
-    event = inp.get("event")
-    if event is None:
-        raise ValueError("input has neither event nor payload_override")
-    return encode_facility_event(event)
+    event, statement = inp.get("event"), inp.get("statement")
+    if event is not None and statement is not None:
+        raise ValueError("input has both an event and a statement")
+    if event is not None:
+        return encode_facility_event(event)
+    if statement is not None:
+        return encode_patient_statement(statement)
+    raise ValueError("input has neither event, statement nor payload_override")
 
 
 def apply_tamper(payload: bytes, signature: bytes, tamper: dict | None) -> tuple[bytes, bytes]:
@@ -84,16 +94,60 @@ def apply_tamper(payload: bytes, signature: bytes, tamper: dict | None) -> tuple
     return (bytes(buf), signature) if which == "payload" else (payload, bytes(buf))
 
 
-def build_envelope(inp: dict, keys: dict[str, KeyPair]) -> Envelope:
-    """The envelope as the README says it is made from `input`, computed independently."""
-    signer = keys[inp["signer"]]
-    payload_type = inp["payload_type"]
-    payload = build_payload(inp)
+def _sign(keys: dict[str, KeyPair], signer_name: str, payload_type: str, payload: bytes,
+          key_id: str | None, tamper: dict | None) -> Envelope:
+    signer = keys[signer_name]
     signature = dsse.sign(signer.seed, payload_type, payload)
     # The key id is derived from the seed, not copied from keys.json.
-    kid = dsse.key_id(dsse.public_key_from_seed(signer.seed))
-    payload, signature = apply_tamper(payload, signature, inp.get("tamper"))
+    kid = key_id if key_id is not None else dsse.key_id(dsse.public_key_from_seed(signer.seed))
+    payload, signature = apply_tamper(payload, signature, tamper)
     return Envelope(payload_type=payload_type, payload=payload, key_id=kid, signature=signature)
+
+
+def build_proof(recipe: dict, keys: dict[str, KeyPair]) -> dict:
+    """The nested proof envelope (JSON form, hex fields) a proof recipe describes."""
+    unknown = set(recipe) - PROOF_KEYS
+    if unknown:
+        raise ValueError(f"unknown proof keys {sorted(unknown)}")
+    override = recipe.get("payload_override")
+    if override is not None:
+        payload = bytes.fromhex(override)
+    elif recipe.get("proof") is not None:
+        payload = encode_key_proof(recipe["proof"])
+    else:
+        raise ValueError("proof recipe has neither proof nor payload_override")
+    env = _sign(keys, recipe["signer"], recipe["payload_type"], payload, recipe.get("key_id"), recipe.get("tamper"))
+    return {
+        "payload_type": env.payload_type,
+        "payload": env.payload.hex(),
+        "key_id": env.key_id,
+        "signature": env.signature.hex(),
+    }
+
+
+def nested_proof(inp: dict) -> dict | None:
+    """The proof envelope inside `input.event` or `input.statement`, in JSON form."""
+    body = inp.get("event") or inp.get("statement") or {}
+    for name in ("patient_key_enrollment", "key_rotation"):
+        if isinstance(body.get(name), dict) and body[name].get("proof") is not None:
+            return body[name]["proof"]
+    return None
+
+
+def build_envelope(inp: dict, keys: dict[str, KeyPair]) -> Envelope:
+    """The envelope as the README says it is made from `input`, computed independently.
+
+    When `input.proof` is given, the nested proof envelope must be what it makes.
+    """
+    unknown = set(inp) - INPUT_KEYS
+    if unknown:
+        raise ValueError(f"unknown input keys {sorted(unknown)}")
+    recipe = inp.get("proof")
+    if recipe is not None:
+        built = build_proof(recipe, keys)
+        if nested_proof(inp) != built:
+            raise ValueError(f"the nested proof is not what input.proof makes: {built}")
+    return _sign(keys, inp["signer"], inp["payload_type"], build_payload(inp), None, inp.get("tamper"))
 
 
 def first_difference(a: bytes, b: bytes) -> str:

@@ -1,9 +1,10 @@
-"""The envelope/event verifier: steps 1–9 of tests/vectors/README.md "Verification order".
+"""The verifiers of tests/vectors/README.md "Verification order": facility events (steps
+1–10) and patient statements (steps 1–9 of their own).
 
 The first failing step decides. The result is an `Outcome(verdict, reason, field,
 extends_chain)` with `verdict` in {"accepted", "duplicate", "rejected"}, `reason` the
 RejectionReason name without its prefix (or None) and `field` the dotted field path for
-INVALID_FIELD (or None).
+INVALID_FIELD (or None). A context with `received_at` is a patient statement's.
 """
 
 from __future__ import annotations
@@ -15,14 +16,33 @@ from typing import Any, Optional
 
 from google.protobuf.message import DecodeError
 
-from . import FACILITY_EVENT_TYPE
+import hashlib
+
+from . import FACILITY_EVENT_TYPE, PATIENT_KEY_PROOF_TYPE, PATIENT_STATEMENT_TYPE
 from . import dsse
 from .proto import load
-from .times import parse_rfc3339, ts_key
+from .times import parse_rfc3339
 
 MAX_BODY_BYTES = 524_288
 MAX_BREAK_GLASS_REASON_BYTES = 1_000
 MAX_BREAK_GLASS_SECONDS = 86_400
+MAX_REQUEST_REASON_BYTES = 1_000
+MAX_REQUEST_SECONDS = 365 * 86_400
+MAX_KEY_REVOCATION_REASON_BYTES = 1_000
+MAX_PROOF_SKEW_SECONDS = 3_600
+DAY_SECONDS = 86_400
+NS = 1_000_000_000
+
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
+MIN_TS_SECONDS = -62_135_596_800
+MAX_TS_SECONDS = 253_402_300_799
+
+# Unicode White_Space: what "non-empty after trimming" trims (README "Conventions").
+WHITE_SPACE = (
+    "\u0009\u000a\u000b\u000c\u000d\u0020\u0085\u00a0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _KEY_ID = re.compile(r"[0-9a-f]{64}")
@@ -103,17 +123,116 @@ class Head:
 EMPTY_HEAD = Head(seq=0, event_hash=bytes(32), event_id=None)
 
 
+def _nanos_of_text(text: str) -> int:
+    seconds, nanos = parse_rfc3339(text)
+    return seconds * NS + nanos
+
+
+def _strict(obj: dict, allowed: set, what: str) -> None:
+    unknown = set(obj) - allowed
+    if unknown:
+        raise ValueError(f"unknown {what} keys {sorted(unknown)}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The consent policy: defaults, overridden by the context's `policy`."""
+
+    attested_max_days: int = 90
+    standing_window_days: int = 365
+    break_glass_per_day: int = 20
+    break_glass_open_per_patient: int = 1
+
+    @classmethod
+    def from_json(cls, obj: Optional[dict]) -> "Policy":
+        if obj is None:
+            return cls()
+        _strict(obj, set(cls.__dataclass_fields__), "policy")
+        return cls(**{k: int(v) for k, v in obj.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class FacilityFacts:
+    """Facts from the facility's own chain before the event (step 10); times in nanos."""
+
+    latest_authored: Optional[int] = None
+    attested_the_grant: bool = False
+    declared_since: int = 0
+    open_for_patient: int = 0
+
+    @classmethod
+    def from_json(cls, obj: Optional[dict]) -> "FacilityFacts":
+        if obj is None:
+            return cls()
+        _strict(obj, set(cls.__dataclass_fields__), "facility_facts")
+        latest = obj.get("latest_authored")
+        return cls(
+            latest_authored=None if latest is None else _nanos_of_text(latest),
+            attested_the_grant=bool(obj.get("attested_the_grant", False)),
+            declared_since=int(obj.get("declared_since", 0)),
+            open_for_patient=int(obj.get("open_for_patient", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class PatientState:
+    """A patient's consent state when a statement is received."""
+
+    patient_id: str
+    active_key_id: Optional[str]
+    grants: frozenset
+    pending_requests: tuple  # of (request_event_id, facility_id)
+
+    @classmethod
+    def from_json(cls, obj: Optional[dict]) -> Optional["PatientState"]:
+        if obj is None:
+            return None
+        _strict(obj, {"patient_id", "active_key_id", "grants", "pending_requests"}, "patient")
+        pending = []
+        for r in obj.get("pending_requests") or ():
+            _strict(r, {"request_event_id", "facility_id"}, "pending request")
+            pending.append((r["request_event_id"], r["facility_id"]))
+        return cls(
+            patient_id=obj["patient_id"],
+            active_key_id=obj.get("active_key_id"),
+            grants=frozenset(obj.get("grants") or ()),
+            pending_requests=tuple(pending),
+        )
+
+    def pending_facility(self, request_event_id: str) -> Optional[str]:
+        return next((f for r, f in self.pending_requests if r == request_event_id), None)
+
+
+NO_STATE = PatientState(patient_id="", active_key_id=None, grants=frozenset(), pending_requests=())
+
+
 @dataclass(frozen=True)
 class Context:
     keys: tuple[KeyEntry, ...]
     head: Head
+    policy: Policy = Policy()
+    facts: FacilityFacts = FacilityFacts()
+    received_at: Optional[int] = None  # nanos; set for patient statements
+    patient: Optional[PatientState] = None
 
     @classmethod
     def from_json(cls, obj: dict) -> "Context":
+        _strict(obj, {"keys", "head", "policy", "facility_facts", "received_at", "patient"}, "context")
+        received = obj.get("received_at")
         return cls(
             keys=tuple(KeyEntry.from_json(k) for k in obj.get("keys") or ()),
             head=Head.from_json(obj.get("head")),
+            policy=Policy.from_json(obj.get("policy")),
+            facts=FacilityFacts.from_json(obj.get("facility_facts")),
+            received_at=None if received is None else _nanos_of_text(received),
+            patient=PatientState.from_json(obj.get("patient")),
         )
+
+    def state_of(self, patient_id: str) -> PatientState:
+        """The consent state of `patient_id`: the context's patient, or nothing at all."""
+        if self.patient is not None and self.patient.patient_id == patient_id:
+            return self.patient
+        return NO_STATE
 
 
 @dataclass(frozen=True)
@@ -150,6 +269,41 @@ def is_facility_id(s: str) -> bool:
 
 def is_patient_id(s: str) -> bool:
     return _PATIENT_ID.fullmatch(s) is not None
+
+
+def is_key_id(s: str) -> bool:
+    return _KEY_ID.fullmatch(s) is not None
+
+
+def blank(s: str) -> bool:
+    """Empty once Unicode White_Space is trimmed from both ends."""
+    return s.strip(WHITE_SPACE) == ""
+
+
+def ts_ok(ts) -> bool:
+    """A google.protobuf.Timestamp within the Timestamp range, nanos 0..999,999,999."""
+    return MIN_TS_SECONDS <= ts.seconds <= MAX_TS_SECONDS and 0 <= ts.nanos < NS
+
+
+def nanos(ts) -> int:
+    return ts.seconds * NS + ts.nanos
+
+
+def present_ts(msg, name: str) -> bool:
+    """A required timestamp field: present and in range."""
+    return msg.HasField(name) and ts_ok(getattr(msg, name))
+
+
+def optional_ts(msg, name: str) -> bool:
+    """An optional timestamp field: absent, or in range."""
+    return not msg.HasField(name) or ts_ok(getattr(msg, name))
+
+
+def duration_nanos(d) -> Optional[int]:
+    """A Duration as nanos, or None when it is not a whole non-negative span."""
+    if d.seconds < 0 or not 0 <= d.nanos < NS:
+        return None
+    return d.seconds * NS + d.nanos
 
 
 def _enum_ok(enum_desc, value: int) -> bool:
@@ -210,10 +364,14 @@ def _refers_to_patient(obj: Any, patient_id: str) -> bool:
     return isinstance(ident, dict) and ident.get("value") == patient_id
 
 
-# ---------------------------------------------------------------------------- verifier
+# ---------------------------------------------------------------------------- facility events
 
 
 def verify(envelope: Envelope, context: Context) -> Outcome:
+    """A facility event (steps 1–10), or a patient statement when the context has
+    `received_at`."""
+    if context.received_at is not None:
+        return verify_statement(envelope, context)
     pb = load()
 
     # 1. Payload type: this path verifies facility events only (README step 1).
@@ -221,7 +379,7 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
         return _reject("UNKNOWN_PAYLOAD_TYPE")
 
     # 2. Envelope shape.
-    if _KEY_ID.fullmatch(envelope.key_id) is None or len(envelope.signature) != 64:
+    if not is_key_id(envelope.key_id) or len(envelope.signature) != 64:
         return _reject("MALFORMED_ENVELOPE")
 
     # 3. Key lookup.
@@ -232,8 +390,6 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
     # 4. Signature over PAE(payload_type, payload), the payload exactly as sent.
     if not dsse.verify(key.public_key, envelope.payload_type, envelope.payload, envelope.signature):
         return _reject("BAD_SIGNATURE")
-
-    assert envelope.payload_type == FACILITY_EVENT_TYPE
 
     # 5. Payload decodes as a FacilityEvent with a header and a body.
     try:
@@ -254,14 +410,16 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
         return _reject("INVALID_FIELD", "header.seq")
     if len(h.prev_hash) != 32:
         return _reject("INVALID_FIELD", "header.prev_hash")
-    if not h.HasField("recorded_at"):
+    if not present_ts(h, "recorded_at"):
         return _reject("INVALID_FIELD", "header.recorded_at")
-    recorded_at = ts_key(h.recorded_at)
+    recorded_at = nanos(h.recorded_at)
 
     # 7. The key against the facility and the time.
-    if key.facility_id != h.facility_id or recorded_at < key.valid_from:
+    valid_from = key.valid_from[0] * NS + key.valid_from[1]
+    revoked_at = None if key.revoked_at is None else key.revoked_at[0] * NS + key.revoked_at[1]
+    if key.facility_id != h.facility_id or recorded_at < valid_from:
         return _reject("KEY_NOT_VALID_FOR_FACILITY")
-    if key.revoked_at is not None and key.revoked_at <= recorded_at:
+    if revoked_at is not None and revoked_at <= recorded_at:
         return _reject("KEY_REVOKED")
 
     # 8. Chain against the facility's head.
@@ -282,28 +440,79 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
         return _reject("FORK")
 
     # 9. Content: the event extends the chain whatever the outcome.
-    field = _content_error(pb, event, body_kind)
-    if field is not None:
-        return _reject("INVALID_FIELD", field, extends_chain=True)
+    error = _content_error(pb, event, body_kind)
+    if error is not None:
+        reason, field = error
+        return _reject(reason, field, extends_chain=True)
+
+    # 10. Facility facts: the facility's own chain before the event.
+    reason = _facts_error(pb, event, body_kind, context.policy, context.facts)
+    if reason is not None:
+        return _reject(reason, None, extends_chain=True)
     return Outcome("accepted", None, None, True)
 
 
-def _content_error(pb, event, body_kind: str) -> Optional[str]:
+def _field(name: str) -> tuple[str, str]:
+    return ("INVALID_FIELD", name)
+
+
+def _content_error(pb, event, body_kind: str) -> Optional[tuple[str, Optional[str]]]:
+    """(reason, field) of the first content failure (step 9), or None."""
     common = pb.common
+    h = event.header
     if body_kind == "record":
-        return _record_error(common, event.record)
+        f = _record_error(common, event.record)
+    elif body_kind == "consent_grant":
+        f = _grant_error(common, event.consent_grant, nanos(h.recorded_at), evidence_required=True)
+    elif body_kind == "consent_revocation":
+        f = _revocation_error(event.consent_revocation)
+    elif body_kind == "break_glass":
+        f = _break_glass_error(event.break_glass, nanos(h.recorded_at))
+    elif body_kind == "patient_key_enrollment":
+        e = event.patient_key_enrollment
+        if not is_patient_id(e.patient_id):
+            f = "patient_key_enrollment.patient_id"
+        elif len(e.public_key) != 32:
+            f = "patient_key_enrollment.public_key"
+        elif not e.HasField("proof"):
+            f = "patient_key_enrollment.proof"
+        else:
+            ok = proof_ok(pb, e.proof, e.patient_id, e.public_key, h.facility_id, nanos(h.recorded_at))
+            return None if ok else ("BAD_PROOF_OF_POSSESSION", None)
+    elif body_kind == "consent_request":
+        f = _request_error(common, event.consent_request)
+    else:
+        raise AssertionError(f"unknown body {body_kind}")
+    return None if f is None else _field(f)
+
+
+def _facts_error(pb, event, body_kind: str, policy: Policy, facts: FacilityFacts) -> Optional[str]:
+    """The reason of the first failing facility-fact check (step 10), or None."""
+    at = nanos(event.header.recorded_at)
     if body_kind == "consent_grant":
-        return _grant_error(common, event.consent_grant, event.header)
-    if body_kind == "consent_revocation":
-        r = event.consent_revocation
-        if not is_patient_id(r.patient_id):
-            return "consent_revocation.patient_id"
-        if not is_uuid(r.grant_event_id):
-            return "consent_revocation.grant_event_id"
+        g = event.consent_grant
+        if g.WhichOneof("grantee") == "any_facility":
+            return "ATTESTED_GRANT_OUT_OF_BOUNDS"
+        if len(g.include_sensitive) > 0:
+            return "ATTESTED_GRANT_OUT_OF_BOUNDS"
+        if nanos(g.expires_at) > at + policy.attested_max_days * DAY_SECONDS * NS:
+            return "ATTESTED_GRANT_OUT_OF_BOUNDS"
+        if g.request_event_id != "":
+            return "ATTESTED_GRANT_OUT_OF_BOUNDS"
+        window_start = at - policy.standing_window_days * DAY_SECONDS * NS
+        latest = facts.latest_authored
+        if latest is None or latest < window_start or latest > at:
+            return "NO_STANDING"
         return None
+    if body_kind == "consent_revocation":
+        return None if facts.attested_the_grant else "NOT_GRANTOR"
     if body_kind == "break_glass":
-        return _break_glass_error(event.break_glass)
-    raise AssertionError(f"unknown body {body_kind}")
+        if facts.declared_since >= policy.break_glass_per_day:
+            return "BREAK_GLASS_LIMIT"
+        if facts.open_for_patient >= policy.break_glass_open_per_patient:
+            return "BREAK_GLASS_LIMIT"
+        return None
+    return None
 
 
 def _record_error(common, r) -> Optional[str]:
@@ -313,9 +522,9 @@ def _record_error(common, r) -> Optional[str]:
         return "record.patient_id"
     if not _enum_ok(kinds, r.kind):
         return "record.kind"
-    if not r.HasField("occurred_at"):
+    if not present_ts(r, "occurred_at"):
         return "record.occurred_at"
-    if r.author == "":
+    if blank(r.author):
         return "record.author"
     if not all(_enum_ok(labels, s) for s in r.sensitivity):
         return "record.sensitivity"
@@ -338,7 +547,13 @@ def _record_error(common, r) -> Optional[str]:
     return None
 
 
-def _grant_error(common, g, header) -> Optional[str]:
+def _evidence_ok(e) -> bool:
+    return not blank(e.form_id) and len(e.sha256) == 32
+
+
+def _grant_error(common, g, reference: int, evidence_required: bool) -> Optional[str]:
+    """The first bad field of a grant. `reference` (nanos) is the time expires_at must
+    be after: recorded_at for an attested grant, received_at for a patient-signed one."""
     purposes = common.DESCRIPTOR.enum_types_by_name["Purpose"]
     kinds = common.DESCRIPTOR.enum_types_by_name["RecordKind"]
     labels = common.DESCRIPTOR.enum_types_by_name["SensitivityLabel"]
@@ -350,12 +565,21 @@ def _grant_error(common, g, header) -> Optional[str]:
         return "consent_grant.kinds"
     if not all(_enum_ok(labels, s) for s in g.include_sensitive):
         return "consent_grant.include_sensitive"
-    if g.HasField("data_from") and g.HasField("data_until") and not ts_key(g.data_until) > ts_key(g.data_from):
+    if not optional_ts(g, "data_from"):
+        return "consent_grant.data_from"
+    if not optional_ts(g, "data_until"):
         return "consent_grant.data_until"
-    if not g.HasField("expires_at") or not ts_key(g.expires_at) > ts_key(header.recorded_at):
+    if g.HasField("data_from") and g.HasField("data_until") and not nanos(g.data_until) > nanos(g.data_from):
+        return "consent_grant.data_until"
+    if not present_ts(g, "expires_at") or not nanos(g.expires_at) > reference:
         return "consent_grant.expires_at"
-    if not g.HasField("evidence") or g.evidence.form_id == "" or len(g.evidence.sha256) != 32:
+    if g.HasField("evidence"):
+        if not _evidence_ok(g.evidence):
+            return "consent_grant.evidence"
+    elif evidence_required:
         return "consent_grant.evidence"
+    if g.request_event_id != "" and not is_uuid(g.request_event_id):
+        return "consent_grant.request_event_id"
     grantee = g.WhichOneof("grantee")
     if grantee == "grantee_facility_id":
         ok = is_facility_id(g.grantee_facility_id)
@@ -368,20 +592,190 @@ def _grant_error(common, g, header) -> Optional[str]:
     return None
 
 
-def _break_glass_error(b) -> Optional[str]:
+def _revocation_error(r) -> Optional[str]:
+    if not is_patient_id(r.patient_id):
+        return "consent_revocation.patient_id"
+    if not is_uuid(r.grant_event_id):
+        return "consent_revocation.grant_event_id"
+    if r.HasField("evidence") and not _evidence_ok(r.evidence):
+        return "consent_revocation.evidence"
+    return None
+
+
+def _break_glass_error(b, recorded_at: int) -> Optional[str]:
     if not is_patient_id(b.patient_id):
         return "break_glass.patient_id"
-    if b.reason == "" or len(b.reason.encode("utf-8")) > MAX_BREAK_GLASS_REASON_BYTES:
+    if blank(b.reason) or len(b.reason.encode("utf-8")) > MAX_BREAK_GLASS_REASON_BYTES:
         return "break_glass.reason"
-    if b.clinician == "":
+    if blank(b.clinician):
         return "break_glass.clinician"
     if not b.HasField("duration"):
         return "break_glass.duration"
-    d = b.duration
-    whole = 0 <= d.nanos < 1_000_000_000 and d.seconds >= 0
-    if not whole or (d.seconds, d.nanos) <= (0, 0) or (d.seconds, d.nanos) > (MAX_BREAK_GLASS_SECONDS, 0):
+    d = duration_nanos(b.duration)
+    if d is None or d == 0 or d > MAX_BREAK_GLASS_SECONDS * NS:
+        return "break_glass.duration"
+    # The window must end within the Timestamp range.
+    if recorded_at + d > MAX_TS_SECONDS * NS + NS - 1:
         return "break_glass.duration"
     return None
+
+
+def _request_error(common, r) -> Optional[str]:
+    purposes = common.DESCRIPTOR.enum_types_by_name["Purpose"]
+    kinds = common.DESCRIPTOR.enum_types_by_name["RecordKind"]
+    labels = common.DESCRIPTOR.enum_types_by_name["SensitivityLabel"]
+    if not is_patient_id(r.patient_id):
+        return "consent_request.patient_id"
+    if len(r.purposes) == 0 or not all(_enum_ok(purposes, p) for p in r.purposes):
+        return "consent_request.purposes"
+    if not all(_enum_ok(kinds, k) for k in r.kinds):
+        return "consent_request.kinds"
+    if not optional_ts(r, "data_from"):
+        return "consent_request.data_from"
+    if not optional_ts(r, "data_until"):
+        return "consent_request.data_until"
+    if r.HasField("data_from") and r.HasField("data_until") and not nanos(r.data_until) > nanos(r.data_from):
+        return "consent_request.data_until"
+    if not r.HasField("duration"):
+        return "consent_request.duration"
+    d = duration_nanos(r.duration)
+    if d is None or d == 0 or d > MAX_REQUEST_SECONDS * NS:
+        return "consent_request.duration"
+    if blank(r.reason) or len(r.reason.encode("utf-8")) > MAX_REQUEST_REASON_BYTES:
+        return "consent_request.reason"
+    if not all(_enum_ok(labels, s) for s in r.include_sensitive):
+        return "consent_request.include_sensitive"
+    return None
+
+
+# ---------------------------------------------------------------------------- proofs
+
+
+def proof_ok(pb, proof, patient_id: str, public_key: bytes, facility_id: str, at: int) -> bool:
+    """Whether `proof` (a SignedEnvelope message) proves possession of `public_key` by
+    `patient_id`, for `facility_id` ("" in a rotation), made within an hour of `at`."""
+    if proof.payload_type != PATIENT_KEY_PROOF_TYPE:
+        return False
+    if not is_key_id(proof.key_id) or len(proof.signature) != 64:
+        return False
+    if proof.key_id != hashlib.sha256(public_key).hexdigest():
+        return False
+    if not dsse.verify(public_key, proof.payload_type, proof.payload, proof.signature):
+        return False
+    try:
+        p = pb.events.PatientKeyProof.FromString(proof.payload)
+    except DecodeError:
+        return False
+    if p.patient_id != patient_id or p.public_key != public_key or p.facility_id != facility_id:
+        return False
+    if not present_ts(p, "proved_at"):
+        return False
+    return abs(nanos(p.proved_at) - at) <= MAX_PROOF_SKEW_SECONDS * NS
+
+
+# ---------------------------------------------------------------------------- statements
+
+
+def verify_statement(envelope: Envelope, context: Context) -> Outcome:
+    """A patient statement received at `context.received_at`: accepted or rejected, never
+    in a chain (extends_chain is always false)."""
+    pb = load()
+    received_at = context.received_at
+    assert received_at is not None
+
+    # 1. Payload type.
+    if envelope.payload_type != PATIENT_STATEMENT_TYPE:
+        return _reject("UNKNOWN_PAYLOAD_TYPE")
+
+    # 2. Envelope shape.
+    if not is_key_id(envelope.key_id) or len(envelope.signature) != 64:
+        return _reject("MALFORMED_ENVELOPE")
+
+    # 3. Payload decodes as a PatientStatement with a header and a body (the signing key
+    #    is in the payload, so decoding comes before the signature).
+    try:
+        st = pb.events.PatientStatement.FromString(envelope.payload)
+    except DecodeError:
+        return _reject("MALFORMED_PAYLOAD")
+    body_kind = st.WhichOneof("body")
+    if not st.HasField("header") or body_kind is None:
+        return _reject("MALFORMED_PAYLOAD")
+    h = st.header
+
+    # 4. Header fields, in order.
+    if not is_uuid(h.statement_id):
+        return _reject("INVALID_FIELD", "statement.header.statement_id")
+    if not is_patient_id(h.patient_id):
+        return _reject("INVALID_FIELD", "statement.header.patient_id")
+    if len(h.public_key) != 32:
+        return _reject("INVALID_FIELD", "statement.header.public_key")
+    if not present_ts(h, "signed_at"):
+        return _reject("INVALID_FIELD", "statement.header.signed_at")
+
+    # 5. The key id names the header's key.
+    if envelope.key_id != hashlib.sha256(h.public_key).hexdigest():
+        return _reject("BAD_SIGNATURE")
+
+    # 6. Signature.
+    if not dsse.verify(h.public_key, envelope.payload_type, envelope.payload, envelope.signature):
+        return _reject("BAD_SIGNATURE")
+
+    # 7. Body content.
+    error = _statement_body_error(pb, st, body_kind, received_at)
+    if error is not None:
+        reason, field = error
+        return _reject(reason, field)
+
+    # 8. The key is the patient's active key when the exchange received the statement.
+    state = context.state_of(h.patient_id)
+    if state.active_key_id is None or state.active_key_id != envelope.key_id:
+        return _reject("PATIENT_KEY_NOT_VALID")
+
+    # 9. References to the patient's state.
+    if body_kind == "consent_revocation":
+        if st.consent_revocation.grant_event_id not in state.grants:
+            return _reject("NOT_GRANTOR")
+    elif body_kind == "consent_decline":
+        if state.pending_facility(st.consent_decline.request_event_id) is None:
+            return _reject("INVALID_FIELD", "consent_decline.request_event_id")
+    elif body_kind == "consent_grant":
+        g = st.consent_grant
+        if g.request_event_id != "":
+            facility = state.pending_facility(g.request_event_id)
+            if facility is None:
+                return _reject("INVALID_FIELD", "consent_grant.request_event_id")
+            if g.WhichOneof("grantee") != "grantee_facility_id" or g.grantee_facility_id != facility:
+                return _reject("INVALID_FIELD", "consent_grant.request_event_id")
+    return Outcome("accepted", None, None, False)
+
+
+def _statement_body_error(pb, st, body_kind: str, received_at: int) -> Optional[tuple[str, Optional[str]]]:
+    h = st.header
+    if body_kind == "consent_grant":
+        f = _grant_error(pb.common, st.consent_grant, received_at, evidence_required=False)
+        if f is None and st.consent_grant.patient_id != h.patient_id:
+            f = "consent_grant.patient_id"
+    elif body_kind == "consent_revocation":
+        f = _revocation_error(st.consent_revocation)
+        if f is None and st.consent_revocation.patient_id != h.patient_id:
+            f = "consent_revocation.patient_id"
+    elif body_kind == "consent_decline":
+        f = None if is_uuid(st.consent_decline.request_event_id) else "consent_decline.request_event_id"
+    elif body_kind == "key_rotation":
+        k = st.key_rotation
+        if len(k.new_public_key) != 32 or k.new_public_key == h.public_key:
+            f = "key_rotation.new_public_key"
+        elif not k.HasField("proof"):
+            f = "key_rotation.proof"
+        else:
+            ok = proof_ok(pb, k.proof, h.patient_id, k.new_public_key, "", received_at)
+            return None if ok else ("BAD_PROOF_OF_POSSESSION", None)
+    elif body_kind == "key_revocation":
+        too_long = len(st.key_revocation.reason.encode("utf-8")) > MAX_KEY_REVOCATION_REASON_BYTES
+        f = "key_revocation.reason" if too_long else None
+    else:
+        raise AssertionError(f"unknown statement body {body_kind}")
+    return None if f is None else _field(f)
 
 
 def verify_json(envelope: dict, context: dict) -> Outcome:
