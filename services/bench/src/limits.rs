@@ -180,6 +180,9 @@ pub fn log_messages(events: &[Event<'_>], partitions: u32) -> Vec<LogMessage> {
                 event_id: e.header.link.event_id,
                 event_hash: e.hash,
                 envelope: e.envelope.clone(),
+                received_at: hrx_domain::Timestamp::now().truncated_to_millis(),
+                registry_seq: Some(0),
+                recorded_at: Some(e.header.link.recorded_at),
             };
             LogMessage {
                 partition: hrx_kafka::key_partition(&key, partitions) as i32,

@@ -51,6 +51,13 @@ pub enum LoadgenError {
     /// An envelope source (e.g. a chain file) failed part-way.
     #[error("cannot read the envelopes to submit")]
     Source(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The run stopped part-way (the node stayed unavailable past the retries, or a
+    /// call failed for good); `report` is what the node had answered until then.
+    #[error("stopped after {} of the events were answered: {cause}", report.tally.submitted)]
+    Interrupted {
+        report: Box<SubmitReport>,
+        cause: Box<LoadgenError>,
+    },
 }
 
 /// Provinces the synthetic facilities and patients are in: (code, name).
@@ -673,7 +680,7 @@ pub async fn submit_streams(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let n = chunk.len();
-                let results = client.submit(chunk).await?;
+                let results = client.submit_retrying(chunk).await?;
                 tally.add(&results);
                 sent += n;
                 if let Some(p) = &progress {
@@ -822,7 +829,11 @@ pub async fn submit_sources(
                 // Signing on the fly (or reading a file) happens here, in the facility's
                 // task: it is part of the measured path by design when signing on the
                 // fly, and a batch from a file is a few hundred kilobytes at most.
-                let chunk: Vec<Envelope> = source.by_ref().take(batch).collect::<Result<_, _>>()?;
+                let chunk: Vec<Envelope> =
+                    match source.by_ref().take(batch).collect::<Result<_, _>>() {
+                        Ok(chunk) => chunk,
+                        Err(e) => return (report, Some(e)),
+                    };
                 if chunk.is_empty() {
                     break;
                 }
@@ -830,26 +841,44 @@ pub async fn submit_sources(
                 if let Some(s) = &schedule {
                     tokio::time::sleep_until(s.due(n).into()).await;
                 }
-                let _permit = permits
-                    .acquire()
-                    .await
-                    .map_err(|e| LoadgenError::Task(e.to_string()))?;
+                let _permit = match permits.acquire().await {
+                    Ok(p) => p,
+                    Err(e) => return (report, Some(LoadgenError::Task(e.to_string()))),
+                };
                 let call = Instant::now();
-                let results = client.submit(chunk).await?;
+                // Rides out an unavailable node (a restart, a failover) with backoff:
+                // what it already has comes back as duplicates, never twice.
+                let results = match client.submit_retrying(chunk).await {
+                    Ok(r) => r,
+                    Err(e) => return (report, Some(LoadgenError::from(e))),
+                };
                 report.add(&results, call.elapsed());
                 if let Some(p) = &progress {
                     p.inc(n as u64);
                 }
             }
-            Ok::<_, LoadgenError>(report)
+            (report, None)
         });
     }
     let mut report = SubmitReport::default();
+    let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
-        report.merge(joined.map_err(|e| LoadgenError::Task(e.to_string()))??);
+        match joined {
+            Ok((part, error)) => {
+                report.merge(part);
+                failure = failure.or(error);
+            }
+            Err(e) => failure = failure.or(Some(LoadgenError::Task(e.to_string()))),
+        }
     }
     report.elapsed = started.elapsed();
-    Ok(report)
+    match failure {
+        None => Ok(report),
+        Some(cause) => Err(LoadgenError::Interrupted {
+            report: Box::new(report),
+            cause: Box::new(cause),
+        }),
+    }
 }
 
 /// A progress bar of `len` steps on stderr, in the style of `hrx bench`.

@@ -456,7 +456,9 @@ impl Consent {
         let log = self.log.as_ref().ok_or_else(|| {
             PortError::Unavailable("this process does not write the event log".into())
         })?;
-        let now = Timestamp::now();
+        // Received now, in whole milliseconds (what every log keeps exactly): the time
+        // the statement's key must be the patient's.
+        let now = Timestamp::now().truncated_to_millis();
         let mut outcomes: Vec<Option<StatementOutcome>> = vec![None; envelopes.len()];
         let mut refused = Vec::new();
         let mut by_patient: HashMap<PatientId, Vec<(usize, Envelope, Statement)>> = HashMap::new();
@@ -540,6 +542,9 @@ impl Consent {
                                 event_id: id,
                                 event_hash,
                                 envelope,
+                                received_at: now,
+                                registry_seq: None,
+                                recorded_at: None,
                             },
                         ));
                     }

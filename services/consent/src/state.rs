@@ -138,6 +138,7 @@ pub fn kind_of_fact(fact: &ConsentFact) -> ConsentEventKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Earlier {
     Record {
+        id: EventId,
         patient: PatientId,
         recorded_at: Timestamp,
     },
@@ -157,6 +158,7 @@ impl Earlier {
     pub fn of(header: &FacilityHeader, body: &Body) -> Option<Self> {
         Some(match body {
             Body::Record(r) => Earlier::Record {
+                id: header.link.event_id,
                 patient: r.patient_id.clone(),
                 recorded_at: header.link.recorded_at,
             },
@@ -193,6 +195,7 @@ pub async fn facility_facts(
                 Earlier::Record {
                     patient: p,
                     recorded_at,
+                    ..
                 } if p == patient => Some(*recorded_at),
                 _ => None,
             });
@@ -235,6 +238,15 @@ pub async fn facility_facts(
             }
             facts.declared_since = stored_declared + declared;
             facts.open_for_patient = stored_open + open;
+        }
+        FactsNeeded::Supersedes { record } => {
+            let pending = earlier.iter().any(|e| {
+                matches!(e, Earlier::Record { id, patient: p, .. } if *id == record && p == patient)
+            });
+            facts.supersedes_own = pending
+                || store.record(record).await?.is_some_and(|(r, _)| {
+                    &r.facility_id == facility && &r.patient_id == patient
+                });
         }
     }
     Ok(facts)

@@ -4,6 +4,7 @@
 use crate::event::Link;
 use crate::ids::{EventId, Sha256};
 use crate::rejection::{Reason, Rejection};
+use crate::time::Timestamp;
 
 /// The last accepted event of a chain. An empty chain has seq 0 and a zero hash, so that
 /// seq 1 must carry `prev_hash` = 32 zero bytes.
@@ -13,6 +14,9 @@ pub struct ChainHead {
     pub event_hash: Sha256,
     /// `None` for an empty chain.
     pub event_id: Option<EventId>,
+    /// The head event's `recorded_at`: the next event may not claim an earlier one.
+    /// `None` for an empty chain, and where the chain's index predates it.
+    pub recorded_at: Option<Timestamp>,
 }
 
 impl ChainHead {
@@ -20,6 +24,7 @@ impl ChainHead {
         seq: 0,
         event_hash: Sha256::ZERO,
         event_id: None,
+        recorded_at: None,
     };
 
     /// The head after `link` (whose hash is `event_hash`) extended the chain.
@@ -28,6 +33,7 @@ impl ChainHead {
             seq: link.seq,
             event_hash,
             event_id: Some(link.event_id),
+            recorded_at: Some(link.recorded_at),
         }
     }
 }

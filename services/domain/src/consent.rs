@@ -7,8 +7,8 @@
 //!   attest grants (bounded), ask, and revoke only what they attested. The fold sorts
 //!   its input, so a live projection and a replay that projected the log's partitions
 //!   in another order reach the same state.
-//! - [`check_facility_event`] is what a facility's consent events must satisfy against
-//!   the facility's own chain (standing, break-glass limits, grantor), with
+//! - [`check_facility_event`] is what a facility's events must satisfy against the
+//!   facility's own chain (standing, break-glass limits, grantor, corrections), with
 //!   [`ConsentPolicy`]'s bounds. Ingest and the projector both run it on the same facts,
 //!   so what ingest accepts the projector projects.
 //! - [`Access`] decides per record: deny by default; a facility always reads what it
@@ -104,6 +104,9 @@ pub enum FactsNeeded {
     /// A break-glass declaration: the facility's declarations since `since`, and its
     /// windows for the patient still open at `at`.
     BreakGlass { since: Timestamp, at: Timestamp },
+    /// A correction: whether `record` is an earlier record of this facility about
+    /// this patient.
+    Supersedes { record: EventId },
 }
 
 /// The answers to [`FactsNeeded`] (fields not asked for are ignored).
@@ -117,6 +120,8 @@ pub struct FacilityFacts {
     pub declared_since: u64,
     /// This facility's windows for the patient open at `at`.
     pub open_for_patient: u64,
+    /// Whether the record being corrected is this facility's, about this patient.
+    pub supersedes_own: bool,
 }
 
 /// Which facts `body`, recorded as `header`, needs.
@@ -131,6 +136,10 @@ pub fn facts_needed(header: &FacilityHeader, body: &Body) -> FactsNeeded {
         Body::BreakGlass(_) => FactsNeeded::BreakGlass {
             since: at.checked_sub(days(1)).unwrap_or(Timestamp::MIN),
             at,
+        },
+        Body::Record(r) => match r.supersedes {
+            Some(record) => FactsNeeded::Supersedes { record },
+            None => FactsNeeded::None,
         },
         _ => FactsNeeded::None,
     }
@@ -207,6 +216,10 @@ pub fn check_facility_event(
             }
             Ok(())
         }
+        Body::Record(r) if r.supersedes.is_some() && !facts.supersedes_own => Err(Rejection::new(
+            Reason::SupersedesForeignRecord,
+            "a record may correct only an earlier record of the same facility about the same patient",
+        )),
         _ => Ok(()),
     }
 }

@@ -16,7 +16,7 @@ use crate::event::{
 };
 use crate::ids::{EventId, FacilityId, KeyId, PatientId, Sha256};
 use crate::kinds::{FacilityLevel, Purpose, RecordKind, SensitivityLabel};
-use crate::rejection::Rejection;
+use crate::rejection::{Reason, Rejection};
 use crate::time::Duration;
 use crate::time::Timestamp;
 
@@ -424,4 +424,43 @@ pub fn check_registry_body(body: &unchecked::RegistryBody) -> Result<RegistryBod
             reason: reason.clone(),
         },
     })
+}
+
+/// The last step of a valid registry event: what the registry already holds. A key is
+/// added once, to a registered facility; only a registered, unrevoked facility key can
+/// be revoked. `existing` is the registered key with the body's key id, if any;
+/// `facility_registered` whether the body's facility is registered. A refusal here is
+/// a content rejection: the event keeps its place in the registry chain.
+pub fn check_registry_change(
+    body: &RegistryBody,
+    existing: Option<&crate::verify::KeyRecord>,
+    facility_registered: bool,
+) -> Result<(), Rejection> {
+    match body {
+        RegistryBody::FacilityRegistered { .. } => Ok(()),
+        RegistryBody::KeyAdded { .. } if existing.is_some() => Err(Rejection::invalid_field(
+            "registry.key_added.public_key",
+            "this key is already registered",
+        )),
+        RegistryBody::KeyAdded { .. } if !facility_registered => Err(Rejection::invalid_field(
+            "registry.key_added.facility_id",
+            "no facility with this id is registered",
+        )),
+        RegistryBody::KeyAdded { .. } => Ok(()),
+        RegistryBody::KeyRevoked { .. } => match existing {
+            None => Err(Rejection::new(
+                Reason::UnknownKey,
+                "no registered key has this key_id: nothing was revoked",
+            )),
+            Some(k) if k.owner == crate::verify::KeyOwner::Root => Err(Rejection::invalid_field(
+                "registry.key_revoked.key_id",
+                "the national root key is not revoked through the registry",
+            )),
+            Some(k) if k.revoked_at.is_some() => Err(Rejection::invalid_field(
+                "registry.key_revoked.key_id",
+                "this key is already revoked",
+            )),
+            Some(_) => Ok(()),
+        },
+    }
 }

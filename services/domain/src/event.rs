@@ -170,6 +170,9 @@ pub(crate) fn optional_timestamp(
     raw.map(|r| timestamp(Some(r), field)).transpose()
 }
 
+/// The largest seq a chain may reach: 2^63 - 1.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// A link of a hash chain: what every event header has in common.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Link {
@@ -188,6 +191,14 @@ impl Link {
     ) -> Result<Self, Rejection> {
         if seq == 0 {
             return Err(Rejection::invalid_field("header.seq", "must be 1 or more"));
+        }
+        // Stores keep seqs as signed 64-bit integers; refusing larger ones here keeps a
+        // client's number from failing a whole call later.
+        if seq > MAX_SEQ {
+            return Err(Rejection::invalid_field(
+                "header.seq",
+                "must be at most 9223372036854775807 (2^63 - 1)",
+            ));
         }
         let prev_hash = Sha256::from_slice(prev_hash)
             .map_err(|e| Rejection::invalid_field("header.prev_hash", e))?;

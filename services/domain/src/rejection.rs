@@ -25,6 +25,9 @@ pub enum Reason {
     AttestedGrantOutOfBounds = 16,
     NotGrantor = 17,
     BreakGlassLimit = 18,
+    RecordedAtOutOfRange = 19,
+    RecordedAtDecreasing = 20,
+    SupersedesForeignRecord = 21,
 }
 
 impl Reason {
@@ -47,6 +50,9 @@ impl Reason {
         Reason::AttestedGrantOutOfBounds,
         Reason::NotGrantor,
         Reason::BreakGlassLimit,
+        Reason::RecordedAtOutOfRange,
+        Reason::RecordedAtDecreasing,
+        Reason::SupersedesForeignRecord,
     ];
 
     pub fn code(self) -> i32 {
@@ -78,6 +84,9 @@ impl Reason {
             Reason::AttestedGrantOutOfBounds => "ATTESTED_GRANT_OUT_OF_BOUNDS",
             Reason::NotGrantor => "NOT_GRANTOR",
             Reason::BreakGlassLimit => "BREAK_GLASS_LIMIT",
+            Reason::RecordedAtOutOfRange => "RECORDED_AT_OUT_OF_RANGE",
+            Reason::RecordedAtDecreasing => "RECORDED_AT_DECREASING",
+            Reason::SupersedesForeignRecord => "SUPERSEDES_FOREIGN_RECORD",
         }
     }
 

@@ -28,6 +28,12 @@ const MIN_SECONDS: i64 = -62_135_596_800;
 const MAX_SECONDS: i64 = 253_402_300_799;
 
 impl Timestamp {
+    /// 9999-12-31T23:59:59.999999999Z, the latest instant of the wire's range.
+    pub const MAX: Timestamp = Timestamp {
+        seconds: MAX_SECONDS,
+        nanos: 999_999_999,
+    };
+
     /// 0001-01-01T00:00:00Z, the earliest instant of the wire's range.
     pub const MIN: Timestamp = Timestamp {
         seconds: MIN_SECONDS,
@@ -70,6 +76,15 @@ impl Timestamp {
     /// Nanoseconds since the Unix epoch (fits i128 for the whole range).
     pub fn unix_nanos(&self) -> i128 {
         i128::from(self.seconds) * 1_000_000_000 + i128::from(self.nanos)
+    }
+
+    /// This instant with its sub-millisecond part dropped: what a Kafka timestamp
+    /// holds, so a receive time reads back as it was judged.
+    pub fn truncated_to_millis(&self) -> Self {
+        Self {
+            seconds: self.seconds,
+            nanos: self.nanos - self.nanos % 1_000_000,
+        }
     }
 
     /// Milliseconds since the Unix epoch, rounded down.

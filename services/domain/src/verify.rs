@@ -15,7 +15,7 @@ use crate::dsse::{Envelope, PayloadType, PublicKey};
 use crate::event::{FacilityEvent, FacilityHeader, RegistryEvent, RegistryHeader, unchecked};
 use crate::ids::{FacilityId, KeyId, Sha256};
 use crate::rejection::{Reason, Rejection};
-use crate::time::Timestamp;
+use crate::time::{Duration, Timestamp};
 
 /// Who a key signs for.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -32,6 +32,29 @@ pub struct KeyRecord {
     pub owner: KeyOwner,
     pub valid_from: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// The registry seq of the event that added the key (0 for a configured root key).
+    pub registered_seq: u64,
+    /// The registry seq of the event that revoked it, when revoked.
+    pub revoked_seq: Option<u64>,
+}
+
+/// When and against what the exchange received an event: the receive time it recorded
+/// in the log, and the registry chain's head seq that ingest judged keys by (`None` for
+/// log entries written before it was recorded: the whole registry counts).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Receipt {
+    pub received_at: Timestamp,
+    pub registry_seq: Option<u64>,
+}
+
+impl Receipt {
+    /// Received now, against the whole registry as known.
+    pub fn now() -> Self {
+        Self {
+            received_at: Timestamp::now(),
+            registry_seq: None,
+        }
+    }
 }
 
 impl KeyRecord {
@@ -39,24 +62,87 @@ impl KeyRecord {
         self.public_key.key_id()
     }
 
-    /// Step 7: is this key valid for `owner` at `at`?
-    pub fn check_valid(&self, owner: &KeyOwner, at: Timestamp) -> Result<(), Rejection> {
+    /// Whether the registry event at `seq` is among those `receipt` was judged by.
+    fn known(seq: u64, receipt: &Receipt) -> bool {
+        receipt.registry_seq.is_none_or(|v| seq <= v)
+    }
+
+    /// Step 7: is this key valid for `owner` for an event received as `receipt` says?
+    /// Validity is judged at the exchange's receive time, never at the time the signer
+    /// claims, and against the registry as ingest knew it: a revocation registered
+    /// later cannot turn an accepted event into a refused one on replay.
+    pub fn check_valid(&self, owner: &KeyOwner, receipt: &Receipt) -> Result<(), Rejection> {
+        if !Self::known(self.registered_seq, receipt) {
+            return Err(Rejection::new(
+                Reason::UnknownKey,
+                "no key with this key_id was registered when the exchange received the event",
+            ));
+        }
         if &self.owner != owner {
             return Err(Rejection::new(
                 Reason::KeyNotValidForFacility,
                 "the signing key is registered to another facility",
             ));
         }
+        let at = receipt.received_at;
         if at < self.valid_from {
             return Err(Rejection::new(
                 Reason::KeyNotValidForFacility,
-                "recorded_at is before the signing key's valid_from",
+                "the exchange received the event before the signing key's valid_from",
             ));
         }
-        if self.revoked_at.is_some_and(|r| r <= at) {
+        let revoked = self.revoked_seq.is_none_or(|s| Self::known(s, receipt));
+        if revoked && self.revoked_at.is_some_and(|r| r <= at) {
             return Err(Rejection::new(
                 Reason::KeyRevoked,
-                "the signing key was revoked at or before recorded_at",
+                "the signing key was revoked at or before the exchange received the event",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How far a facility's `recorded_at` may lie from the exchange's receive time. Ingest
+/// and the projector must use the same bounds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ClockPolicy {
+    /// recorded_at may be at most this much after the receive time (clock skew).
+    pub max_future: Duration,
+    /// recorded_at may be at most this much before it (a facility sending late).
+    pub max_past: Duration,
+}
+
+impl Default for ClockPolicy {
+    fn default() -> Self {
+        Self {
+            max_future: Duration::from_secs(5 * 60).expect("five minutes"),
+            max_past: Duration::from_secs(7 * 24 * 60 * 60).expect("seven days"),
+        }
+    }
+}
+
+impl ClockPolicy {
+    /// Step 8b, for an event that extends its chain: recorded_at within the bounds of
+    /// the receive time, and not before the chain head's.
+    pub fn check(
+        &self,
+        recorded_at: Timestamp,
+        receipt: &Receipt,
+        head: &ChainHead,
+    ) -> Result<(), Rejection> {
+        let at = receipt.received_at;
+        let latest = at.checked_add(self.max_future).unwrap_or(Timestamp::MAX);
+        let earliest = at.checked_sub(self.max_past).unwrap_or(Timestamp::MIN);
+        if recorded_at > latest || recorded_at < earliest {
+            return Err(Rejection::new(
+                Reason::RecordedAtOutOfRange,
+                "recorded_at is too far from the time the exchange received the event",
+            ));
+        }
+        if head.recorded_at.is_some_and(|h| recorded_at < h) {
+            return Err(Rejection::new(
+                Reason::RecordedAtDecreasing,
+                "recorded_at is earlier than that of the previous event in the chain",
             ));
         }
         Ok(())
@@ -179,6 +265,7 @@ pub fn authenticate_facility_event<K, D, E>(
     envelope: Envelope,
     keys: &K,
     memo: &dyn VerifiedSignatures,
+    receipt: &Receipt,
     decode: D,
 ) -> Result<AuthenticatedEvent, Rejection>
 where
@@ -192,10 +279,7 @@ where
         return Err(malformed());
     };
     let header = FacilityHeader::parse(&raw_header)?;
-    key.check_valid(
-        &KeyOwner::Facility(header.facility_id.clone()),
-        header.link.recorded_at,
-    )?;
+    key.check_valid(&KeyOwner::Facility(header.facility_id.clone()), receipt)?;
     Ok(AuthenticatedEvent {
         envelope,
         event_hash,
@@ -252,15 +336,30 @@ impl<E> Verdict<E> {
     }
 }
 
-/// Steps 8–9 for an authenticated facility event, given its chain context.
+/// Steps 8–9 for an authenticated facility event, given its chain context: its place
+/// in the chain, then (when it extends the chain) its recorded_at against the receive
+/// time and the head's, then its content.
 pub fn settle_facility_event(
     event: AuthenticatedEvent,
     ctx: &ChainContext,
+    receipt: &Receipt,
+    clock: &ClockPolicy,
 ) -> Verdict<FacilityEvent> {
     match chain::check(ctx, &event.header.link, event.event_hash) {
         Err(r) => Verdict::refuse(r),
         Ok(ChainStep::Duplicate) => Verdict::Duplicate,
-        Ok(ChainStep::Extends) => match content::check_body(&event.header, &event.body) {
+        Ok(ChainStep::Extends) => {
+            if let Err(r) = clock.check(event.header.link.recorded_at, receipt, &ctx.head) {
+                return Verdict::refuse(r);
+            }
+            settle_content(event)
+        }
+    }
+}
+
+fn settle_content(event: AuthenticatedEvent) -> Verdict<FacilityEvent> {
+    {
+        match content::check_body(&event.header, &event.body) {
             Ok(body) => Verdict::Accepted(FacilityEvent {
                 header: event.header,
                 body,
@@ -269,7 +368,7 @@ pub fn settle_facility_event(
                 rejection,
                 extends_chain: true,
             },
-        },
+        }
     }
 }
 
@@ -278,17 +377,19 @@ pub fn verify_facility_envelope<K, D, E>(
     envelope: Envelope,
     keys: &K,
     head: ChainHead,
+    receipt: &Receipt,
+    clock: &ClockPolicy,
     decode: D,
 ) -> Verdict<FacilityEvent>
 where
     K: Keyring + ?Sized,
     D: FnOnce(&[u8]) -> Result<unchecked::FacilityEvent, E>,
 {
-    match authenticate_facility_event(envelope, keys, &VerifyAlways, decode) {
+    match authenticate_facility_event(envelope, keys, &VerifyAlways, receipt, decode) {
         Err(r) => Verdict::refuse(r),
         Ok(event) => {
             let ctx = ChainContext::head_only(head, &event.header.link);
-            settle_facility_event(event, &ctx)
+            settle_facility_event(event, &ctx, receipt, clock)
         }
     }
 }
@@ -313,7 +414,13 @@ where
             return Err(malformed());
         };
         let header = RegistryHeader::parse(&raw_header)?;
-        key.check_valid(&KeyOwner::Root, header.link.recorded_at)?;
+        key.check_valid(
+            &KeyOwner::Root,
+            &Receipt {
+                received_at: header.link.recorded_at,
+                registry_seq: None,
+            },
+        )?;
         let ctx = ChainContext::head_only(head, &header.link);
         Ok(match chain::check(&ctx, &header.link, event_hash)? {
             ChainStep::Duplicate => Verdict::Duplicate,

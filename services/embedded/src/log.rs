@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
-use hrx_domain::{Envelope, EventId, Timestamp};
+use hrx_domain::{Envelope, EventId};
 use hrx_ports::{
     Append, ChainKey, EventLog, LogChainContext, LogEntry, LogPosition, PortError, PortResult,
 };
@@ -70,8 +70,8 @@ pub(crate) fn chain_context(
 
     let head = codec::first(
         &mut *tx.prepare_cached(&format!(
-            "SELECT seq, event_hash, event_id FROM {from} WHERE chain = ?1 \
-             ORDER BY seq DESC LIMIT 1"
+            "SELECT seq, event_hash, event_id, recorded_s, recorded_ns FROM {from} \
+             WHERE chain = ?1 ORDER BY seq DESC LIMIT 1"
         ))?,
         [key],
         |c| {
@@ -79,6 +79,7 @@ pub(crate) fn chain_context(
                 seq: c.u64()?,
                 event_hash: c.sha256()?,
                 event_id: Some(c.event_id()?),
+                recorded_at: c.opt_ts()?,
             })
         },
     )?
@@ -139,20 +140,20 @@ fn no_partition(partition: u32) -> PortError {
 fn append(conn: &mut Connection, batch: &[Append]) -> Result<(Vec<LogPosition>, u64)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut next = codec::int(end_offset(&tx)?, "log offset")?;
-    let (appended_s, appended_ns) = codec::ts(Timestamp::now());
     let mut positions = Vec::with_capacity(batch.len());
     {
         let mut entry = tx.prepare_cached(
             "INSERT INTO log_entries \
-             (log_offset, payload_type, key_id, signature, appended_s, appended_ns, payload) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (log_offset, payload_type, key_id, signature, appended_s, appended_ns, payload, \
+             registry_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut index = tx.prepare_cached(
-            "INSERT INTO log_chain_index (chain, seq, event_id, event_hash, log_offset) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO log_chain_index (chain, seq, event_id, event_hash, log_offset, \
+             recorded_s, recorded_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for a in batch {
             let env = &a.envelope;
+            let (appended_s, appended_ns) = codec::ts(a.received_at);
             entry.execute(params![
                 next,
                 env.payload_type,
@@ -161,8 +162,12 @@ fn append(conn: &mut Connection, batch: &[Append]) -> Result<(Vec<LogPosition>, 
                 appended_s,
                 appended_ns,
                 env.payload,
+                a.registry_seq
+                    .map(|s| codec::int(s, "registry seq"))
+                    .transpose()?,
             ])?;
             let seq = codec::int(a.seq, "seq")?;
+            let (recorded_s, recorded_ns) = codec::opt_ts(a.recorded_at);
             index
                 .execute(params![
                     a.chain.as_key(),
@@ -170,6 +175,8 @@ fn append(conn: &mut Connection, batch: &[Append]) -> Result<(Vec<LogPosition>, 
                     codec::id(&a.event_id),
                     a.event_hash.as_bytes(),
                     next,
+                    recorded_s,
+                    recorded_ns,
                 ])
                 .map_err(EmbeddedError::from)
                 .map_err(|e| {
@@ -195,8 +202,8 @@ fn append(conn: &mut Connection, batch: &[Append]) -> Result<(Vec<LogPosition>, 
 
 fn read(conn: &mut Connection, offset: u64, max: usize) -> Result<Vec<LogEntry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT log_offset, payload_type, key_id, signature, appended_s, appended_ns, payload \
-         FROM log_entries WHERE log_offset >= ?1 ORDER BY log_offset LIMIT ?2",
+        "SELECT log_offset, payload_type, key_id, signature, appended_s, appended_ns, payload, \
+         registry_seq FROM log_entries WHERE log_offset >= ?1 ORDER BY log_offset LIMIT ?2",
     )?;
     codec::collect(
         &mut stmt,
@@ -208,6 +215,7 @@ fn read(conn: &mut Connection, offset: u64, max: usize) -> Result<Vec<LogEntry>>
             let signature = c.blob()?;
             let appended_at = c.ts()?;
             let payload = c.blob()?;
+            let registry_seq = c.opt_u64()?;
             Ok(LogEntry {
                 position: LogPosition {
                     partition: PARTITION,
@@ -220,6 +228,7 @@ fn read(conn: &mut Connection, offset: u64, max: usize) -> Result<Vec<LogEntry>>
                     signature,
                 },
                 appended_at,
+                registry_seq,
             })
         },
     )

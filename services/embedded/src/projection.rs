@@ -49,8 +49,9 @@ fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch) -> Result<()> {
             Projection::KeyRevoked {
                 key_id,
                 revoked_at,
+                revoked_seq,
                 reason,
-            } => revoke_key(tx, key_id, *revoked_at, reason)?,
+            } => revoke_key(tx, key_id, *revoked_at, *revoked_seq, reason)?,
             Projection::Rejection(row) => insert_rejection(tx, SOURCE_PROJECTOR, row)?,
         }
     }
@@ -246,8 +247,8 @@ pub(crate) fn insert_rejection(tx: &Transaction<'_>, source: i64, r: &RejectionR
 
 fn insert_link(tx: &Transaction<'_>, l: &ChainLink) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO chain_links (chain, seq, event_id, event_hash, log_partition, log_offset) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO chain_links (chain, seq, event_id, event_hash, log_partition, log_offset, \
+         recorded_s, recorded_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         l.chain.as_key(),
@@ -256,6 +257,8 @@ fn insert_link(tx: &Transaction<'_>, l: &ChainLink) -> Result<()> {
         l.event_hash.as_bytes(),
         l.position.partition,
         codec::int(l.position.offset, "offset")?,
+        codec::opt_ts(l.recorded_at).0,
+        codec::opt_ts(l.recorded_at).1,
     ])
     .map_err(EmbeddedError::from)
     .map_err(|e| {

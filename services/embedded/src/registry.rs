@@ -33,7 +33,8 @@ pub(crate) fn insert_key(tx: &Transaction<'_>, k: &KeyRecord) -> Result<()> {
     let inserted = tx
         .prepare_cached(
             "INSERT INTO keys (key_id, public_key, owner, valid_from_s, valid_from_ns, \
-             revoked_s, revoked_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             revoked_s, revoked_ns, registered_seq, revoked_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
              ON CONFLICT (key_id) DO NOTHING",
         )?
         .execute(params![
@@ -44,6 +45,10 @@ pub(crate) fn insert_key(tx: &Transaction<'_>, k: &KeyRecord) -> Result<()> {
             valid_ns,
             revoked_s,
             revoked_ns,
+            codec::int(k.registered_seq, "registry seq")?,
+            k.revoked_seq
+                .map(|s| codec::int(s, "registry seq"))
+                .transpose()?,
         ])?;
     if inserted == 0 {
         tracing::warn!(key_id = %key_id, "registry re-added a registered key; kept the first");
@@ -58,15 +63,22 @@ pub(crate) fn revoke_key(
     tx: &Transaction<'_>,
     key: &KeyId,
     at: Timestamp,
+    seq: u64,
     reason: &str,
 ) -> Result<()> {
     let (s, ns) = codec::ts(at);
     let changed = tx
         .prepare_cached(
-            "UPDATE keys SET revoked_s = ?1, revoked_ns = ?2, revocation_reason = ?3 \
-             WHERE key_id = ?4 AND revoked_s IS NULL",
+            "UPDATE keys SET revoked_s = ?1, revoked_ns = ?2, revocation_reason = ?3, \
+             revoked_seq = ?5 WHERE key_id = ?4 AND revoked_s IS NULL",
         )?
-        .execute(params![s, ns, reason, key.as_str()])?;
+        .execute(params![
+            s,
+            ns,
+            reason,
+            key.as_str(),
+            codec::int(seq, "registry seq")?
+        ])?;
     if changed == 0 {
         tracing::warn!(key_id = %key, "registry revoked a key that is unknown or already revoked");
     }
@@ -74,7 +86,7 @@ pub(crate) fn revoke_key(
 }
 
 const KEY_COLUMNS: &str = "key_id, public_key, owner, valid_from_s, valid_from_ns, revoked_s, \
-     revoked_ns, revocation_reason";
+     revoked_ns, revocation_reason, registered_seq, revoked_seq";
 
 fn decode_key(c: &mut Cols<'_, '_>) -> Result<KeyInfo> {
     let key_id = c.text()?;
@@ -93,14 +105,19 @@ fn decode_key(c: &mut Cols<'_, '_>) -> Result<KeyInfo> {
                 EmbeddedError::Corrupt(format!("key {key_id} has an unknown owner"))
             })?),
         };
+    let valid_from = c.ts()?;
+    let revoked_at = c.opt_ts()?;
+    let revocation_reason = c.opt_text()?;
     Ok(KeyInfo {
         key: KeyRecord {
             public_key,
             owner,
-            valid_from: c.ts()?,
-            revoked_at: c.opt_ts()?,
+            valid_from,
+            revoked_at,
+            registered_seq: c.u64()?,
+            revoked_seq: c.opt_u64()?,
         },
-        revocation_reason: c.opt_text()?,
+        revocation_reason,
     })
 }
 

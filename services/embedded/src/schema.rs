@@ -85,7 +85,7 @@ pub(crate) const SOURCE_PROJECTOR: i64 = 1;
 pub(crate) const SOURCE_INGEST: i64 = 2;
 
 /// The migrations, in order. Index `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: the log, the projections, the audit log and the monitor's tables.
 const V1: &str = r#"
@@ -369,6 +369,21 @@ DELETE FROM projector_offsets;
 DELETE FROM stats WHERE source = 1;
 DELETE FROM stats_rejected WHERE source = 1;
 DELETE FROM rejections WHERE source = 1;
+"#;
+
+/// Version 3: time the exchange can vouch for. Each log entry keeps the registry head
+/// seq ingest judged its key against (its appended time is the receive time ingest
+/// chose); chain indexes keep each event's recorded_at, so the next one cannot claim an
+/// earlier time; keys keep the registry seqs that added and revoked them. Rows written
+/// before have NULLs: entries judged against the whole registry, heads without a time.
+const V3: &str = r#"
+ALTER TABLE log_entries ADD COLUMN registry_seq INTEGER;
+ALTER TABLE log_chain_index ADD COLUMN recorded_s INTEGER;
+ALTER TABLE log_chain_index ADD COLUMN recorded_ns INTEGER;
+ALTER TABLE chain_links ADD COLUMN recorded_s INTEGER;
+ALTER TABLE chain_links ADD COLUMN recorded_ns INTEGER;
+ALTER TABLE keys ADD COLUMN registered_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE keys ADD COLUMN revoked_seq INTEGER;
 "#;
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ suite!(
     log_wait_for_wakes_on_append,
     log_chain_context_reports_head_and_priors,
     log_patient_chains_are_chains_of_their_own,
+    log_keeps_receive_times_and_registry_seqs,
+    log_chain_context_reports_the_heads_recorded_at,
     apply_commits_records_with_offsets,
     apply_fences_batches_by_their_start_offset,
     patient_seq_is_gap_free_per_patient,
@@ -74,6 +76,8 @@ suite!(
     projector_batch_lookups_match_single_ones,
     break_glass_audit_is_idempotent_across_reset,
     registry_and_keys_round_trip,
+    keys_keep_their_registry_seqs,
+    projected_chain_heads_report_recorded_at,
     monitor_stats_add_up,
     changes_counter_advances_after_apply,
 );
@@ -506,6 +510,7 @@ async fn a_re_added_key_keeps_its_revocation_and_an_unknown_revocation_changes_n
         Projection::KeyRevoked {
             key_id: k.key_id(),
             revoked_at: testkit::at(5),
+            revoked_seq: 5,
             reason: "lost".into(),
         },
     ]))
@@ -520,11 +525,13 @@ async fn a_re_added_key_keeps_its_revocation_and_an_unknown_revocation_changes_n
         Projection::KeyRevoked {
             key_id: testkit::key(9, &f).key_id(),
             revoked_at: testkit::at(6),
+            revoked_seq: 6,
             reason: "never added".into(),
         },
         Projection::KeyRevoked {
             key_id: k.key_id(),
             revoked_at: testkit::at(7),
+            revoked_seq: 7,
             reason: "again".into(),
         },
     ]))
@@ -536,6 +543,7 @@ async fn a_re_added_key_keeps_its_revocation_and_an_unknown_revocation_changes_n
         keys[0].key,
         hrx_domain::verify::KeyRecord {
             revoked_at: Some(testkit::at(5)),
+            revoked_seq: Some(5),
             ..k
         }
     );

@@ -77,6 +77,9 @@ impl PublicKeyFile {
                 .map(Timestamp::parse_rfc3339)
                 .transpose()
                 .map_err(|e| anyhow!("revoked_at: {e}"))?,
+            // A key file describes the registry as its holder knows it: all of it.
+            registered_seq: 0,
+            revoked_seq: None,
         })
     }
 }

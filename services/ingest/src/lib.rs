@@ -22,7 +22,7 @@ use hrx_consent::state::{Earlier, facility_facts};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
 use hrx_domain::consent::{ConsentPolicy, check_facility_event};
 use hrx_domain::event::unchecked;
-use hrx_domain::verify::{self, KeyRecord, SignatureMemo, Verdict};
+use hrx_domain::verify::{self, ClockPolicy, KeyRecord, Receipt, SignatureMemo, Verdict};
 use hrx_domain::{Envelope, EventId, FacilityId, KeyId, Reason, Rejection, Sha256, Timestamp};
 use hrx_ports::{
     Append, ChainKey, EventLog, LogPosition, PortError, PortResult, RejectionRow, Store,
@@ -64,13 +64,15 @@ pub struct Ingest {
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
     locks: ChainLocks,
-    /// Registered facility keys, refreshed from the store when a key is not found
-    /// (a key registered a moment ago).
-    keys: RwLock<Arc<HashMap<KeyId, KeyRecord>>>,
+    /// Registered facility keys as of a registry head seq, reloaded from the store when
+    /// the registry has moved on in the log.
+    keys: RwLock<(u64, Arc<HashMap<KeyId, KeyRecord>>)>,
     /// Signatures verified here, shared with the projector of the same process.
     verified: Arc<SignatureMemo>,
     /// The bounds of facility consent events; the projector's must be the same.
     policy: ConsentPolicy,
+    /// The bounds of recorded_at around the receive time; the projector's too.
+    clock: ClockPolicy,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -91,10 +93,17 @@ impl Ingest {
             log,
             store,
             locks,
-            keys: RwLock::new(Arc::new(HashMap::new())),
+            keys: RwLock::new((u64::MAX, Arc::new(HashMap::new()))),
             verified: Arc::default(),
             policy: ConsentPolicy::default(),
+            clock: ClockPolicy::default(),
         }
+    }
+
+    /// The bounds of recorded_at around the receive time.
+    pub fn with_clock(mut self, clock: ClockPolicy) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The consent policy facility consent events are judged by.
@@ -144,7 +153,28 @@ impl Ingest {
         self
     }
 
-    async fn refresh_keys(&self) -> PortResult<Arc<HashMap<KeyId, KeyRecord>>> {
+    /// The registry as of now: the registry chain's head seq in the log, and every key
+    /// it registered. Registry changes reach this process before its next decision:
+    /// the head is read from the log on every call, and when it moved, ingest waits
+    /// until the projector holds it and reloads the keys. Events are judged against
+    /// that head, which goes into the log with them, so the projector and every replay
+    /// judge them the same way.
+    async fn registry(&self) -> PortResult<(u64, Arc<HashMap<KeyId, KeyRecord>>)> {
+        let probe = EventId::from_bytes([0; 16]);
+        let head = self
+            .log
+            .chain_context(&ChainKey::Registry, probe, 0)
+            .await?
+            .context
+            .head
+            .seq;
+        {
+            let (seq, keys) = &*self.keys.read().expect("keyring lock poisoned");
+            if *seq == head {
+                return Ok((head, keys.clone()));
+            }
+        }
+        self.projected(&ChainKey::Registry, head).await?;
         let keys: HashMap<_, _> = self
             .store
             .keys(None)
@@ -153,43 +183,8 @@ impl Ingest {
             .map(|k| (k.key.key_id(), k.key))
             .collect();
         let keys = Arc::new(keys);
-        *self.keys.write().expect("keyring lock poisoned") = keys.clone();
-        Ok(keys)
-    }
-
-    fn current_keys(&self) -> Arc<HashMap<KeyId, KeyRecord>> {
-        self.keys.read().expect("keyring lock poisoned").clone()
-    }
-
-    /// Steps 1–7, retrying once with fresh keys when the key is unknown or not yet
-    /// valid (the registry may have just added it).
-    async fn authenticate(
-        &self,
-        envelope: Envelope,
-    ) -> PortResult<Result<verify::AuthenticatedEvent, Rejection>> {
-        let first = verify::authenticate_facility_event(
-            envelope.clone(),
-            &*self.current_keys(),
-            &*self.verified,
-            codec::decode_facility_event,
-        );
-        match first {
-            Err(r)
-                if matches!(
-                    r.reason(),
-                    Reason::UnknownKey | Reason::KeyNotValidForFacility | Reason::KeyRevoked
-                ) =>
-            {
-                let keys = self.refresh_keys().await?;
-                Ok(verify::authenticate_facility_event(
-                    envelope,
-                    &*keys,
-                    &*self.verified,
-                    codec::decode_facility_event,
-                ))
-            }
-            other => Ok(other),
-        }
+        *self.keys.write().expect("keyring lock poisoned") = (head, keys.clone());
+        Ok((head, keys))
     }
 
     /// Judges and appends a batch submitted by `caller`; one outcome per envelope, in
@@ -202,12 +197,25 @@ impl Ingest {
     ) -> PortResult<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; envelopes.len()];
         let mut refused = Vec::new();
+        // Received now (whole milliseconds: what every log keeps exactly), against the
+        // registry as the log holds it now.
+        let (registry_seq, keys) = self.registry().await?;
+        let receipt = Receipt {
+            received_at: Timestamp::now().truncated_to_millis(),
+            registry_seq: Some(registry_seq),
+        };
         // Group authenticated events by facility, keeping submission order within each.
         let mut groups: Vec<(FacilityId, Vec<Pending>)> = Vec::new();
         for (index, envelope) in envelopes.into_iter().enumerate() {
             let event_hash = envelope.event_hash();
-            let facility_hint = header_facility(&envelope);
-            let authenticated = match self.authenticate(envelope).await? {
+            let authenticated = verify::authenticate_facility_event(
+                envelope,
+                &*keys,
+                &*self.verified,
+                &receipt,
+                codec::decode_facility_event,
+            );
+            let authenticated = match authenticated {
                 Ok(a) if &a.header.facility_id != caller => Err(Rejection::new(
                     Reason::NotAuthorised,
                     "a facility may submit only its own events",
@@ -223,7 +231,15 @@ impl Ingest {
                     }
                 }
                 Err(rejection) => {
-                    refused.push(row(facility_hint, None, Some(event_hash), &rejection));
+                    // Counted against the authenticated caller, never against the
+                    // facility a refused payload claims to be.
+                    refused.push(row(
+                        Some(caller.clone()),
+                        None,
+                        Some(event_hash),
+                        &rejection,
+                        receipt.received_at,
+                    ));
                     outcomes[index] = Some(Outcome::Rejected {
                         event_hash: Some(event_hash),
                         rejection,
@@ -233,10 +249,10 @@ impl Ingest {
             }
         }
         for (facility, pending) in groups {
-            for (index, outcome, refusal) in self.place(&facility, pending).await? {
-                if let Some(r) = refusal {
-                    refused.push(r);
-                }
+            for (index, outcome) in self
+                .place(&facility, pending, &receipt, &mut refused)
+                .await?
+            {
                 outcomes[index] = Some(outcome);
             }
         }
@@ -254,7 +270,9 @@ impl Ingest {
         &self,
         facility: &FacilityId,
         pending: Vec<Pending>,
-    ) -> PortResult<Vec<(usize, Outcome, Option<RejectionRow>)>> {
+        receipt: &Receipt,
+        refused: &mut Vec<RejectionRow>,
+    ) -> PortResult<Vec<(usize, Outcome)>> {
         let chain = ChainKey::Facility(facility.clone());
         let _guard = self.locks.lock(&chain).await;
         let mut appends: Vec<(usize, Append, Option<Rejection>)> = Vec::new();
@@ -267,15 +285,15 @@ impl Ingest {
             .map(|p| (p.event.header.link.event_id, p.event.header.link.seq))
             .collect();
         let logged_contexts = self.log.chain_contexts(&chain, &links).await?;
-        // Consent events of a facility are judged against its own chain: wait until the
-        // projector holds all of it that is in the log (the rest is in this batch).
-        let stateful = pending.iter().any(|p| {
-            matches!(
-                p.event.body,
-                unchecked::Body::ConsentGrant(_)
-                    | unchecked::Body::ConsentRevocation(_)
-                    | unchecked::Body::BreakGlass(_)
-            )
+        // Consent events and corrections of a facility are judged against its own chain:
+        // wait until the projector holds all of it that is in the log (the rest is in
+        // this batch).
+        let stateful = pending.iter().any(|p| match &p.event.body {
+            unchecked::Body::ConsentGrant(_)
+            | unchecked::Body::ConsentRevocation(_)
+            | unchecked::Body::BreakGlass(_) => true,
+            unchecked::Body::Record(r) => !r.supersedes.is_empty(),
+            _ => false,
         });
         if stateful && let Some(first) = logged_contexts.first() {
             self.projected(&chain, first.context.head.seq).await?;
@@ -306,14 +324,13 @@ impl Ingest {
             let ctx: ChainContext = ctx;
             let event_hash = event.event_hash;
             let envelope = event.envelope.clone();
-            match verify::settle_facility_event(event, &ctx) {
+            match verify::settle_facility_event(event, &ctx, receipt, &self.clock) {
                 Verdict::Duplicate => results.push((
                     index,
                     Outcome::Duplicate {
                         event_hash,
                         position: prior_position,
                     },
-                    None,
                 )),
                 Verdict::Rejected {
                     rejection,
@@ -324,7 +341,9 @@ impl Ingest {
                         Some(&link),
                         Some(event_hash),
                         &rejection,
+                        receipt.received_at,
                     );
+                    refused.push(r);
                     results.push((
                         index,
                         Outcome::Rejected {
@@ -332,7 +351,6 @@ impl Ingest {
                             rejection,
                             position: None,
                         },
-                        Some(r),
                     ));
                 }
                 verdict => {
@@ -359,6 +377,9 @@ impl Ingest {
                             event_id: link.event_id,
                             event_hash,
                             envelope,
+                            received_at: receipt.received_at,
+                            registry_seq: receipt.registry_seq,
+                            recorded_at: Some(link.recorded_at),
                         },
                         rejection,
                     ));
@@ -366,6 +387,13 @@ impl Ingest {
             }
         }
         if !appends.is_empty() {
+            // Refusals are recorded first: once the log has the batch, this call must
+            // answer what it appended, so nothing may fail after the append.
+            if !refused.is_empty() {
+                self.store
+                    .record_ingest_rejections(std::mem::take(refused))
+                    .await?;
+            }
             let batch = appends.iter().map(|(_, a, _)| a.clone()).collect();
             let positions = self.log.append(batch).await?;
             for ((index, a, rejection), position) in appends.into_iter().zip(positions) {
@@ -380,7 +408,7 @@ impl Ingest {
                         position: Some(position),
                     },
                 };
-                results.push((index, outcome, None));
+                results.push((index, outcome));
             }
         }
         Ok(results)
@@ -399,20 +427,12 @@ impl Ingest {
     }
 }
 
-/// The facility named in an envelope's header, if the payload decodes: for counting a
-/// refusal against the right facility even when its signature is bad.
-fn header_facility(envelope: &Envelope) -> Option<FacilityId> {
-    codec::decode_facility_event(&envelope.payload)
-        .ok()?
-        .header
-        .and_then(|h| FacilityId::parse(&h.facility_id).ok())
-}
-
 fn row(
     facility: Option<FacilityId>,
     link: Option<&hrx_domain::event::Link>,
     event_hash: Option<Sha256>,
     rejection: &Rejection,
+    at: Timestamp,
 ) -> RejectionRow {
     RejectionRow {
         position: None,
@@ -423,6 +443,6 @@ fn row(
         reason: rejection.reason(),
         field: rejection.field(),
         message: rejection.message().to_owned(),
-        at: Timestamp::now(),
+        at,
     }
 }

@@ -7,8 +7,11 @@
 //! so that concurrent start-ups do not race; the store adapter keeps its own migrations
 //! table in the same database):
 //!
-//! - `log_chain_index(chain, seq, event_id, event_hash, partition, offset)`, primary key
-//!   `(chain, seq)`, unique `(chain, event_id)`, indexed by `(partition, offset)`;
+//! - `log_chain_index(chain, seq, event_id, event_hash, partition, offset, recorded_s,
+//!   recorded_ns)`, primary key `(chain, seq)`, unique `(chain, event_id)`, indexed by
+//!   `(partition, offset)`; `recorded_s`/`recorded_ns` are the event's recorded_at
+//!   (Unix seconds and nanoseconds, as the stores keep timestamps), NULL for events
+//!   without one and for rows indexed before version 2;
 //! - `log_index_offsets(partition, next_offset)`.
 //!
 //! Advisory locks use the two-integer form, whose key space is separate from the
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
-use hrx_domain::{EventId, Sha256};
+use hrx_domain::{EventId, Sha256, Timestamp};
 use hrx_ports::{Append, ChainKey, LogPosition, PortError, PortResult};
 use tokio_postgres::NoTls;
 
@@ -34,10 +37,11 @@ const LOCK_CHAIN: i32 = 0x6872_7802;
 const LOCK_SCAN: i32 = 0x6872_7803;
 
 /// Forward-only migrations: (version, name, SQL). Never edit one that has shipped.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "chain index",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "chain index",
+        r#"
     CREATE TABLE log_chain_index (
         chain        text    NOT NULL,
         seq          bigint  NOT NULL CHECK (seq >= 0),
@@ -54,7 +58,26 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         next_offset  bigint  NOT NULL CHECK (next_offset >= 0)
     );
     "#,
-)];
+    ),
+    (
+        2,
+        "recorded_at",
+        // Each event's recorded_at, so that the next one of the chain cannot claim an
+        // earlier one; NULL in the rows already there (heads without a time). Nullable
+        // columns, and a check NOT VALID (the existing rows are all NULL, which it
+        // allows): no rewrite and no scan of a table with a row per event.
+        r#"
+    ALTER TABLE log_chain_index
+        ADD COLUMN recorded_s  bigint,
+        ADD COLUMN recorded_ns integer;
+    ALTER TABLE log_chain_index
+        ADD CONSTRAINT log_chain_index_recorded_at CHECK (
+            (recorded_s IS NULL) = (recorded_ns IS NULL)
+            AND recorded_ns BETWEEN 0 AND 999999999
+        ) NOT VALID;
+    "#,
+    ),
+];
 
 /// The two connection pools. Catch-up scans use their own small pool: an append holds a
 /// connection (its transaction and chain lock) while it waits for a scan, so if both
@@ -197,6 +220,7 @@ pub(crate) struct IndexRow {
     pub event_id: EventId,
     pub event_hash: Sha256,
     pub position: LogPosition,
+    pub recorded_at: Option<Timestamp>,
 }
 
 impl IndexRow {
@@ -207,7 +231,19 @@ impl IndexRow {
             event_id: a.event_id,
             event_hash: a.event_hash,
             position,
+            recorded_at: a.recorded_at,
         }
+    }
+}
+
+/// A head's recorded_at from its two columns (both NULL: none).
+fn recorded_at(s: Option<i64>, ns: Option<i32>) -> PortResult<Option<Timestamp>> {
+    match (s, ns) {
+        (None, None) => Ok(None),
+        (Some(s), Some(ns)) => Timestamp::new(s, ns)
+            .map(Some)
+            .map_err(|_| corrupt("recorded_at out of range")),
+        _ => Err(corrupt("half a recorded_at")),
     }
 }
 
@@ -281,13 +317,16 @@ pub(crate) async fn contexts<C: GenericClient>(
         .prepare_cached(
             r#"WITH q AS (SELECT * FROM unnest($2::text[]::uuid[], $3::int8[])
                             WITH ORDINALITY AS q(event_id, seq, i))
-               (SELECT 0::int2, 0::int8, seq, event_id::text, event_hash, "partition", "offset"
+               (SELECT 0::int2, 0::int8, seq, event_id::text, event_hash, "partition", "offset",
+                       recorded_s, recorded_ns
                   FROM log_chain_index WHERE chain = $1 ORDER BY seq DESC LIMIT 1)
                UNION ALL
-               SELECT 1::int2, q.i, l.seq, l.event_id::text, l.event_hash, l."partition", l."offset"
+               SELECT 1::int2, q.i, l.seq, l.event_id::text, l.event_hash, l."partition", l."offset",
+                      NULL, NULL
                  FROM q JOIN log_chain_index l ON l.chain = $1 AND l.event_id = q.event_id
                UNION ALL
-               SELECT 2::int2, q.i, l.seq, l.event_id::text, l.event_hash, l."partition", l."offset"
+               SELECT 2::int2, q.i, l.seq, l.event_id::text, l.event_hash, l."partition", l."offset",
+                      NULL, NULL
                  FROM q JOIN log_chain_index l ON l.chain = $1 AND l.seq = q.seq"#,
         )
         .await
@@ -324,6 +363,7 @@ pub(crate) async fn contexts<C: GenericClient>(
                     seq: prior.seq,
                     event_hash: prior.event_hash,
                     event_id: Some(prior.event_id),
+                    recorded_at: recorded_at(row.get(7), row.get(8))?,
                 }
             }
             (1, Ok(i)) if i < links.len() => by_id[i] = Some((prior, position)),
@@ -355,13 +395,16 @@ pub(crate) async fn context<C: GenericClient>(
 ) -> PortResult<(ChainContext, Option<LogPosition>)> {
     let stmt = c
         .prepare_cached(
-            r#"(SELECT 0::int2, seq, event_id::text, event_hash, "partition", "offset"
+            r#"(SELECT 0::int2, seq, event_id::text, event_hash, "partition", "offset",
+                       recorded_s, recorded_ns
                   FROM log_chain_index WHERE chain = $1 ORDER BY seq DESC LIMIT 1)
                UNION ALL
-               (SELECT 1::int2, seq, event_id::text, event_hash, "partition", "offset"
+               (SELECT 1::int2, seq, event_id::text, event_hash, "partition", "offset",
+                       NULL, NULL
                   FROM log_chain_index WHERE chain = $1 AND event_id = $2::text::uuid)
                UNION ALL
-               (SELECT 2::int2, seq, event_id::text, event_hash, "partition", "offset"
+               (SELECT 2::int2, seq, event_id::text, event_hash, "partition", "offset",
+                       NULL, NULL
                   FROM log_chain_index WHERE chain = $1 AND seq = $3)"#,
         )
         .await
@@ -391,6 +434,7 @@ pub(crate) async fn context<C: GenericClient>(
                     seq: prior.seq,
                     event_hash: prior.event_hash,
                     event_id: Some(prior.event_id),
+                    recorded_at: recorded_at(row.get(6), row.get(7))?,
                 }
             }
             1 => by_id = Some((prior, position)),
@@ -461,10 +505,12 @@ pub(crate) async fn insert<C: GenericClient>(c: &C, rows: &[IndexRow]) -> PortRe
     }
     let stmt = c
         .prepare_cached(
-            r#"INSERT INTO log_chain_index (chain, seq, event_id, event_hash, "partition", "offset")
-               SELECT chain, seq, event_id::uuid, event_hash, p, o
-                 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::int4[], $6::int8[])
-                      AS t(chain, seq, event_id, event_hash, p, o)
+            r#"INSERT INTO log_chain_index (chain, seq, event_id, event_hash, "partition", "offset",
+                                           recorded_s, recorded_ns)
+               SELECT chain, seq, event_id::uuid, event_hash, p, o, rs, rns
+                 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::int4[], $6::int8[],
+                             $7::int8[], $8::int4[])
+                      AS t(chain, seq, event_id, event_hash, p, o, rs, rns)
                 ORDER BY p, o
                ON CONFLICT DO NOTHING"#,
         )
@@ -482,9 +528,26 @@ pub(crate) async fn insert<C: GenericClient>(c: &C, rows: &[IndexRow]) -> PortRe
         .iter()
         .map(|r| big(r.position.offset, "offset"))
         .collect::<PortResult<Vec<_>>>()?;
+    let recorded_s: Vec<Option<i64>> = rows
+        .iter()
+        .map(|r| r.recorded_at.map(|t| t.seconds()))
+        .collect();
+    let recorded_ns: Vec<Option<i32>> = rows
+        .iter()
+        .map(|r| r.recorded_at.map(|t| t.nanos()))
+        .collect();
     c.execute(
         &stmt,
-        &[&chains, &seqs, &ids, &hashes, &partitions, &offsets],
+        &[
+            &chains,
+            &seqs,
+            &ids,
+            &hashes,
+            &partitions,
+            &offsets,
+            &recorded_s,
+            &recorded_ns,
+        ],
     )
     .await
     .map_err(pg)?;
@@ -571,4 +634,134 @@ pub(crate) async fn indexed_offsets<C: GenericClient>(
     .iter()
     .map(|r| unsigned(r.get(0), "offset"))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Upgrading an index that holds rows, against the PostgreSQL server named by
+    //! `HRX_TEST_DATABASE_URL` (as in `tests/behaviour.rs`): skipped without one, unless
+    //! `HRX_TEST_REQUIRE_SERVICES=1`.
+
+    use super::*;
+
+    /// A version 1 index with rows upgrades to version 2 in place: its heads read back
+    /// without a recorded_at, rows indexed after have one, and half a recorded_at is
+    /// refused by the table itself.
+    #[tokio::test]
+    async fn a_version_1_index_upgrades_and_its_heads_have_no_recorded_at() {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let Some(admin_url) = var("HRX_TEST_DATABASE_URL") else {
+            assert!(
+                var("HRX_TEST_REQUIRE_SERVICES").as_deref() != Some("1"),
+                "HRX_TEST_REQUIRE_SERVICES=1 but HRX_TEST_DATABASE_URL is not set"
+            );
+            eprintln!("hrx-kafka: skipped (no PostgreSQL configured)");
+            return;
+        };
+        let connect = |url: String| async move {
+            let (client, connection) = tokio_postgres::connect(&url, NoTls)
+                .await
+                .expect("PostgreSQL");
+            tokio::spawn(connection);
+            client
+        };
+        let name = format!(
+            "hrx_test_index_{}",
+            EventId::new_v7().to_string().replace('-', "")
+        );
+        let admin = connect(admin_url.clone()).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let slash = admin_url
+            .rfind('/')
+            .expect("a database URL ending in /dbname");
+        let url = format!("{}/{name}", &admin_url[..slash]);
+
+        // Version 1, as the previous hrx left it, with one indexed event.
+        let sql = connect(url.clone()).await;
+        let (version, migration_name, v1) = MIGRATIONS[0];
+        sql.batch_execute(&format!(
+            "CREATE TABLE hrx_log_migrations (
+                 version    integer     PRIMARY KEY,
+                 name       text        NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );
+             {v1}"
+        ))
+        .await
+        .expect("version 1");
+        sql.execute(
+            "INSERT INTO hrx_log_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &migration_name],
+        )
+        .await
+        .expect("record version 1");
+        let chain = ChainKey::parse("26001").expect("a facility");
+        let (id1, hash1) = (EventId::from_bytes([1; 16]), Sha256::digest(b"one"));
+        sql.execute(
+            r#"INSERT INTO log_chain_index VALUES ($1, 1, $2::text::uuid, $3, 0, 7)"#,
+            &[&&*chain.as_key(), &id1.to_string(), &&hash1.as_bytes()[..]],
+        )
+        .await
+        .expect("an old row");
+
+        let index = Index::open(&url, &KafkaConfig::new("unused:9092"), 2)
+            .await
+            .expect("open and migrate");
+        let client = index.client().await.expect("a connection");
+        let (ctx, _) = context(&client, &chain, EventId::from_bytes([2; 16]), 2)
+            .await
+            .expect("context");
+        assert_eq!(
+            ctx.head,
+            ChainHead {
+                seq: 1,
+                event_hash: hash1,
+                event_id: Some(id1),
+                recorded_at: None,
+            }
+        );
+
+        let t = Timestamp::new(-1, 999_999_999).expect("in range");
+        insert(
+            &client,
+            &[IndexRow {
+                chain: chain.as_key().into_owned(),
+                seq: 2,
+                event_id: EventId::from_bytes([2; 16]),
+                event_hash: Sha256::digest(b"two"),
+                position: LogPosition {
+                    partition: 0,
+                    offset: 8,
+                },
+                recorded_at: Some(t),
+            }],
+        )
+        .await
+        .expect("a new row");
+        let links = [(EventId::from_bytes([3; 16]), 3)];
+        let (ctx, _) = contexts(&client, &chain, &links)
+            .await
+            .expect("contexts")
+            .pop()
+            .expect("one");
+        assert_eq!((ctx.head.seq, ctx.head.recorded_at), (2, Some(t)));
+
+        for (s, ns) in [("1", "NULL"), ("NULL", "1"), ("1", "1000000000")] {
+            let refused = sql
+                .batch_execute(&format!(
+                    "INSERT INTO log_chain_index VALUES \
+                     ('26012', 1, gen_random_uuid(), decode(repeat('00', 32), 'hex'), 0, 9, \
+                      {s}, {ns})"
+                ))
+                .await;
+            assert!(refused.is_err(), "recorded_at ({s}, {ns}) must be refused");
+        }
+        drop((client, index, sql));
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
 }

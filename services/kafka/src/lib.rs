@@ -140,7 +140,9 @@ const SCAN_CHUNK: usize = 500;
 const WALK_CHUNK: i64 = 10_000;
 /// A message this long unindexed is taken for an orphan (its writer crashed between the
 /// acknowledgement and its index commit, which normally takes milliseconds), and the
-/// partition is caught up. Generous, since timestamps come from producers' clocks.
+/// partition is caught up. Generous, since timestamps are the receive times ingest
+/// chose on its own clock, a little before it appended (a message that only looks old
+/// costs one catch-up, never a wrong answer).
 const ORPHAN_AFTER_MS: i64 = 5_000;
 
 /// The Kafka event log. Cheap to clone; clones share clients and pools.
@@ -327,12 +329,14 @@ fn base_config(config: &KafkaConfig, extra: &[(&str, String)]) -> ClientConfig {
 }
 
 /// Refuses a batch that could not extend its chains whatever the log holds: a seq or
-/// event id repeated, or seqs of one chain not consecutive.
+/// event id repeated, or seqs of one chain not consecutive; and one whose receive time
+/// a Kafka timestamp cannot hold exactly (see [`wire`]: whole milliseconds, from 1970).
 fn check_batch(batch: &[Append]) -> PortResult<()> {
     let mut last: HashMap<&ChainKey, u64> = HashMap::new();
     let mut ids: HashSet<(&ChainKey, EventId)> = HashSet::new();
     for a in batch {
         index::big(a.seq, "seq")?;
+        kafka_timestamp(a)?;
         if !ids.insert((&a.chain, a.event_id)) {
             return Err(PortError::Conflict(format!(
                 "event {} appears twice in one append to chain {}",
@@ -349,6 +353,22 @@ fn check_batch(batch: &[Append]) -> PortResult<()> {
         }
     }
     Ok(())
+}
+
+/// The Kafka timestamp of `a`: its receive time in Unix milliseconds, which must be
+/// whole (the port's contract) and not before 1970, so that the entry's `appended_at`
+/// reads back equal to it. Anything else is refused rather than rounded: the projector
+/// would judge the event at another time than ingest did.
+fn kafka_timestamp(a: &Append) -> PortResult<i64> {
+    let t = a.received_at;
+    if t.nanos() % 1_000_000 != 0 || t.seconds() < 0 {
+        return Err(PortError::Corrupt(format!(
+            "chain {} seq {}: received_at {t} is not whole milliseconds since 1970, which \
+             is all a Kafka timestamp holds",
+            a.chain, a.seq
+        )));
+    }
+    Ok(t.unix_millis())
 }
 
 impl Inner {
@@ -590,7 +610,7 @@ impl Inner {
         for m in messages {
             match m.chain_info() {
                 Ok(info) if self.layout.partition_of(&info.chain) == partition => {
-                    infos.push((m.offset, info))
+                    infos.push((m.offset, info, m.recorded_at(partition)))
                 }
                 Ok(info) => tracing::warn!(
                     partition,
@@ -611,18 +631,18 @@ impl Inner {
         }
         let mut chains: Vec<String> = infos
             .iter()
-            .map(|(_, i)| i.chain.as_key().into_owned())
+            .map(|(_, i, _)| i.chain.as_key().into_owned())
             .collect();
         chains.sort();
         chains.dedup();
         let mut heads = index::heads(c, &chains).await?;
         let pairs: Vec<(String, EventId)> = infos
             .iter()
-            .map(|(_, i)| (i.chain.as_key().into_owned(), i.event_id))
+            .map(|(_, i, _)| (i.chain.as_key().into_owned(), i.event_id))
             .collect();
         let mut ids = index::existing_ids(c, &pairs).await?;
         let mut rows = Vec::new();
-        for ((offset, info), pair) in infos.into_iter().zip(pairs) {
+        for ((offset, info, recorded_at), pair) in infos.into_iter().zip(pairs) {
             let head = heads.get(&pair.0).copied().unwrap_or(0);
             if info.seq == head + 1 && !ids.contains(&pair) {
                 heads.insert(pair.0.clone(), info.seq);
@@ -632,6 +652,7 @@ impl Inner {
                     event_id: info.event_id,
                     event_hash: info.event_hash,
                     position: LogPosition { partition, offset },
+                    recorded_at,
                 });
                 ids.insert(pair);
             }
@@ -644,7 +665,12 @@ impl Inner {
         let (generation, producer) = self.producer();
         let mut pending = Vec::with_capacity(batch.len());
         let mut failure: Option<String> = None;
-        for a in batch {
+        // Checked before anything is enqueued (`check_batch` already did).
+        let timestamps = batch
+            .iter()
+            .map(kafka_timestamp)
+            .collect::<PortResult<Vec<i64>>>()?;
+        for (a, timestamp) in batch.iter().zip(timestamps) {
             let loc = self.locate(self.layout.partition_of(&a.chain))?;
             let value = wire::encode_value(&a.envelope);
             let key = a.chain.as_key();
@@ -652,7 +678,8 @@ impl Inner {
                 .partition(loc.kafka_partition)
                 .key(&*key)
                 .payload(&value)
-                .headers(wire::headers(a));
+                .headers(wire::headers(a))
+                .timestamp(timestamp);
             match producer.send_result(record) {
                 Ok(delivery) => pending.push((loc, delivery)),
                 Err((e, _)) => {
@@ -1059,6 +1086,9 @@ mod tests {
             event_id: EventId::from_bytes([n; 16]),
             event_hash: envelope.event_hash(),
             envelope,
+            received_at: hrx_domain::Timestamp::now().truncated_to_millis(),
+            registry_seq: Some(u64::from(n)),
+            recorded_at: None,
         }
     }
 
@@ -1086,6 +1116,25 @@ mod tests {
             check_batch(&[append("26001", u64::MAX, 1)]),
             Err(PortError::Corrupt(_))
         ));
+    }
+
+    /// A receive time goes out as the message's timestamp only if the timestamp holds it
+    /// exactly: whole milliseconds, not before 1970.
+    #[test]
+    fn receive_times_must_be_whole_milliseconds_since_1970() {
+        let at = |s, ns| Append {
+            received_at: hrx_domain::Timestamp::new(s, ns).expect("in range"),
+            ..append("26001", 1, 1)
+        };
+        assert_eq!(
+            kafka_timestamp(&at(1_800_000_000, 123_000_000)).ok(),
+            Some(1_800_000_000_123)
+        );
+        assert_eq!(kafka_timestamp(&at(0, 0)).ok(), Some(0));
+        for bad in [at(1_800_000_000, 123_000_001), at(1, 999_999), at(-1, 0)] {
+            assert!(matches!(kafka_timestamp(&bad), Err(PortError::Corrupt(_))));
+            assert!(matches!(check_batch(&[bad]), Err(PortError::Corrupt(_))));
+        }
     }
 
     #[test]

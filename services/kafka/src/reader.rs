@@ -58,9 +58,39 @@ impl RawMessage {
         }
     }
 
+    fn header_pairs(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
+    }
+
     /// The event's place in its chain, from the headers `append` wrote.
     pub fn chain_info(&self) -> Result<ChainInfo, WireError> {
-        wire::chain_info(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+        wire::chain_info(self.header_pairs())
+    }
+
+    /// The event's recorded_at from its header: `None` when absent (a message of an
+    /// earlier version, or an event without one), and when malformed (logged).
+    pub fn recorded_at(&self, partition: u32) -> Option<hrx_domain::Timestamp> {
+        wire::recorded_at(self.header_pairs())
+            .inspect_err(|e| self.malformed(partition, e))
+            .ok()
+            .flatten()
+    }
+
+    /// The registry seq from its header, `None` when absent or malformed (logged).
+    pub fn registry_seq(&self, partition: u32) -> Option<u64> {
+        wire::registry_seq(self.header_pairs())
+            .inspect_err(|e| self.malformed(partition, e))
+            .ok()
+            .flatten()
+    }
+
+    fn malformed(&self, partition: u32, e: &WireError) {
+        tracing::warn!(
+            partition,
+            offset = self.offset,
+            error = %e,
+            "log message with a malformed optional hrx header; read as absent"
+        );
     }
 
     /// The log entry at this message.
@@ -75,6 +105,7 @@ impl RawMessage {
             partition,
             offset: self.offset,
         };
+        let registry_seq = self.registry_seq(partition);
         let envelope = match self.value.as_deref().map(wire::decode_value) {
             Some(Ok(envelope)) => envelope,
             other => {
@@ -100,6 +131,7 @@ impl RawMessage {
             position,
             envelope,
             appended_at: millis_to_timestamp(self.timestamp_ms.unwrap_or(0)),
+            registry_seq,
         }
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! An existing topic must have the configured partition count (the registry exactly
 //! one): a facility's partition is `murmur2(id) mod N`, so any other count would move
-//! chains. Compaction is refused outright; finite retention is logged as a warning,
+//! chains. Compaction is refused outright, and so is `message.timestamp.type=
+//! LogAppendTime` (the broker's clock would replace the receive time each message
+//! carries as its timestamp); finite retention is logged as a warning,
 //! since an operator may archive the topic deliberately (tiered storage keeps
 //! `retention.ms=-1` and only shortens `local.retention.ms`).
 
@@ -169,7 +171,8 @@ async fn create(
     Ok(())
 }
 
-/// Refuses compaction; warns about finite retention (and when it cannot tell).
+/// Refuses compaction and broker-set timestamps; warns about finite retention (and when
+/// it cannot tell).
 async fn check_configs(
     admin: &AdminClient<DefaultClientContext>,
     wanted: &Wanted<'_>,
@@ -207,6 +210,19 @@ async fn check_configs(
                 detail: format!(
                     "cleanup.policy={policy}: compaction keeps one message per facility and \
                      would delete events; the {} topic needs cleanup.policy=delete",
+                    wanted.what
+                ),
+            });
+        }
+        if let Some(kind) = value("message.timestamp.type")
+            && kind != "CreateTime"
+        {
+            return Err(KafkaError::TopicMisconfigured {
+                topic: wanted.name.to_owned(),
+                detail: format!(
+                    "message.timestamp.type={kind}: the broker would replace each message's \
+                     timestamp, the time the exchange received the event, with its own clock; \
+                     the {} topic needs message.timestamp.type=CreateTime",
                     wanted.what
                 ),
             });

@@ -16,21 +16,42 @@
 //!
 //!   Nothing may follow the payload. A reader that meets another version refuses it
 //!   rather than guessing.
-//! - **Headers** (text, so that `kcat -J` or the console consumer shows them): the
-//!   event's place in its chain, written by `append` from the `Append` it was given, so
-//!   the chain index can be rebuilt from the log without decoding payloads (which only
-//!   `hrx-proto` may do):
+//! - **Headers** (text, so that `kcat -J` or the console consumer shows them), written
+//!   by `append` from the `Append` it was given. The event's place in its chain, so
+//!   that the chain index can be rebuilt from the log without decoding payloads (which
+//!   only `hrx-proto` may do), always present:
 //!   - `hrx-chain`: the chain key, as the message key;
 //!   - `hrx-seq`: the seq in decimal ASCII;
 //!   - `hrx-event-id`: the event id, canonical lowercase UUID text;
-//!   - `hrx-event-hash`: the event hash, 64 lowercase hex digits.
+//!   - `hrx-event-hash`: the event hash, 64 lowercase hex digits;
 //!
-//!   The headers are an index aid, not a second source of truth: the projector trusts
-//!   only the signed payload, and re-derives every one of these from it.
-//! - **Timestamp**: CreateTime, set by the producer at `append`: the entry's
-//!   `appended_at`.
+//!   and, each only when the `Append` has it (absent means `None`):
+//!   - `hrx-recorded-at`: the event's own recorded_at, `<unix seconds>.<nanos>`: the
+//!     seconds in decimal ASCII with a `-` before 1970, a `.`, then exactly 9 digits of
+//!     nanoseconds added to them (`-1.999999999` is 1969-12-31T23:59:59.999999999Z), so
+//!     that catch-up can give the index's head its recorded_at;
+//!   - `hrx-registry-seq`: the registry chain's head seq that ingest judged the signing
+//!     key against, in decimal ASCII: the entry's `registry_seq`.
+//!
+//!   Messages written before the last two existed lack them and read as `None`; headers
+//!   this version does not know are ignored, and versions before ignore these two. The
+//!   chain headers are an index aid, not a second source of truth: the projector trusts
+//!   the signed payload for them, and re-derives every one (recorded_at included) from
+//!   it. `hrx-registry-seq` is not in the payload: like the timestamp, it is the
+//!   exchange's own record of how it received the event, which the projector uses as
+//!   given. A malformed one of these two reads as `None` (logged): it is no hrx
+//!   writer's, and the chain headers still index the message.
+//! - **Timestamp**: CreateTime, set by `append` to the `Append`'s `received_at` in Unix
+//!   milliseconds: the entry's `appended_at`. Receive times are whole milliseconds by
+//!   the port's contract, so the entry reads back with exactly the time ingest judged
+//!   it at; `append` refuses any other (and one before 1970, which Kafka cannot hold)
+//!   rather than round it. The topics must keep CreateTime (`connect` refuses
+//!   `LogAppendTime`, which would replace it with the broker's clock), and brokers
+//!   refuse a timestamp more than `log.message.timestamp.after.max.ms` ahead of their
+//!   clock (1 hour by default since Kafka 4.0) or, if configured, too far behind it
+//!   (`log.message.timestamp.before.max.ms`): such an append fails as unavailable.
 
-use hrx_domain::{Envelope, EventId, Sha256};
+use hrx_domain::{Envelope, EventId, Sha256, Timestamp};
 use hrx_ports::{Append, ChainKey};
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -44,6 +65,10 @@ pub const HEADER_SEQ: &str = "hrx-seq";
 pub const HEADER_EVENT_ID: &str = "hrx-event-id";
 /// Header: the event hash, lowercase hex.
 pub const HEADER_EVENT_HASH: &str = "hrx-event-hash";
+/// Header (optional): the event's recorded_at, `<unix seconds>.<9 digits of nanos>`.
+pub const HEADER_RECORDED_AT: &str = "hrx-recorded-at";
+/// Header (optional): the registry head seq ingest judged the key against, decimal.
+pub const HEADER_REGISTRY_SEQ: &str = "hrx-registry-seq";
 
 /// Why a message is not an hrx log entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,7 +172,7 @@ pub fn headers(append: &Append) -> OwnedHeaders {
     let seq = append.seq.to_string();
     let event_id = append.event_id.to_string();
     let event_hash = append.event_hash.to_hex();
-    OwnedHeaders::new_with_capacity(4)
+    let mut headers = OwnedHeaders::new_with_capacity(6)
         .insert(Header {
             key: HEADER_CHAIN,
             value: Some(&*chain),
@@ -163,7 +188,81 @@ pub fn headers(append: &Append) -> OwnedHeaders {
         .insert(Header {
             key: HEADER_EVENT_HASH,
             value: Some(&event_hash),
-        })
+        });
+    if let Some(t) = append.recorded_at {
+        headers = headers.insert(Header {
+            key: HEADER_RECORDED_AT,
+            value: Some(&format_timestamp(t)),
+        });
+    }
+    if let Some(seq) = append.registry_seq {
+        headers = headers.insert(Header {
+            key: HEADER_REGISTRY_SEQ,
+            value: Some(&seq.to_string()),
+        });
+    }
+    headers
+}
+
+/// `t` as `hrx-recorded-at` holds it.
+pub fn format_timestamp(t: Timestamp) -> String {
+    format!("{}.{:09}", t.seconds(), t.nanos())
+}
+
+/// A timestamp as `hrx-recorded-at` holds it: nothing else (no `+`, no spaces, exactly
+/// nine digits after the point), and in hrx's range.
+pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
+    let (seconds, nanos) = text.split_once('.')?;
+    let digits = seconds.strip_prefix('-').unwrap_or(seconds);
+    if !is_decimal(digits) || nanos.len() != 9 || !is_decimal(nanos) {
+        return None;
+    }
+    Timestamp::new(seconds.parse().ok()?, nanos.parse().ok()?).ok()
+}
+
+/// Decimal ASCII digits only, at least one: `u64::from_str` would also take a `+`.
+fn is_decimal(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The value of the optional header `name`: `None` when absent, an error when repeated,
+/// valueless, not UTF-8 or not what `parse` accepts.
+fn optional<'a, T>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    name: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, WireError> {
+    let mut found = None;
+    for (key, value) in headers {
+        if key != name {
+            continue;
+        }
+        let value = value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .ok_or(WireError::BadHeader(name))?;
+        if found.replace(value).is_some() {
+            return Err(WireError::BadHeader(name));
+        }
+    }
+    found
+        .map(|v| parse(v).ok_or(WireError::BadHeader(name)))
+        .transpose()
+}
+
+/// The event's recorded_at from `hrx-recorded-at`; `None` when the message has none.
+pub fn recorded_at<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Result<Option<Timestamp>, WireError> {
+    optional(headers, HEADER_RECORDED_AT, parse_timestamp)
+}
+
+/// The registry seq from `hrx-registry-seq`; `None` when the message has none.
+pub fn registry_seq<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Result<Option<u64>, WireError> {
+    optional(headers, HEADER_REGISTRY_SEQ, |v| {
+        is_decimal(v).then(|| v.parse().ok()).flatten()
+    })
 }
 
 /// The chain info in a message's headers. Unknown headers are ignored (later versions
@@ -187,8 +286,7 @@ pub fn chain_info<'a>(
     let get = |i: usize| found[i].ok_or(WireError::MissingHeader(NAMES[i]));
     let chain = ChainKey::parse(get(0)?).ok_or(WireError::BadHeader(HEADER_CHAIN))?;
     let seq_text = get(1)?;
-    // Decimal digits only: `u64::from_str` would also take a leading `+`.
-    if seq_text.is_empty() || !seq_text.bytes().all(|b| b.is_ascii_digit()) {
+    if !is_decimal(seq_text) {
         return Err(WireError::BadHeader(HEADER_SEQ));
     }
     let seq = seq_text
@@ -223,6 +321,102 @@ mod tests {
             event_id: EventId::parse("00000000-0000-7000-8000-00000000002a").expect("an id"),
             event_hash: envelope.event_hash(),
             envelope,
+            received_at: Timestamp::new(1_800_000_000, 123_000_000).expect("in range"),
+            registry_seq: Some(7),
+            recorded_at: Some(Timestamp::new(1_799_999_999, 5).expect("in range")),
+        }
+    }
+
+    fn pairs(h: &OwnedHeaders) -> Vec<(&str, Option<&[u8]>)> {
+        h.iter().map(|h| (h.key, h.value)).collect()
+    }
+
+    #[test]
+    fn receipt_headers_round_trip_and_are_optional() {
+        let a = sample();
+        let h = headers(&a);
+        let all = pairs(&h);
+        assert_eq!(all.len(), 6);
+        assert_eq!(
+            all[4],
+            (HEADER_RECORDED_AT, Some(&b"1799999999.000000005"[..]))
+        );
+        assert_eq!(all[5], (HEADER_REGISTRY_SEQ, Some(&b"7"[..])));
+        assert_eq!(recorded_at(all.iter().copied()), Ok(a.recorded_at));
+        assert_eq!(registry_seq(all.iter().copied()), Ok(Some(7)));
+        assert_eq!(chain_info(all.iter().copied()), Ok(ChainInfo::from(&a)));
+
+        // Absent when the Append has none, as in messages written before they existed.
+        let bare = Append {
+            registry_seq: None,
+            recorded_at: None,
+            ..sample()
+        };
+        let h = headers(&bare);
+        let old = pairs(&h);
+        assert_eq!(old.len(), 4);
+        assert_eq!(recorded_at(old.iter().copied()), Ok(None));
+        assert_eq!(registry_seq(old.iter().copied()), Ok(None));
+        assert_eq!(chain_info(old.iter().copied()), Ok(ChainInfo::from(&bare)));
+        let big = Append {
+            registry_seq: Some(u64::MAX),
+            ..sample()
+        };
+        let h = headers(&big);
+        assert_eq!(registry_seq(pairs(&h)), Ok(Some(u64::MAX)));
+
+        // Repeated or malformed: an error, which readers take for `None`.
+        let mut twice = all.clone();
+        twice.push(all[5]);
+        assert_eq!(
+            registry_seq(twice),
+            Err(WireError::BadHeader(HEADER_REGISTRY_SEQ))
+        );
+        for bad in [&b"+7"[..], b"", b"7 ", b"-7", b"18446744073709551616"] {
+            let mut h = all.clone();
+            h[5] = (HEADER_REGISTRY_SEQ, Some(bad));
+            assert_eq!(
+                registry_seq(h),
+                Err(WireError::BadHeader(HEADER_REGISTRY_SEQ))
+            );
+        }
+        let mut valueless = all.clone();
+        valueless[4] = (HEADER_RECORDED_AT, None);
+        assert_eq!(
+            recorded_at(valueless),
+            Err(WireError::BadHeader(HEADER_RECORDED_AT))
+        );
+    }
+
+    #[test]
+    fn recorded_at_text_is_exact_across_the_range() {
+        for (s, ns, text) in [
+            (0, 0, "0.000000000"),
+            (1_799_999_999, 5, "1799999999.000000005"),
+            (-1, 999_999_999, "-1.999999999"),
+            (-62_135_596_800, 0, "-62135596800.000000000"),
+            (253_402_300_799, 999_999_999, "253402300799.999999999"),
+        ] {
+            let t = Timestamp::new(s, ns).expect("in range");
+            assert_eq!(format_timestamp(t), text);
+            assert_eq!(parse_timestamp(text), Some(t), "{text}");
+        }
+        for bad in [
+            "1.5",
+            "1.0000000005",
+            "1",
+            "+1.000000000",
+            "1.+00000000",
+            " 1.000000000",
+            "--1.000000000",
+            "-.000000000",
+            ".000000000",
+            "1.00000000a",
+            "253402300800.000000000",
+            "-62135596801.999999999",
+            "99999999999999999999.000000000",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
         }
     }
 

@@ -3,8 +3,9 @@
 //! database, and the behaviours only a distributed log has — partitioning by facility,
 //! topic creation and checking, an unreachable broker, two processes racing on one
 //! chain, events in Kafka that the index has not seen (and which of them it takes),
-//! failed produces (librdkafka's mock cluster), prompt wake-ups across processes, and
-//! many chains appended concurrently (with timings).
+//! messages written by the previous version (without the receipt headers), failed
+//! produces (librdkafka's mock cluster), prompt wake-ups across processes, and many
+//! chains appended concurrently (with timings).
 //!
 //! Services come from `HRX_TEST_KAFKA_BROKERS` and `HRX_TEST_DATABASE_URL` (see
 //! `deploy/testenv`). Without them each test prints a notice and passes, unless
@@ -154,6 +155,8 @@ log_behaviours!(
     log_wait_for_wakes_on_append,
     log_chain_context_reports_head_and_priors,
     log_patient_chains_are_chains_of_their_own,
+    log_keeps_receive_times_and_registry_seqs,
+    log_chain_context_reports_the_heads_recorded_at,
 );
 
 // ── Kafka-specific behaviours ────────────────────────────────────────────────────────
@@ -330,6 +333,31 @@ async fn topics_are_created_and_checked() {
             if *topic == compacted.facility_topic && detail.contains("compact")),
         "{e:?}"
     );
+
+    // A facility-events topic whose broker stamps messages itself.
+    let mut stamped = f.config.clone();
+    stamped.facility_topic = format!("{}.d", f.config.facility_topic);
+    stamped.registry_topic = format!("{}.d", f.config.registry_topic);
+    stamped.partitions = 2;
+    f.admin()
+        .create_topics(
+            [
+                &NewTopic::new(&stamped.facility_topic, 2, TopicReplication::Fixed(1))
+                    .set("message.timestamp.type", "LogAppendTime"),
+            ],
+            &options(),
+        )
+        .await
+        .expect("create");
+    let e = KafkaLog::connect(stamped.clone(), &f.database_url)
+        .await
+        .expect_err("a LogAppendTime topic");
+    assert!(
+        matches!(&e, KafkaError::TopicMisconfigured { topic, detail }
+            if *topic == stamped.facility_topic && detail.contains("LogAppendTime")),
+        "{e:?}"
+    );
+    eprintln!("LogAppendTime topic: {e}");
 }
 
 /// A broker address where nothing listens fails `connect` with one clear error in
@@ -522,6 +550,7 @@ async fn a_patient_chain_is_partitioned_by_its_key_and_caught_up_from_the_header
             seq: 1,
             event_hash: first.event_hash,
             event_id: Some(event_id(1)),
+            recorded_at: None,
         }
     );
     assert_eq!(ctx.prior_position, Some(at1));
@@ -555,6 +584,134 @@ async fn a_patient_chain_is_partitioned_by_its_key_and_caught_up_from_the_header
             testkit::consent_envelope(3, false)
         ]
     );
+}
+
+/// A message as the previous version wrote it — the four chain headers only, its
+/// timestamp the producer's clock — still reads, with that timestamp as `appended_at`
+/// and no `registry_seq`, and is caught up into the index (by another process) as a
+/// head without a recorded_at; the chain continues from it, and the next head has one.
+/// Malformed optional headers (no hrx writer's) read as absent, and the message is
+/// still indexed by its chain headers, so its seq stays taken.
+#[tokio::test]
+async fn a_message_without_the_receipt_headers_still_reads_and_indexes() {
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    let Some(f) = fixture(3).await else { return };
+    let a = f.open().await;
+    let c = chain(F1);
+    let p = a.partition_of(&c);
+    let producer = f.raw_producer(&[]);
+    let old_headers = |e: &hrx_ports::Append| {
+        let (chain, seq, id, hash) = (
+            e.chain.as_key(),
+            e.seq.to_string(),
+            e.event_id.to_string(),
+            e.event_hash.to_hex(),
+        );
+        let mut h = OwnedHeaders::new();
+        for (key, value) in [
+            (wire::HEADER_CHAIN, &*chain),
+            (wire::HEADER_SEQ, &seq),
+            (wire::HEADER_EVENT_ID, &id),
+            (wire::HEADER_EVENT_HASH, &hash),
+        ] {
+            h = h.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        h
+    };
+    let produce = |e: hrx_ports::Append, headers: OwnedHeaders, timestamp: i64| {
+        let producer = producer.clone();
+        let topic = f.config.facility_topic.clone();
+        async move {
+            let value = wire::encode_value(&e.envelope);
+            let key = e.chain.as_key();
+            let d = producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .partition(p as i32)
+                        .key(&*key)
+                        .payload(&value)
+                        .headers(headers)
+                        .timestamp(timestamp),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("delivered");
+            LogPosition {
+                partition: p,
+                offset: d.offset as u64,
+            }
+        }
+    };
+    let old = append(&c, 1, 1);
+    let stamp = hrx_domain::Timestamp::now().unix_millis() - 1234;
+    let at1 = produce(old.clone(), old_headers(&old), stamp).await;
+
+    let entry = &a.read(p, at1.offset, 1).await.expect("read")[0];
+    assert_eq!(entry.envelope, old.envelope);
+    assert_eq!(entry.appended_at.unix_millis(), stamp);
+    assert_eq!(entry.appended_at.nanos() % 1_000_000, 0);
+    assert_eq!(entry.registry_seq, None, "no hrx-registry-seq: None");
+
+    let b = f.open().await;
+    let ctx = b
+        .chain_context(&c, event_id(2), 2)
+        .await
+        .expect("chain_context");
+    assert_eq!(
+        ctx.context.head,
+        ChainHead {
+            seq: 1,
+            event_hash: old.event_hash,
+            event_id: Some(event_id(1)),
+            recorded_at: None,
+        },
+        "caught up from the old headers, without a recorded_at"
+    );
+    let next = append(&c, 2, 2);
+    b.append(vec![next.clone()]).await.expect("seq 2");
+    for log in [&a, &b] {
+        let head = log
+            .chain_context(&c, event_id(3), 3)
+            .await
+            .expect("chain_context")
+            .context
+            .head;
+        assert_eq!((head.seq, head.recorded_at), (2, next.recorded_at));
+    }
+
+    // Malformed optional headers: read as absent; the chain headers still index it.
+    let odd = append(&c, 3, 3);
+    let mut headers = old_headers(&odd);
+    for (key, value) in [
+        (wire::HEADER_RECORDED_AT, "yesterday"),
+        (wire::HEADER_REGISTRY_SEQ, "+3"),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    let at3 = produce(odd, headers, stamp + 1).await;
+    let entry = &a.read(p, at3.offset, 1).await.expect("read")[0];
+    assert_eq!(
+        (entry.registry_seq, entry.appended_at.unix_millis()),
+        (None, stamp + 1)
+    );
+    let c_head = a
+        .chain_context(&c, event_id(4), 4)
+        .await
+        .expect("chain_context")
+        .context
+        .head;
+    assert_eq!((c_head.seq, c_head.recorded_at), (3, None));
+    match b.append(vec![append(&c, 3, 9)]).await {
+        Err(PortError::Conflict(_)) => {}
+        other => panic!("seq 3 is taken in Kafka: {other:?}"),
+    }
 }
 
 /// Catching up from Kafka indexes only what extends a chain, in log order — as the
@@ -614,7 +771,9 @@ async fn catch_up_indexes_only_what_extends_a_chain() {
             seq: 2,
             event_hash: envelope(4).event_hash(),
             event_id: Some(event_id(4)),
-        }
+            recorded_at: Some(testkit::at(4)),
+        },
+        "caught up with its recorded_at, from the header"
     );
     assert_eq!(ctx.context.same_event_id, None, "the fork is not indexed");
     assert_eq!(ctx.context.same_seq.map(|p| p.event_id), Some(event_id(1)));

@@ -19,6 +19,10 @@ use tonic::transport::{Channel, Endpoint};
 use crate::keys::{self, KeyFileError};
 use crate::root_key_path;
 
+/// How long a client keeps retrying a call the node answered UNAVAILABLE (a store or
+/// log restarting, a node being replaced) before it gives up.
+pub const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
@@ -34,6 +38,48 @@ pub enum ClientError {
     Rpc(#[from] tonic::Status),
     #[error("the node refused registry event {index}: {message}")]
     Refused { index: usize, message: String },
+}
+
+impl ClientError {
+    /// Whether the same call may succeed later: the node or what it depends on is
+    /// unavailable for a moment, or a concurrent writer won. Rejections are answers,
+    /// never errors, so a retried submission cannot be double-counted: the node
+    /// answers what it already has as duplicates.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Rpc(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Aborted
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::ResourceExhausted
+            ),
+            ClientError::Connect { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs `call` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, waiting
+/// with exponential backoff and full jitter between attempts (so that many clients
+/// coming back together do not retry in step).
+pub async fn retrying<T, F, Fut>(what: &str, call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    use backon::{ExponentialBuilder, Retryable as _};
+    call.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(100))
+            .with_max_delay(std::time::Duration::from_secs(5))
+            .with_total_delay(Some(RETRY_FOR))
+            .without_max_times()
+            .with_jitter(),
+    )
+    .when(ClientError::is_retryable)
+    .notify(|e, wait| tracing::warn!(error = %e, ?wait, "{what} failed; retrying"))
+    .await
 }
 
 /// A mutually authenticated channel to a node.
@@ -107,8 +153,34 @@ impl NationalCenter {
         v1::registry_service_client::RegistryServiceClient::new(self.channel.clone())
     }
 
-    /// Signs `bodies` as the next registry events and submits them.
+    /// Signs `bodies` as the next registry events and submits them; any event not
+    /// accepted is an error naming the first such and its reason.
     pub async fn submit(
+        &self,
+        bodies: Vec<v1::registry_event::Body>,
+    ) -> Result<Vec<v1::SubmitResult>, ClientError> {
+        let results = self.submit_unchecked(bodies).await?;
+        for (index, r) in results.iter().enumerate() {
+            if r.status != v1::SubmitStatus::Accepted as i32 {
+                let message = r
+                    .rejection
+                    .as_ref()
+                    .map(|r| {
+                        let reason = hrx_domain::Reason::from_code(r.reason)
+                            .map(|x| x.name())
+                            .unwrap_or("UNKNOWN");
+                        format!("{reason}: {}", r.message)
+                    })
+                    .unwrap_or_default();
+                return Err(ClientError::Refused { index, message });
+            }
+        }
+        Ok(results)
+    }
+
+    /// Signs `bodies` as the next registry events and submits them; the results as
+    /// the node answered them.
+    pub async fn submit_unchecked(
         &self,
         bodies: Vec<v1::registry_event::Body>,
     ) -> Result<Vec<v1::SubmitResult>, ClientError> {
@@ -139,23 +211,12 @@ impl NationalCenter {
             prev = envelope.event_hash().as_bytes().to_vec();
             envelopes.push(v1::SignedEnvelope::from(envelope));
         }
-        let results = self
+        Ok(self
             .registry()
             .submit_registry_events(v1::SubmitRegistryEventsRequest { envelopes })
             .await?
             .into_inner()
-            .results;
-        for (index, r) in results.iter().enumerate() {
-            if r.status != v1::SubmitStatus::Accepted as i32 {
-                let message = r
-                    .rejection
-                    .as_ref()
-                    .map(|r| r.message.clone())
-                    .unwrap_or_default();
-                return Err(ClientError::Refused { index, message });
-            }
-        }
-        Ok(results)
+            .results)
     }
 
     /// Waits until the projector has caught up with the log (as the monitor sees it),
@@ -349,6 +410,25 @@ impl FacilityClient {
         event_id: EventId,
         body: v1::facility_event::Body,
     ) -> (EventId, Envelope) {
+        self.sign_full(event_id, body, Timestamp::now())
+    }
+
+    /// Signs `body` as the next event claiming `recorded_at` (tests of the exchange's
+    /// clock rules).
+    pub fn sign_at(
+        &mut self,
+        body: v1::facility_event::Body,
+        recorded_at: Timestamp,
+    ) -> (EventId, Envelope) {
+        self.sign_full(EventId::new_v7(), body, recorded_at)
+    }
+
+    fn sign_full(
+        &mut self,
+        event_id: EventId,
+        body: v1::facility_event::Body,
+        recorded_at: Timestamp,
+    ) -> (EventId, Envelope) {
         self.seq += 1;
         let event = v1::FacilityEvent {
             header: Some(v1::FacilityEventHeader {
@@ -356,7 +436,7 @@ impl FacilityClient {
                 facility_id: self.id.to_string(),
                 seq: self.seq,
                 prev_hash: self.prev.as_bytes().to_vec(),
-                recorded_at: Some(codec::timestamp(Timestamp::now())),
+                recorded_at: Some(codec::timestamp(recorded_at)),
             }),
             body: Some(body),
         };
@@ -381,6 +461,14 @@ impl FacilityClient {
                 .into_inner()
                 .results,
         )
+    }
+
+    /// Submits envelopes, retrying while the node is unavailable (see [`retrying`]).
+    pub async fn submit_retrying(
+        &self,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<v1::SubmitResult>, ClientError> {
+        retrying("SubmitEvents", || self.submit(envelopes.clone())).await
     }
 
     /// Signs and submits one body; returns its event id and result.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use hrx_domain::consent::ConsentPolicy;
+use hrx_domain::verify::ClockPolicy;
 use serde::{Deserialize, Serialize};
 
 /// Where the log and the store live.
@@ -96,6 +97,8 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_STANDING_WINDOW_DAYS",
     "HRX_BREAK_GLASS_PER_DAY",
     "HRX_BREAK_GLASS_OPEN_PER_PATIENT",
+    "HRX_RECORDED_AT_MAX_FUTURE_SECS",
+    "HRX_RECORDED_AT_MAX_PAST_SECS",
 ];
 
 /// Everything a node is configured with.
@@ -146,6 +149,11 @@ pub struct NodeConfig {
     pub break_glass_per_day: u32,
     /// Break-glass windows one facility may have open for one patient at once.
     pub break_glass_open_per_patient: u32,
+    /// How far after the exchange's receive time a facility's recorded_at may lie
+    /// (its clock running fast), in seconds.
+    pub recorded_at_max_future_secs: u32,
+    /// How far before it (a facility sending late, an offline connector), in seconds.
+    pub recorded_at_max_past_secs: u32,
 }
 
 impl Default for NodeConfig {
@@ -171,6 +179,8 @@ impl Default for NodeConfig {
             standing_window_days: 365,
             break_glass_per_day: 20,
             break_glass_open_per_patient: 1,
+            recorded_at_max_future_secs: 5 * 60,
+            recorded_at_max_past_secs: 7 * 24 * 60 * 60,
         }
     }
 }
@@ -214,6 +224,16 @@ impl NodeConfig {
             break_glass_open_per_patient: self.break_glass_open_per_patient,
             ..ConsentPolicy::default()
         })
+    }
+
+    /// The bounds of a facility's recorded_at around the exchange's receive time
+    /// (every ingest and projector process must run with the same).
+    pub fn clock_policy(&self) -> ClockPolicy {
+        let secs = |n: u32| hrx_domain::Duration::from_secs(i64::from(n)).expect("u32 seconds");
+        ClockPolicy {
+            max_future: secs(self.recorded_at_max_future_secs),
+            max_past: secs(self.recorded_at_max_past_secs),
+        }
     }
 
     /// A configuration for tests and `hrx demo`: everything on loopback port 0.

@@ -103,6 +103,8 @@ impl Root {
             owner: KeyOwner::Root,
             valid_from: Timestamp::from_unix_seconds(0).expect("epoch is in range"),
             revoked_at: None,
+            registered_seq: 0,
+            revoked_seq: None,
         }
     }
 }
@@ -144,7 +146,13 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), NodeError> 
     Ok((l, a))
 }
 
-/// Opens the backends the configuration names (and applies their migrations).
+/// How long a starting process waits for Kafka and PostgreSQL to answer (one of them
+/// restarting, or starting with it) before it gives up.
+const BACKEND_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens the backends the configuration names (and applies their migrations). The
+/// distributed backends are retried with backoff and jitter for [`BACKEND_WAIT`]: a
+/// process started while PostgreSQL or Kafka restarts waits for them.
 pub async fn backends(config: &NodeConfig) -> Result<Backends, NodeError> {
     match config.backend {
         Backend::Embedded => {
@@ -154,7 +162,23 @@ pub async fn backends(config: &NodeConfig) -> Result<Backends, NodeError> {
                 store: db,
             })
         }
-        Backend::Distributed => distributed::backends(config).await,
+        Backend::Distributed => {
+            use backon::{ExponentialBuilder, Retryable as _};
+            (|| distributed::backends(config))
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(200))
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_total_delay(Some(BACKEND_WAIT))
+                        .without_max_times()
+                        .with_jitter(),
+                )
+                .when(|e| matches!(e, NodeError::Backend(_)))
+                .notify(|e, wait| {
+                    tracing::warn!(error = %e, ?wait, "backends unavailable; retrying")
+                })
+                .await
+        }
     }
 }
 
@@ -253,9 +277,30 @@ impl Node {
             projector_config.batch_size = self.config.projector_batch;
             projector_config.group = self.config.consumer_group.clone();
             projector_config.policy = policy;
-            let projector =
-                hrx_projector::Projector::build(log.clone(), store.clone(), projector_config)
-                    .await?;
+            projector_config.clock = self.config.clock_policy();
+            // Its state comes from the store: wait for a store that is restarting.
+            let projector = {
+                use backon::{ExponentialBuilder, Retryable as _};
+                (|| {
+                    hrx_projector::Projector::build(
+                        log.clone(),
+                        store.clone(),
+                        projector_config.clone(),
+                    )
+                })
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(200))
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_total_delay(Some(BACKEND_WAIT))
+                        .without_max_times()
+                        .with_jitter(),
+                )
+                .notify(|e, wait| {
+                    tracing::warn!(error = %e, ?wait, "projector state unavailable; retrying")
+                })
+                .await?
+            };
             Some(tokio::spawn(projector.run(stopped(stop_rx.clone()))))
         } else {
             None
@@ -283,7 +328,8 @@ impl Node {
             let ingest = Arc::new(
                 hrx_ingest::Ingest::new(log.clone(), store.clone(), locks.clone())
                     .with_verified(verified.clone())
-                    .with_policy(policy),
+                    .with_policy(policy)
+                    .with_clock(self.config.clock_policy()),
             );
             router = router.add_service(hrx_ingest::IngestGrpc::new(ingest).into_server());
             health.set_serving::<v1::ingest_service_server::IngestServiceServer<hrx_ingest::IngestGrpc>>().await;
@@ -415,6 +461,7 @@ pub async fn reproject(config: &NodeConfig) -> Result<u64, NodeError> {
         .map_err(hrx_projector::ProjectorError::from)?;
     let mut projector_config = hrx_projector::ProjectorConfig::new(vec![root.record()]);
     projector_config.policy = config.consent_policy().map_err(NodeError::Config)?;
+    projector_config.clock = config.clock_policy();
     let mut projector = hrx_projector::Projector::build(log, store, projector_config).await?;
     Ok(projector.catch_up().await?)
 }

@@ -69,7 +69,7 @@ impl fmt::Display for ChainKey {
     }
 }
 
-/// One envelope to append, with its place in its chain.
+/// One envelope to append, with its place in its chain and what ingest judged it by.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Append {
     pub chain: ChainKey,
@@ -77,6 +77,15 @@ pub struct Append {
     pub event_id: EventId,
     pub event_hash: Sha256,
     pub envelope: Envelope,
+    /// When the exchange received it (whole milliseconds, which every log keeps
+    /// exactly): the log's `appended_at`, the time key validity is judged at.
+    pub received_at: Timestamp,
+    /// The registry chain's head seq that ingest judged the signing key against; the
+    /// projector and every replay judge it against the same.
+    pub registry_seq: Option<u64>,
+    /// The event's own recorded_at (facility and registry events), kept in the chain
+    /// index so that the next event's can be checked against it.
+    pub recorded_at: Option<Timestamp>,
 }
 
 /// An entry read back from the log.
@@ -84,7 +93,21 @@ pub struct Append {
 pub struct LogEntry {
     pub position: LogPosition,
     pub envelope: Envelope,
+    /// When the exchange received the entry.
     pub appended_at: Timestamp,
+    /// The registry head seq ingest judged it against (`None` for entries written
+    /// before the log recorded it).
+    pub registry_seq: Option<u64>,
+}
+
+impl LogEntry {
+    /// What the entry was received as, for verification.
+    pub fn receipt(&self) -> hrx_domain::verify::Receipt {
+        hrx_domain::verify::Receipt {
+            received_at: self.appended_at,
+            registry_seq: self.registry_seq,
+        }
+    }
 }
 
 /// Ingest's view of a chain around an incoming event, with the log position of the

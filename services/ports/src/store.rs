@@ -201,6 +201,9 @@ pub enum Projection {
     KeyRevoked {
         key_id: KeyId,
         revoked_at: Timestamp,
+        /// The registry seq of the revocation (events judged against an earlier
+        /// registry head do not see it).
+        revoked_seq: u64,
         reason: String,
     },
     Rejection(RejectionRow),
@@ -214,6 +217,8 @@ pub struct ChainLink {
     pub event_id: EventId,
     pub event_hash: Sha256,
     pub position: LogPosition,
+    /// The event's recorded_at: the next event of the chain may not claim an earlier one.
+    pub recorded_at: Option<Timestamp>,
 }
 
 /// Counters for the monitor, per facility, added by a batch.

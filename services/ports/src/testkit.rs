@@ -15,7 +15,10 @@
 //! What the suite pins down beyond the trait signatures (and so what every adapter
 //! promises): log offsets increase within a partition but may have gaps (Kafka's
 //! transaction markers take offsets); a chain's entries share one partition, patients'
-//! statement chains included; break-glass windows read back in projection order; a
+//! statement chains included; an entry's `appended_at` is exactly the `received_at` it
+//! was appended with (whole milliseconds, which every log keeps), not the log's clock;
+//! chain heads carry their event's `recorded_at` (`None` where it was not recorded);
+//! break-glass windows read back in projection order; a
 //! failed `append` writes nothing; consent events read back byte for byte; the audit
 //! chain starts at seq 1 after the zero hash and holds every reader's accesses, refused
 //! ones too; break-glass read counts and the audit entry of a declaration survive
@@ -35,7 +38,7 @@ use hrx_domain::audit::{
 use hrx_domain::chain::{self, ChainHead, ChainStep};
 use hrx_domain::consent::{Basis, BreakGlassWindow, ConsentForm};
 use hrx_domain::event::Link;
-use hrx_domain::verify::{KeyOwner, KeyRecord};
+use hrx_domain::verify::{KeyOwner, KeyRecord, Receipt};
 use hrx_domain::{
     Envelope, EventId, FacilityId, FacilityLevel, PatientId, PayloadType, PublicKey, Purpose,
     Reason, RecordKind, SensitivityLabel, Sha256, Timestamp,
@@ -101,7 +104,10 @@ pub fn envelope(n: u64) -> Envelope {
     }
 }
 
-/// Envelope `n` as event `n` at `seq` of `chain`.
+/// Envelope `n` as event `n` at `seq` of `chain`, recorded at `at(n)`, judged against
+/// registry seq `n`, and received now in whole milliseconds, as ingest chooses it. (Near
+/// the real clock: Kafka refuses timestamps more than an hour ahead of the broker's,
+/// `log.message.timestamp.after.max.ms`, by default since Kafka 4.0.)
 pub fn append(chain: &ChainKey, seq: u64, n: u64) -> Append {
     let envelope = envelope(n);
     Append {
@@ -110,6 +116,9 @@ pub fn append(chain: &ChainKey, seq: u64, n: u64) -> Append {
         event_id: event_id(n),
         event_hash: envelope.event_hash(),
         envelope,
+        received_at: Timestamp::now().truncated_to_millis(),
+        registry_seq: Some(n),
+        recorded_at: Some(at(n as i64)),
     }
 }
 
@@ -164,6 +173,7 @@ pub fn link(r: &NewRecord) -> ChainLink {
         event_id: r.event_id,
         event_hash: r.event_hash,
         position: r.position,
+        recorded_at: Some(r.recorded_at),
     }
 }
 
@@ -316,13 +326,15 @@ pub fn rejection(
     }
 }
 
-/// Key `n` of `owner`, valid from `at(0)`.
+/// Key `n` of `owner`, valid from `at(0)`, added by registry event `n`.
 pub fn key(n: u8, owner: &FacilityId) -> KeyRecord {
     KeyRecord {
         public_key: PublicKey::from_bytes([n; 32]),
         owner: KeyOwner::Facility(owner.clone()),
         valid_from: at(0),
         revoked_at: None,
+        registered_seq: u64::from(n),
+        revoked_seq: None,
     }
 }
 
@@ -363,7 +375,8 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 
 /// Appends come back from `read` as written, in order, at the positions `append`
 /// returned; a chain's entries share a partition with increasing offsets; `max` bounds a
-/// read; `end_offset` is past every entry; `appended_at` is the time of the append.
+/// read; `end_offset` is past every entry; `appended_at` is the `received_at` appended
+/// and `registry_seq` the one appended.
 pub async fn log_appends_reads_and_orders<L: EventLog + ?Sized>(log: &L) {
     assert!(log.partitions() >= 1);
     for p in 0..log.partitions() {
@@ -377,14 +390,14 @@ pub async fn log_appends_reads_and_orders<L: EventLog + ?Sized>(log: &L) {
 
     let a = ChainKey::Facility(facility(F1));
     let b = ChainKey::Facility(facility(F2));
-    let before = Timestamp::now();
-    let first = ok(
-        log.append(vec![append(&a, 1, 1), append(&a, 2, 2), append(&b, 1, 3)])
-            .await,
-        "append",
-    );
-    let second = ok(log.append(vec![append(&a, 3, 4)]).await, "append");
-    let after = Timestamp::now();
+    let appended = [
+        append(&a, 1, 1),
+        append(&a, 2, 2),
+        append(&b, 1, 3),
+        append(&a, 3, 4),
+    ];
+    let first = ok(log.append(appended[..3].to_vec()).await, "append");
+    let second = ok(log.append(appended[3..].to_vec()).await, "append");
     assert_eq!(
         (first.len(), second.len()),
         (3, 1),
@@ -397,10 +410,9 @@ pub async fn log_appends_reads_and_orders<L: EventLog + ?Sized>(log: &L) {
     assert!(chain_a.iter().all(|p| p.partition == chain_a[0].partition));
     assert!(chain_a.windows(2).all(|w| w[0].offset < w[1].offset));
 
-    // Each entry reads back where append said, as written, stamped with the append time.
-    // (One second of slack: a broker may keep milliseconds only.)
-    let slack = 1_000_000_000;
-    for (position, n) in positions.iter().zip([1, 2, 3, 4]) {
+    // Each entry reads back where append said, as written, stamped with the time it
+    // was received.
+    for ((position, n), a) in positions.iter().zip([1, 2, 3, 4]).zip(&appended) {
         let got = ok(
             log.read(position.partition, position.offset, 1).await,
             "read",
@@ -408,8 +420,11 @@ pub async fn log_appends_reads_and_orders<L: EventLog + ?Sized>(log: &L) {
         assert_eq!(got.len(), 1, "read of one entry");
         assert_eq!(got[0].position, *position);
         assert_eq!(got[0].envelope, envelope(n), "envelope {n} as appended");
-        let t = got[0].appended_at.unix_nanos();
-        assert!(before.unix_nanos() - slack <= t && t <= after.unix_nanos() + slack);
+        assert_eq!(
+            (got[0].appended_at, got[0].registry_seq),
+            (a.received_at, a.registry_seq),
+            "entry {n}"
+        );
         assert!(ok(log.end_offset(position.partition).await, "end_offset") > position.offset);
     }
 
@@ -558,6 +573,7 @@ pub async fn log_chain_context_reports_head_and_priors<L: EventLog + ?Sized>(log
             seq: 2,
             event_hash: h(2),
             event_id: Some(event_id(2)),
+            recorded_at: Some(at(2)),
         }
     );
     assert_eq!(
@@ -640,12 +656,14 @@ pub async fn log_chain_context_reports_head_and_priors<L: EventLog + ?Sized>(log
     assert_eq!(registry.context.head, ChainHead::EMPTY);
 }
 
-/// Statement `n` of a patient's chain at `seq`: a patient-signed envelope.
+/// Statement `n` of a patient's chain at `seq`: a patient-signed envelope, which
+/// carries no `recorded_at` of its own.
 pub fn statement(chain: &ChainKey, seq: u64, n: u64) -> Append {
     let envelope = consent_envelope(n, false);
     Append {
         event_hash: envelope.event_hash(),
         envelope,
+        recorded_at: None,
         ..append(chain, seq, n)
     }
 }
@@ -699,7 +717,9 @@ pub async fn log_patient_chains_are_chains_of_their_own<L: EventLog + ?Sized>(lo
             seq: 2,
             event_hash: h(2),
             event_id: Some(event_id(2)),
-        }
+            recorded_at: None,
+        },
+        "a statement has no recorded_at"
     );
     assert_eq!(
         (
@@ -765,6 +785,165 @@ pub async fn log_patient_chains_are_chains_of_their_own<L: EventLog + ?Sized>(lo
             .head
             .seq,
         3
+    );
+}
+
+/// `appended_at` is exactly the `received_at` of the `Append` — the time ingest chose,
+/// to the millisecond, not the time the log wrote the entry (here a day and a half
+/// earlier; the same instant twice; an instant earlier than the entry's before it) — and
+/// `registry_seq` reads back as appended, `None` and 0 included; one entry at a time and
+/// in a read of the whole partition, on a facility's chain and the registry's.
+pub async fn log_keeps_receive_times_and_registry_seqs<L: EventLog + ?Sized>(log: &L) {
+    let a = ChainKey::Facility(facility(F1));
+    let registry = ChainKey::Registry;
+    let base = Timestamp::now().seconds() - 36 * 3600;
+    let received = |s: i64, ms: i32| Timestamp::new(base + s, ms * 1_000_000).expect("in range");
+    let appended = [
+        Append {
+            received_at: received(0, 123),
+            registry_seq: Some(0),
+            ..append(&a, 1, 1)
+        },
+        Append {
+            received_at: received(0, 123),
+            registry_seq: None,
+            ..append(&a, 2, 2)
+        },
+        Append {
+            received_at: received(-5, 999),
+            // Past 2^53: no detour through a floating-point number.
+            registry_seq: Some(9_007_199_254_740_993),
+            ..append(&registry, 1, 3)
+        },
+        Append {
+            received_at: received(60, 1),
+            registry_seq: Some(4),
+            ..append(&a, 3, 4)
+        },
+    ];
+    let mut positions = ok(log.append(appended[..3].to_vec()).await, "append");
+    positions.extend(ok(log.append(appended[3..].to_vec()).await, "append"));
+    assert_eq!(positions.len(), 4);
+
+    let receipt = |a: &Append| Receipt {
+        received_at: a.received_at,
+        registry_seq: a.registry_seq,
+    };
+    for (position, a) in positions.iter().zip(&appended) {
+        let got = ok(
+            log.read(position.partition, position.offset, 1).await,
+            "read",
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].envelope, a.envelope);
+        assert_eq!(
+            got[0].appended_at, a.received_at,
+            "appended_at is the received_at of seq {} of {}, to the millisecond",
+            a.seq, a.chain
+        );
+        assert_eq!(
+            got[0].registry_seq, a.registry_seq,
+            "seq {} of {}",
+            a.seq, a.chain
+        );
+        assert_eq!(got[0].receipt(), receipt(a));
+    }
+    let mut partitions: Vec<u32> = positions.iter().map(|p| p.partition).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    for p in partitions {
+        for entry in ok(log.read(p, 0, 100).await, "read all") {
+            let i = positions
+                .iter()
+                .position(|q| *q == entry.position)
+                .expect("only the suite's entries");
+            assert_eq!(entry.receipt(), receipt(&appended[i]), "in a longer read");
+        }
+    }
+}
+
+/// The chain index keeps each event's `recorded_at`, and `chain_context(s)` report the
+/// head's to the nanosecond (before 1970 too): `None` for an empty chain and for a head
+/// appended without one, `Some` again once an event with one follows it (the log does
+/// not judge the times: an earlier one is kept as given); each chain has its own.
+pub async fn log_chain_context_reports_the_heads_recorded_at<L: EventLog + ?Sized>(log: &L) {
+    let (a, b) = (
+        ChainKey::Facility(facility(F1)),
+        ChainKey::Facility(facility(F2)),
+    );
+    let t = |s: i64, ns: i32| Timestamp::new(T0 + s, ns).expect("in range");
+    let head = |chain: &ChainKey, next: u64| {
+        let chain = chain.clone();
+        async move {
+            let ctx = ok(
+                log.chain_context(&chain, event_id(100 + next), next).await,
+                "chain_context",
+            );
+            // The batch lookup reports the same head for every link it is asked about.
+            let links = [(event_id(100 + next), next), (event_id(1), 1)];
+            let batch = ok(log.chain_contexts(&chain, &links).await, "chain_contexts");
+            assert!(batch.iter().all(|c| c.context.head == ctx.context.head));
+            ctx.context.head
+        }
+    };
+    assert_eq!(head(&a, 1).await.recorded_at, None, "an empty chain");
+
+    let before_1970 = Timestamp::new(-1, 999_999_999).expect("in range");
+    ok(
+        log.append(vec![
+            Append {
+                recorded_at: Some(t(10, 123_456_789)),
+                ..append(&a, 1, 1)
+            },
+            Append {
+                recorded_at: Some(before_1970),
+                ..append(&b, 1, 2)
+            },
+        ])
+        .await,
+        "append",
+    );
+    let h = head(&a, 2).await;
+    assert_eq!(
+        (h.seq, h.event_id, h.recorded_at),
+        (1, Some(event_id(1)), Some(t(10, 123_456_789)))
+    );
+
+    ok(
+        log.append(vec![Append {
+            recorded_at: None,
+            ..append(&a, 2, 3)
+        }])
+        .await,
+        "append",
+    );
+    let h = head(&a, 3).await;
+    assert_eq!(
+        (h.seq, h.recorded_at),
+        (2, None),
+        "a head without a recorded_at"
+    );
+
+    ok(
+        log.append(vec![Append {
+            recorded_at: Some(t(5, 999_999_999)),
+            ..append(&a, 3, 4)
+        }])
+        .await,
+        "append",
+    );
+    let h = head(&a, 4).await;
+    assert_eq!((h.seq, h.recorded_at), (3, Some(t(5, 999_999_999))));
+    assert_eq!(head(&b, 2).await.recorded_at, Some(before_1970));
+
+    ok(
+        log.append(vec![append(&ChainKey::Registry, 1, 5)]).await,
+        "append",
+    );
+    assert_eq!(
+        head(&ChainKey::Registry, 2).await.recorded_at,
+        Some(at(5)),
+        "the registry's chain too"
     );
 }
 
@@ -850,6 +1029,7 @@ pub async fn apply_commits_records_with_offsets<S: Store + ?Sized>(store: &S) {
             seq: 2,
             event_hash: r2.event_hash,
             event_id: Some(r2.event_id),
+            recorded_at: Some(r2.recorded_at),
         }
     );
     let dup = ok(
@@ -1305,6 +1485,7 @@ pub async fn consent_events_round_trip_exactly<S: Store + ?Sized>(store: &S) {
         event_id: signed.event_id,
         event_hash: signed.envelope.event_hash(),
         position: pos(11),
+        recorded_at: None,
     };
     let first = ProjectionBatch {
         links: vec![statement_link.clone()],
@@ -1404,6 +1585,7 @@ pub async fn consent_events_round_trip_exactly<S: Store + ?Sized>(store: &S) {
             seq: 1,
             event_hash: statement_link.event_hash,
             event_id: Some(signed.event_id),
+            recorded_at: None,
         }
     );
     let again = ok(
@@ -2420,6 +2602,7 @@ pub async fn registry_and_keys_round_trip<S: Store + ?Sized>(store: &S) {
                     event_id: event_id(1),
                     event_hash: envelope(1).event_hash(),
                     position: pos(1),
+                    recorded_at: Some(at(1)),
                 }],
                 ..ProjectionBatch::default()
             })
@@ -2438,6 +2621,7 @@ pub async fn registry_and_keys_round_trip<S: Store + ?Sized>(store: &S) {
                     Projection::KeyRevoked {
                         key_id: k2.key_id(),
                         revoked_at: at(100),
+                        revoked_seq: 2,
                         reason: "key compromised".into(),
                     },
                 ],
@@ -2466,6 +2650,7 @@ pub async fn registry_and_keys_round_trip<S: Store + ?Sized>(store: &S) {
 
     let k2_revoked = KeyRecord {
         revoked_at: Some(at(100)),
+        revoked_seq: Some(2),
         ..k2.clone()
     };
     let key_ids = |keys: Vec<KeyRecord>| sorted(keys.iter().map(|k| k.key_id()).collect());
@@ -2500,7 +2685,226 @@ pub async fn registry_and_keys_round_trip<S: Store + ?Sized>(store: &S) {
             .await,
         "chain_context",
     );
-    assert_eq!(registry.head.seq, 1);
+    assert_eq!(
+        (registry.head.seq, registry.head.recorded_at),
+        (1, Some(at(1)))
+    );
+}
+
+/// Keys keep the registry seqs that added and revoked them: `registered_seq` from
+/// `KeyAdded` (0 for a configured root key), `revoked_seq` from `KeyRevoked` (the first
+/// revocation stands, its seq with its time) or from a key added already revoked; `keys`
+/// and `projector_snapshot` return them; `reset_projections` clears them and a replay
+/// restores them.
+pub async fn keys_keep_their_registry_seqs<S: Store + ?Sized>(store: &S) {
+    let (f1, f2) = (facility(F1), facility(F2));
+    let root = KeyRecord {
+        public_key: PublicKey::from_bytes([7; 32]),
+        owner: KeyOwner::Root,
+        valid_from: at(-100),
+        revoked_at: None,
+        registered_seq: 0,
+        revoked_seq: None,
+    };
+    let k1 = KeyRecord {
+        // Past 2^53: no detour through a floating-point number.
+        registered_seq: 9_007_199_254_740_993,
+        ..key(1, &f1)
+    };
+    let k2 = key(2, &f1);
+    let k3 = KeyRecord {
+        revoked_at: Some(at(50)),
+        revoked_seq: Some(6),
+        ..key(3, &f2)
+    };
+    let revoke = |k: &KeyRecord, t: i64, seq: u64, reason: &str| Projection::KeyRevoked {
+        key_id: k.key_id(),
+        revoked_at: at(t),
+        revoked_seq: seq,
+        reason: reason.to_owned(),
+    };
+    let batches = [
+        ProjectionBatch {
+            projections: vec![
+                Projection::KeyAdded(root.clone()),
+                Projection::KeyAdded(k1.clone()),
+                Projection::KeyAdded(k2.clone()),
+                Projection::KeyAdded(k3.clone()),
+                revoke(&k2, 100, 7, "lost"),
+            ],
+            ..ProjectionBatch::default()
+        },
+        ProjectionBatch {
+            projections: vec![revoke(&k2, 200, 9, "again"), revoke(&k1, 300, 8, "rotated")],
+            ..ProjectionBatch::default()
+        },
+    ];
+    let want = sorted_keys(vec![
+        root.clone(),
+        KeyRecord {
+            revoked_at: Some(at(300)),
+            revoked_seq: Some(8),
+            ..k1.clone()
+        },
+        KeyRecord {
+            revoked_at: Some(at(100)),
+            revoked_seq: Some(7),
+            ..k2.clone()
+        },
+        k3.clone(),
+    ]);
+    let want_reasons = sorted(vec![
+        (root.key_id(), None),
+        (k1.key_id(), Some("rotated".to_owned())),
+        (k2.key_id(), Some("lost".to_owned())),
+        (k3.key_id(), None),
+    ]);
+    let check = |when: &'static str| {
+        let (want, want_reasons, k3, f2) =
+            (want.clone(), want_reasons.clone(), k3.clone(), f2.clone());
+        async move {
+            let all = ok(store.keys(None).await, "keys");
+            assert_eq!(
+                sorted_keys(all.iter().map(|k| k.key.clone()).collect()),
+                want,
+                "keys, {when}"
+            );
+            let reasons: Vec<_> = sorted(
+                all.iter()
+                    .map(|k| (k.key.key_id(), k.revocation_reason.clone()))
+                    .collect(),
+            );
+            assert_eq!(reasons, want_reasons, "{when}");
+            let of_f2 = ok(store.keys(Some(&f2)).await, "keys of f2");
+            assert_eq!(
+                of_f2.into_iter().map(|k| k.key).collect::<Vec<_>>(),
+                vec![k3.clone()],
+                "{when}"
+            );
+            let snapshot = ok(store.projector_snapshot().await, "snapshot");
+            assert_eq!(sorted_keys(snapshot.keys), want, "the snapshot, {when}");
+        }
+    };
+    for b in &batches {
+        ok(store.apply(b.clone()).await, "apply");
+    }
+    check("as projected").await;
+    let of_f1 = ok(store.keys(Some(&f1)).await, "keys of f1");
+    assert_eq!(
+        sorted_keys(of_f1.into_iter().map(|k| k.key).collect()),
+        want.iter()
+            .filter(|k| k.owner == KeyOwner::Facility(f1.clone()))
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+
+    ok(store.reset_projections().await, "reset");
+    assert!(ok(store.keys(None).await, "keys").is_empty());
+    assert!(
+        ok(store.projector_snapshot().await, "snapshot")
+            .keys
+            .is_empty()
+    );
+    for b in &batches {
+        ok(store.apply(b.clone()).await, "replay");
+    }
+    check("replayed").await;
+}
+
+fn sorted_keys(mut keys: Vec<KeyRecord>) -> Vec<KeyRecord> {
+    keys.sort_by_key(|k| k.key_id());
+    keys
+}
+
+/// Projected chain links keep their event's `recorded_at`, and `chain_context(s)` report
+/// the head's to the nanosecond, across the whole range: `None` for an empty chain and
+/// for a link without one (a patient's statement, or a row projected before it was
+/// recorded), `Some` again once a link with one follows; `reset_projections` clears them
+/// with the links, and a replay brings them back.
+pub async fn projected_chain_heads_report_recorded_at<S: Store + ?Sized>(store: &S) {
+    let (f1, f2, p) = (facility(F1), facility(F2), patient(P1));
+    let (c1, c2) = (
+        ChainKey::Facility(f1.clone()),
+        ChainKey::Facility(f2.clone()),
+    );
+    let t = |s: i64, ns: i32| Timestamp::new(T0 + s, ns).expect("in range");
+    let r1 = NewRecord {
+        recorded_at: t(10, 123_456_789),
+        ..record(1, &f1, 1, &p)
+    };
+    let r2 = record(2, &f1, 2, &p);
+    let r3 = NewRecord {
+        recorded_at: Timestamp::MIN,
+        ..record(3, &f2, 1, &p)
+    };
+    let mut first = record_batch(&[r1.clone(), r2.clone(), r3.clone()]);
+    first.links[1].recorded_at = None;
+    first.links.push(ChainLink {
+        chain: ChainKey::Registry,
+        seq: 1,
+        event_id: event_id(4),
+        event_hash: envelope(4).event_hash(),
+        position: pos(4),
+        recorded_at: Some(Timestamp::MAX),
+    });
+    let r5 = NewRecord {
+        recorded_at: t(4, 999_999_999),
+        ..record(5, &f1, 3, &p)
+    };
+    let second = record_batch(std::slice::from_ref(&r5));
+
+    let head = |chain: &ChainKey, next: u64| {
+        let chain = chain.clone();
+        async move {
+            let ctx = ok(
+                store
+                    .chain_context(&chain, event_id(100 + next), next)
+                    .await,
+                "chain_context",
+            );
+            let links = [(event_id(100 + next), next), (event_id(1), 1)];
+            let batch = ok(store.chain_contexts(&chain, &links).await, "chain_contexts");
+            assert!(batch.iter().all(|c| c.head == ctx.head));
+            ctx.head
+        }
+    };
+    assert_eq!(head(&c1, 1).await, ChainHead::EMPTY);
+
+    for replay in [false, true] {
+        ok(store.apply(first.clone()).await, "apply");
+        assert_eq!(
+            head(&c1, 3).await,
+            ChainHead {
+                seq: 2,
+                event_hash: r2.event_hash,
+                event_id: Some(r2.event_id),
+                recorded_at: None,
+            },
+            "a link without a recorded_at (replay: {replay})"
+        );
+        assert_eq!(head(&c2, 2).await.recorded_at, Some(Timestamp::MIN));
+        assert_eq!(
+            head(&ChainKey::Registry, 2).await.recorded_at,
+            Some(Timestamp::MAX)
+        );
+        ok(store.apply(second.clone()).await, "apply");
+        assert_eq!(
+            head(&c1, 4).await,
+            ChainHead {
+                seq: 3,
+                event_hash: r5.event_hash,
+                event_id: Some(r5.event_id),
+                recorded_at: Some(t(4, 999_999_999)),
+            },
+            "replay: {replay}"
+        );
+        if !replay {
+            ok(store.reset_projections().await, "reset");
+            for chain in [&c1, &c2, &ChainKey::Registry] {
+                assert_eq!(head(chain, 1).await, ChainHead::EMPTY, "chain {chain}");
+            }
+        }
+    }
 }
 
 // ── Monitor ──────────────────────────────────────────────────────────────────────────
@@ -2522,6 +2926,7 @@ pub async fn monitor_stats_add_up<S: Store + ?Sized>(store: &S) {
         event_id: event_id(3),
         event_hash: envelope(3).event_hash(),
         position: pos(3),
+        recorded_at: Some(at(63)),
     });
     b1.stats.push(StatsDelta {
         facility_id: f1.clone(),
@@ -2751,6 +3156,7 @@ pub async fn projector_batch_lookups_match_single_ones<S: Store + ?Sized>(store:
         seq: 2,
         event_hash: records[1].event_hash,
         event_id: Some(records[1].event_id),
+        recorded_at: Some(records[1].recorded_at),
     };
     assert!(found.iter().all(|c| c.head == head));
     let priors: Vec<_> = found

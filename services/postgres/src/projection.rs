@@ -40,6 +40,9 @@ use crate::registry::all_keys;
 use crate::schema::SOURCE_PROJECTOR;
 use crate::{PgStore, audit, notify};
 
+/// A key revocation: the key, when, the registry seq of the revocation, why.
+type Revocation<'a> = (&'a KeyId, Timestamp, u64, &'a str);
+
 /// A batch's projections, grouped by the table they write, each group in batch order.
 #[derive(Default)]
 struct Groups<'a> {
@@ -48,7 +51,7 @@ struct Groups<'a> {
     break_glass: Vec<(&'a BreakGlassUse, &'a AccessEvent)>,
     facilities: Vec<&'a FacilityInfo>,
     keys_added: Vec<&'a KeyRecord>,
-    keys_revoked: Vec<(&'a KeyId, Timestamp, &'a str)>,
+    keys_revoked: Vec<Revocation<'a>>,
     rejections: Vec<&'a RejectionRow>,
 }
 
@@ -65,8 +68,11 @@ impl<'a> Groups<'a> {
                 Projection::KeyRevoked {
                     key_id,
                     revoked_at,
+                    revoked_seq,
                     reason,
-                } => g.keys_revoked.push((key_id, *revoked_at, reason)),
+                } => g
+                    .keys_revoked
+                    .push((key_id, *revoked_at, *revoked_seq, reason)),
                 Projection::Rejection(r) => g.rejections.push(r),
             }
         }
@@ -509,17 +515,25 @@ async fn insert_keys(tx: &Transaction<'_>, keys: &[&KeyRecord]) -> Result<()> {
         .collect();
     let revoked_s: Vec<Option<i64>> = revoked.iter().map(|r| r.0).collect();
     let revoked_ns: Vec<Option<i32>> = revoked.iter().map(|r| r.1).collect();
+    let registered_seq: Vec<i64> = firsts
+        .iter()
+        .map(|(_, k)| int(k.registered_seq, "registry seq"))
+        .collect::<Result<_>>()?;
+    let revoked_seq: Vec<Option<i64>> = firsts
+        .iter()
+        .map(|(_, k)| k.revoked_seq.map(|s| int(s, "registry seq")).transpose())
+        .collect::<Result<_>>()?;
     let inserted: HashSet<String> = query(
         tx,
         &format!("apply: adding {} keys", key_ids.len()),
         "INSERT INTO keys (key_id, public_key, owner, valid_from_s, valid_from_ns, revoked_s, \
-           revoked_ns) \
+           revoked_ns, registered_seq, revoked_seq) \
          SELECT u.key_id, u.public_key, u.owner, u.valid_from_s, u.valid_from_ns, \
-           u.revoked_s, u.revoked_ns \
+           u.revoked_s, u.revoked_ns, u.registered_seq, u.revoked_seq \
          FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bigint[], $5::integer[], \
-           $6::bigint[], $7::integer[]) WITH ORDINALITY \
+           $6::bigint[], $7::integer[], $8::bigint[], $9::bigint[]) WITH ORDINALITY \
            AS u(key_id, public_key, owner, valid_from_s, valid_from_ns, revoked_s, \
-             revoked_ns, ord) \
+             revoked_ns, registered_seq, revoked_seq, ord) \
          ORDER BY u.ord \
          ON CONFLICT (key_id) DO NOTHING \
          RETURNING key_id",
@@ -531,6 +545,8 @@ async fn insert_keys(tx: &Transaction<'_>, keys: &[&KeyRecord]) -> Result<()> {
             &valid_ns,
             &revoked_s,
             &revoked_ns,
+            &registered_seq,
+            &revoked_seq,
         ],
     )
     .await?
@@ -543,43 +559,44 @@ async fn insert_keys(tx: &Transaction<'_>, keys: &[&KeyRecord]) -> Result<()> {
     Ok(())
 }
 
-/// Revokes keys. The first revocation stands (its time must not move). A revocation of
-/// a key the registry never added changes nothing and is logged, for the same reason a
-/// re-added key is not an error.
-async fn revoke_keys(
-    tx: &Transaction<'_>,
-    revocations: &[(&KeyId, Timestamp, &str)],
-) -> Result<()> {
+/// Revokes keys. The first revocation stands (its time and registry seq must not move).
+/// A revocation of a key the registry never added changes nothing and is logged, for the
+/// same reason a re-added key is not an error.
+async fn revoke_keys(tx: &Transaction<'_>, revocations: &[Revocation<'_>]) -> Result<()> {
     if revocations.is_empty() {
         return Ok(());
     }
     let mut seen = HashSet::new();
     let firsts: Vec<_> = revocations
         .iter()
-        .filter(|(k, _, _)| seen.insert(k.as_str()))
+        .filter(|(k, ..)| seen.insert(k.as_str()))
         .collect();
-    let key_ids: Vec<&str> = firsts.iter().map(|(k, _, _)| k.as_str()).collect();
-    let revoked_s: Vec<i64> = firsts.iter().map(|(_, at, _)| at.seconds()).collect();
-    let revoked_ns: Vec<i32> = firsts.iter().map(|(_, at, _)| at.nanos()).collect();
-    let reasons: Vec<&str> = firsts.iter().map(|(_, _, r)| *r).collect();
+    let key_ids: Vec<&str> = firsts.iter().map(|(k, ..)| k.as_str()).collect();
+    let revoked_s: Vec<i64> = firsts.iter().map(|(_, at, ..)| at.seconds()).collect();
+    let revoked_ns: Vec<i32> = firsts.iter().map(|(_, at, ..)| at.nanos()).collect();
+    let revoked_seq: Vec<i64> = firsts
+        .iter()
+        .map(|(_, _, seq, _)| int(*seq, "registry seq"))
+        .collect::<Result<_>>()?;
+    let reasons: Vec<&str> = firsts.iter().map(|(.., r)| *r).collect();
     let changed: HashSet<String> = query(
         tx,
         &format!("apply: revoking {} keys", key_ids.len()),
         "UPDATE keys k SET revoked_s = u.revoked_s, revoked_ns = u.revoked_ns, \
-           revocation_reason = u.reason \
-         FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::text[]) \
-           AS u(key_id, revoked_s, revoked_ns, reason) \
+           revoked_seq = u.revoked_seq, revocation_reason = u.reason \
+         FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[], $5::text[]) \
+           AS u(key_id, revoked_s, revoked_ns, revoked_seq, reason) \
          WHERE k.key_id = u.key_id AND k.revoked_s IS NULL \
          RETURNING k.key_id",
-        &[&key_ids, &revoked_s, &revoked_ns, &reasons],
+        &[&key_ids, &revoked_s, &revoked_ns, &revoked_seq, &reasons],
     )
     .await?
     .iter()
     .map(|row| Cols::new(row).text())
     .collect::<Result<_>>()?;
-    for (key, _, _) in revocations
+    for (key, ..) in revocations
         .iter()
-        .filter(|(k, _, _)| !changed.contains(k.as_str()))
+        .filter(|(k, ..)| !changed.contains(k.as_str()))
     {
         tracing::warn!(key_id = %key, "registry revoked a key that is unknown or already revoked");
     }
@@ -690,15 +707,27 @@ async fn insert_links(tx: &Transaction<'_>, links: &[ChainLink]) -> Result<()> {
         .iter()
         .map(|l| int(l.position.offset, "offset"))
         .collect::<Result<_>>()?;
+    let (recorded_s, recorded_ns): (Vec<Option<i64>>, Vec<Option<i32>>) =
+        links.iter().map(|l| codec::opt_ts(l.recorded_at)).unzip();
     let rows = query(
         tx,
         &format!("apply: inserting {n} chain links"),
-        "INSERT INTO chain_links (chain, seq, event_id, event_hash, log_partition, log_offset) \
+        "INSERT INTO chain_links (chain, seq, event_id, event_hash, log_partition, log_offset, \
+           recorded_s, recorded_ns) \
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], \
-           $5::bigint[], $6::bigint[]) \
+           $5::bigint[], $6::bigint[], $7::bigint[], $8::integer[]) \
          ON CONFLICT DO NOTHING \
          RETURNING chain, seq, event_id",
-        &[&chains, &seqs, &ids, &hashes, &partitions, &offsets],
+        &[
+            &chains,
+            &seqs,
+            &ids,
+            &hashes,
+            &partitions,
+            &offsets,
+            &recorded_s,
+            &recorded_ns,
+        ],
     )
     .await?;
     if rows.len() == n {
@@ -914,8 +943,8 @@ pub(crate) async fn offsets<C: GenericClient>(c: &C) -> Result<Vec<(u32, u64)>> 
 }
 
 /// The projected chain around each of `links` (events of `chain`), in order, in one
-/// statement (one snapshot, one round trip for a whole batch): the head, the event
-/// with this id, the event at this seq.
+/// statement (one snapshot, one round trip for a whole batch): the head (with its
+/// recorded_at), the event with this id, the event at this seq.
 async fn chain_contexts<C: GenericClient>(
     c: &C,
     chain: &ChainKey,
@@ -932,13 +961,13 @@ async fn chain_contexts<C: GenericClient>(
         "reading a projected chain",
         "WITH q AS (SELECT * FROM unnest($2::bytea[], $3::int8[]) \
                       WITH ORDINALITY AS q(event_id, seq, i)) \
-         (SELECT 1 AS which, 0::int8 AS i, seq, event_id, event_hash FROM chain_links \
-           WHERE chain = $1 ORDER BY seq DESC LIMIT 1) \
+         (SELECT 1 AS which, 0::int8 AS i, seq, event_id, event_hash, recorded_s, \
+             recorded_ns FROM chain_links WHERE chain = $1 ORDER BY seq DESC LIMIT 1) \
          UNION ALL \
-         SELECT 2, q.i, l.seq, l.event_id, l.event_hash \
+         SELECT 2, q.i, l.seq, l.event_id, l.event_hash, NULL, NULL \
            FROM q JOIN chain_links l ON l.chain = $1 AND l.event_id = q.event_id \
          UNION ALL \
-         SELECT 3, q.i, l.seq, l.event_id, l.event_hash \
+         SELECT 3, q.i, l.seq, l.event_id, l.event_hash, NULL, NULL \
            FROM q JOIN chain_links l ON l.chain = $1 AND l.seq = q.seq",
         &[&chain.as_key(), &ids, &seqs],
     )
@@ -959,6 +988,7 @@ async fn chain_contexts<C: GenericClient>(
                 seq: prior.seq,
                 event_hash: prior.event_hash,
                 event_id: Some(prior.event_id),
+                recorded_at: c.opt_ts()?,
             };
             continue;
         }

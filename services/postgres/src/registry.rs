@@ -23,7 +23,7 @@ pub(crate) fn owner_text(o: &KeyOwner) -> &str {
 }
 
 const KEY_COLUMNS: &str = "key_id, public_key, owner, valid_from_s, valid_from_ns, revoked_s, \
-     revoked_ns, revocation_reason";
+     revoked_ns, revocation_reason, registered_seq, revoked_seq";
 
 fn decode_key(c: &mut Cols<'_>) -> Result<KeyInfo> {
     let key_id = c.text()?;
@@ -42,14 +42,19 @@ fn decode_key(c: &mut Cols<'_>) -> Result<KeyInfo> {
                 .map_err(|_| PgError::Corrupt(format!("key {key_id} has an unknown owner")))?,
         ),
     };
+    let valid_from = c.ts()?;
+    let revoked_at = c.opt_ts()?;
+    let revocation_reason = c.opt_text()?;
     Ok(KeyInfo {
         key: KeyRecord {
             public_key,
             owner,
-            valid_from: c.ts()?,
-            revoked_at: c.opt_ts()?,
+            valid_from,
+            revoked_at,
+            registered_seq: c.u64()?,
+            revoked_seq: c.opt_u64()?,
         },
-        revocation_reason: c.opt_text()?,
+        revocation_reason,
     })
 }
 

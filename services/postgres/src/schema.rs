@@ -41,7 +41,7 @@ pub(crate) const SOURCE_INGEST: i16 = 2;
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// The migrations, in order. Index `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Brings the database up to [`SCHEMA_VERSION`]; returns the version found.
 pub(crate) async fn migrate(client: &mut Client) -> Result<i32> {
@@ -399,6 +399,23 @@ DELETE FROM stats_rejected WHERE source = 1;
 DELETE FROM rejections WHERE source = 1;
 "#;
 
+/// Version 4: time the exchange can vouch for (the embedded store's version 3). Chain
+/// links keep their event's recorded_at, so that the next event of the chain cannot
+/// claim an earlier one; keys keep the registry seqs of the events that added and
+/// revoked them, so that an event is judged against the registry as ingest knew it.
+/// Rows projected before have NULL times (heads without a time) and seqs 0 and NULL (a
+/// key known from the start; a revocation every event sees), as the embedded store's;
+/// nothing is cleared, and a replay fills them in. Nullable columns and a constant
+/// default: no table is rewritten.
+const V4: &str = r#"
+ALTER TABLE chain_links
+    ADD COLUMN recorded_s  BIGINT,
+    ADD COLUMN recorded_ns INTEGER;
+ALTER TABLE keys
+    ADD COLUMN registered_seq BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN revoked_seq    BIGINT;
+"#;
+
 #[cfg(test)]
 mod tests {
     //! Upgrading a database that holds data, against a real server named by
@@ -414,7 +431,7 @@ mod tests {
     };
     use tokio_postgres::NoTls;
 
-    use super::{MIGRATIONS, V1, V2};
+    use super::{SCHEMA_VERSION, V1, V2, V3};
     use crate::PgStore;
 
     fn admin_url() -> Option<String> {
@@ -514,7 +531,6 @@ mod tests {
     /// reads back in format 1, intact, and the chain continues from it in format 2.
     #[tokio::test]
     async fn version_3_keeps_the_audit_log_and_clears_projections_for_a_replay() {
-        assert_eq!(MIGRATIONS.len(), 3);
         let Some(admin) = admin_url() else { return };
         let name = format!("hrx_test_v3_{}", crate::instance_id().replace('-', "_"));
         connect(&admin)
@@ -648,7 +664,7 @@ mod tests {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        assert_eq!(versions, vec![1, 2, 3]);
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
         let exists = |table: &'static str| {
             let sql = &sql;
             async move {
@@ -731,7 +747,176 @@ mod tests {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(n, 3);
+        assert_eq!(n, i64::from(SCHEMA_VERSION));
+    }
+
+    /// A version 3 database with keys (one revoked) and chain links upgrades to version
+    /// 4 keeping them all, and with the projector's offsets (nothing is cleared): the
+    /// old keys read back as known from registry seq 0, with no revocation seq; the old
+    /// heads have no recorded_at. New rows keep both, beside the old ones.
+    #[tokio::test]
+    async fn version_4_keeps_projections_and_reads_old_rows_as_unrecorded() {
+        use hrx_domain::chain::ChainHead;
+        use hrx_domain::verify::KeyRecord;
+        use hrx_ports::{ChainLink, Projection, ProjectionBatch, RegistryStore};
+
+        let Some(admin) = admin_url() else { return };
+        let name = format!("hrx_test_v4_{}", crate::instance_id().replace('-', "_"));
+        connect(&admin)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let _scratch = Scratch {
+            admin: admin.clone(),
+            name: name.clone(),
+        };
+        let url = with_dbname(&admin, &name);
+
+        // Version 3, as the previous hrx left it.
+        let sql = connect(&url).await;
+        sql.batch_execute(
+            "CREATE TABLE hrx_store_migrations (
+                 version    INTEGER     PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .expect("the migrations table");
+        for (v, migration) in [V1, V2, V3].into_iter().enumerate() {
+            sql.batch_execute(migration).await.expect("an old version");
+            sql.execute(
+                "INSERT INTO hrx_store_migrations (version) VALUES ($1)",
+                &[&(v as i32 + 1)],
+            )
+            .await
+            .expect("record the version");
+        }
+        let f1 = facility(F1);
+        let (k1, k2) = (testkit::key(1, &f1), testkit::key(2, &f1));
+        let (k1_s, k1_ns) = crate::codec::ts(k1.valid_from);
+        let (revoked_s, revoked_ns) = crate::codec::ts(testkit::at(40));
+        for (k, revoked) in [(&k1, None), (&k2, Some((revoked_s, revoked_ns)))] {
+            sql.execute(
+                "INSERT INTO keys (key_id, public_key, owner, valid_from_s, valid_from_ns, \
+                   revoked_s, revoked_ns, revocation_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &k.key_id().as_str(),
+                    &k.public_key.as_bytes().as_slice(),
+                    &F1,
+                    &k1_s,
+                    &k1_ns,
+                    &revoked.map(|r| r.0),
+                    &revoked.map(|r| r.1),
+                    &revoked.map(|_| "lost"),
+                ],
+            )
+            .await
+            .expect("a key");
+        }
+        let hash = testkit::envelope(1).event_hash();
+        sql.execute(
+            "INSERT INTO chain_links VALUES ($1, 1, $2, $3, 0, 1)",
+            &[
+                &F1,
+                &crate::codec::id(&event_id(1)),
+                &hash.as_bytes().as_slice(),
+            ],
+        )
+        .await
+        .expect("a chain link");
+        sql.batch_execute("INSERT INTO projector_offsets VALUES (0, 2)")
+            .await
+            .expect("an offset");
+
+        let store = PgStore::connect(&url, 2)
+            .await
+            .expect("connect and migrate");
+        let mut keys: Vec<KeyRecord> = store
+            .keys(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.key)
+            .collect();
+        keys.sort_by_key(|k| k.key_id());
+        let mut want = vec![
+            KeyRecord {
+                registered_seq: 0,
+                ..k1.clone()
+            },
+            KeyRecord {
+                registered_seq: 0,
+                revoked_at: Some(testkit::at(40)),
+                revoked_seq: None,
+                ..k2.clone()
+            },
+        ];
+        want.sort_by_key(|k| k.key_id());
+        assert_eq!(
+            keys, want,
+            "old keys: known from seq 0, revoked without a seq"
+        );
+        assert_eq!(store.projected_offsets().await.unwrap(), vec![(0, 2)]);
+        let c = ChainKey::Facility(f1.clone());
+        let head = ProjectionStore::chain_context(&store, &c, event_id(2), 2)
+            .await
+            .unwrap()
+            .head;
+        assert_eq!(
+            head,
+            ChainHead {
+                seq: 1,
+                event_hash: hash,
+                event_id: Some(event_id(1)),
+                recorded_at: None,
+            },
+            "an old head has no recorded_at"
+        );
+
+        // New rows beside the old ones.
+        let k3 = testkit::key(3, &f1);
+        store
+            .apply(ProjectionBatch {
+                projections: vec![
+                    Projection::KeyAdded(k3.clone()),
+                    Projection::KeyRevoked {
+                        key_id: k1.key_id(),
+                        revoked_at: testkit::at(50),
+                        revoked_seq: 4,
+                        reason: "rotated".into(),
+                    },
+                ],
+                links: vec![ChainLink {
+                    chain: c.clone(),
+                    seq: 2,
+                    event_id: event_id(2),
+                    event_hash: testkit::envelope(2).event_hash(),
+                    position: testkit::pos(2),
+                    recorded_at: Some(testkit::at(62)),
+                }],
+                ..ProjectionBatch::default()
+            })
+            .await
+            .expect("apply");
+        let keys = store.keys(Some(&f1)).await.unwrap();
+        let by_id = |k: &KeyRecord| {
+            keys.iter()
+                .find(|i| i.key.key_id() == k.key_id())
+                .map(|i| i.key.clone())
+                .expect("the key")
+        };
+        assert_eq!(by_id(&k3), k3);
+        assert_eq!(
+            (by_id(&k1).revoked_at, by_id(&k1).revoked_seq),
+            (Some(testkit::at(50)), Some(4))
+        );
+        let head = ProjectionStore::chain_context(&store, &c, event_id(3), 3)
+            .await
+            .unwrap()
+            .head;
+        assert_eq!((head.seq, head.recorded_at), (2, Some(testkit::at(62))));
     }
 
     fn hex(bytes: &[u8]) -> String {

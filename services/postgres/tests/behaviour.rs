@@ -190,6 +190,8 @@ suite!(
     projector_batch_lookups_match_single_ones,
     break_glass_audit_is_idempotent_across_reset,
     registry_and_keys_round_trip,
+    keys_keep_their_registry_seqs,
+    projected_chain_heads_report_recorded_at,
     monitor_stats_add_up,
     changes_counter_advances_after_apply,
 );

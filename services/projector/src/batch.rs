@@ -13,7 +13,7 @@ use hrx_domain::consent::{
 };
 use hrx_domain::dsse::PayloadType;
 use hrx_domain::event::{Body, FacilityHeader, RegistryBody, unchecked};
-use hrx_domain::verify::{self, KeyOwner, KeyRecord, SignatureMemo, Verdict};
+use hrx_domain::verify::{self, ClockPolicy, KeyOwner, KeyRecord, SignatureMemo, Verdict};
 use hrx_domain::{EventId, FacilityId, KeyId, Purpose, Reason, Rejection, Sha256, Timestamp};
 use hrx_ports::{
     BreakGlassUse, ChainKey, ChainLink, ConsentEventRow, FacilityInfo, LogEntry, NewRecord,
@@ -28,6 +28,7 @@ struct Builder<'s> {
     verified: &'s SignatureMemo,
     batch: ProjectionBatch,
     policy: &'s ConsentPolicy,
+    clock: &'s ClockPolicy,
     /// Heads after this batch's links, per chain.
     heads: HashMap<ChainKey, ChainHead>,
     /// Per facility, what its events earlier in this batch leave for its later ones
@@ -98,7 +99,7 @@ pub(crate) async fn build(
     store: &dyn Store,
     keys: &HashMap<KeyId, KeyRecord>,
     verified: &SignatureMemo,
-    policy: &ConsentPolicy,
+    (policy, clock): (&ConsentPolicy, &ClockPolicy),
     entries: Vec<LogEntry>,
 ) -> PortResult<(ProjectionBatch, HashMap<KeyId, KeyRecord>)> {
     // Facility events decoded once, before verification: their claimed chain links
@@ -120,6 +121,7 @@ pub(crate) async fn build(
         keys: keys.clone(),
         verified,
         policy,
+        clock,
         batch: ProjectionBatch::default(),
         heads: HashMap::new(),
         earlier: HashMap::new(),
@@ -216,6 +218,7 @@ impl Builder<'_> {
             event_id: link.event_id,
             event_hash: hash,
             position: entry.position,
+            recorded_at: Some(link.recorded_at),
         });
     }
 
@@ -226,7 +229,9 @@ impl Builder<'_> {
         link: Option<&hrx_domain::event::Link>,
         rejection: &Rejection,
     ) {
-        let at = link.map(|l| l.recorded_at).unwrap_or(entry.appended_at);
+        // The exchange's time, never the signer's: a facility's own clock cannot move
+        // its figures (an event dated 2099 is not "last seen" in 2099).
+        let at = entry.appended_at;
         if let Some(f) = &facility {
             self.count_rejection(f, rejection.reason(), at);
         }
@@ -264,10 +269,12 @@ impl Builder<'_> {
     ) -> PortResult<()> {
         // The payload decoded earlier is the same bytes, decoded the same way; only
         // used after the signature over those bytes checks out.
+        let receipt = entry.receipt();
         let authenticated = verify::authenticate_facility_event(
             entry.envelope.clone(),
             &self.keys,
             self.verified,
+            &receipt,
             |payload| match decoded {
                 Some(event) => Ok(event),
                 None => codec::decode_facility_event(payload),
@@ -289,8 +296,8 @@ impl Builder<'_> {
         let chain = ChainKey::Facility(facility.clone());
         let ctx = self.context(&chain, link.event_id, link.seq).await?;
         let hash = event.event_hash;
-        match verify::settle_facility_event(event, &ctx) {
-            Verdict::Duplicate => self.stats(&facility, link.recorded_at).duplicates += 1,
+        match verify::settle_facility_event(event, &ctx, &receipt, self.clock) {
+            Verdict::Duplicate => self.stats(&facility, entry.appended_at).duplicates += 1,
             Verdict::Rejected {
                 rejection,
                 extends_chain,
@@ -308,7 +315,7 @@ impl Builder<'_> {
                 {
                     Ok(p) => {
                         self.batch.projections.push(p);
-                        self.stats(&facility, link.recorded_at).accepted += 1;
+                        self.stats(&facility, entry.appended_at).accepted += 1;
                     }
                     Err(rejection) => self.reject(&entry, Some(facility), Some(&link), &rejection),
                 }
@@ -493,7 +500,7 @@ impl Builder<'_> {
             }
             Verdict::Accepted(e) => {
                 self.link(ChainKey::Registry, &e.header.link, hash, &entry);
-                match self.registry_body(e.body).await? {
+                match self.registry_body(e.header.link.seq, e.body).await? {
                     Ok(p) => self.batch.projections.push(p),
                     Err(rejection) => self.reject(&entry, None, None, &rejection),
                 }
@@ -505,10 +512,30 @@ impl Builder<'_> {
     /// The projection of a valid registry body, or a rejection that needs registry state
     /// to decide: a key added twice or for an unregistered facility, a revocation of an
     /// unknown or already revoked key.
+    /// `seq` is the registry event's: keys carry the seqs that added and revoked them,
+    /// so that an event is judged against the registry as ingest knew it.
     async fn registry_body(
         &mut self,
+        seq: u64,
         body: RegistryBody,
     ) -> PortResult<Result<Projection, Rejection>> {
+        let existing = match &body {
+            RegistryBody::KeyAdded { public_key, .. } => self.keys.get(&public_key.key_id()),
+            RegistryBody::KeyRevoked { key_id, .. } => self.keys.get(key_id),
+            RegistryBody::FacilityRegistered { .. } => None,
+        };
+        let facility_registered = match &body {
+            RegistryBody::KeyAdded { facility_id, .. } => {
+                self.facilities.contains(facility_id)
+                    || self.store.facility(facility_id).await?.is_some()
+            }
+            _ => true,
+        };
+        if let Err(rejection) =
+            hrx_domain::content::check_registry_change(&body, existing, facility_registered)
+        {
+            return Ok(Err(rejection));
+        }
         Ok(Ok(match body {
             RegistryBody::FacilityRegistered {
                 facility_id,
@@ -529,25 +556,13 @@ impl Builder<'_> {
                 public_key,
                 valid_from,
             } => {
-                if self.keys.contains_key(&public_key.key_id()) {
-                    return Ok(Err(Rejection::invalid_field(
-                        "registry.key_added.public_key",
-                        "this key is already registered",
-                    )));
-                }
-                if !self.facilities.contains(&facility_id)
-                    && self.store.facility(&facility_id).await?.is_none()
-                {
-                    return Ok(Err(Rejection::invalid_field(
-                        "registry.key_added.facility_id",
-                        "no facility with this id is registered",
-                    )));
-                }
                 let key = KeyRecord {
                     public_key,
                     owner: KeyOwner::Facility(facility_id),
                     valid_from,
                     revoked_at: None,
+                    registered_seq: seq,
+                    revoked_seq: None,
                 };
                 self.keys.insert(key.key_id(), key.clone());
                 Projection::KeyAdded(key)
@@ -557,20 +572,14 @@ impl Builder<'_> {
                 revoked_at,
                 reason,
             } => {
-                match self.keys.get_mut(&key_id) {
-                    Some(k) if k.owner != KeyOwner::Root && k.revoked_at.is_none() => {
-                        k.revoked_at = Some(revoked_at)
-                    }
-                    _ => {
-                        return Ok(Err(Rejection::invalid_field(
-                            "registry.key_revoked.key_id",
-                            "no registered, unrevoked facility key has this id",
-                        )));
-                    }
+                if let Some(k) = self.keys.get_mut(&key_id) {
+                    k.revoked_at = Some(revoked_at);
+                    k.revoked_seq = Some(seq);
                 }
                 Projection::KeyRevoked {
                     key_id,
                     revoked_at,
+                    revoked_seq: seq,
                     reason,
                 }
             }

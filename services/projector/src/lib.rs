@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use hrx_domain::KeyId;
 use hrx_domain::consent::ConsentPolicy;
-use hrx_domain::verify::{KeyRecord, SignatureMemo};
+use hrx_domain::verify::{ClockPolicy, KeyRecord, SignatureMemo};
 use hrx_ports::{ChainKey, EventLog, PortError, Store};
 
 /// How long `catch_up` waits on a partition that makes no progress.
@@ -41,6 +41,8 @@ pub struct ProjectorConfig {
     pub verified: Arc<SignatureMemo>,
     /// The bounds of facility consent events; the same as ingest's.
     pub policy: ConsentPolicy,
+    /// The bounds of recorded_at around the receive time; the same as ingest's.
+    pub clock: ClockPolicy,
 }
 
 impl ProjectorConfig {
@@ -52,6 +54,7 @@ impl ProjectorConfig {
             group: "hrx-projector".into(),
             verified: Arc::default(),
             policy: ConsentPolicy::default(),
+            clock: ClockPolicy::default(),
         }
     }
 }
@@ -178,7 +181,7 @@ impl Projector {
             &*self.store,
             &self.keys,
             &self.config.verified,
-            &self.config.policy,
+            (&self.config.policy, &self.config.clock),
             entries,
         )
         .await?;

@@ -6,12 +6,14 @@
 //! the projector has applied them (or after a timeout), so that a facility registered
 //! by one call can submit events in the next. [`RegistryGrpc`] is its gRPC face.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hrx_domain::chain::ChainHead;
 use hrx_domain::verify::{self, KeyOwner, KeyRecord, Verdict};
-use hrx_domain::{Envelope, EventId, FacilityId};
+use hrx_domain::event::RegistryBody;
+use hrx_domain::{Envelope, EventId, FacilityId, KeyId, Timestamp, content};
 use hrx_ports::{
     Append, ChainKey, EventLog, FacilityInfo, KeyInfo, LogPosition, PortResult, Store,
 };
@@ -118,6 +120,17 @@ impl Registry {
             return Err(RequestError::invalid("envelopes", "at most 1000 per call").into());
         }
         let _guard = self.locks.lock(&ChainKey::Registry).await;
+        // Judge against the registry as the log holds it: the projector first catches up.
+        let logged = self.head().await?;
+        self.wait_projected(logged.seq).await?;
+        let mut keys: HashMap<KeyId, KeyRecord> = self
+            .store
+            .keys(None)
+            .await?
+            .into_iter()
+            .map(|k| (k.key.key_id(), k.key))
+            .collect();
+        let mut registered: HashSet<FacilityId> = HashSet::new();
         let mut results = Vec::with_capacity(envelopes.len());
         let mut last = None;
         for envelope in envelopes {
@@ -129,6 +142,38 @@ impl Registry {
                 head,
                 codec::decode_registry_event,
             );
+            // What the registry already holds (this submission's earlier events too):
+            // the projector's rule, so that what is answered is what is projected.
+            let verdict = match verdict {
+                Verdict::Accepted(e) => {
+                    let existing = match &e.body {
+                        RegistryBody::KeyAdded { public_key, .. } => {
+                            keys.get(&public_key.key_id())
+                        }
+                        RegistryBody::KeyRevoked { key_id, .. } => keys.get(key_id),
+                        RegistryBody::FacilityRegistered { .. } => None,
+                    };
+                    let facility_registered = match &e.body {
+                        RegistryBody::KeyAdded { facility_id, .. } => {
+                            registered.contains(facility_id)
+                                || self.store.facility(facility_id).await?.is_some()
+                        }
+                        _ => true,
+                    };
+                    match content::check_registry_change(&e.body, existing, facility_registered)
+                    {
+                        Err(rejection) => Verdict::Rejected {
+                            rejection,
+                            extends_chain: true,
+                        },
+                        Ok(()) => {
+                            note(&mut keys, &mut registered, &e);
+                            Verdict::Accepted(e)
+                        }
+                    }
+                }
+                other => other,
+            };
             let link = match &verdict {
                 Verdict::Accepted(e) => Some(e.header.link.clone()),
                 Verdict::Rejected {
@@ -149,6 +194,9 @@ impl Registry {
                     event_id: link.event_id,
                     event_hash,
                     envelope,
+                    received_at: Timestamp::now().truncated_to_millis(),
+                    registry_seq: None,
+                    recorded_at: Some(link.recorded_at),
                 };
                 let at = self.log.append(vec![append]).await?[0];
                 position = Some(at);
@@ -164,6 +212,33 @@ impl Registry {
             self.projected(position).await;
         }
         Ok(results)
+    }
+
+    /// Waits until the projector holds the registry chain up to `seq`.
+    async fn wait_projected(&self, seq: u64) -> PortResult<()> {
+        let probe = EventId::from_bytes([0; 16]);
+        let mut changes = self.store.changes();
+        let deadline = tokio::time::Instant::now() + self.projection_wait;
+        loop {
+            changes.borrow_and_update();
+            let projected = self
+                .store
+                .chain_context(&ChainKey::Registry, probe, 0)
+                .await?
+                .head
+                .seq;
+            if projected >= seq {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(hrx_ports::PortError::Unavailable(
+                    "the projector has not caught up with the registry; retry".into(),
+                ));
+            }
+        }
     }
 
     /// Registered facilities (of a province, when given) with their keys.
@@ -233,6 +308,44 @@ impl RegistryGrpc {
 
     pub fn into_server(self) -> v1::registry_service_server::RegistryServiceServer<Self> {
         v1::registry_service_server::RegistryServiceServer::new(self)
+    }
+}
+
+/// What an accepted registry event adds to the registry this submission judges by.
+fn note(
+    keys: &mut HashMap<KeyId, KeyRecord>,
+    registered: &mut HashSet<FacilityId>,
+    e: &hrx_domain::event::RegistryEvent,
+) {
+    match &e.body {
+        RegistryBody::FacilityRegistered { facility_id, .. } => {
+            registered.insert(facility_id.clone());
+        }
+        RegistryBody::KeyAdded {
+            facility_id,
+            public_key,
+            valid_from,
+        } => {
+            keys.insert(
+                public_key.key_id(),
+                KeyRecord {
+                    public_key: *public_key,
+                    owner: KeyOwner::Facility(facility_id.clone()),
+                    valid_from: *valid_from,
+                    revoked_at: None,
+                    registered_seq: e.header.link.seq,
+                    revoked_seq: None,
+                },
+            );
+        }
+        RegistryBody::KeyRevoked {
+            key_id, revoked_at, ..
+        } => {
+            if let Some(k) = keys.get_mut(key_id) {
+                k.revoked_at = Some(*revoked_at);
+                k.revoked_seq = Some(e.header.link.seq);
+            }
+        }
     }
 }
 

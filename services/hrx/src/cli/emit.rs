@@ -59,7 +59,9 @@ pub fn run(a: EmitArgs) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
         let mut client = FacilityClient::open(&a.data_dir, addr, &facility).await?;
         let envelopes: Vec<_> = records.into_iter().map(|b| client.sign(b).1).collect();
-        let results = client.submit(envelopes).await?;
+        // Rides out an unavailable node with backoff; what it already has comes back
+        // as duplicates. Every file's answer is printed.
+        let results = client.submit_retrying(envelopes).await?;
         let mut rejected = false;
         for (path, r) in a.files.iter().zip(results) {
             let status =

@@ -303,12 +303,21 @@ fn run_load(a: RunArgs) -> anyhow::Result<ExitCode> {
             sources.push((client, source));
         }
         let bar = show_progress().then(|| loadgen::progress_bar(load.events, "submitted"));
-        let report = loadgen::submit_sources(sources, options, bar.clone()).await?;
+        let report = loadgen::submit_sources(sources, options, bar.clone()).await;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
         anyhow::Ok(report)
     })?;
+    // Stopped part-way: what the node answered until then, then the reason.
+    let report = match report {
+        Ok(r) => r,
+        Err(loadgen::LoadgenError::Interrupted { report, cause }) => {
+            print_report(&report, addr, &options);
+            bail!("stopped: {cause}");
+        }
+        Err(e) => return Err(e.into()),
+    };
     print_report(&report, addr, &options);
     if report.tally.submitted != load.events {
         bail!(

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow};
 use hrx_domain::chain::ChainHead;
-use hrx_domain::verify::{self, KeyRecord, Verdict};
-use hrx_domain::{EventId, Sha256};
+use hrx_domain::verify::{self, ClockPolicy, KeyRecord, Receipt, Verdict};
+use hrx_domain::{EventId, Sha256, Timestamp};
 use hrx_proto::codec;
 
 use super::EXIT_REJECTED;
@@ -32,6 +32,14 @@ pub struct VerifyArgs {
     /// The head's event id, to recognise a resent head.
     #[arg(long, requires = "head_seq")]
     head_event_id: Option<String>,
+    /// The head's recorded_at (RFC 3339): the event may not claim an earlier one.
+    #[arg(long, requires = "head_seq")]
+    head_recorded_at: Option<String>,
+    /// When the exchange receives the event (RFC 3339; default now): keys are judged
+    /// at this time, and recorded_at must lie within 5 minutes after it and 7 days
+    /// before it.
+    #[arg(long)]
+    received_at: Option<String>,
     /// Verify a registry event (signed by the national root key) against the registry
     /// chain, instead of a facility event.
     #[arg(long)]
@@ -52,6 +60,9 @@ fn head(a: &VerifyArgs) -> anyhow::Result<ChainHead> {
             seq: h.seq,
             event_hash: env.event_hash(),
             event_id: EventId::parse(&h.event_id).ok(),
+            recorded_at: h
+                .recorded_at
+                .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok()),
         });
     }
     match (a.head_seq, &a.head_hash) {
@@ -64,6 +75,12 @@ fn head(a: &VerifyArgs) -> anyhow::Result<ChainHead> {
                 .map(EventId::parse)
                 .transpose()
                 .map_err(|e| anyhow!("--head-event-id: {e}"))?,
+            recorded_at: a
+                .head_recorded_at
+                .as_deref()
+                .map(Timestamp::parse_rfc3339)
+                .transpose()
+                .map_err(|e| anyhow!("--head-recorded-at: {e}"))?,
         }),
         _ => Ok(ChainHead::EMPTY),
     }
@@ -90,6 +107,13 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let event_hash = envelope.event_hash();
+    let receipt = Receipt {
+        received_at: match &a.received_at {
+            Some(t) => Timestamp::parse_rfc3339(t).map_err(|e| anyhow!("--received-at: {e}"))?,
+            None => Timestamp::now(),
+        },
+        registry_seq: None,
+    };
     let verdict =
         if a.registry {
             verify::verify_registry_envelope(&envelope, &keys, head, codec::decode_registry_event)
@@ -100,8 +124,15 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                     )
                 })
         } else {
-            verify::verify_facility_envelope(envelope, &keys, head, codec::decode_facility_event)
-                .map(|e| {
+            verify::verify_facility_envelope(
+                envelope,
+                &keys,
+                head,
+                &receipt,
+                &ClockPolicy::default(),
+                codec::decode_facility_event,
+            )
+            .map(|e| {
                     format!(
                         "facility event {} from {} seq {}",
                         e.header.link.event_id, e.header.facility_id, e.header.link.seq

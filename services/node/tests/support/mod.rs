@@ -136,7 +136,11 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(env: &Env) -> Self {
-        let node = Node::build(env.config.clone()).await.expect("node builds");
+        Self::from_node(Node::build(env.config.clone()).await.expect("node builds"))
+    }
+
+    /// Runs a node built by the caller (another role set on the same backends).
+    pub fn from_node(node: Node) -> Self {
         let (addr, metrics, patient) = (node.grpc_addr(), node.metrics_addr(), node.patient_addr());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async {

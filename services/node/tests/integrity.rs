@@ -1,0 +1,357 @@
+//! Integrity: what ingest accepts is what every replay shows, on both backends.
+//! Registry changes reach every ingest before its next decision; keys are judged at the
+//! exchange's receive time; recorded_at is bounded by it and cannot go backwards; a
+//! record corrects only its own facility's; registry operations on unknown keys or
+//! facilities are refused; client numbers are range-checked before anything is
+//! written; and a replay after revocations and rotations in mid-stream, with several
+//! projector replicas, gives identical projections.
+
+mod support;
+
+use hrx_domain::{Duration, FacilityLevel, Purpose, RecordKind, Timestamp};
+use hrx_node::client::FacilityClient;
+use hrx_node::{Node, Role};
+use hrx_ports::{Store, TimelineQuery};
+use hrx_proto::{codec, v1};
+use support::*;
+
+fn reason(r: &v1::SubmitResult) -> i32 {
+    assert_eq!(r.status, v1::SubmitStatus::Rejected as i32, "{r:?}");
+    r.rejection.as_ref().unwrap().reason
+}
+
+fn obs(patient: &str) -> v1::facility_event::Body {
+    record(patient, RecordKind::Observation, ts("2026-11-01T00:00:00Z"), &[])
+}
+
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(n).unwrap()
+}
+
+/// An ingest-only node on the same backends: another ingest replica, with its own
+/// keyring (in its own process in production; a process of its own here changes
+/// nothing, since nodes share no memory).
+async fn ingest_replica(env: &Env) -> TestNode {
+    let mut config = env.config.clone();
+    config.roles = Role::Ingest.name().into();
+    let node = Node::build(config).await.expect("an ingest replica builds");
+    TestNode::from_node(node)
+}
+
+async fn a_revoked_key_is_refused_at_ingest_at_once_and_back_dating_does_not_help(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let (_, r) = w.district.emit(obs(AN)).await.unwrap();
+    assert!(accepted(&r));
+    // A second ingest (distributed: another replica), already holding the key.
+    let replica = if env.config.backend == hrx_node::Backend::Distributed {
+        Some(ingest_replica(&env).await)
+    } else {
+        None
+    };
+    let other_addr = replica.as_ref().map_or(node.addr, |r| r.addr);
+    let tls = hrx_identity::TlsDir::open_or_init(env.path()).unwrap();
+    let channel = hrx_node::client::connect(
+        other_addr,
+        tls.ca_cert_pem(),
+        &tls.facility(&fac(DISTRICT)).unwrap(),
+    )
+    .await
+    .unwrap();
+    let old_key = hrx_node::keys::read_private_key(&hrx_node::client::facility_key_path(
+        env.path(),
+        &fac(DISTRICT),
+    ))
+    .unwrap();
+    let mut stolen = FacilityClient::with(fac(DISTRICT), old_key.clone(), channel);
+    stolen.sync_head().await.unwrap();
+    let (_, r) = stolen.emit(obs(AN)).await.unwrap();
+    assert!(accepted(&r), "the replica knows the key: {r:?}");
+
+    // The national center revokes it; the very next submission, to either replica, is
+    // refused at ingest — never accepted and dropped later.
+    let before = Timestamp::now();
+    w.nc
+        .revoke_key(&old_key.key_id(), Timestamp::now(), "stolen laptop")
+        .await
+        .unwrap();
+    let (_, r) = stolen.emit(obs(AN)).await.unwrap();
+    assert_eq!(reason(&r), v1::RejectionReason::KeyRevoked as i32);
+    stolen.sync_head().await.unwrap();
+    // Claiming a recorded_at from before the revocation does not help: the exchange
+    // judges the key at the time it receives the event.
+    let (_, envelope) = stolen.sign_at(obs(AN), before.checked_sub(secs(60)).unwrap());
+    let r = stolen.submit(vec![envelope]).await.unwrap().remove(0);
+    assert_eq!(reason(&r), v1::RejectionReason::KeyRevoked as i32);
+    // The facility's chain is not stuck: with a new key it goes on.
+    let new_key = w.nc.add_key(&fac(DISTRICT)).await.unwrap();
+    let mut district = FacilityClient::open(env.path(), node.addr, &fac(DISTRICT))
+        .await
+        .unwrap();
+    assert_eq!(district.head().0, 2);
+    let (_, r) = district.emit(obs(AN)).await.unwrap();
+    assert!(accepted(&r), "{r:?}");
+    settle(&w.nc).await;
+    let (entries, _) = read_all(&district, AN, Purpose::Treatment, 50).await;
+    assert_eq!(entries.len(), 3, "everything accepted is visible, nothing else");
+    let _ = new_key;
+    if let Some(r) = replica {
+        r.stop().await;
+    }
+    node.stop().await;
+}
+
+async fn recorded_at_is_bounded_by_the_receive_time_and_never_goes_back(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let now = Timestamp::now();
+    for (recorded, expected) in [
+        (now.checked_add(secs(3600)).unwrap(), v1::RejectionReason::RecordedAtOutOfRange),
+        (now.checked_sub(secs(30 * 86_400)).unwrap(), v1::RejectionReason::RecordedAtOutOfRange),
+    ] {
+        let (_, envelope) = w.district.sign_at(obs(AN), recorded);
+        let r = w.district.submit(vec![envelope]).await.unwrap().remove(0);
+        assert_eq!(reason(&r), expected as i32);
+        assert!(!r.extends_chain, "the facility resends this seq with a sane time");
+        w.district.sync_head().await.unwrap();
+    }
+    // A day late is within the bounds; then going back in time is refused.
+    let late = now.checked_sub(secs(86_400)).unwrap();
+    let (_, envelope) = w.district.sign_at(obs(AN), late);
+    assert!(accepted(&w.district.submit(vec![envelope]).await.unwrap()[0]));
+    let (_, envelope) = w
+        .district
+        .sign_at(obs(AN), late.checked_sub(secs(1)).unwrap());
+    let r = w.district.submit(vec![envelope]).await.unwrap().remove(0);
+    assert_eq!(reason(&r), v1::RejectionReason::RecordedAtDecreasing as i32);
+    w.district.sync_head().await.unwrap();
+    // The same time again is fine, and so is now.
+    let (_, envelope) = w.district.sign_at(obs(AN), late);
+    assert!(accepted(&w.district.submit(vec![envelope]).await.unwrap()[0]));
+    let (_, r) = w.district.emit(obs(AN)).await.unwrap();
+    assert!(accepted(&r));
+    // "Last seen" is the exchange's time, not a facility's claim.
+    settle(&w.nc).await;
+    let stats = v1::monitor_service_client::MonitorServiceClient::new(w.nc.channel())
+        .list_facility_stats(v1::ListFacilityStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .facilities;
+    let district = stats.iter().find(|s| s.facility_id == DISTRICT).unwrap();
+    let seen = district.last_seen.unwrap();
+    assert!(seen.seconds >= now.seconds() - 5, "last seen is the receive time");
+    node.stop().await;
+}
+
+async fn a_record_corrects_only_its_own_facilitys_records(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let (theirs, r) = w.district.emit(obs(AN)).await.unwrap();
+    assert!(accepted(&r));
+    let (ours, r) = w.provincial.emit(obs(AN)).await.unwrap();
+    assert!(accepted(&r));
+    let correcting = |target: &hrx_domain::EventId| {
+        let mut body = obs(AN);
+        if let v1::facility_event::Body::Record(rec) = &mut body {
+            rec.supersedes = target.to_string();
+        }
+        body
+    };
+    let (_, r) = w.provincial.emit(correcting(&theirs)).await.unwrap();
+    assert_eq!(reason(&r), v1::RejectionReason::SupersedesForeignRecord as i32);
+    assert!(r.extends_chain);
+    let (_, r) = w.provincial.emit(correcting(&hrx_domain::EventId::new_v7())).await.unwrap();
+    assert_eq!(reason(&r), v1::RejectionReason::SupersedesForeignRecord as i32);
+    let (fixed, r) = w.provincial.emit(correcting(&ours)).await.unwrap();
+    assert!(accepted(&r), "{r:?}");
+    settle(&w.nc).await;
+    let (own, _) = read_all(&w.provincial, AN, Purpose::Treatment, 50).await;
+    let old = own.iter().find(|e| e.event_id == ours.to_string()).unwrap();
+    assert_eq!(old.superseded_by, fixed.to_string());
+    let (district, _) = read_all(&w.district, AN, Purpose::Treatment, 50).await;
+    assert!(district.iter().all(|e| e.superseded_by.is_empty()), "untouched");
+    node.stop().await;
+}
+
+async fn registry_operations_on_unknown_keys_or_facilities_are_refused(env: Env) {
+    let node = TestNode::start(&env).await;
+    let w = World::register(env.path(), &node).await;
+    let unknown = hrx_domain::SigningKey::from_seed(&[9; 32]).unwrap();
+    let e = w
+        .nc
+        .revoke_key(&unknown.key_id(), Timestamp::now(), "typo")
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("no registered key has this key_id"), "{text}");
+    let results = w
+        .nc
+        .submit_unchecked(vec![v1::registry_event::Body::KeyAdded(v1::KeyAdded {
+            facility_id: "79999".into(),
+            public_key: unknown.public_key().as_bytes().to_vec(),
+            valid_from: Some(codec::timestamp(Timestamp::now())),
+        })])
+        .await
+        .unwrap();
+    assert_eq!(results[0].status, v1::SubmitStatus::Rejected as i32);
+    assert!(results[0].extends_chain, "it keeps its place in the registry chain");
+    assert_eq!(
+        results[0].rejection.as_ref().unwrap().field,
+        "registry.key_added.facility_id"
+    );
+    // The registry goes on.
+    w.nc
+        .register_facility(&fac("79999"), "Phòng khám mới", "Hà Nội", FacilityLevel::Initial)
+        .await
+        .unwrap();
+    node.stop().await;
+}
+
+async fn client_numbers_are_range_checked_before_anything_is_written(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    // A batch: one good event, then one with seq 2^63: each answered for itself.
+    let (good, envelope) = w.district.sign(obs(AN));
+    let mut client = FacilityClient::with(
+        fac(DISTRICT),
+        hrx_node::keys::read_private_key(&hrx_node::client::facility_key_path(
+            env.path(),
+            &fac(DISTRICT),
+        ))
+        .unwrap(),
+        w.district.channel(),
+    );
+    client.set_head(1u64 << 63, w.district.head().1);
+    let (_, huge) = client.sign(obs(AN));
+    let results = w.district.submit(vec![envelope, huge]).await.unwrap();
+    assert!(accepted(&results[0]), "{:?}", results[0]);
+    assert_eq!(
+        results[1].rejection.as_ref().unwrap().field,
+        "header.seq",
+        "{:?}",
+        results[1]
+    );
+    settle(&w.nc).await;
+    let (entries, _) = read_all(&w.district, AN, Purpose::Treatment, 50).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].event_id, good.to_string());
+    node.stop().await;
+}
+
+/// Everything the projections hold about the test's patients and facilities, as text.
+async fn snapshot(store: &dyn Store) -> String {
+    let mut out = String::new();
+    for p in [AN, BINH] {
+        let patient = hrx_domain::PatientId::parse(p).unwrap();
+        let q = TimelineQuery {
+            patient_id: patient.clone(),
+            kinds: vec![],
+            facilities: vec![],
+            occurred_from: None,
+            occurred_until: None,
+            after: None,
+            limit: 10_000,
+        };
+        // patient_seq, the follow cursor, numbers a patient's records in the order they
+        // were committed, gap-free: with several partitions that order depends on how
+        // the projectors interleaved, so it is compared as a numbering, not row by row.
+        let mut records = store.timeline(&q).await.unwrap();
+        let mut seqs: Vec<u64> = records.iter().map(|r| r.patient_seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>(), "gap-free");
+        for r in &mut records {
+            r.patient_seq = 0;
+        }
+        records.sort_by_key(|r| r.event_id);
+        out += &format!("{records:?}\n");
+        let mut events = store.consent_events(&patient).await.unwrap();
+        events.sort_by_key(|e| e.event_id);
+        out += &format!("{events:?}\n");
+    }
+    out += &format!("{:?}\n", store.facilities().await.unwrap());
+    let mut keys = store.keys(None).await.unwrap();
+    keys.sort_by_key(|k| k.key.key_id());
+    out += &format!("{keys:?}\n");
+    out += &format!("{:?}\n", store.facility_stats().await.unwrap());
+    let mut rejections = store.rejections(None, 10_000).await.unwrap();
+    rejections.retain(|r| r.position.is_some());
+    rejections.sort_by_key(|r| r.position);
+    out += &format!("{rejections:?}\n");
+    out
+}
+
+async fn replay_after_mid_stream_revocations_and_rotations_equals_live(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    // Extra projector replicas share the partitions (distributed).
+    let mut replicas = Vec::new();
+    if env.config.backend == hrx_node::Backend::Distributed {
+        for _ in 0..2 {
+            let mut config = env.config.clone();
+            config.roles = Role::Projector.name().into();
+            replicas.push(TestNode::from_node(Node::build(config).await.unwrap()));
+        }
+    }
+    let mut sent = 0;
+    for round in 0..4 {
+        for f in [&mut w.district, &mut w.provincial, &mut w.clinic] {
+            for p in [AN, BINH] {
+                let (_, r) = f.emit(obs(p)).await.unwrap();
+                assert!(accepted(&r), "{r:?}");
+                sent += 1;
+            }
+        }
+        // Mid-stream: rotate the district's key, revoke the previous one.
+        if round == 1 || round == 2 {
+            let old = hrx_node::keys::read_private_key(&hrx_node::client::facility_key_path(
+                env.path(),
+                &fac(DISTRICT),
+            ))
+            .unwrap();
+            w.nc.add_key(&fac(DISTRICT)).await.unwrap();
+            w.nc
+                .revoke_key(&old.key_id(), Timestamp::now(), "rotated")
+                .await
+                .unwrap();
+            let (_, r) = w.district.emit(obs(AN)).await.unwrap();
+            assert_eq!(reason(&r), v1::RejectionReason::KeyRevoked as i32);
+            w.district = FacilityClient::open(env.path(), node.addr, &fac(DISTRICT))
+                .await
+                .unwrap();
+        }
+    }
+    settle(&w.nc).await;
+    let backends = hrx_node::backends(&env.config).await.unwrap();
+    let live = snapshot(&*backends.store).await;
+    assert!(live.matches("Observation").count() >= sent, "{sent} records projected");
+    drop(w);
+    for r in replicas {
+        r.stop().await;
+    }
+    node.stop().await;
+
+    hrx_node::reproject(&env.config).await.unwrap();
+    let replayed = snapshot(&*backends.store).await;
+    let differ: Vec<String> = live
+        .lines()
+        .zip(replayed.lines())
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| format!("line {i}:\n live: {a:.2000}\n replay: {b:.2000}"))
+        .collect();
+    assert!(
+        differ.is_empty() && live.lines().count() == replayed.lines().count(),
+        "the replay must give identical projections, row for row:\n{}",
+        differ.join("\n")
+    );
+}
+
+both_backends!(
+    a_revoked_key_is_refused_at_ingest_at_once_and_back_dating_does_not_help,
+    recorded_at_is_bounded_by_the_receive_time_and_never_goes_back,
+    a_record_corrects_only_its_own_facilitys_records,
+    registry_operations_on_unknown_keys_or_facilities_are_refused,
+    client_numbers_are_range_checked_before_anything_is_written,
+    replay_after_mid_stream_revocations_and_rotations_equals_live,
+);
