@@ -126,7 +126,7 @@ def _input(event, signer="facility-10001", payload_type=FACILITY_EVENT_TYPE, ove
 
 def _run(inp, head=None, ctx=None):
     env = build_envelope(inp, KEYS)
-    context = {"keys": _ctx_keys(), "head": head, **(ctx or {})}
+    context = {"submitted_to": "ingest", "keys": _ctx_keys(), "head": head, **(ctx or {})}
     return verify(env, Context.from_json(context)).as_dict(), env
 
 
@@ -266,7 +266,7 @@ def test_second_event_extends_chain():
 
 def test_malformed_envelopes():
     env = build_envelope(_input(RECORD), KEYS)
-    ctx = Context.from_json({"keys": _ctx_keys(), "head": None})
+    ctx = Context.from_json({"submitted_to": "ingest", "keys": _ctx_keys(), "head": None})
     for e in (
         Envelope(env.payload_type, env.payload, env.key_id.upper(), env.signature),
         Envelope(env.payload_type, env.payload, env.key_id[:-1], env.signature),
@@ -353,7 +353,7 @@ def test_vector_file_roundtrip(tmp_path):
     vec = {
         "name": "valid-self-record",
         "description": "self-made",
-        "context": {"keys": _ctx_keys(), "head": None},
+        "context": {"submitted_to": "ingest", "keys": _ctx_keys(), "head": None},
         "input": inp,
         "envelope": {"payload_type": env.payload_type, "payload": env.payload.hex(),
                      "key_id": env.key_id, "signature": env.signature.hex()},
@@ -525,7 +525,7 @@ FACT_CASES = [
 @pytest.mark.parametrize("event,opts,expected", [c[1:] for c in FACT_CASES], ids=[c[0] for c in FACT_CASES])
 def test_fact_case(event, opts, expected):
     env = build_envelope(_input(event), ALL_KEYS)
-    context = {"keys": _ctx_keys(), "head": None, **opts.get("ctx", {})}
+    context = {"submitted_to": "ingest", "keys": _ctx_keys(), "head": None, **opts.get("ctx", {})}
     assert verify(env, Context.from_json(context)).as_dict() == expected
 
 
@@ -533,7 +533,7 @@ def test_facts_are_ignored_by_records_and_requests():
     ctx = {"facility_facts": {"declared_since": 99, "open_for_patient": 99}, "policy": {"break_glass_per_day": 0}}
     for event in (RECORD, REQUEST, _enrollment()):
         env = build_envelope(_input(event), ALL_KEYS)
-        assert verify(env, Context.from_json({"keys": _ctx_keys(), "head": None, **ctx})).as_dict() == ACCEPT
+        assert verify(env, Context.from_json({"submitted_to": "ingest", "keys": _ctx_keys(), "head": None, **ctx})).as_dict() == ACCEPT
 
 
 @pytest.mark.parametrize("seconds,nanos", [(253_402_300_800, 0), (-62_135_596_801, 0), (0, -1), (0, 1_000_000_000)])
@@ -552,9 +552,9 @@ def test_timestamps_out_of_range(seconds, nanos):
 
 def test_context_is_strict():
     with pytest.raises(ValueError):
-        Context.from_json({"keys": [], "head": None, "facility_fact": {}})
+        Context.from_json({"submitted_to": "ingest", "keys": [], "head": None, "facility_fact": {}})
     with pytest.raises(ValueError):
-        Context.from_json({"keys": [], "head": None, "policy": {"attested_max": 1}})
+        Context.from_json({"submitted_to": "ingest", "keys": [], "head": None, "policy": {"attested_max": 1}})
 
 
 def test_nested_proof_must_match_its_recipe():
@@ -717,7 +717,7 @@ def test_statement_case(statement, opts, expected):
         tamper = {**tamper, "byte": len(encode_patient_statement(statement)) + tamper["byte"]}
         inp["tamper"] = tamper
     env = build_envelope(inp, ALL_KEYS)
-    context = {"keys": [], "head": None, "received_at": RECEIVED, "patient": opts.get("state", STATE)}
+    context = {"submitted_to": "patient_service", "keys": [], "head": None, "received_at": RECEIVED, "patient": opts.get("state", STATE)}
     assert verify(env, Context.from_json(context)).as_dict() == expected
 
 
@@ -734,3 +734,154 @@ def test_statement_json_encoding():
     # PatientStatement: header is field 1 (tag 0x0a), key_rotation field 13 (tag 0x6a).
     data = st.SerializeToString()
     assert data[0] == 0x0A and data[2 + data[1]] == 0x6A
+
+
+# ---------------------------------------------------------------------------- the time the
+# exchange can vouch for: step 7 at the receive time, step 8b, step 6's seq bound, and
+# corrections in step 10
+
+MAX_SEQ = 2**63 - 1
+T0 = HEADER["recorded_at"]  # 2026-03-02T08:15:00Z: when RECORD is recorded
+
+
+def _at(recorded_at, event=RECORD):
+    return _with(event, "header.recorded_at", recorded_at)
+
+
+def _received(at, **more):
+    return {"received_at": at, **more}
+
+
+def _second(recorded_at="2026-03-02T08:15:00Z", event=RECORD):
+    """RECORD's successor at seq 2, and the head (RECORD, recorded at T0) it extends."""
+    head = {**_head_of(RECORD), "recorded_at": T0}
+    second = _with(_with(_with(_at(recorded_at, event), "header.seq", 2), "header.prev_hash", head["event_hash"]),
+                   "header.event_id", "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a61")
+    return second, head
+
+
+_SECOND_EQUAL, _HEAD = _second()
+_SECOND_EARLIER, _ = _second("2026-03-02T08:14:59.999999999Z")
+_SECOND_EARLIER_BAD, _ = _second("2026-03-02T08:14:59Z", _with(RECORD, "record.patient_id", "1"))
+_MAX_HEAD = {"seq": MAX_SEQ - 1, "event_hash": "11" * 32, "event_id": "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a70",
+             "recorded_at": T0}
+_AT_MAX = _with(_with(RECORD, "header.seq", MAX_SEQ), "header.prev_hash", "11" * 32)
+_CORRECTION = _with(RECORD, "record.supersedes", "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a99")
+_OUT = _received("2026-03-02T08:09:59Z")  # RECORD is then 301 s in the future
+
+CLOCK_CASES = [
+    # Step 7 at the receive time. facility-10001-revoked is revoked at T0.
+    ("revoked-received-at-revocation", _at("2026-03-02T08:10:00Z"), {"signer": "facility-10001-revoked", "ctx": _received(T0)},
+        _rejects("KEY_REVOKED", extends=False)),
+    ("revoked-received-1ns-before", _at("2026-03-02T08:17:00Z"),
+        {"signer": "facility-10001-revoked", "ctx": _received("2026-03-02T08:14:59.999999999Z")}, ACCEPT),
+    ("revoked-received-long-after", _at("2026-02-01T00:00:00Z"),
+        {"signer": "facility-10001-revoked", "ctx": _received("2026-02-03T00:00:00Z")}, ACCEPT),
+    # facility-10001-future is valid from 2026-04-01T00:00:00Z.
+    ("future-received-1ns-before", _at("2026-04-01T00:01:00Z"),
+        {"signer": "facility-10001-future", "ctx": _received("2026-03-31T23:59:59.999999999Z")},
+        _rejects("KEY_NOT_VALID_FOR_FACILITY", extends=False)),
+    ("future-received-at-valid-from", _at("2026-03-31T23:58:00Z"),
+        {"signer": "facility-10001-future", "ctx": _received("2026-04-01T00:00:00Z")}, ACCEPT),
+    ("other-facility-key-whenever", RECORD, {"signer": "facility-10002", "ctx": _received("2026-03-02T08:15:00Z")},
+        _rejects("KEY_NOT_VALID_FOR_FACILITY", extends=False)),
+    # Step 8b: the bounds, exact and one nanosecond over.
+    ("future-bound", RECORD, {"ctx": _received("2026-03-02T08:10:00Z")}, ACCEPT),
+    ("future-bound-1ns-over", RECORD, {"ctx": _received("2026-03-02T08:09:59.999999999Z")},
+        _rejects("RECORDED_AT_OUT_OF_RANGE", extends=False)),
+    ("past-bound", RECORD, {"ctx": _received("2026-03-09T08:15:00Z")}, ACCEPT),
+    ("past-bound-1ns-over", RECORD, {"ctx": _received("2026-03-09T08:15:00.000000001Z")},
+        _rejects("RECORDED_AT_OUT_OF_RANGE", extends=False)),
+    ("policy-no-future", RECORD, {"ctx": _received(T0, policy={"recorded_at_max_future_seconds": 0})}, ACCEPT),
+    ("policy-no-future-1ns", RECORD,
+        {"ctx": _received("2026-03-02T08:14:59.999999999Z", policy={"recorded_at_max_future_seconds": 0})},
+        _rejects("RECORDED_AT_OUT_OF_RANGE", extends=False)),
+    ("policy-longer-future", RECORD, {"ctx": _received("2026-03-02T07:15:00Z", policy={"recorded_at_max_future_seconds": 3600})},
+        ACCEPT),
+    ("policy-no-past-1ns", RECORD,
+        {"ctx": _received("2026-03-02T08:15:00.000000001Z", policy={"recorded_at_max_past_seconds": 0})},
+        _rejects("RECORDED_AT_OUT_OF_RANGE", extends=False)),
+    ("policy-longer-past", RECORD, {"ctx": _received("2026-04-01T08:15:00Z", policy={"recorded_at_max_past_seconds": 31 * 86400})},
+        ACCEPT),
+    # Bounds past the timestamp range bound nothing.
+    ("bounds-past-9999", _at("9999-12-31T23:59:59.999999999Z"), {"ctx": _received("9999-12-31T23:58:00Z")}, ACCEPT),
+    ("bounds-before-year-1", _with(_at("0001-01-01T00:00:00Z"), "record.occurred_at", "0001-01-01T00:00:00Z"),
+        {"ctx": _received("0001-01-01T00:04:00Z", keys=[{**k, "valid_from": "0001-01-01T00:00:00Z"} for k in _ctx_keys()])},
+        ACCEPT),
+    # Step 8b: not before the head's recorded_at.
+    ("equal-to-head", _SECOND_EQUAL, {"head": _HEAD}, ACCEPT),
+    ("1ns-before-head", _SECOND_EARLIER, {"head": _HEAD}, _rejects("RECORDED_AT_DECREASING", extends=False)),
+    ("head-time-unknown", _SECOND_EARLIER, {"head": {k: v for k, v in _HEAD.items() if k != "recorded_at"}}, ACCEPT),
+    ("out-of-range-before-decreasing", _SECOND_EARLIER, {"head": _HEAD, "ctx": _received("2026-03-02T08:05:00Z")},
+        _rejects("RECORDED_AT_OUT_OF_RANGE", extends=False)),
+    # Order: header, key and chain before the clock; the clock before content and facts.
+    ("header-before-clock", _with(RECORD, "header.seq", MAX_SEQ + 1), {"ctx": _OUT},
+        _exp("rejected", "INVALID_FIELD", "header.seq")),
+    ("key-before-clock", RECORD, {"signer": "facility-10001-revoked", "ctx": _received("2026-03-20T00:00:00Z")},
+        _rejects("KEY_REVOKED", extends=False)),
+    ("gap-before-clock", _with(RECORD, "header.seq", 3), {"ctx": _OUT}, _rejects("SEQUENCE_GAP", extends=False)),
+    ("mismatch-before-clock", _with(RECORD, "header.prev_hash", "22" * 32), {"ctx": _OUT},
+        _rejects("CHAIN_MISMATCH", extends=False)),
+    ("duplicate-a-month-later", RECORD, {"head": "self", "ctx": _received("2026-04-02T08:15:00Z")}, _exp("duplicate")),
+    ("duplicate-before-decreasing", RECORD, {"head": "self-later"}, _exp("duplicate")),
+    ("fork-before-clock", _with(RECORD, "header.event_id", "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5d"),
+        {"head": "self", "ctx": _OUT}, _rejects("FORK", extends=False)),
+    ("clock-before-content", _with(RECORD, "record.patient_id", "1"), {"ctx": _OUT},
+        _rejects("RECORDED_AT_OUT_OF_RANGE", extends=False)),
+    ("decreasing-before-content", _SECOND_EARLIER_BAD, {"head": _HEAD}, _rejects("RECORDED_AT_DECREASING", extends=False)),
+    ("clock-before-facts", GRANT, {"ctx": _OUT}, _rejects("RECORDED_AT_OUT_OF_RANGE", extends=False)),
+    # Step 6: the seq bound.
+    ("largest-seq", _AT_MAX, {"head": _MAX_HEAD}, ACCEPT),
+    ("seq-2-63", _with(RECORD, "header.seq", MAX_SEQ + 1), {}, _exp("rejected", "INVALID_FIELD", "header.seq")),
+    ("seq-2-64-minus-1", _with(RECORD, "header.seq", 2**64 - 1), {}, _exp("rejected", "INVALID_FIELD", "header.seq")),
+    ("seq-2-63-minus-1-gap", _with(RECORD, "header.seq", MAX_SEQ), {}, _rejects("SEQUENCE_GAP", extends=False)),
+    # Step 10: corrections.
+    ("correction-foreign", _CORRECTION, {}, _rejects("SUPERSEDES_FOREIGN_RECORD")),
+    ("correction-own", _CORRECTION, {"ctx": {"facility_facts": {"supersedes_own": True}}}, ACCEPT),
+    ("correction-content-first", _with(_CORRECTION, "record.author", " "), {}, _field("record.author")),
+    ("no-correction-needs-no-fact", RECORD, {"ctx": {"facility_facts": {"supersedes_own": False}}}, ACCEPT),
+    ("supersedes-own-is-no-standing", GRANT, {"ctx": {"facility_facts": {"supersedes_own": True}}}, _rejects("NO_STANDING")),
+]
+
+
+@pytest.mark.parametrize("event,opts,expected", [c[1:] for c in CLOCK_CASES], ids=[c[0] for c in CLOCK_CASES])
+def test_clock_case(event, opts, expected):
+    head = opts.get("head")
+    if head == "self":
+        head = {**_head_of(RECORD), "recorded_at": T0}
+    elif head == "self-later":
+        # The head is RECORD itself, but the index says it was recorded later: a resent
+        # head is a duplicate before any time is compared.
+        head = {**_head_of(RECORD), "recorded_at": "2026-03-02T09:00:00Z"}
+    inp = _input(event, signer=opts.get("signer", "facility-10001"))
+    got, _ = _run(inp, head, opts.get("ctx"))
+    assert got == expected
+
+
+def test_receive_time_defaults_to_recorded_at():
+    # Without received_at, a facility event is judged as received when it says it was
+    # recorded: every bound holds, and the key is judged at recorded_at.
+    for recorded in ("2026-03-02T08:14:59.999999999Z", "0001-06-01T00:00:00Z", "2030-01-01T00:00:00Z"):
+        got, _ = _run(_input(_at(recorded), signer="facility-10001-revoked"), None,
+                      {"keys": [{**k, "valid_from": "0001-01-01T00:00:00Z"} for k in _ctx_keys()]})
+        revoked = recorded.startswith("2030")  # at or after the revocation at T0
+        assert got == (_rejects("KEY_REVOKED", extends=False) if revoked else ACCEPT), recorded
+
+
+def test_clock_context_is_strict():
+    base = {"submitted_to": "ingest", "keys": [], "head": None}
+    with pytest.raises(ValueError):
+        Context.from_json({**base, "policy": {"recorded_at_max_future": 1}})
+    with pytest.raises(ValueError):
+        Context.from_json({**base, "head": {"seq": 1, "event_hash": ZERO, "event_id": HEADER["event_id"], "recorded": T0}})
+    with pytest.raises(ValueError):
+        Context.from_json({"keys": [], "head": None})  # no submitted_to
+    with pytest.raises(ValueError):
+        Context.from_json({**base, "submitted_to": "patient-service"})
+    with pytest.raises(ValueError):
+        Context.from_json({**base, "submitted_to": "patient_service"})  # a statement needs received_at
+    ctx = Context.from_json({**base, "received_at": T0, "policy": {"recorded_at_max_past_seconds": 5},
+                             "facility_facts": {"supersedes_own": True},
+                             "head": {"seq": 1, "event_hash": ZERO, "event_id": HEADER["event_id"], "recorded_at": T0}})
+    assert ctx.policy.recorded_at_max_past_seconds == 5 and ctx.policy.recorded_at_max_future_seconds == 300
+    assert ctx.facts.supersedes_own and ctx.head.recorded_at == ctx.received_at

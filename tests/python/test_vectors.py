@@ -163,9 +163,11 @@ def test_payload_types_are_the_contracts():
 @pytest.mark.parametrize("path", _vector_params())
 def test_statement_vectors_never_extend_a_chain(path: Path):
     v = load_json(path)
-    if v["context"].get("received_at") is None:
+    assert v["context"]["submitted_to"] in ("ingest", "patient_service")
+    if v["context"]["submitted_to"] == "ingest":
         assert v["context"].get("patient") is None, "a facility event's context has no patient state"
         return
+    assert v["context"].get("received_at") is not None, "a statement's context has received_at"
     assert v["expected"]["extends_chain"] is False
     assert v["expected"]["verdict"] in ("accepted", "rejected")
     assert v["context"].get("facility_facts") is None
@@ -174,7 +176,8 @@ def test_statement_vectors_never_extend_a_chain(path: Path):
 def test_the_new_rules_are_covered():
     reasons = {load_json(p)["expected"]["reason"] for p in VECTOR_PATHS}
     for r in ("PATIENT_KEY_NOT_VALID", "BAD_PROOF_OF_POSSESSION", "NO_STANDING",
-              "ATTESTED_GRANT_OUT_OF_BOUNDS", "NOT_GRANTOR", "BREAK_GLASS_LIMIT"):
+              "ATTESTED_GRANT_OUT_OF_BOUNDS", "NOT_GRANTOR", "BREAK_GLASS_LIMIT",
+              "RECORDED_AT_OUT_OF_RANGE", "RECORDED_AT_DECREASING", "SUPERSEDES_FOREIGN_RECORD"):
         assert r in reasons, f"no vector for {r}"
-    statements = [p for p in VECTOR_PATHS if load_json(p)["context"].get("received_at") is not None]
+    statements = [p for p in VECTOR_PATHS if load_json(p)["context"]["submitted_to"] == "patient_service"]
     assert len(statements) >= 10

@@ -4,7 +4,7 @@
 
 use crate::vectors::{
     self, Context, ContextKey, EnvelopeHex, Expected, Facts, Head, Input, KeyEntry, KeyFile,
-    PatientContext, PendingRequest, PolicyOverrides, ProofInput, Tamper, Vector,
+    PatientContext, PendingRequest, PolicyOverrides, ProofInput, SubmittedTo, Tamper, Vector,
 };
 use anyhow::bail;
 use hrx_domain::dsse::PayloadType;
@@ -216,6 +216,7 @@ struct Spec<'a> {
     head: Option<Head>,
     policy: Option<PolicyOverrides>,
     facts: Option<Facts>,
+    submitted_to: SubmittedTo,
     received_at: Option<&'a str>,
     patient: Option<PatientContext>,
     expected: (&'a str, Option<&'a str>, Option<&'a str>, bool),
@@ -236,6 +237,7 @@ impl<'a> Spec<'a> {
             head: None,
             policy: None,
             facts: None,
+            submitted_to: SubmittedTo::Ingest,
             received_at: None,
             patient: None,
             expected: ("accepted", None, None, true),
@@ -247,6 +249,7 @@ impl<'a> Spec<'a> {
             payload_type: STATEMENT,
             event: None,
             statement: Some(statement),
+            submitted_to: SubmittedTo::PatientService,
             received_at: Some(RECEIVED),
             patient: Some(an_state()),
             expected: ("accepted", None, None, false),
@@ -255,6 +258,11 @@ impl<'a> Spec<'a> {
     }
     fn head(mut self, h: &Head) -> Self {
         self.head = Some(h.clone());
+        self
+    }
+    /// When the exchange received a facility event (otherwise: its recorded_at).
+    fn received(mut self, at: &'a str) -> Self {
+        self.received_at = Some(at);
         self
     }
     fn facts(mut self, f: Facts) -> Self {
@@ -358,8 +366,9 @@ impl Gen {
             tamper: s.tamper,
         };
         let envelope = vectors::build_envelope(&input, &self.keys)?;
-        let statement = s.received_at.is_some();
+        let statement = s.submitted_to == SubmittedTo::PatientService;
         let context = Context {
+            submitted_to: s.submitted_to,
             // A statement is judged by the patient's key, not the facility registry.
             keys: if statement {
                 Vec::new()
@@ -400,6 +409,11 @@ impl Gen {
                 .and_then(|e| e["header"]["event_id"].as_str())
                 .unwrap_or_default()
                 .to_owned(),
+            recorded_at: input
+                .event
+                .as_ref()
+                .and_then(|e| e["header"]["recorded_at"].as_str())
+                .map(str::to_owned),
         };
         self.out.push(Vector {
             name: s.name.to_owned(),
@@ -552,14 +566,18 @@ pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
     g.add(
         Spec::new(
             "valid-10-sensitive-correction",
-            "A corrected HbA1c labelled sensitive, superseding seq 3.",
+            "A corrected HbA1c labelled sensitive, superseding seq 3: the district hospital's own earlier record about the same patient.",
             "district-k1",
             json!({"header": header(DISTRICT, 6, &h5.event_hash, 10, t), "record": {
                 "patient_id": PATIENT_AN, "kind": "OBSERVATION", "occurred_at": "2026-03-02T02:10:00Z",
                 "author": "CCHN-002614", "sensitivity": ["GENETIC"], "supersedes": event_id(3),
                 "content_type": "application/fhir+json", "body": hba1c(PATIENT_AN, 7.9)}}),
         )
-        .head(&h5),
+        .head(&h5)
+        .facts(Facts {
+            supersedes_own: true,
+            ..Facts::default()
+        }),
     )?;
     let _ = c1;
 
@@ -630,7 +648,7 @@ pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
     g.add(
         Spec::new(
             "invalid-06-revoked-key",
-            "Signed with a key revoked on 2026-02-15, event recorded 2026-03-02.",
+            "Signed with a key revoked on 2026-02-15, event recorded and received 2026-03-02.",
             "district-k0-revoked",
             good(106),
         )
@@ -743,7 +761,7 @@ pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
     g.add(
         Spec::new(
             "invalid-17-key-not-yet-valid",
-            "Signed with a key valid only from 2026-06-01.",
+            "Signed with a key valid only from 2026-06-01, event recorded and received 2026-03-02.",
             "district-k2-future",
             good(117),
         )
@@ -798,6 +816,7 @@ pub fn generate() -> anyhow::Result<(KeyFile, Vec<Vector>)> {
     s.expected.3 = false;
     g.add(s)?;
     patient_vectors(&mut g, &h3, &h5, &p1)?;
+    clock_vectors(&mut g, &h2, &h3, &p1)?;
     Ok((g.keys, g.out))
 }
 
@@ -1326,6 +1345,7 @@ fn patient_vectors(g: &mut Gen, h3: &Head, h5: &Head, p1: &Head) -> anyhow::Resu
         s,
     )
     .rejects("UNKNOWN_PAYLOAD_TYPE");
+    spec.submitted_to = SubmittedTo::Ingest;
     spec.received_at = None;
     spec.patient = None;
     spec.head = Some(p1.clone());
@@ -1667,6 +1687,236 @@ fn patient_vectors(g: &mut Gen, h3: &Head, h5: &Head, p1: &Head) -> anyhow::Resu
             s,
         )
         .rejects_statement_field("consent_revocation.patient_id"),
+    )?;
+    Ok(())
+}
+
+/// The time the exchange can vouch for: key validity at the receive time (step 7),
+/// `recorded_at` against the receive time and the head (step 8b), the seq bound (step 6)
+/// and corrections (step 10). Unless stated, each is the district hospital's seq 4 after
+/// `h3` (recorded at [`T`]) or its alternative first event (empty chain).
+fn clock_vectors(g: &mut Gen, h2: &Head, h3: &Head, p1: &Head) -> anyhow::Result<()> {
+    let obs = || record(PATIENT_AN, "OBSERVATION", hba1c(PATIENT_AN, 8.1), &[]);
+    let after_h3 = |n: u32, recorded_at: &str| json!({"header": header(DISTRICT, 4, &h3.event_hash, n, recorded_at), "record": obs()});
+    // The district hospital's first event (an alternative to valid-01): a diagnosis made
+    // when recorded.
+    let first = |n: u32, recorded_at: &str| {
+        let r = set(
+            record(PATIENT_AN, "CONDITION", condition(PATIENT_AN), &[]),
+            "occurred_at",
+            json!(recorded_at),
+        );
+        json!({"header": header(DISTRICT, 1, &zero(), n, recorded_at), "record": r})
+    };
+
+    // Step 7 at the receive time.
+    g.add(
+        Spec::new(
+            "valid-22-revoked-key-received-before-revocation",
+            "Signed with district-k0-revoked (revoked at 2026-02-15T00:00:00Z) and recorded 4 minutes after its revocation by a fast clock, but received 1 ns before it: keys are judged at the receive time, so the key was still valid.",
+            "district-k0-revoked",
+            first(22, "2026-02-15T00:04:00Z"),
+        )
+        .received("2026-02-14T23:59:59.999999999Z"),
+    )?;
+    g.add(
+        Spec::new(
+            "valid-23-received-at-key-valid-from",
+            "Signed with district-k2-future (valid from 2026-06-01T00:00:00Z) and recorded 2 minutes before its valid_from, but received exactly at it: valid.",
+            "district-k2-future",
+            first(23, "2026-05-31T23:58:00Z"),
+        )
+        .received("2026-06-01T00:00:00Z"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-65-back-dated-with-revoked-key",
+            "Signed with district-k0-revoked and back-dated to an hour before its revocation (2026-02-15T00:00:00Z), but received exactly at the revocation: KEY_REVOKED, whatever recorded_at claims.",
+            "district-k0-revoked",
+            first(165, "2026-02-14T23:00:00Z"),
+        )
+        .received("2026-02-15T00:00:00Z")
+        .rejects("KEY_REVOKED"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-66-received-before-key-valid-from",
+            "Signed with district-k2-future (valid from 2026-06-01T00:00:00Z) and recorded 2 minutes after its valid_from, but received 1 s before it.",
+            "district-k2-future",
+            first(166, "2026-06-01T00:02:00Z"),
+        )
+        .received("2026-05-31T23:59:59Z")
+        .rejects("KEY_NOT_VALID_FOR_FACILITY"),
+    )?;
+
+    // Step 8b: recorded_at within its bounds of the receive time, not before the head's.
+    g.add(
+        Spec::new(
+            "valid-24-recorded-at-the-future-bound",
+            "Recorded exactly 300 s after the exchange received it (a facility clock running fast): at the bound, accepted.",
+            "district-k1",
+            after_h3(24, T),
+        )
+        .head(h3)
+        .received("2026-03-02T08:10:00Z"),
+    )?;
+    g.add(
+        Spec::new(
+            "valid-25-recorded-at-the-past-bound",
+            "Received exactly 7 days (604,800 s) after it was recorded (an offline connector catching up): at the bound, accepted.",
+            "district-k1",
+            after_h3(25, T),
+        )
+        .head(h3)
+        .received("2026-03-09T08:15:00Z"),
+    )?;
+    g.add(
+        Spec::new(
+            "valid-26-recorded-at-equal-to-the-head",
+            "Recorded at the same instant as the head (seq 3): recorded_at may repeat, it may not go back.",
+            "district-k1",
+            after_h3(26, T),
+        )
+        .head(h3)
+        .received(T),
+    )?;
+    g.add(
+        Spec::new(
+            "valid-27-clock-skew-under-a-longer-policy",
+            "An exchange configured with recorded_at_max_future = 3,600 s accepts an event recorded 30 minutes after it was received.",
+            "district-k1",
+            after_h3(27, T),
+        )
+        .head(h3)
+        .received("2026-03-02T07:45:00Z")
+        .policy(PolicyOverrides {
+            recorded_at_max_future_seconds: Some(3600),
+            ..PolicyOverrides::default()
+        }),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-67-recorded-past-the-future-bound",
+            "Recorded 301 s after the exchange received it: 1 s past the 300 s bound. It does not enter the chain.",
+            "district-k1",
+            after_h3(167, T),
+        )
+        .head(h3)
+        .received("2026-03-02T08:09:59Z")
+        .rejects("RECORDED_AT_OUT_OF_RANGE"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-68-recorded-past-the-past-bound",
+            "Received 7 days and 1 s after it was recorded: 1 s past the 604,800 s bound.",
+            "district-k1",
+            after_h3(168, T),
+        )
+        .head(h3)
+        .received("2026-03-09T08:15:01Z")
+        .rejects("RECORDED_AT_OUT_OF_RANGE"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-69-recorded-before-the-head",
+            "Recorded 1 ns before the head (seq 3, recorded 2026-03-02T08:15:00Z), received when recorded: a chain's recorded_at may not go back.",
+            "district-k1",
+            after_h3(169, "2026-03-02T08:14:59.999999999Z"),
+        )
+        .head(h3)
+        .rejects("RECORDED_AT_DECREASING"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-70-recorded-at-under-a-shorter-policy",
+            "An exchange configured with recorded_at_max_past = 86,400 s refuses an event received 2 days after it was recorded (within the default 7 days).",
+            "district-k1",
+            after_h3(170, T),
+        )
+        .head(h3)
+        .received("2026-03-04T08:15:00Z")
+        .policy(PolicyOverrides {
+            recorded_at_max_past_seconds: Some(86_400),
+            ..PolicyOverrides::default()
+        })
+        .rejects("RECORDED_AT_OUT_OF_RANGE"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-71-clock-before-content",
+            "Recorded 10 minutes after it was received, with an 11-digit patient id too: recorded_at (step 8b) is checked before the content (step 9), and the event does not enter the chain.",
+            "district-k1",
+            json!({"header": header(DISTRICT, 4, &h3.event_hash, 171, T),
+                   "record": record("02606200123", "OBSERVATION", hba1c("02606200123", 8.1), &[])}),
+        )
+        .head(h3)
+        .received("2026-03-02T08:05:00Z")
+        .rejects("RECORDED_AT_OUT_OF_RANGE"),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-72-chain-before-clock",
+            "Seq 6 when the head is seq 3, received 8 days after it was recorded: the chain (step 8) is checked before recorded_at (step 8b).",
+            "district-k1",
+            json!({"header": header(DISTRICT, 6, &h3.event_hash, 172, T), "record": obs()}),
+        )
+        .head(h3)
+        .received("2026-03-10T08:15:00Z")
+        .rejects("SEQUENCE_GAP"),
+    )?;
+    let mut s = Spec::new(
+        "invalid-73-duplicate-resent-a-month-later",
+        "Seq 3 sent again byte for byte a month after it was recorded: still a duplicate (the chain check comes first), not out of range.",
+        "district-k1",
+        json!({"header": header(DISTRICT, 3, &h2.event_hash, 3, T), "record": obs()}),
+    )
+    .head(h3)
+    .received("2026-04-02T08:15:00Z");
+    s.expected = ("duplicate", None, None, false);
+    g.add(s)?;
+
+    // Step 6: the seq bound.
+    let max = (1u64 << 63) - 1;
+    let before_max = Head {
+        seq: max - 1,
+        event_hash: Sha256::digest(b"the district hospital's event at seq 2^63 - 2").to_hex(),
+        event_id: event_id(200),
+        recorded_at: Some(T.to_owned()),
+    };
+    let top = g.add(
+        Spec::new(
+            "valid-28-largest-seq",
+            "Seq 2^63 - 1 = 9,223,372,036,854,775,807, the largest a chain may reach, after a head at 2^63 - 2.",
+            "district-k1",
+            json!({"header": header(DISTRICT, max, &before_max.event_hash, 28, T), "record": obs()}),
+        )
+        .head(&before_max),
+    )?;
+    g.add(
+        Spec::new(
+            "invalid-74-seq-past-2-63",
+            "Seq 2^63 = 9,223,372,036,854,775,808 after a head at 2^63 - 1 (valid-28): it would extend the chain, but a seq is at most 2^63 - 1.",
+            "district-k1",
+            json!({"header": header(DISTRICT, max + 1, &top.event_hash, 174, T), "record": obs()}),
+        )
+        .head(&top)
+        .rejects_header_field("header.seq"),
+    )?;
+
+    // Step 10: a correction only of the facility's own record about the same patient.
+    g.add(
+        Spec::new(
+            "invalid-75-correction-of-another-facilitys-record",
+            "The provincial hospital supersedes the district hospital's HbA1c (valid-03): it extends the chain, not projected.",
+            "provincial-k1",
+            json!({"header": header(PROVINCIAL, 2, &p1.event_hash, 175, T), "record": {
+                "patient_id": PATIENT_AN, "kind": "OBSERVATION", "occurred_at": "2026-03-02T02:10:00Z",
+                "author": "CCHN-009921", "sensitivity": [], "supersedes": event_id(3),
+                "content_type": "application/fhir+json", "body": hba1c(PATIENT_AN, 7.9)}}),
+        )
+        .head(p1)
+        .facts(Facts::default())
+        .rejects_in_chain("SUPERSEDES_FOREIGN_RECORD"),
     )?;
     Ok(())
 }

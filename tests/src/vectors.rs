@@ -12,7 +12,9 @@ use hrx_domain::consent::{
 use hrx_domain::dsse::{Envelope, PublicKey, SigningKey, pae};
 use hrx_domain::event::{ConsentGrant, ConsentRequest, Grantee};
 use hrx_domain::rejection::Rejection;
-use hrx_domain::verify::{KeyOwner, KeyRecord, Verdict, verify_facility_envelope};
+use hrx_domain::verify::{
+    ClockPolicy, KeyOwner, KeyRecord, Receipt, Verdict, verify_facility_envelope,
+};
 use hrx_domain::{
     Duration, EventId, FacilityId, KeyId, PatientId, Purpose, RecordKind, SensitivityLabel, Sha256,
     Timestamp, patient,
@@ -71,9 +73,22 @@ pub struct Vector {
     pub expected: Expected,
 }
 
+/// Where a vector's envelope is submitted, which decides the verifier (README: "Which
+/// verifier").
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmittedTo {
+    /// Ingest: verified as a facility event (steps 1–10).
+    Ingest,
+    /// PatientService: verified as a patient statement.
+    PatientService,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Context {
+    /// Which verifier judges the envelope.
+    pub submitted_to: SubmittedTo,
     /// The registry's facility and root keys (facility events; empty for statements).
     pub keys: Vec<ContextKey>,
     pub head: Option<Head>,
@@ -83,8 +98,8 @@ pub struct Context {
     /// Facts from the facility's own chain before the event (step 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facility_facts: Option<Facts>,
-    /// When the exchange received a patient statement. Its presence makes the vector a
-    /// patient statement (verified by PatientService), not a facility event.
+    /// When the exchange received the envelope (RFC 3339). Required for a patient
+    /// statement; for a facility event, absent means the header's `recorded_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_at: Option<String>,
     /// The patient's consent state when the statement was received.
@@ -95,7 +110,7 @@ pub struct Context {
 impl Context {
     /// Whether the vector is a patient statement rather than a facility event.
     pub fn is_statement(&self) -> bool {
-        self.received_at.is_some()
+        self.submitted_to == SubmittedTo::PatientService
     }
 }
 
@@ -111,6 +126,12 @@ pub struct PolicyOverrides {
     pub break_glass_per_day: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass_open_per_patient: Option<u32>,
+    /// How far after the receive time `recorded_at` may lie (default 300 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at_max_future_seconds: Option<u32>,
+    /// How far before the receive time `recorded_at` may lie (default 604,800 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at_max_past_seconds: Option<u32>,
 }
 
 /// [`FacilityFacts`] in JSON; absent fields take their defaults (null, false, 0, 0).
@@ -125,6 +146,8 @@ pub struct Facts {
     pub declared_since: u64,
     #[serde(default)]
     pub open_for_patient: u64,
+    #[serde(default)]
+    pub supersedes_own: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -164,6 +187,9 @@ pub struct Head {
     pub seq: u64,
     pub event_hash: String,
     pub event_id: String,
+    /// The head event's `recorded_at`; absent: not known, nothing is compared with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -629,6 +655,10 @@ pub fn keyring(ctx: &Context) -> anyhow::Result<Vec<KeyRecord>> {
                     .as_deref()
                     .map(Timestamp::parse_rfc3339)
                     .transpose()?,
+                // The registry as the exchange knew it when it received the event: every
+                // key of the context counts (receipts carry no registry seq).
+                registered_seq: 0,
+                revoked_seq: None,
             })
         })
         .collect()
@@ -642,8 +672,55 @@ pub fn head(ctx: &Context) -> anyhow::Result<ChainHead> {
             seq: h.seq,
             event_hash: Sha256::from_hex(&h.event_hash)?,
             event_id: Some(EventId::parse(&h.event_id)?),
+            recorded_at: h
+                .recorded_at
+                .as_deref()
+                .map(Timestamp::parse_rfc3339)
+                .transpose()?,
         },
     })
+}
+
+/// When the exchange received the envelope, as the context says: its `received_at`,
+/// or for a facility event without one the header's `recorded_at`. `None` when neither
+/// is there (a payload without a readable header: verification fails before any step
+/// that needs the time).
+pub fn received_at(ctx: &Context, envelope: &Envelope) -> anyhow::Result<Option<Timestamp>> {
+    if let Some(t) = &ctx.received_at {
+        return Ok(Some(Timestamp::parse_rfc3339(t)?));
+    }
+    if ctx.is_statement() {
+        bail!("a statement's context needs received_at");
+    }
+    Ok(codec::decode_facility_event(&envelope.payload)
+        .ok()
+        .and_then(|e| e.header)
+        .and_then(|h| h.recorded_at)
+        .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok()))
+}
+
+/// The receipt of a facility event in a vector's context ([`received_at`]; the
+/// earliest instant when there is none, which no step reached then depends on).
+pub fn receipt(ctx: &Context, envelope: &Envelope) -> anyhow::Result<Receipt> {
+    Ok(Receipt {
+        received_at: received_at(ctx, envelope)?.unwrap_or(Timestamp::MIN),
+        registry_seq: None,
+    })
+}
+
+/// The bounds of `recorded_at` around the receive time: the defaults, overridden.
+pub fn clock_policy(ctx: &Context) -> ClockPolicy {
+    let mut p = ClockPolicy::default();
+    let secs = |n: u32| Duration::from_secs(i64::from(n)).expect("u32 seconds are a duration");
+    if let Some(o) = &ctx.policy {
+        if let Some(n) = o.recorded_at_max_future_seconds {
+            p.max_future = secs(n);
+        }
+        if let Some(n) = o.recorded_at_max_past_seconds {
+            p.max_past = secs(n);
+        }
+    }
+    p
 }
 
 fn days(n: u32) -> Duration {
@@ -682,6 +759,7 @@ pub fn facility_facts(ctx: &Context) -> anyhow::Result<FacilityFacts> {
         attested_the_grant: f.attested_the_grant,
         declared_since: f.declared_since,
         open_for_patient: f.open_for_patient,
+        supersedes_own: f.supersedes_own,
     })
 }
 
@@ -822,7 +900,7 @@ fn rejected(rejection: &Rejection, extends_chain: bool) -> Expected {
 }
 
 /// Judges an envelope in a vector's context with the Rust implementation: a facility
-/// event (steps 1–10), or a patient statement when the context has `received_at`.
+/// event (steps 1–10), or a patient statement when it is submitted to PatientService.
 /// `keys` resolves the patient's active key id of a statement's context.
 pub fn evaluate(envelope: Envelope, ctx: &Context, keys: &KeyFile) -> anyhow::Result<Expected> {
     if ctx.is_statement() {
@@ -837,7 +915,8 @@ fn evaluate_facility_event(envelope: Envelope, ctx: &Context) -> anyhow::Result<
 }
 
 /// Steps 1–9 only of a facility event (no facility facts): what a verifier that sees
-/// the envelope alone, such as `hrx verify`, can say. `None` for a patient statement.
+/// the envelope, the keys, the head and the receive time, such as `hrx verify`, can
+/// say. `None` for a patient statement.
 pub fn evaluate_through_content(
     envelope: Envelope,
     ctx: &Context,
@@ -853,10 +932,13 @@ fn evaluate_facility_steps(
     ctx: &Context,
     with_facts: bool,
 ) -> anyhow::Result<Expected> {
+    let receipt = receipt(ctx, &envelope)?;
     let verdict = verify_facility_envelope(
         envelope,
         &keyring(ctx)?,
         head(ctx)?,
+        &receipt,
+        &clock_policy(ctx),
         codec::decode_facility_event,
     );
     Ok(match verdict {
@@ -890,11 +972,8 @@ fn evaluate_statement(
     ctx: &Context,
     keys: &KeyFile,
 ) -> anyhow::Result<Expected> {
-    let received_at = Timestamp::parse_rfc3339(
-        ctx.received_at
-            .as_deref()
-            .ok_or_else(|| anyhow!("a statement's context needs received_at"))?,
-    )?;
+    let received_at =
+        received_at(ctx, envelope)?.ok_or_else(|| anyhow!("a statement needs received_at"))?;
     let statement =
         match patient::verify_statement(envelope, received_at, codec::decode_patient_statement) {
             Ok(s) => s,

@@ -5,7 +5,9 @@
 use hrx_domain::chain::ChainHead;
 use hrx_domain::dsse::PayloadType;
 use hrx_domain::event::Body;
-use hrx_domain::verify::{KeyOwner, KeyRecord, Verdict, verify_facility_envelope};
+use hrx_domain::verify::{
+    ClockPolicy, KeyOwner, KeyRecord, Receipt, Verdict, verify_facility_envelope,
+};
 use hrx_domain::{FacilityId, RecordKind, SensitivityLabel, Sha256, SigningKey, Timestamp};
 use hrx_proto::{codec, v1};
 use proptest::prelude::*;
@@ -24,6 +26,8 @@ fn keyring(key: &SigningKey) -> Vec<KeyRecord> {
         owner: KeyOwner::Facility(FacilityId::parse(FACILITY).unwrap()),
         valid_from: Timestamp::from_unix_seconds(0).unwrap(),
         revoked_at: None,
+        registered_seq: 0,
+        revoked_seq: None,
     }]
 }
 
@@ -112,6 +116,15 @@ fn head_before(c: &Case) -> ChainHead {
         seq: c.seq - 1,
         event_hash: Sha256::from_bytes(c.prev),
         event_id: None,
+        recorded_at: None,
+    }
+}
+
+/// Received exactly when `c` says it was recorded.
+fn receipt(c: &Case) -> Receipt {
+    Receipt {
+        received_at: Timestamp::new(c.recorded, c.nanos).unwrap(),
+        registry_seq: None,
     }
 }
 
@@ -119,6 +132,7 @@ fn judge(
     bytes: &[u8],
     key: &SigningKey,
     head: ChainHead,
+    receipt: &Receipt,
 ) -> Option<Verdict<hrx_domain::event::FacilityEvent>> {
     // Bytes that are not an envelope at all are rejected at ingest as MALFORMED_ENVELOPE.
     let envelope = codec::decode_envelope(bytes).ok()?;
@@ -126,6 +140,8 @@ fn judge(
         envelope,
         &keyring(key),
         head,
+        receipt,
+        &ClockPolicy::default(),
         codec::decode_facility_event,
     ))
 }
@@ -139,7 +155,7 @@ proptest! {
         let payload = event(&c).encode_to_vec();
         let envelope = key.sign(PayloadType::FacilityEvent, payload.clone());
         let bytes = codec::encode_envelope(&envelope);
-        let Some(Verdict::Accepted(e)) = judge(&bytes, &key, head_before(&c)) else {
+        let Some(Verdict::Accepted(e)) = judge(&bytes, &key, head_before(&c), &receipt(&c)) else {
             panic!("a valid event was not accepted");
         };
         prop_assert_eq!(e.header.link.seq, c.seq);
@@ -160,7 +176,7 @@ proptest! {
         let mut bytes = codec::encode_envelope(&envelope);
         let i = pos.index(bytes.len());
         bytes[i] ^= xor;
-        match judge(&bytes, &key, head_before(&c)) {
+        match judge(&bytes, &key, head_before(&c), &receipt(&c)) {
             None | Some(Verdict::Rejected { .. }) => {}
             Some(other) => panic!("byte {i} ^ {xor:#x} gave {other:?}"),
         }

@@ -14,7 +14,14 @@ use hrx_tests::vectors;
 /// The outcome of steps 1–7 as comparable data.
 fn outcome(envelope: Envelope, ctx: &vectors::Context, memo: &dyn VerifiedSignatures) -> String {
     let keys = vectors::keyring(ctx).unwrap();
-    match authenticate_facility_event(envelope, &keys, memo, codec::decode_facility_event) {
+    let receipt = vectors::receipt(ctx, &envelope).unwrap();
+    match authenticate_facility_event(
+        envelope,
+        &keys,
+        memo,
+        &receipt,
+        codec::decode_facility_event,
+    ) {
         Ok(e) => format!("authenticated {}", e.event_hash),
         Err(r) => format!("refused {:?}", r.reason()),
     }

@@ -68,11 +68,12 @@ fn verdicts_and_reasons_match() {
 fn facility_facts_decide_only_in_step_10() {
     // Without facts (steps 1–9), a vector rejected in step 10 is accepted, and every
     // other facility vector keeps its verdict.
-    const STEP_10: [&str; 4] = [
+    const STEP_10: [&str; 5] = [
         "NO_STANDING",
         "ATTESTED_GRANT_OUT_OF_BOUNDS",
         "NOT_GRANTOR",
         "BREAK_GLASS_LIMIT",
+        "SUPERSEDES_FOREIGN_RECORD",
     ];
     let (_, vectors) = vectors::load().unwrap();
     for v in &vectors {
@@ -116,10 +117,52 @@ fn statements_never_extend_a_chain_and_carry_their_context() {
             v.name
         );
         assert!(v.context.facility_facts.is_none(), "{}", v.name);
+        assert!(v.context.received_at.is_some(), "{}", v.name);
     }
     for v in vectors.iter().filter(|v| !v.context.is_statement()) {
         assert!(v.context.patient.is_none(), "{}", v.name);
     }
+}
+
+/// Every reason code of the domain has a vector, and the vectors name no other.
+#[test]
+fn every_reason_has_a_vector() {
+    let (_, vectors) = vectors::load().unwrap();
+    let reasons: BTreeSet<_> = vectors
+        .iter()
+        .filter_map(|v| v.expected.reason.clone())
+        .collect();
+    let known: BTreeSet<String> = hrx_domain::Reason::ALL
+        .iter()
+        .map(|r| r.name().to_owned())
+        .collect();
+    for r in &reasons {
+        assert!(known.contains(r), "a vector names unknown reason {r}");
+    }
+    // NOT_AUTHORISED is a caller check (the wrong facility submitting), not a verdict on
+    // an envelope.
+    for r in known.iter().filter(|r| r.as_str() != "NOT_AUTHORISED") {
+        assert!(reasons.contains(r), "no vector for {r}");
+    }
+}
+
+/// The clock of step 8b never decides a refusal that also enters the chain, and a
+/// receive time in a facility event's context changes nothing the chain check decides.
+#[test]
+fn clock_refusals_do_not_extend_the_chain() {
+    let (_, vectors) = vectors::load().unwrap();
+    let mut clock = 0;
+    for v in &vectors {
+        if matches!(
+            v.expected.reason.as_deref(),
+            Some("RECORDED_AT_OUT_OF_RANGE" | "RECORDED_AT_DECREASING")
+        ) {
+            clock += 1;
+            assert!(!v.context.is_statement(), "{}", v.name);
+            assert!(!v.expected.extends_chain, "{}", v.name);
+        }
+    }
+    assert!(clock >= 4, "{clock} clock vectors");
 }
 
 #[test]
@@ -175,6 +218,9 @@ fn the_set_covers_what_the_contract_requires() {
         "ATTESTED_GRANT_OUT_OF_BOUNDS",
         "NOT_GRANTOR",
         "BREAK_GLASS_LIMIT",
+        "RECORDED_AT_OUT_OF_RANGE",
+        "RECORDED_AT_DECREASING",
+        "SUPERSEDES_FOREIGN_RECORD",
     ] {
         assert!(reasons.contains(r), "no vector for {r}");
     }
@@ -193,6 +239,7 @@ fn the_set_covers_what_the_contract_requires() {
         "statement.header.public_key",
         "patient_key_enrollment.public_key",
         "consent_request.duration",
+        "header.seq",
     ] {
         assert!(fields.contains(f), "no vector for field {f}");
     }

@@ -244,9 +244,10 @@ pub async fn facility_facts(
                 matches!(e, Earlier::Record { id, patient: p, .. } if *id == record && p == patient)
             });
             facts.supersedes_own = pending
-                || store.record(record).await?.is_some_and(|(r, _)| {
-                    &r.facility_id == facility && &r.patient_id == patient
-                });
+                || store
+                    .record(record)
+                    .await?
+                    .is_some_and(|(r, _)| &r.facility_id == facility && &r.patient_id == patient);
         }
     }
     Ok(facts)

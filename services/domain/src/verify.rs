@@ -154,6 +154,20 @@ pub trait Keyring {
     fn key(&self, key_id: &KeyId) -> Option<&KeyRecord>;
 }
 
+/// A keyring as of a registry head: keys registered after it are unknown (step 3).
+struct AsOf<'k, K: ?Sized> {
+    keys: &'k K,
+    registry_seq: Option<u64>,
+}
+
+impl<K: Keyring + ?Sized> Keyring for AsOf<'_, K> {
+    fn key(&self, key_id: &KeyId) -> Option<&KeyRecord> {
+        self.keys
+            .key(key_id)
+            .filter(|k| self.registry_seq.is_none_or(|v| k.registered_seq <= v))
+    }
+}
+
 impl Keyring for HashMap<KeyId, KeyRecord> {
     fn key(&self, key_id: &KeyId) -> Option<&KeyRecord> {
         self.get(key_id)
@@ -272,8 +286,12 @@ where
     K: Keyring + ?Sized,
     D: FnOnce(&[u8]) -> Result<unchecked::FacilityEvent, E>,
 {
+    let keys = AsOf {
+        keys,
+        registry_seq: receipt.registry_seq,
+    };
     let (key_id, key, event_hash) =
-        check_signature(&envelope, PayloadType::FacilityEvent, keys, memo)?;
+        check_signature(&envelope, PayloadType::FacilityEvent, &keys, memo)?;
     let event = decode(&envelope.payload).map_err(|_| malformed())?;
     let (Some(raw_header), Some(body)) = (event.header, event.body) else {
         return Err(malformed());

@@ -158,8 +158,7 @@ fn sign_refuses_content_the_exchange_would_reject() {
 /// `hrx verify` judges what the envelope, the facility's keys and head and the receive
 /// time show (steps 1–9 of the contract, 8b included); the facility facts of step 10 and
 /// patient statements need the exchange's state, so the expected verdict is the one
-/// through step 9. `hrx verify` runs with the default clock bounds, so vectors that
-/// override them are left out.
+/// through step 9, with the vector's clock bounds.
 #[test]
 fn verify_names_the_reason_of_every_vector() {
     let (_, all) = vectors::load().unwrap();
@@ -167,12 +166,6 @@ fn verify_names_the_reason_of_every_vector() {
     let mut checked = 0;
     let mut with_receive_time = 0;
     for v in &all {
-        let clock_overridden = v.context.policy.as_ref().is_some_and(|p| {
-            p.recorded_at_max_future_seconds.is_some() || p.recorded_at_max_past_seconds.is_some()
-        });
-        if clock_overridden {
-            continue;
-        }
         let Some(expected) =
             vectors::evaluate_through_content(v.envelope.to_envelope().unwrap(), &v.context)
                 .unwrap()
@@ -187,6 +180,14 @@ fn verify_names_the_reason_of_every_vector() {
         )
         .unwrap();
         let mut args: Vec<String> = vec!["verify".into(), s(&env).into()];
+        // The clock bounds the vector's policy sets, if any.
+        let policy = v.context.policy.clone().unwrap_or_default();
+        if let Some(n) = policy.recorded_at_max_future_seconds {
+            args.extend(["--recorded-at-max-future-secs".into(), n.to_string()]);
+        }
+        if let Some(n) = policy.recorded_at_max_past_seconds {
+            args.extend(["--recorded-at-max-past-secs".into(), n.to_string()]);
+        }
         for (i, k) in v.context.keys.iter().enumerate() {
             let p = dir.path().join(format!("{}-{i}.pub.json", v.name));
             std::fs::write(&p, serde_json::to_string(k).unwrap()).unwrap();

@@ -174,9 +174,9 @@ pub async fn backends(config: &NodeConfig) -> Result<Backends, NodeError> {
                         .with_jitter(),
                 )
                 .when(|e| matches!(e, NodeError::Backend(_)))
-                .notify(|e, wait| {
-                    tracing::warn!(error = %e, ?wait, "backends unavailable; retrying")
-                })
+                .notify(
+                    |e, wait| tracing::warn!(error = %e, ?wait, "backends unavailable; retrying"),
+                )
                 .await
         }
     }

@@ -21,7 +21,12 @@ fn reason(r: &v1::SubmitResult) -> i32 {
 }
 
 fn obs(patient: &str) -> v1::facility_event::Body {
-    record(patient, RecordKind::Observation, ts("2026-11-01T00:00:00Z"), &[])
+    record(
+        patient,
+        RecordKind::Observation,
+        ts("2026-11-01T00:00:00Z"),
+        &[],
+    )
 }
 
 fn secs(n: i64) -> Duration {
@@ -71,8 +76,7 @@ async fn a_revoked_key_is_refused_at_ingest_at_once_and_back_dating_does_not_hel
     // The national center revokes it; the very next submission, to either replica, is
     // refused at ingest — never accepted and dropped later.
     let before = Timestamp::now();
-    w.nc
-        .revoke_key(&old_key.key_id(), Timestamp::now(), "stolen laptop")
+    w.nc.revoke_key(&old_key.key_id(), Timestamp::now(), "stolen laptop")
         .await
         .unwrap();
     let (_, r) = stolen.emit(obs(AN)).await.unwrap();
@@ -93,7 +97,11 @@ async fn a_revoked_key_is_refused_at_ingest_at_once_and_back_dating_does_not_hel
     assert!(accepted(&r), "{r:?}");
     settle(&w.nc).await;
     let (entries, _) = read_all(&district, AN, Purpose::Treatment, 50).await;
-    assert_eq!(entries.len(), 3, "everything accepted is visible, nothing else");
+    assert_eq!(
+        entries.len(),
+        3,
+        "everything accepted is visible, nothing else"
+    );
     let _ = new_key;
     if let Some(r) = replica {
         r.stop().await;
@@ -106,19 +114,30 @@ async fn recorded_at_is_bounded_by_the_receive_time_and_never_goes_back(env: Env
     let mut w = World::register(env.path(), &node).await;
     let now = Timestamp::now();
     for (recorded, expected) in [
-        (now.checked_add(secs(3600)).unwrap(), v1::RejectionReason::RecordedAtOutOfRange),
-        (now.checked_sub(secs(30 * 86_400)).unwrap(), v1::RejectionReason::RecordedAtOutOfRange),
+        (
+            now.checked_add(secs(3600)).unwrap(),
+            v1::RejectionReason::RecordedAtOutOfRange,
+        ),
+        (
+            now.checked_sub(secs(30 * 86_400)).unwrap(),
+            v1::RejectionReason::RecordedAtOutOfRange,
+        ),
     ] {
         let (_, envelope) = w.district.sign_at(obs(AN), recorded);
         let r = w.district.submit(vec![envelope]).await.unwrap().remove(0);
         assert_eq!(reason(&r), expected as i32);
-        assert!(!r.extends_chain, "the facility resends this seq with a sane time");
+        assert!(
+            !r.extends_chain,
+            "the facility resends this seq with a sane time"
+        );
         w.district.sync_head().await.unwrap();
     }
     // A day late is within the bounds; then going back in time is refused.
     let late = now.checked_sub(secs(86_400)).unwrap();
     let (_, envelope) = w.district.sign_at(obs(AN), late);
-    assert!(accepted(&w.district.submit(vec![envelope]).await.unwrap()[0]));
+    assert!(accepted(
+        &w.district.submit(vec![envelope]).await.unwrap()[0]
+    ));
     let (_, envelope) = w
         .district
         .sign_at(obs(AN), late.checked_sub(secs(1)).unwrap());
@@ -127,7 +146,9 @@ async fn recorded_at_is_bounded_by_the_receive_time_and_never_goes_back(env: Env
     w.district.sync_head().await.unwrap();
     // The same time again is fine, and so is now.
     let (_, envelope) = w.district.sign_at(obs(AN), late);
-    assert!(accepted(&w.district.submit(vec![envelope]).await.unwrap()[0]));
+    assert!(accepted(
+        &w.district.submit(vec![envelope]).await.unwrap()[0]
+    ));
     let (_, r) = w.district.emit(obs(AN)).await.unwrap();
     assert!(accepted(&r));
     // "Last seen" is the exchange's time, not a facility's claim.
@@ -140,7 +161,10 @@ async fn recorded_at_is_bounded_by_the_receive_time_and_never_goes_back(env: Env
         .facilities;
     let district = stats.iter().find(|s| s.facility_id == DISTRICT).unwrap();
     let seen = district.last_seen.unwrap();
-    assert!(seen.seconds >= now.seconds() - 5, "last seen is the receive time");
+    assert!(
+        seen.seconds >= now.seconds() - 5,
+        "last seen is the receive time"
+    );
     node.stop().await;
 }
 
@@ -159,10 +183,20 @@ async fn a_record_corrects_only_its_own_facilitys_records(env: Env) {
         body
     };
     let (_, r) = w.provincial.emit(correcting(&theirs)).await.unwrap();
-    assert_eq!(reason(&r), v1::RejectionReason::SupersedesForeignRecord as i32);
+    assert_eq!(
+        reason(&r),
+        v1::RejectionReason::SupersedesForeignRecord as i32
+    );
     assert!(r.extends_chain);
-    let (_, r) = w.provincial.emit(correcting(&hrx_domain::EventId::new_v7())).await.unwrap();
-    assert_eq!(reason(&r), v1::RejectionReason::SupersedesForeignRecord as i32);
+    let (_, r) = w
+        .provincial
+        .emit(correcting(&hrx_domain::EventId::new_v7()))
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&r),
+        v1::RejectionReason::SupersedesForeignRecord as i32
+    );
     let (fixed, r) = w.provincial.emit(correcting(&ours)).await.unwrap();
     assert!(accepted(&r), "{r:?}");
     settle(&w.nc).await;
@@ -170,7 +204,10 @@ async fn a_record_corrects_only_its_own_facilitys_records(env: Env) {
     let old = own.iter().find(|e| e.event_id == ours.to_string()).unwrap();
     assert_eq!(old.superseded_by, fixed.to_string());
     let (district, _) = read_all(&w.district, AN, Purpose::Treatment, 50).await;
-    assert!(district.iter().all(|e| e.superseded_by.is_empty()), "untouched");
+    assert!(
+        district.iter().all(|e| e.superseded_by.is_empty()),
+        "untouched"
+    );
     node.stop().await;
 }
 
@@ -178,16 +215,14 @@ async fn registry_operations_on_unknown_keys_or_facilities_are_refused(env: Env)
     let node = TestNode::start(&env).await;
     let w = World::register(env.path(), &node).await;
     let unknown = hrx_domain::SigningKey::from_seed(&[9; 32]).unwrap();
-    let e = w
-        .nc
-        .revoke_key(&unknown.key_id(), Timestamp::now(), "typo")
-        .await
-        .unwrap_err();
+    let e =
+        w.nc.revoke_key(&unknown.key_id(), Timestamp::now(), "typo")
+            .await
+            .unwrap_err();
     let text = e.to_string();
     assert!(text.contains("no registered key has this key_id"), "{text}");
-    let results = w
-        .nc
-        .submit_unchecked(vec![v1::registry_event::Body::KeyAdded(v1::KeyAdded {
+    let results =
+        w.nc.submit_unchecked(vec![v1::registry_event::Body::KeyAdded(v1::KeyAdded {
             facility_id: "79999".into(),
             public_key: unknown.public_key().as_bytes().to_vec(),
             valid_from: Some(codec::timestamp(Timestamp::now())),
@@ -195,16 +230,23 @@ async fn registry_operations_on_unknown_keys_or_facilities_are_refused(env: Env)
         .await
         .unwrap();
     assert_eq!(results[0].status, v1::SubmitStatus::Rejected as i32);
-    assert!(results[0].extends_chain, "it keeps its place in the registry chain");
+    assert!(
+        results[0].extends_chain,
+        "it keeps its place in the registry chain"
+    );
     assert_eq!(
         results[0].rejection.as_ref().unwrap().field,
         "registry.key_added.facility_id"
     );
     // The registry goes on.
-    w.nc
-        .register_facility(&fac("79999"), "Phòng khám mới", "Hà Nội", FacilityLevel::Initial)
-        .await
-        .unwrap();
+    w.nc.register_facility(
+        &fac("79999"),
+        "Phòng khám mới",
+        "Hà Nội",
+        FacilityLevel::Initial,
+    )
+    .await
+    .unwrap();
     node.stop().await;
 }
 
@@ -259,7 +301,11 @@ async fn snapshot(store: &dyn Store) -> String {
         let mut records = store.timeline(&q).await.unwrap();
         let mut seqs: Vec<u64> = records.iter().map(|r| r.patient_seq).collect();
         seqs.sort_unstable();
-        assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>(), "gap-free");
+        assert_eq!(
+            seqs,
+            (1..=records.len() as u64).collect::<Vec<_>>(),
+            "gap-free"
+        );
         for r in &mut records {
             r.patient_seq = 0;
         }
@@ -310,8 +356,7 @@ async fn replay_after_mid_stream_revocations_and_rotations_equals_live(env: Env)
             ))
             .unwrap();
             w.nc.add_key(&fac(DISTRICT)).await.unwrap();
-            w.nc
-                .revoke_key(&old.key_id(), Timestamp::now(), "rotated")
+            w.nc.revoke_key(&old.key_id(), Timestamp::now(), "rotated")
                 .await
                 .unwrap();
             let (_, r) = w.district.emit(obs(AN)).await.unwrap();
@@ -324,7 +369,10 @@ async fn replay_after_mid_stream_revocations_and_rotations_equals_live(env: Env)
     settle(&w.nc).await;
     let backends = hrx_node::backends(&env.config).await.unwrap();
     let live = snapshot(&*backends.store).await;
-    assert!(live.matches("Observation").count() >= sent, "{sent} records projected");
+    assert!(
+        live.matches("Observation").count() >= sent,
+        "{sent} records projected"
+    );
     drop(w);
     for r in replicas {
         r.stop().await;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hrx_domain::chain::ChainHead;
-use hrx_domain::verify::{self, KeyOwner, KeyRecord, Verdict};
 use hrx_domain::event::RegistryBody;
+use hrx_domain::verify::{self, KeyOwner, KeyRecord, Verdict};
 use hrx_domain::{Envelope, EventId, FacilityId, KeyId, Timestamp, content};
 use hrx_ports::{
     Append, ChainKey, EventLog, FacilityInfo, KeyInfo, LogPosition, PortResult, Store,
@@ -147,9 +147,7 @@ impl Registry {
             let verdict = match verdict {
                 Verdict::Accepted(e) => {
                     let existing = match &e.body {
-                        RegistryBody::KeyAdded { public_key, .. } => {
-                            keys.get(&public_key.key_id())
-                        }
+                        RegistryBody::KeyAdded { public_key, .. } => keys.get(&public_key.key_id()),
                         RegistryBody::KeyRevoked { key_id, .. } => keys.get(key_id),
                         RegistryBody::FacilityRegistered { .. } => None,
                     };
@@ -160,8 +158,7 @@ impl Registry {
                         }
                         _ => true,
                     };
-                    match content::check_registry_change(&e.body, existing, facility_registered)
-                    {
+                    match content::check_registry_change(&e.body, existing, facility_registered) {
                         Err(rejection) => Verdict::Rejected {
                             rejection,
                             extends_chain: true,

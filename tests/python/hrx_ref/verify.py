@@ -4,7 +4,8 @@
 The first failing step decides. The result is an `Outcome(verdict, reason, field,
 extends_chain)` with `verdict` in {"accepted", "duplicate", "rejected"}, `reason` the
 RejectionReason name without its prefix (or None) and `field` the dotted field path for
-INVALID_FIELD (or None). A context with `received_at` is a patient statement's.
+INVALID_FIELD (or None). The context's `submitted_to` picks the verifier: "ingest"
+(facility events) or "patient_service" (patient statements).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ MAX_REQUEST_REASON_BYTES = 1_000
 MAX_REQUEST_SECONDS = 365 * 86_400
 MAX_KEY_REVOCATION_REASON_BYTES = 1_000
 MAX_PROOF_SKEW_SECONDS = 3_600
+MAX_SEQ = 2**63 - 1
 DAY_SECONDS = 86_400
 NS = 1_000_000_000
 
@@ -112,12 +114,20 @@ class Head:
     seq: int
     event_hash: bytes
     event_id: Optional[str]
+    recorded_at: Optional[int] = None  # nanos; None: not known (or an empty chain)
 
     @classmethod
     def from_json(cls, obj: Optional[dict]) -> "Head":
         if obj is None:
             return EMPTY_HEAD
-        return cls(seq=int(obj["seq"]), event_hash=bytes.fromhex(obj["event_hash"]), event_id=obj.get("event_id"))
+        _strict(obj, {"seq", "event_hash", "event_id", "recorded_at"}, "head")
+        recorded = obj.get("recorded_at")
+        return cls(
+            seq=int(obj["seq"]),
+            event_hash=bytes.fromhex(obj["event_hash"]),
+            event_id=obj.get("event_id"),
+            recorded_at=None if recorded is None else _nanos_of_text(recorded),
+        )
 
 
 EMPTY_HEAD = Head(seq=0, event_hash=bytes(32), event_id=None)
@@ -142,6 +152,9 @@ class Policy:
     standing_window_days: int = 365
     break_glass_per_day: int = 20
     break_glass_open_per_patient: int = 1
+    # Step 8b: how far recorded_at may lie after / before the receive time.
+    recorded_at_max_future_seconds: int = 300
+    recorded_at_max_past_seconds: int = 7 * DAY_SECONDS
 
     @classmethod
     def from_json(cls, obj: Optional[dict]) -> "Policy":
@@ -159,6 +172,7 @@ class FacilityFacts:
     attested_the_grant: bool = False
     declared_since: int = 0
     open_for_patient: int = 0
+    supersedes_own: bool = False
 
     @classmethod
     def from_json(cls, obj: Optional[dict]) -> "FacilityFacts":
@@ -171,6 +185,7 @@ class FacilityFacts:
             attested_the_grant=bool(obj.get("attested_the_grant", False)),
             declared_since=int(obj.get("declared_since", 0)),
             open_for_patient=int(obj.get("open_for_patient", 0)),
+            supersedes_own=bool(obj.get("supersedes_own", False)),
         )
 
 
@@ -206,20 +221,31 @@ class PatientState:
 NO_STATE = PatientState(patient_id="", active_key_id=None, grants=frozenset(), pending_requests=())
 
 
+SUBMITTED_TO = ("ingest", "patient_service")
+
+
 @dataclass(frozen=True)
 class Context:
+    submitted_to: str  # "ingest" (a facility event) or "patient_service" (a statement)
     keys: tuple[KeyEntry, ...]
     head: Head
     policy: Policy = Policy()
     facts: FacilityFacts = FacilityFacts()
-    received_at: Optional[int] = None  # nanos; set for patient statements
+    # nanos; required for a statement; for a facility event None means its recorded_at
+    received_at: Optional[int] = None
     patient: Optional[PatientState] = None
 
     @classmethod
     def from_json(cls, obj: dict) -> "Context":
-        _strict(obj, {"keys", "head", "policy", "facility_facts", "received_at", "patient"}, "context")
+        _strict(obj, {"submitted_to", "keys", "head", "policy", "facility_facts", "received_at", "patient"}, "context")
+        submitted_to = obj.get("submitted_to")
+        if submitted_to not in SUBMITTED_TO:
+            raise ValueError(f"unknown submitted_to {submitted_to!r}")
         received = obj.get("received_at")
+        if submitted_to == "patient_service" and received is None:
+            raise ValueError("a statement's context needs received_at")
         return cls(
+            submitted_to=submitted_to,
             keys=tuple(KeyEntry.from_json(k) for k in obj.get("keys") or ()),
             head=Head.from_json(obj.get("head")),
             policy=Policy.from_json(obj.get("policy")),
@@ -368,9 +394,9 @@ def _refers_to_patient(obj: Any, patient_id: str) -> bool:
 
 
 def verify(envelope: Envelope, context: Context) -> Outcome:
-    """A facility event (steps 1–10), or a patient statement when the context has
-    `received_at`."""
-    if context.received_at is not None:
+    """A facility event submitted to ingest (steps 1–10), or a patient statement
+    submitted to PatientService."""
+    if context.submitted_to == "patient_service":
         return verify_statement(envelope, context)
     pb = load()
 
@@ -406,20 +432,23 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
         return _reject("INVALID_FIELD", "header.event_id")
     if not is_facility_id(h.facility_id):
         return _reject("INVALID_FIELD", "header.facility_id")
-    if h.seq < 1:
+    if not 1 <= h.seq <= MAX_SEQ:
         return _reject("INVALID_FIELD", "header.seq")
     if len(h.prev_hash) != 32:
         return _reject("INVALID_FIELD", "header.prev_hash")
     if not present_ts(h, "recorded_at"):
         return _reject("INVALID_FIELD", "header.recorded_at")
     recorded_at = nanos(h.recorded_at)
+    # When the exchange received the event: the time it can vouch for. A context
+    # without one means the event was received at the recorded_at it claims.
+    received_at = recorded_at if context.received_at is None else context.received_at
 
-    # 7. The key against the facility and the time.
+    # 7. The key against the facility and the receive time (never recorded_at).
     valid_from = key.valid_from[0] * NS + key.valid_from[1]
     revoked_at = None if key.revoked_at is None else key.revoked_at[0] * NS + key.revoked_at[1]
-    if key.facility_id != h.facility_id or recorded_at < valid_from:
+    if key.facility_id != h.facility_id or received_at < valid_from:
         return _reject("KEY_NOT_VALID_FOR_FACILITY")
-    if revoked_at is not None and revoked_at <= recorded_at:
+    if revoked_at is not None and revoked_at <= received_at:
         return _reject("KEY_REVOKED")
 
     # 8. Chain against the facility's head.
@@ -438,6 +467,16 @@ def verify(envelope: Envelope, context: Context) -> Outcome:
         # seq < head.seq with a new event id: with only the head known, it cannot be the
         # event recorded at that seq (README step 8).
         return _reject("FORK")
+
+    # 8b. The event extends the chain: its recorded_at against the receive time and the
+    #     head's. A refusal here keeps it out of the chain.
+    policy = context.policy
+    if recorded_at > received_at + policy.recorded_at_max_future_seconds * NS:
+        return _reject("RECORDED_AT_OUT_OF_RANGE")
+    if recorded_at < received_at - policy.recorded_at_max_past_seconds * NS:
+        return _reject("RECORDED_AT_OUT_OF_RANGE")
+    if head.recorded_at is not None and recorded_at < head.recorded_at:
+        return _reject("RECORDED_AT_DECREASING")
 
     # 9. Content: the event extends the chain whatever the outcome.
     error = _content_error(pb, event, body_kind)
@@ -511,6 +550,11 @@ def _facts_error(pb, event, body_kind: str, policy: Policy, facts: FacilityFacts
             return "BREAK_GLASS_LIMIT"
         if facts.open_for_patient >= policy.break_glass_open_per_patient:
             return "BREAK_GLASS_LIMIT"
+        return None
+    if body_kind == "record":
+        # A correction only of an earlier record of this facility about this patient.
+        if event.record.supersedes != "" and not facts.supersedes_own:
+            return "SUPERSEDES_FOREIGN_RECORD"
         return None
     return None
 

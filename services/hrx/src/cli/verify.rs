@@ -40,6 +40,13 @@ pub struct VerifyArgs {
     /// before it.
     #[arg(long)]
     received_at: Option<String>,
+    /// How far after the receive time recorded_at may lie, in seconds (the exchange's
+    /// default 300).
+    #[arg(long, default_value_t = 300)]
+    recorded_at_max_future_secs: u32,
+    /// How far before it, in seconds (the exchange's default 604800, 7 days).
+    #[arg(long, default_value_t = 604_800)]
+    recorded_at_max_past_secs: u32,
     /// Verify a registry event (signed by the national root key) against the registry
     /// chain, instead of a facility event.
     #[arg(long)]
@@ -114,31 +121,36 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         },
         registry_seq: None,
     };
-    let verdict =
-        if a.registry {
-            verify::verify_registry_envelope(&envelope, &keys, head, codec::decode_registry_event)
-                .map(|e| {
-                    format!(
-                        "registry event {} seq {}",
-                        e.header.link.event_id, e.header.link.seq
-                    )
-                })
-        } else {
-            verify::verify_facility_envelope(
-                envelope,
-                &keys,
-                head,
-                &receipt,
-                &ClockPolicy::default(),
-                codec::decode_facility_event,
+    let verdict = if a.registry {
+        verify::verify_registry_envelope(&envelope, &keys, head, codec::decode_registry_event).map(
+            |e| {
+                format!(
+                    "registry event {} seq {}",
+                    e.header.link.event_id, e.header.link.seq
+                )
+            },
+        )
+    } else {
+        verify::verify_facility_envelope(
+            envelope,
+            &keys,
+            head,
+            &receipt,
+            &ClockPolicy {
+                max_future: hrx_domain::Duration::from_secs(i64::from(
+                    a.recorded_at_max_future_secs,
+                ))?,
+                max_past: hrx_domain::Duration::from_secs(i64::from(a.recorded_at_max_past_secs))?,
+            },
+            codec::decode_facility_event,
+        )
+        .map(|e| {
+            format!(
+                "facility event {} from {} seq {}",
+                e.header.link.event_id, e.header.facility_id, e.header.link.seq
             )
-            .map(|e| {
-                    format!(
-                        "facility event {} from {} seq {}",
-                        e.header.link.event_id, e.header.facility_id, e.header.link.seq
-                    )
-                })
-        };
+        })
+    };
     Ok(match verdict {
         Verdict::Accepted(what) => {
             println!("accepted: {what}, event hash {event_hash}");
