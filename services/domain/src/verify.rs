@@ -356,18 +356,22 @@ impl<E> Verdict<E> {
 
 /// Steps 8–9 for an authenticated facility event, given its chain context: its place
 /// in the chain, then (when it extends the chain) its recorded_at against the receive
-/// time and the head's, then its content.
+/// time and the head's, then its content. `clock` is `None` for an event the log holds
+/// from before it recorded receive times: it was accepted without the clock rules, and
+/// a replay must judge it as it was judged.
 pub fn settle_facility_event(
     event: AuthenticatedEvent,
     ctx: &ChainContext,
     receipt: &Receipt,
-    clock: &ClockPolicy,
+    clock: Option<&ClockPolicy>,
 ) -> Verdict<FacilityEvent> {
     match chain::check(ctx, &event.header.link, event.event_hash) {
         Err(r) => Verdict::refuse(r),
         Ok(ChainStep::Duplicate) => Verdict::Duplicate,
         Ok(ChainStep::Extends) => {
-            if let Err(r) = clock.check(event.header.link.recorded_at, receipt, &ctx.head) {
+            if let Some(clock) = clock
+                && let Err(r) = clock.check(event.header.link.recorded_at, receipt, &ctx.head)
+            {
                 return Verdict::refuse(r);
             }
             settle_content(event)
@@ -407,7 +411,7 @@ where
         Err(r) => Verdict::refuse(r),
         Ok(event) => {
             let ctx = ChainContext::head_only(head, &event.header.link);
-            settle_facility_event(event, &ctx, receipt, clock)
+            settle_facility_event(event, &ctx, receipt, Some(clock))
         }
     }
 }

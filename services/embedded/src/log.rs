@@ -153,6 +153,13 @@ fn append(conn: &mut Connection, batch: &[Append]) -> Result<(Vec<LogPosition>, 
         )?;
         for a in batch {
             let env = &a.envelope;
+            // The port's contract, as every log keeps it (Kafka timestamps are
+            // milliseconds): a receive time with a finer part is a caller's bug.
+            if a.received_at != a.received_at.truncated_to_millis() {
+                return Err(EmbeddedError::Corrupt(
+                    "an append's received_at must be whole milliseconds".into(),
+                ));
+            }
             let (appended_s, appended_ns) = codec::ts(a.received_at);
             entry.execute(params![
                 next,

@@ -324,7 +324,7 @@ impl Ingest {
             let ctx: ChainContext = ctx;
             let event_hash = event.event_hash;
             let envelope = event.envelope.clone();
-            match verify::settle_facility_event(event, &ctx, receipt, &self.clock) {
+            match verify::settle_facility_event(event, &ctx, receipt, Some(&self.clock)) {
                 Verdict::Duplicate => results.push((
                     index,
                     Outcome::Duplicate {

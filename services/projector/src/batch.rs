@@ -218,7 +218,10 @@ impl Builder<'_> {
             event_id: link.event_id,
             event_hash: hash,
             position: entry.position,
-            recorded_at: Some(link.recorded_at),
+            // As the log's chain index has it: a head time only for entries written
+            // since the log records receipts, so that the projector compares the next
+            // event with exactly what ingest compared it with.
+            recorded_at: entry.registry_seq.map(|_| link.recorded_at),
         });
     }
 
@@ -296,7 +299,10 @@ impl Builder<'_> {
         let chain = ChainKey::Facility(facility.clone());
         let ctx = self.context(&chain, link.event_id, link.seq).await?;
         let hash = event.event_hash;
-        match verify::settle_facility_event(event, &ctx, &receipt, self.clock) {
+        // An entry from before the log recorded receive times was accepted without the
+        // clock rules (and its chain index kept no head time): judge it so again.
+        let clock = receipt.registry_seq.is_some().then_some(self.clock);
+        match verify::settle_facility_event(event, &ctx, &receipt, clock) {
             Verdict::Duplicate => self.stats(&facility, entry.appended_at).duplicates += 1,
             Verdict::Rejected {
                 rejection,
