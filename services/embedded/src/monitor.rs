@@ -274,6 +274,37 @@ impl MonitorStore for SqliteNode {
             .await?)
     }
 
+    async fn record_ingest_duplicates(
+        &self,
+        duplicates: Vec<(FacilityId, u64, Timestamp)>,
+    ) -> PortResult<()> {
+        if duplicates.is_empty() {
+            return Ok(());
+        }
+        Ok(self
+            .inner
+            .db
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                for (f, n, at) in duplicates {
+                    add_stats(
+                        &tx,
+                        SOURCE_INGEST,
+                        &StatsDelta {
+                            facility_id: f,
+                            accepted: 0,
+                            duplicates: n,
+                            rejected: vec![],
+                            last_seen: at,
+                        },
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?)
+    }
+
     async fn projected_offsets(&self) -> PortResult<Vec<(u32, u64)>> {
         Ok(self.inner.db.read(|conn| offsets(conn)).await?)
     }

@@ -248,9 +248,15 @@ impl Ingest {
                 }
             }
         }
+        let mut duplicates = 0u64;
         for (facility, pending) in groups {
             for (index, outcome) in self
-                .place(&facility, pending, &receipt, &mut refused)
+                .place(
+                    &facility,
+                    pending,
+                    &receipt,
+                    (&mut refused, &mut duplicates),
+                )
                 .await?
             {
                 outcomes[index] = Some(outcome);
@@ -258,6 +264,9 @@ impl Ingest {
         }
         if !refused.is_empty() {
             self.store.record_ingest_rejections(refused).await?;
+        }
+        if duplicates > 0 {
+            self.record_duplicates(caller, duplicates, &receipt).await?;
         }
         Ok(outcomes
             .into_iter()
@@ -271,7 +280,7 @@ impl Ingest {
         facility: &FacilityId,
         pending: Vec<Pending>,
         receipt: &Receipt,
-        refused: &mut Vec<RejectionRow>,
+        (refused, duplicates): (&mut Vec<RejectionRow>, &mut u64),
     ) -> PortResult<Vec<(usize, Outcome)>> {
         let chain = ChainKey::Facility(facility.clone());
         let _guard = self.locks.lock(&chain).await;
@@ -325,13 +334,16 @@ impl Ingest {
             let event_hash = event.event_hash;
             let envelope = event.envelope.clone();
             match verify::settle_facility_event(event, &ctx, receipt, Some(&self.clock)) {
-                Verdict::Duplicate => results.push((
-                    index,
-                    Outcome::Duplicate {
-                        event_hash,
-                        position: prior_position,
-                    },
-                )),
+                Verdict::Duplicate => {
+                    *duplicates += 1;
+                    results.push((
+                        index,
+                        Outcome::Duplicate {
+                            event_hash,
+                            position: prior_position,
+                        },
+                    ))
+                }
                 Verdict::Rejected {
                     rejection,
                     extends_chain: false,
@@ -394,6 +406,10 @@ impl Ingest {
                     .record_ingest_rejections(std::mem::take(refused))
                     .await?;
             }
+            if *duplicates > 0 {
+                self.record_duplicates(facility, std::mem::take(duplicates), receipt)
+                    .await?;
+            }
             let batch = appends.iter().map(|(_, a, _)| a.clone()).collect();
             let positions = self.log.append(batch).await?;
             for ((index, a, rejection), position) in appends.into_iter().zip(positions) {
@@ -412,6 +428,19 @@ impl Ingest {
             }
         }
         Ok(results)
+    }
+
+    /// Counts duplicates ingest answered (they never reach the log), so that the
+    /// monitor's figures add up to what the clients were answered.
+    async fn record_duplicates(
+        &self,
+        facility: &FacilityId,
+        n: u64,
+        receipt: &Receipt,
+    ) -> PortResult<()> {
+        self.store
+            .record_ingest_duplicates(vec![(facility.clone(), n, receipt.received_at)])
+            .await
     }
 
     /// The facility's head as written to the log.

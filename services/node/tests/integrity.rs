@@ -281,6 +281,96 @@ async fn client_numbers_are_range_checked_before_anything_is_written(env: Env) {
     node.stop().await;
 }
 
+async fn the_monitor_adds_up_to_what_the_clients_were_answered(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let mut answers: Vec<v1::SubmitResult> = Vec::new();
+    // Accepted, then resent (duplicates).
+    let mut sent = Vec::new();
+    for _ in 0..5 {
+        let (_, e) = w.district.sign(obs(AN));
+        sent.push(e);
+    }
+    answers.extend(w.district.submit(sent.clone()).await.unwrap());
+    answers.extend(w.district.submit(sent[..2].to_vec()).await.unwrap());
+    // Rejected for content (it extends the chain).
+    let (_, r) = w
+        .district
+        .emit(record(AN, RecordKind::Condition, ts("2026-11-01T00:00:00Z"), &[]).into_wrong_type())
+        .await
+        .unwrap();
+    answers.push(r);
+    // A gap, a bad signature, and another facility's event: refused at ingest, counted
+    // against the caller, never against the facility a payload claims.
+    let (seq, prev) = w.district.head();
+    w.district.set_head(seq + 5, prev);
+    let (_, gap) = w.district.sign(obs(AN));
+    w.district.set_head(seq, prev);
+    let (_, mut forged) = w.district.sign(obs(AN));
+    forged.signature[0] ^= 1;
+    w.district.set_head(seq, prev);
+    let (_, theirs) = w.provincial.sign(obs(AN));
+    answers.extend(w.district.submit(vec![gap, forged, theirs]).await.unwrap());
+    settle(&w.nc).await;
+
+    let mut by_reason = std::collections::BTreeMap::new();
+    let (mut accepted, mut duplicates) = (0, 0);
+    for r in &answers {
+        match v1::SubmitStatus::try_from(r.status).unwrap() {
+            v1::SubmitStatus::Accepted => accepted += 1,
+            v1::SubmitStatus::Duplicate => duplicates += 1,
+            _ => {
+                *by_reason
+                    .entry(r.rejection.as_ref().unwrap().reason)
+                    .or_insert(0u64) += 1
+            }
+        }
+    }
+    assert_eq!((accepted, duplicates), (5, 2));
+    assert_eq!(by_reason.values().sum::<u64>(), 4, "{by_reason:?}");
+    let stats = v1::monitor_service_client::MonitorServiceClient::new(w.nc.channel())
+        .list_facility_stats(v1::ListFacilityStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .facilities;
+    let of = |f: &str| {
+        stats
+            .iter()
+            .find(|s| s.facility_id == f)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let district = of(DISTRICT);
+    assert_eq!(
+        (district.accepted, district.duplicates),
+        (accepted, duplicates)
+    );
+    let counted: std::collections::BTreeMap<i32, u64> = district
+        .rejected
+        .iter()
+        .map(|r| (r.reason, r.count))
+        .collect();
+    assert_eq!(counted, by_reason);
+    let provincial = of(PROVINCIAL);
+    assert!(provincial.rejected.is_empty(), "{provincial:?}");
+    node.stop().await;
+}
+
+/// A record body whose FHIR resource has the wrong type for its kind.
+trait WrongType {
+    fn into_wrong_type(self) -> Self;
+}
+
+impl WrongType for v1::facility_event::Body {
+    fn into_wrong_type(mut self) -> Self {
+        if let v1::facility_event::Body::Record(r) = &mut self {
+            r.kind = RecordKind::Observation.code();
+        }
+        self
+    }
+}
+
 /// Everything the projections hold about the test's patients and facilities, as text.
 async fn snapshot(store: &dyn Store) -> String {
     let mut out = String::new();
@@ -402,4 +492,5 @@ both_backends!(
     registry_operations_on_unknown_keys_or_facilities_are_refused,
     client_numbers_are_range_checked_before_anything_is_written,
     replay_after_mid_stream_revocations_and_rotations_equals_live,
+    the_monitor_adds_up_to_what_the_clients_were_answered,
 );

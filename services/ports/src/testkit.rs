@@ -2976,6 +2976,17 @@ pub async fn monitor_stats_add_up<S: Store + ?Sized>(store: &S) {
         store.record_ingest_rejections(Vec::new()).await,
         "nothing to record",
     );
+    // Duplicates ingest answered add to the projector's, and to last_seen.
+    ok(
+        store
+            .record_ingest_duplicates(vec![(f1.clone(), 2, at(5)), (f2.clone(), 3, at(16))])
+            .await,
+        "record_ingest_duplicates",
+    );
+    ok(
+        store.record_ingest_duplicates(Vec::new()).await,
+        "no duplicates",
+    );
 
     let mut stats = ok(store.facility_stats().await, "facility_stats");
     stats.sort_by(|a, b| a.facility_id.cmp(&b.facility_id));
@@ -2988,7 +2999,7 @@ pub async fn monitor_stats_add_up<S: Store + ?Sized>(store: &S) {
         FacilityStats {
             facility_id: f1.clone(),
             accepted: 3,
-            duplicates: 1,
+            duplicates: 1 + 2,
             rejected: sorted(vec![
                 (Reason::InvalidField, 2),
                 (Reason::Fork, 1),
@@ -3003,9 +3014,9 @@ pub async fn monitor_stats_add_up<S: Store + ?Sized>(store: &S) {
         FacilityStats {
             facility_id: f2.clone(),
             accepted: 1,
-            duplicates: 0,
+            duplicates: 3,
             rejected: Vec::new(),
-            last_seen: Some(at(15)),
+            last_seen: Some(at(16)),
             head_seq: 1,
         }
     );

@@ -306,6 +306,31 @@ impl MonitorStore for PgStore {
         Ok(())
     }
 
+    async fn record_ingest_duplicates(
+        &self,
+        duplicates: Vec<(FacilityId, u64, Timestamp)>,
+    ) -> PortResult<()> {
+        if duplicates.is_empty() {
+            return Ok(());
+        }
+        let what = "recording ingest duplicates";
+        let deltas: Vec<StatsDelta> = duplicates
+            .into_iter()
+            .map(|(facility_id, n, at)| StatsDelta {
+                facility_id,
+                accepted: 0,
+                duplicates: n,
+                rejected: vec![],
+                last_seen: at,
+            })
+            .collect();
+        let mut client = self.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| db(what, &e))?;
+        add_stats(&tx, SOURCE_INGEST, &deltas).await?;
+        tx.commit().await.map_err(|e| db(what, &e))?;
+        Ok(())
+    }
+
     async fn projected_offsets(&self) -> PortResult<Vec<(u32, u64)>> {
         let client = self.client("reading projector offsets").await?;
         Ok(offsets(&client).await?)
