@@ -46,6 +46,14 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties applied to every client (producer, consumers, admin),
     /// after hrx's own: e.g. `security.protocol`, `ssl.ca.location`, `sasl.mechanism`.
     pub client_properties: Vec<(String, String)>,
+    /// The projector replica's stable name in its consumer group (static membership,
+    /// Kafka's `group.instance.id`): a replica restarted under the same name gets its
+    /// partitions back at once, without waiting for the session timeout or a rebalance.
+    /// `None`: dynamic membership.
+    pub group_instance_id: Option<String>,
+    /// How long the group waits for a silent member before moving its partitions
+    /// (`session.timeout.ms`; the brokers' `group.min.session.timeout.ms` bounds it).
+    pub session_timeout: Duration,
 }
 
 impl KafkaConfig {
@@ -63,6 +71,8 @@ impl KafkaConfig {
             database_pool_size: 8,
             max_readers: None,
             client_properties: Vec::new(),
+            group_instance_id: None,
+            session_timeout: Duration::from_secs(6),
         }
     }
 

@@ -62,21 +62,37 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// How this replica is a member of its group.
+#[derive(Clone, Debug)]
+pub(crate) struct Membership {
+    /// Static membership's `group.instance.id`, when configured.
+    pub instance: Option<String>,
+    pub session_timeout: Duration,
+}
+
 /// Joins `group` on both topics and returns the assignment as it changes. A thread
 /// polls the membership (heartbeats, rebalances) until every receiver is dropped.
 pub(crate) fn join(
     mut config: ClientConfig,
     layout: Layout,
     group: &str,
+    membership: Membership,
 ) -> PortResult<watch::Receiver<Vec<u32>>> {
+    let session = membership.session_timeout.as_millis().max(1);
+    // Heartbeats three times per session, so one lost heartbeat never expels a member.
+    let heartbeat = (session / 3).max(1);
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "latest")
         // A replica that dies is replaced within seconds, not the 45 s default.
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1500");
+        .set("session.timeout.ms", session.to_string())
+        .set("heartbeat.interval.ms", heartbeat.to_string());
+    if let Some(instance) = &membership.instance {
+        // A replica restarted under its name takes its partitions back at once.
+        config.set("group.instance.id", instance);
+    }
     let (tx, rx) = watch::channel(Vec::new());
     let topics = [layout.facility_topic.clone(), layout.registry_topic.clone()];
     let context = GroupContext {

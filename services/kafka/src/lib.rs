@@ -810,7 +810,11 @@ impl EventLog for KafkaLog {
         let config = base_config(&self.inner.config, &[]);
         let layout = self.inner.layout.clone();
         let group = group.to_owned();
-        tokio::task::spawn_blocking(move || group::join(config, layout, &group))
+        let membership = group::Membership {
+            instance: self.inner.config.group_instance_id.clone(),
+            session_timeout: self.inner.config.session_timeout,
+        };
+        tokio::task::spawn_blocking(move || group::join(config, layout, &group, membership))
             .await
             .map_err(join)?
     }

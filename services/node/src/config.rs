@@ -99,6 +99,8 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_BREAK_GLASS_OPEN_PER_PATIENT",
     "HRX_RECORDED_AT_MAX_FUTURE_SECS",
     "HRX_RECORDED_AT_MAX_PAST_SECS",
+    "HRX_PROJECTOR_INSTANCE",
+    "HRX_KAFKA_SESSION_TIMEOUT_MS",
 ];
 
 /// Everything a node is configured with.
@@ -154,6 +156,14 @@ pub struct NodeConfig {
     pub recorded_at_max_future_secs: u32,
     /// How far before it (a facility sending late, an offline connector), in seconds.
     pub recorded_at_max_past_secs: u32,
+    /// This projector replica's stable name in its consumer group (static membership):
+    /// restarted under the same name, it takes its partitions back at once. Unique per
+    /// replica (a StatefulSet pod's name); unset: dynamic membership.
+    pub projector_instance: Option<String>,
+    /// How long the projector group waits for a silent replica before moving its
+    /// partitions to the others, in milliseconds (bounded below by the brokers'
+    /// `group.min.session.timeout.ms`).
+    pub kafka_session_timeout_ms: u32,
 }
 
 impl Default for NodeConfig {
@@ -181,6 +191,8 @@ impl Default for NodeConfig {
             break_glass_open_per_patient: 1,
             recorded_at_max_future_secs: 5 * 60,
             recorded_at_max_past_secs: 7 * 24 * 60 * 60,
+            projector_instance: None,
+            kafka_session_timeout_ms: 6000,
         }
     }
 }

@@ -19,6 +19,9 @@ pub(crate) async fn backends(config: &NodeConfig) -> Result<Backends, NodeError>
     let mut kafka =
         hrx_kafka::KafkaConfig::new(brokers).with_topic_prefix(&config.kafka_topic_prefix);
     kafka.partitions = config.kafka_partitions;
+    kafka.group_instance_id = config.projector_instance.clone();
+    kafka.session_timeout =
+        std::time::Duration::from_millis(u64::from(config.kafka_session_timeout_ms.max(1)));
     let log = hrx_kafka::KafkaLog::connect(kafka, url)
         .await
         .map_err(|e| NodeError::Backend(format!("Kafka: {e}")))?;
