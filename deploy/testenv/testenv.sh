@@ -2,7 +2,7 @@
 # Throwaway test environment: a single-node Apache Kafka 4.x (KRaft, broker+controller,
 # run from Maven Central jars) and a throwaway PostgreSQL cluster, both on loopback only.
 #
-#   testenv.sh install                 PostgreSQL from apt if missing; Kafka jars into .cache/kafka
+#   testenv.sh install                 PostgreSQL and kcat from apt if missing; Kafka jars into .cache/kafka
 #   testenv.sh up DIR                  start both (fresh data under DIR), write DIR/env
 #   testenv.sh down DIR                stop both
 #   testenv.sh restart-kafka DIR       stop + start Kafka, same port, same data
@@ -162,12 +162,19 @@ as_pg() { runuser -u postgres -- "$@"; }
 
 cmd_install() {
     local t0=$SECONDS
+    local packages=()
     if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || [[ -n "${TESTENV_FORCE_PG_INSTALL:-}" ]]; then
-        log "installing PostgreSQL from apt"
+        packages+=(postgresql)
+    fi
+    # kcat: the crash reconciliation counts Kafka's messages with a tool that is not hrx.
+    command -v kcat >/dev/null || packages+=(kcat)
+    if ((${#packages[@]})); then
+        log "installing ${packages[*]} from apt"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+        apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
     fi
+    command -v kcat >/dev/null || die "kcat install failed"
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || die "PostgreSQL install failed (no initdb)"
 
     command -v java >/dev/null || die "java not found"

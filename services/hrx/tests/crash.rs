@@ -126,36 +126,47 @@ impl Deployment {
 
     /// Starts `hrx serve --role <roles>` with extra environment variables.
     fn spawn_with(&self, name: &str, roles: &str, env: &[(&str, &str)]) -> Proc {
-        let c = &self.config;
-        let data = self.path().join(name);
-        std::fs::create_dir_all(&data).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hrx"))
-            .envs(env.iter().copied())
-            .args(["serve", "--role", roles])
-            .env("HRX_BACKEND", "distributed")
-            .env("HRX_DATA_DIR", &data)
-            .env("HRX_GRPC_ADDR", "127.0.0.1:0")
-            .env("HRX_PATIENT_ADDR", "127.0.0.1:0")
-            .env("HRX_METRICS_ADDR", "127.0.0.1:0")
-            .env("HRX_KAFKA_BROKERS", c.kafka_brokers.as_ref().unwrap())
-            .env("HRX_KAFKA_PARTITIONS", c.kafka_partitions.to_string())
-            .env("HRX_KAFKA_TOPIC_PREFIX", &c.kafka_topic_prefix)
-            .env("HRX_DATABASE_URL", c.database_url.as_ref().unwrap())
-            .env("HRX_DATABASE_POOL_SIZE", "4")
-            .env("HRX_PROJECTOR_BATCH", c.projector_batch.to_string())
-            .env("HRX_ROOT_PUBLIC_KEY", c.root_public_key.as_ref().unwrap())
-            .env("HRX_TLS_DIR", c.tls_dir.as_ref().unwrap())
-            .env(
-                "HRX_CONSUMER_GROUP",
-                format!("{}projector", c.kafka_topic_prefix),
-            )
-            .env("RUST_LOG", "error,hrx_kafka::group=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(data.join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Proc { child, data }
+        spawn_process(&self.config, self.path(), name, roles, env)
     }
+}
+
+/// Starts `hrx serve --role <roles>` on `config`, with a data directory `name` under
+/// `base`.
+fn spawn_process(
+    c: &NodeConfig,
+    base: &Path,
+    name: &str,
+    roles: &str,
+    env: &[(&str, &str)],
+) -> Proc {
+    let data = base.join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_hrx"))
+        .envs(env.iter().copied())
+        .args(["serve", "--role", roles])
+        .env("HRX_BACKEND", "distributed")
+        .env("HRX_DATA_DIR", &data)
+        .env("HRX_GRPC_ADDR", "127.0.0.1:0")
+        .env("HRX_PATIENT_ADDR", "127.0.0.1:0")
+        .env("HRX_METRICS_ADDR", "127.0.0.1:0")
+        .env("HRX_KAFKA_BROKERS", c.kafka_brokers.as_ref().unwrap())
+        .env("HRX_KAFKA_PARTITIONS", c.kafka_partitions.to_string())
+        .env("HRX_KAFKA_TOPIC_PREFIX", &c.kafka_topic_prefix)
+        .env("HRX_DATABASE_URL", c.database_url.as_ref().unwrap())
+        .env("HRX_DATABASE_POOL_SIZE", "4")
+        .env("HRX_PROJECTOR_BATCH", c.projector_batch.to_string())
+        .env("HRX_ROOT_PUBLIC_KEY", c.root_public_key.as_ref().unwrap())
+        .env("HRX_TLS_DIR", c.tls_dir.as_ref().unwrap())
+        .env(
+            "HRX_CONSUMER_GROUP",
+            format!("{}projector", c.kafka_topic_prefix),
+        )
+        .env("RUST_LOG", "error,hrx_kafka::group=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(data.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    Proc { child, data }
 }
 
 struct Proc {
@@ -579,6 +590,241 @@ async fn a_replacement_projector_takes_over_within_two_seconds() {
     assert!(
         worst < Duration::from_secs(2),
         "a replacement projector took {worst:?} to take over"
+    );
+    drop((projector, api));
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs a command and returns its stdout, failing the test with its stderr otherwise.
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Crash reconciliation: events stream from many facilities while the projector is
+/// killed with SIGKILL again and again and PostgreSQL and Kafka are each restarted
+/// once under load. Afterwards an independent count straight from Kafka (kcat, not
+/// hrx's code) equals the rows PostgreSQL holds (psql), no event id appears twice, and
+/// every facility's chain head is the last seq it sent.
+///
+/// CI runs a short form; `bash tests/crash-at-scale.sh` the long one (HRX_CRASH_EVENTS,
+/// HRX_CRASH_FACILITIES, HRX_CRASH_KILLS, HRX_CRASH_BATCH size it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_reconciliation_counts_agree_with_kafka_and_postgres() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let Some(s) = services() else { return };
+    let Some(services_dir) = s.dir.clone() else {
+        assert!(
+            std::env::var("HRX_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "HRX_TEST_SERVICES_DIR is required to restart the services"
+        );
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let target: u64 = env_or("HRX_CRASH_EVENTS", 3_000);
+    let facility_count: u32 = env_or("HRX_CRASH_FACILITIES", 6);
+    let kills_wanted: u32 = env_or("HRX_CRASH_KILLS", 10);
+    let batch: usize = env_or("HRX_CRASH_BATCH", 50);
+    let started = Instant::now();
+
+    let dep = Deployment::new(&s).await;
+    let mut api = dep.spawn("api", "ingest,registry,consent,timeline,monitor");
+    let addr = api.addr();
+    let instance = [("HRX_PROJECTOR_INSTANCE", "projector-0")];
+    let mut projector = dep.spawn_with("projector", "projector", &instance);
+    let nc = NationalCenter::open(dep.path(), addr).await.unwrap();
+    let ids: Vec<FacilityId> = (0..facility_count)
+        .map(|i| FacilityId::parse(&format!("{:05}", 30_000 + i)).unwrap())
+        .collect();
+    for id in &ids {
+        nc.register_facility(id, "Bệnh viện", "Phú Thọ", FacilityLevel::Basic)
+            .await
+            .unwrap();
+    }
+
+    // The killer: SIGKILLs the projector at random moments (replacing it under the
+    // same name), and restarts PostgreSQL after a third of the kills and Kafka after
+    // two thirds, while the load goes on.
+    let kills_done = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (kills_done, stop) = (kills_done.clone(), stop.clone());
+        let testenv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/testenv/testenv.sh");
+        let (config, base) = (dep.config.clone(), dep.path().to_owned());
+        let restarts = [
+            ((kills_wanted / 3).max(1), "restart-postgres"),
+            ((2 * kills_wanted / 3).max(2), "restart-kafka"),
+        ];
+        std::thread::spawn(move || {
+            let mut kills = 0u32;
+            let mut seed = Timestamp::now().unix_nanos() as u64 | 1;
+            while !stop.load(Ordering::Relaxed) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                std::thread::sleep(Duration::from_millis(200 + seed % 600));
+                if kills >= kills_wanted {
+                    kills_done.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                projector.kill9();
+                kills += 1;
+                projector = spawn_process(&config, &base, "projector", "projector", &instance);
+                for (at, what) in restarts {
+                    if kills == at {
+                        let ok = Command::new("bash")
+                            .arg(&testenv)
+                            .arg(what)
+                            .arg(&services_dir)
+                            .stdout(Stdio::null())
+                            .status()
+                            .unwrap();
+                        assert!(ok.success(), "{what} failed");
+                        eprintln!("crash: {what} done after {kills} kills");
+                    }
+                }
+            }
+            (kills, projector)
+        })
+    };
+
+    // The load: every facility streams batches in order, riding out every outage.
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut client = FacilityClient::open(dep.path(), addr, id).await.unwrap();
+        let (sent, kills_done) = (sent.clone(), kills_done.clone());
+        tasks.spawn(async move {
+            let (mut accepted, mut duplicates) = (0u64, 0u64);
+            let mut n = i as u64 * 1_000_000;
+            while sent.load(Ordering::Relaxed) < target || !kills_done.load(Ordering::Relaxed) {
+                let envelopes: Vec<_> = (0..batch)
+                    .map(|_| {
+                        n += 1;
+                        let patient = format!("0260{:08}", n % 5_000);
+                        client.sign(record(&patient, n)).1
+                    })
+                    .collect();
+                let results = client.submit_retrying(envelopes).await.unwrap();
+                for r in &results {
+                    match v1::SubmitStatus::try_from(r.status).unwrap() {
+                        v1::SubmitStatus::Accepted => accepted += 1,
+                        v1::SubmitStatus::Duplicate => duplicates += 1,
+                        _ => panic!("refused: {r:?}"),
+                    }
+                }
+                sent.fetch_add(results.len() as u64, Ordering::Relaxed);
+            }
+            (client.id.clone(), client.head().0, accepted, duplicates)
+        });
+    }
+    let mut heads = BTreeMap::new();
+    let (mut accepted, mut duplicates) = (0u64, 0u64);
+    while let Some(done) = tasks.join_next().await {
+        let (id, seq, a, d) = done.unwrap();
+        heads.insert(id.to_string(), seq);
+        accepted += a;
+        duplicates += d;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (kills, projector) = killer.join().unwrap();
+    let streamed = started.elapsed();
+    assert!(
+        nc.settle(Duration::from_secs(600)).await.unwrap(),
+        "projection did not catch up"
+    );
+    let converged = started.elapsed();
+
+    // Kafka, counted by kcat: every facility event in the log, once.
+    let topic = format!("{}hrx.facility-events.v1", dep.config.kafka_topic_prefix);
+    let dump = output(Command::new("kcat").args([
+        "-b",
+        dep.config.kafka_brokers.as_deref().unwrap(),
+        "-C",
+        "-t",
+        &topic,
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        "%k %h\\n",
+    ]));
+    let mut kafka_ids = HashSet::new();
+    let mut kafka_events = 0u64;
+    for line in dump.lines().filter(|l| !l.is_empty()) {
+        let (key, headers) = line.split_once(' ').unwrap_or((line, ""));
+        if key.starts_with("patient:") {
+            continue;
+        }
+        kafka_events += 1;
+        let id = headers
+            .split(',')
+            .find_map(|h| h.strip_prefix("hrx-event-id="))
+            .unwrap_or_else(|| panic!("no event id header in {line}"));
+        kafka_ids.insert(id.to_owned());
+    }
+    // PostgreSQL, counted by psql.
+    let url = dep.config.database_url.clone().unwrap();
+    let psql = |sql: &str| output(Command::new("psql").args([&url, "-Atc", sql]));
+    let rows = psql("SELECT count(*) || ' ' || count(DISTINCT event_id) FROM records");
+    let (records, distinct) = rows.trim().split_once(' ').unwrap();
+    let projected_heads: BTreeMap<String, u64> = psql(
+        "SELECT chain || ' ' || max(seq) FROM chain_links \
+         WHERE chain <> 'registry' AND chain NOT LIKE 'patient:%' GROUP BY chain",
+    )
+    .lines()
+    .filter_map(|l| l.split_once(' '))
+    .map(|(c, s)| (c.to_owned(), s.parse().unwrap()))
+    .collect();
+
+    eprintln!(
+        "crash reconciliation: {accepted} accepted + {duplicates} duplicates answered from {} facilities in {streamed:.1?}, {kills} projector SIGKILLs, PostgreSQL and Kafka restarted once; converged after {converged:.1?}",
+        heads.len()
+    );
+    eprintln!(
+        "crash reconciliation: kcat counts {kafka_events} facility events ({} distinct ids), psql {records} records ({distinct} distinct ids), chain heads sent {} projected {}",
+        kafka_ids.len(),
+        heads.values().sum::<u64>(),
+        projected_heads.values().sum::<u64>()
+    );
+    // An event answered "duplicate" on a retry was appended by the attempt whose answer
+    // the outage swallowed: each event sent is answered once, accepted or duplicate.
+    let unique = accepted + duplicates;
+    assert!(unique >= target && kills >= kills_wanted);
+    assert_eq!(
+        unique,
+        heads.values().sum::<u64>(),
+        "every event sent was answered once"
+    );
+    assert_eq!(kafka_events, unique, "Kafka holds every event sent once");
+    assert_eq!(
+        kafka_ids.len() as u64,
+        kafka_events,
+        "no event id twice in Kafka"
+    );
+    assert_eq!(
+        records,
+        unique.to_string(),
+        "PostgreSQL projected every event"
+    );
+    assert_eq!(distinct, records, "no event id twice in PostgreSQL");
+    assert_eq!(
+        projected_heads, heads,
+        "every chain head is the last seq sent"
     );
     drop((projector, api));
 }
