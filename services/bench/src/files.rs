@@ -340,13 +340,14 @@ fn create_dir(path: &Path) -> Result<(), FilesError> {
     std::fs::create_dir_all(path).map_err(io(path))
 }
 
-/// Generates `population`'s chains with its reproducible keys, signed at
-/// [`Population::signed_at`], on `threads` threads, and writes them, the keys and the
-/// manifest to `dir` (created if needed; refused if it already holds a manifest).
+/// Generates `population`'s chains with its reproducible keys, signed at `recorded_at`
+/// (see [`Population::signed_at`]), on `threads` threads, and writes them, the keys and
+/// the manifest to `dir` (created if needed; refused if it already holds a manifest).
 /// `progress` is called with the number of envelopes written, from any thread.
 pub fn write_population(
     dir: &Path,
     population: &Population,
+    recorded_at: Timestamp,
     threads: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Manifest, FilesError> {
@@ -357,7 +358,6 @@ pub fn write_population(
     create_dir(&dir.join("chains"))?;
     create_dir(&dir.join("keys"))?;
     let population = Arc::new(population.clone());
-    let recorded_at = population.signed_at();
     let n = population.facilities().len();
     // Largest chains first, dealt round-robin, so that threads get similar work.
     let mut order: Vec<usize> = (0..n).collect();
@@ -650,6 +650,11 @@ mod tests {
 
     use super::*;
 
+    /// A fixed signing time: these tests compare bytes, not what a node accepts.
+    fn signed_at() -> Timestamp {
+        Timestamp::parse_rfc3339("2026-12-01T00:00:00Z").unwrap()
+    }
+
     fn small() -> Population {
         Population::from_spec(PopulationSpec {
             seed: 11,
@@ -665,7 +670,7 @@ mod tests {
     fn chains_round_trip_through_the_file_format() {
         let pop = Arc::new(small());
         let signer = ChainSigner::new(pop.facilities()[0].id.clone(), pop.facility_key(0));
-        let envelopes: Vec<Envelope> = pop.chain(0, signer, pop.signed_at()).collect();
+        let envelopes: Vec<Envelope> = pop.chain(0, signer, signed_at()).collect();
         let mut bytes = Vec::new();
         let (n, len) = write_chain(&mut bytes, envelopes.clone()).unwrap();
         assert_eq!(n as usize, envelopes.len());
@@ -693,8 +698,8 @@ mod tests {
         let count = |n: u64| {
             written.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         };
-        let ma = write_population(a.path(), &pop, 2, &count).unwrap();
-        let mb = write_population(b.path(), &pop, 1, &|_| {}).unwrap();
+        let ma = write_population(a.path(), &pop, signed_at(), 2, &count).unwrap();
+        let mb = write_population(b.path(), &pop, signed_at(), 1, &|_| {}).unwrap();
         assert_eq!(ma, mb);
         assert_eq!(ma.events as usize, pop.total_records());
         assert_eq!(written.into_inner(), ma.events);
@@ -723,7 +728,7 @@ mod tests {
             }
         }
         assert!(matches!(
-            write_population(a.path(), &pop, 1, &|_| {}),
+            write_population(a.path(), &pop, signed_at(), 1, &|_| {}),
             Err(FilesError::Exists(_))
         ));
     }

@@ -14,8 +14,9 @@
 //! made when a facility is registered and `recorded_at` the signing time (what
 //! `hrx bench` does), only the signatures differ between runs. A *reproducible* run
 //! (what `hrx loadgen` does) also takes each facility's key from the seed
-//! ([`Population::facility_key`]) and signs every event at [`Population::signed_at`],
-//! so that the same seed gives byte-identical envelopes, and events signed on the fly
+//! ([`Population::facility_key`]) and signs every event at one time (by default
+//! [`Population::signed_at`], the start of the day), so that the same seed gives
+//! byte-identical envelopes, and events signed on the fly
 //! ([`Population::chain`]) are the very ones pre-signed to files: a run is idempotent
 //! whichever way it signs. [`submit_sources`] submits such chains from any source, with
 //! a concurrency limit and a global rate, and reports latencies and rejection reasons.
@@ -364,11 +365,15 @@ impl Population {
             .expect("ring accepts every 32-byte Ed25519 seed")
     }
 
-    /// The signing time (`recorded_at`) of every event of a reproducible run: the end of
-    /// the generated history, so after every record's clinical time, and fixed, so that
-    /// the same seed signs the same bytes. Keys are registered valid from it.
-    pub fn signed_at(&self) -> Timestamp {
-        timestamp(HISTORY_START + HISTORY_SECONDS)
+    /// The signing time (`recorded_at`) of every event of a reproducible run made at
+    /// `now`: the start of `now`'s UTC day. Fixed for the day, so that the same seed
+    /// signs the same bytes all day; recent, because the exchange refuses a
+    /// `recorded_at` more than its clock bound (7 days by default) before it receives
+    /// the event; never before the end of the generated history, so after every record's
+    /// clinical time. Keys are registered valid from it.
+    pub fn signed_at(now: Timestamp) -> Timestamp {
+        let day = now.seconds() - now.seconds().rem_euclid(86_400);
+        timestamp(day.max(HISTORY_START + HISTORY_SECONDS))
     }
 
     /// Facility `index`'s chain, signed lazily (one envelope per `next`) with `signer`
@@ -927,7 +932,8 @@ mod tests {
         }));
         let sign = |i: usize| -> Vec<Envelope> {
             let signer = ChainSigner::new(pop.facilities()[i].id.clone(), pop.facility_key(i));
-            pop.chain(i, signer, pop.signed_at()).collect()
+            pop.chain(i, signer, Population::signed_at(Timestamp::now()))
+                .collect()
         };
         for i in 0..2 {
             let (a, b) = (sign(i), sign(i));

@@ -503,7 +503,7 @@ impl Consent {
                         Reason::Fork,
                         "another statement already has this statement_id",
                     ))),
-                    None if self.store.event_id_taken(id).await? => {
+                    None if logged.id_in_other_chain || self.store.event_id_taken(id).await? => {
                         Err(Some(Rejection::invalid_field(
                             "statement.header.statement_id",
                             "already used by another event",

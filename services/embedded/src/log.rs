@@ -128,6 +128,15 @@ pub(crate) fn chain_context(
     ))
 }
 
+/// Whether another chain than `chain` holds `event_id` in the log.
+fn id_in_other_chain(conn: &Connection, chain: &str, event_id: &EventId) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM log_chain_index WHERE event_id = ?1 AND chain <> ?2)",
+        )?
+        .query_row(params![codec::id(event_id), chain], |r| r.get(0))?)
+}
+
 /// The error for a partition this log does not have. `PortError` has no "invalid
 /// argument" kind; asking for one is a caller bug, reported as unavailable storage.
 fn no_partition(partition: u32) -> PortError {
@@ -173,6 +182,12 @@ fn append(conn: &mut Connection, batch: &[Append]) -> Result<(Vec<LogPosition>, 
                     .map(|s| codec::int(s, "registry seq"))
                     .transpose()?,
             ])?;
+            if id_in_other_chain(&tx, &a.chain.as_key(), &a.event_id)? {
+                return Err(EmbeddedError::Conflict(format!(
+                    "event {} is already held by another chain in the log",
+                    a.event_id
+                )));
+            }
             let seq = codec::int(a.seq, "seq")?;
             let (recorded_s, recorded_ns) = codec::opt_ts(a.recorded_at);
             index
@@ -295,6 +310,7 @@ impl EventLog for SqliteNode {
                         Ok(LogChainContext {
                             context,
                             prior_position,
+                            id_in_other_chain: id_in_other_chain(conn, &chain.as_key(), &event_id)?,
                         })
                     })
                     .collect::<Result<Vec<_>>>()
@@ -309,15 +325,19 @@ impl EventLog for SqliteNode {
         seq: u64,
     ) -> PortResult<LogChainContext> {
         let chain = chain.clone();
-        let (context, prior_position) = self
+        Ok(self
             .inner
             .db
-            .read(move |conn| chain_context(conn, ChainTable::Log, &chain, event_id, seq))
-            .await?;
-        Ok(LogChainContext {
-            context,
-            prior_position,
-        })
+            .read(move |conn| {
+                let (context, prior_position) =
+                    chain_context(conn, ChainTable::Log, &chain, event_id, seq)?;
+                Ok(LogChainContext {
+                    context,
+                    prior_position,
+                    id_in_other_chain: id_in_other_chain(conn, &chain.as_key(), &event_id)?,
+                })
+            })
+            .await?)
     }
 
     async fn append(&self, batch: Vec<Append>) -> PortResult<Vec<LogPosition>> {

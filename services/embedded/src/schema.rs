@@ -85,7 +85,7 @@ pub(crate) const SOURCE_PROJECTOR: i64 = 1;
 pub(crate) const SOURCE_INGEST: i64 = 2;
 
 /// The migrations, in order. Index `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Version 1: the log, the projections, the audit log and the monitor's tables.
 const V1: &str = r#"
@@ -384,6 +384,13 @@ ALTER TABLE chain_links ADD COLUMN recorded_s INTEGER;
 ALTER TABLE chain_links ADD COLUMN recorded_ns INTEGER;
 ALTER TABLE keys ADD COLUMN registered_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE keys ADD COLUMN revoked_seq INTEGER;
+"#;
+
+/// Version 4: event ids are unique across chains in the log. Ingest looks an incoming
+/// id up by itself (not only within its chain) and the append refuses one another chain
+/// holds.
+const V4: &str = r#"
+CREATE INDEX log_chain_index_event_id ON log_chain_index (event_id);
 "#;
 
 #[cfg(test)]

@@ -718,7 +718,10 @@ async fn crash_reconciliation_counts_agree_with_kafka_and_postgres() {
                         client.sign(record(&patient, n)).1
                     })
                     .collect();
-                let results = client.submit_retrying(envelopes).await.unwrap();
+                let results = match client.submit_retrying(envelopes).await {
+                    Ok(results) => results,
+                    Err(e) => return Err(e.to_string()),
+                };
                 for r in &results {
                     match v1::SubmitStatus::try_from(r.status).unwrap() {
                         v1::SubmitStatus::Accepted => accepted += 1,
@@ -728,13 +731,22 @@ async fn crash_reconciliation_counts_agree_with_kafka_and_postgres() {
                 }
                 sent.fetch_add(results.len() as u64, Ordering::Relaxed);
             }
-            (client.id.clone(), client.head().0, accepted, duplicates)
+            Ok((client.id.clone(), client.head().0, accepted, duplicates))
         });
     }
     let mut heads = BTreeMap::new();
     let (mut accepted, mut duplicates) = (0u64, 0u64);
     while let Some(done) = tasks.join_next().await {
-        let (id, seq, a, d) = done.unwrap();
+        let (id, seq, a, d) = done.unwrap().unwrap_or_else(|e| {
+            // What the exchange logged about it (errors carry the reference answered).
+            let log = std::fs::read_to_string(dep.path().join("api/stderr.log"));
+            let log = log.unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "a facility gave up: {e}\napi's log, newest first:\n{}",
+                tail.join("\n")
+            )
+        });
         heads.insert(id.to_string(), seq);
         accepted += a;
         duplicates += d;

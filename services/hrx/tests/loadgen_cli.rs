@@ -107,11 +107,18 @@ fn presign_writes_reproducible_signed_chains() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let text = presign(&a);
+    // Signed at the start of today (UTC), for every presign made today.
+    let signed = manifest(&a)["recorded_at"].as_str().unwrap().to_owned();
+    assert!(signed.ends_with("T00:00:00Z"), "{signed}");
     assert!(
         text.contains("3 facilities (1 initial, 1 basic, 1 specialized)"),
         "{text}"
     );
-    presign(&b);
+    run(hrx()
+        .args(["loadgen", "presign", "--out"])
+        .arg(&b)
+        .args(POPULATION)
+        .args(["--signed-at", &signed]));
     let (ta, tb) = (tree(&a), tree(&b));
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
     for (path, bytes) in &ta {
@@ -273,8 +280,16 @@ fn run_submits_once_then_reports_duplicates_and_rate_paces() {
     assert_eq!(count(&second, "duplicate"), events, "{second}");
     assert_eq!(count(&second, "rejected"), 0, "{second}");
 
-    // The same population signed on the fly is the same bytes: duplicates too.
-    let fly = load(&[&POPULATION[..], &["--concurrency", "2"]].concat());
+    // The same population signed on the fly (at the presign's time, which is the start
+    // of the day by default) is the same bytes: duplicates too.
+    let signed_at = m["recorded_at"].as_str().unwrap();
+    let fly = load(
+        &[
+            &POPULATION[..],
+            &["--concurrency", "2", "--signed-at", signed_at],
+        ]
+        .concat(),
+    );
     assert!(fly.contains("signed on the fly"), "{fly}");
     assert_eq!(count(&fly, "duplicate"), events, "{fly}");
     assert_eq!(count(&fly, "rejected"), 0, "{fly}");

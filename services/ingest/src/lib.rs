@@ -333,7 +333,26 @@ impl Ingest {
             let ctx: ChainContext = ctx;
             let event_hash = event.event_hash;
             let envelope = event.envelope.clone();
-            match verify::settle_facility_event(event, &ctx, receipt, Some(&self.clock)) {
+            let verdict =
+                match verify::settle_facility_event(event, &ctx, receipt, Some(&self.clock)) {
+                    // Event ids are unique across the exchange. One another chain holds
+                    // would extend this chain yet never be projected, so it is refused
+                    // here, as the projector would refuse it; the log's append refuses it
+                    // too, should another chain take the id between this look and it.
+                    Verdict::Accepted(_)
+                    | Verdict::Rejected {
+                        extends_chain: true,
+                        ..
+                    } if logged.id_in_other_chain => Verdict::Rejected {
+                        rejection: Rejection::invalid_field(
+                            "header.event_id",
+                            "already used by another event",
+                        ),
+                        extends_chain: false,
+                    },
+                    v => v,
+                };
+            match verdict {
                 Verdict::Duplicate => {
                     *duplicates += 1;
                     results.push((

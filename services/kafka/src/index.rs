@@ -12,7 +12,9 @@
 //!   `(partition, offset)`; `recorded_s`/`recorded_ns` are the event's recorded_at
 //!   (Unix seconds and nanoseconds, as the stores keep timestamps), NULL for events
 //!   without one and for rows indexed before version 2;
-//! - `log_index_offsets(partition, next_offset)`.
+//! - `log_index_offsets(partition, next_offset)`;
+//! - `log_event_ids(event_id, chain)`: which chain each event id belongs to, claimed
+//!   before the append produces it (see [`claim`]).
 //!
 //! Advisory locks use the two-integer form, whose key space is separate from the
 //! one-bigint form, with a class id per purpose (`LOCK_*`).
@@ -75,6 +77,23 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
             (recorded_s IS NULL) = (recorded_ns IS NULL)
             AND recorded_ns BETWEEN 0 AND 999999999
         ) NOT VALID;
+    "#,
+    ),
+    (
+        3,
+        "event id claims",
+        // Event ids are unique across chains. An append claims its ids here, committed,
+        // before it produces to Kafka: a concurrent append of the same id by another
+        // chain then sees the claim and is refused, whichever partitions the two chains
+        // live in. The rows already indexed are claimed by their earliest entry.
+        r#"
+    CREATE TABLE log_event_ids (
+        event_id  uuid  PRIMARY KEY,
+        chain     text  NOT NULL
+    );
+    INSERT INTO log_event_ids (event_id, chain)
+        SELECT DISTINCT ON (event_id) event_id, chain FROM log_chain_index
+         ORDER BY event_id, "partition", "offset";
     "#,
     ),
 ];
@@ -497,6 +516,84 @@ pub(crate) async fn existing_ids<C: GenericClient>(
     Ok(out)
 }
 
+/// Those of `ids` that a chain other than `chain` holds.
+pub(crate) async fn in_other_chains<C: GenericClient>(
+    c: &C,
+    chain: &str,
+    ids: &[EventId],
+) -> PortResult<HashSet<EventId>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT event_id::text FROM log_event_ids \
+             WHERE event_id = ANY($2::text[]::uuid[]) AND chain <> $1",
+        )
+        .await
+        .map_err(pg)?;
+    let ids: Vec<String> = ids.iter().map(EventId::to_string).collect();
+    c.query(&stmt, &[&chain, &ids])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|row| EventId::parse(row.get(0)).map_err(|_| corrupt("event id")))
+        .collect()
+}
+
+/// Claims each (chain, event id) pair's id for its chain, unless some chain already
+/// holds it; returns an id of the batch that another chain holds, if any.
+///
+/// Run outside the append's transaction (each statement commits at once), before the
+/// append produces: the claim must be visible to every other append before the event
+/// can be in Kafka. `INSERT … ON CONFLICT DO NOTHING` waits for a concurrent claim of
+/// the same id to commit, and the second statement's fresh snapshot then sees it. A
+/// claim whose append then fails stays with its chain, whose retry reuses it.
+pub(crate) async fn claim<C: GenericClient>(
+    c: &C,
+    pairs: &[(String, EventId)],
+) -> PortResult<Option<EventId>> {
+    insert_claims(c, pairs).await?;
+    let stmt = c
+        .prepare_cached(
+            "SELECT b.event_id FROM UNNEST($1::text[], $2::text[]) AS b(chain, event_id) \
+             JOIN log_event_ids i ON i.event_id = b.event_id::uuid AND i.chain <> b.chain \
+             LIMIT 1",
+        )
+        .await
+        .map_err(pg)?;
+    let (chains, ids) = columns(pairs);
+    match c.query_opt(&stmt, &[&chains, &ids]).await.map_err(pg)? {
+        Some(row) => Ok(Some(
+            EventId::parse(row.get(0)).map_err(|_| corrupt("event id"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Inserts the claims that are not there yet, in id order (so that two concurrent
+/// claims of overlapping ids wait for each other in one order, never in a cycle).
+pub(crate) async fn insert_claims<C: GenericClient>(
+    c: &C,
+    pairs: &[(String, EventId)],
+) -> PortResult<()> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO log_event_ids (event_id, chain) \
+             SELECT event_id::uuid, chain FROM UNNEST($1::text[], $2::text[]) AS b(chain, event_id) \
+              ORDER BY 1 ON CONFLICT DO NOTHING",
+        )
+        .await
+        .map_err(pg)?;
+    let (chains, ids) = columns(pairs);
+    c.execute(&stmt, &[&chains, &ids]).await.map_err(pg)?;
+    Ok(())
+}
+
+fn columns(pairs: &[(String, EventId)]) -> (Vec<&str>, Vec<String>) {
+    pairs
+        .iter()
+        .map(|(chain, id)| (chain.as_str(), id.to_string()))
+        .unzip()
+}
+
 /// Inserts rows in offset order; a row whose (chain, seq) or (chain, event id) is
 /// already there is skipped (the same event indexed by a concurrent scan or append).
 pub(crate) async fn insert<C: GenericClient>(c: &C, rows: &[IndexRow]) -> PortResult<()> {
@@ -722,6 +819,38 @@ mod tests {
                 event_id: Some(id1),
                 recorded_at: None,
             }
+        );
+
+        // Version 3 claimed the old row's id for its chain.
+        let other = ChainKey::parse("26002")
+            .expect("a facility")
+            .as_key()
+            .into_owned();
+        assert_eq!(
+            in_other_chains(&client, &other, &[id1])
+                .await
+                .expect("claims"),
+            HashSet::from([id1]),
+            "the old row's id is its chain's"
+        );
+        assert_eq!(
+            claim(&client, &[(other.clone(), id1)])
+                .await
+                .expect("claim"),
+            Some(id1),
+            "another chain cannot claim it"
+        );
+        let fresh = EventId::from_bytes([9; 16]);
+        assert_eq!(
+            claim(&client, &[(other.clone(), fresh)])
+                .await
+                .expect("claim"),
+            None
+        );
+        assert_eq!(
+            claim(&client, &[(other, fresh)]).await.expect("claim"),
+            None,
+            "a chain's claim again is no conflict"
         );
 
         let t = Timestamp::new(-1, 999_999_999).expect("in range");

@@ -587,6 +587,10 @@ impl Inner {
                     "chain index caught up from Kafka"
                 );
                 index::insert(&tx, &rows).await?;
+                // Appends claim their ids before producing; entries an older hrx wrote
+                // are claimed here, as they are found.
+                let pairs: Vec<_> = rows.iter().map(|r| (r.chain.clone(), r.event_id)).collect();
+                index::insert_claims(&tx, &pairs).await?;
                 next = last + 1;
             }
             index::advance_to(&tx, p, next).await?;
@@ -839,9 +843,11 @@ impl EventLog for KafkaLog {
             )
             .await?;
         let (context, prior_position) = index::context(&client, chain, event_id, seq).await?;
+        let elsewhere = index::in_other_chains(&client, &chain.as_key(), &[event_id]).await?;
         Ok(LogChainContext {
             context,
             prior_position,
+            id_in_other_chain: !elsewhere.is_empty(),
         })
     }
 
@@ -861,12 +867,16 @@ impl EventLog for KafkaLog {
                 &[&chain.as_key()],
             )
             .await?;
+        let ids: Vec<EventId> = links.iter().map(|(id, _)| *id).collect();
+        let elsewhere = index::in_other_chains(&client, &chain.as_key(), &ids).await?;
         Ok(index::contexts(&client, chain, links)
             .await?
             .into_iter()
-            .map(|(context, prior_position)| LogChainContext {
+            .zip(links)
+            .map(|((context, prior_position), (id, _))| LogChainContext {
                 context,
                 prior_position,
+                id_in_other_chain: elsewhere.contains(id),
             })
             .collect())
     }
@@ -889,6 +899,15 @@ impl EventLog for KafkaLog {
         partitions.dedup();
 
         let mut client = inner.index.client().await?;
+        let pairs: Vec<(String, EventId)> = batch
+            .iter()
+            .map(|a| (a.chain.as_key().into_owned(), a.event_id))
+            .collect();
+        if let Some(id) = index::claim(&client, &pairs).await? {
+            return Err(PortError::Conflict(format!(
+                "event {id} is already held by another chain in the log"
+            )));
+        }
         let tx = client.transaction().await.map_err(pg)?;
         for chain in &chains {
             index::lock_chain(&tx, chain).await?;
@@ -921,10 +940,6 @@ impl EventLog for KafkaLog {
                 )));
             }
         }
-        let pairs: Vec<(String, EventId)> = batch
-            .iter()
-            .map(|a| (a.chain.as_key().into_owned(), a.event_id))
-            .collect();
         if let Some((key, id)) = index::existing_ids(&tx, &pairs).await?.into_iter().next() {
             // Named by its Display, which never writes a patient id out.
             let chain = ChainKey::parse(&key).map_or_else(|| "?".to_owned(), |c| c.to_string());

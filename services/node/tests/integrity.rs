@@ -1,7 +1,8 @@
 //! Integrity: what ingest accepts is what every replay shows, on both backends.
 //! Registry changes reach every ingest before its next decision; keys are judged at the
 //! exchange's receive time; recorded_at is bounded by it and cannot go backwards; a
-//! record corrects only its own facility's; registry operations on unknown keys or
+//! record corrects only its own facility's; an event id is one facility's alone;
+//! registry operations on unknown keys or
 //! facilities are refused; client numbers are range-checked before anything is
 //! written; and a replay after revocations and rotations in mid-stream, with several
 //! projector replicas, gives identical projections.
@@ -208,6 +209,61 @@ async fn a_record_corrects_only_its_own_facilitys_records(env: Env) {
         district.iter().all(|e| e.superseded_by.is_empty()),
         "untouched"
     );
+    node.stop().await;
+}
+
+/// Event ids are unique across the exchange: an event reusing another facility's id is
+/// refused at ingest (not appended, its chain not extended), never answered "accepted"
+/// and then rejected by the projector; the facility's next event with a fresh id at the
+/// same seq goes through. Within one batch, what follows the refused event is a gap.
+async fn an_event_id_of_another_facility_is_refused_at_ingest(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let (theirs, r) = w.district.emit(obs(AN)).await.unwrap();
+    assert!(accepted(&r));
+    let (seq, prev) = w.provincial.head();
+    let (_, reused) = w.provincial.sign_with_id(theirs, obs(AN));
+    let (_, after) = w.provincial.sign(obs(AN));
+    let answers = w.provincial.submit(vec![reused, after]).await.unwrap();
+    assert_eq!(
+        reason(&answers[0]),
+        v1::RejectionReason::InvalidField as i32
+    );
+    let rejection = answers[0].rejection.as_ref().unwrap();
+    assert_eq!(rejection.field, "header.event_id");
+    assert!(!answers[0].extends_chain, "refused, not appended");
+    assert_eq!(reason(&answers[1]), v1::RejectionReason::SequenceGap as i32);
+
+    // The chain did not move; the same seq with a fresh id is accepted.
+    w.provincial.sync_head().await.unwrap();
+    assert_eq!(w.provincial.head(), (seq, prev));
+    let (fresh, r) = w.provincial.emit(obs(AN)).await.unwrap();
+    assert!(accepted(&r), "{r:?}");
+    settle(&w.nc).await;
+    let (own, _) = read_all(&w.provincial, AN, Purpose::Treatment, 50).await;
+    assert_eq!(
+        own.iter()
+            .filter(|e| e.facility_id == PROVINCIAL)
+            .map(|e| e.event_id.clone())
+            .collect::<Vec<_>>(),
+        vec![fresh.to_string()],
+        "only the fresh event is projected"
+    );
+    let rejected = v1::monitor_service_client::MonitorServiceClient::new(w.nc.channel())
+        .list_facility_stats(v1::ListFacilityStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .facilities
+        .into_iter()
+        .find(|s| s.facility_id == PROVINCIAL)
+        .unwrap()
+        .rejected;
+    let invalid = rejected
+        .iter()
+        .find(|r| r.reason == v1::RejectionReason::InvalidField as i32)
+        .map(|r| r.count);
+    assert_eq!(invalid, Some(1), "counted once, at ingest: {rejected:?}");
     node.stop().await;
 }
 
@@ -489,6 +545,7 @@ both_backends!(
     a_revoked_key_is_refused_at_ingest_at_once_and_back_dating_does_not_help,
     recorded_at_is_bounded_by_the_receive_time_and_never_goes_back,
     a_record_corrects_only_its_own_facilitys_records,
+    an_event_id_of_another_facility_is_refused_at_ingest,
     registry_operations_on_unknown_keys_or_facilities_are_refused,
     client_numbers_are_range_checked_before_anything_is_written,
     replay_after_mid_stream_revocations_and_rotations_equals_live,

@@ -133,11 +133,19 @@ async fn every_bad_submission_is_answered_with_its_reason_and_nothing_accepted_i
     assert_eq!(reason(&r).0, hrx_domain::Reason::NotAuthorised.code());
     w.district.sync_head().await.unwrap();
 
-    // Another facility reusing an accepted event id: projected as a content rejection;
-    // the projector does not stall on it.
+    // Another facility reusing an accepted event id: refused at ingest (event ids are
+    // unique across the exchange), never appended; the refusal is on record.
     let (_, env) = w.provincial.sign_with_id(accepted_ids[0], obs(AN));
     let r = w.provincial.submit(vec![env]).await.unwrap().remove(0);
-    assert!(accepted(&r), "ingest checks chains per facility: {r:?}");
+    assert_eq!(
+        reason(&r),
+        (
+            hrx_domain::Reason::InvalidField.code(),
+            "header.event_id".into(),
+            false
+        )
+    );
+    w.provincial.sync_head().await.unwrap();
     settle(&w.nc).await;
     let provincial_rejections =
         v1::monitor_service_client::MonitorServiceClient::new(w.nc.channel())

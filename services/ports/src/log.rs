@@ -116,14 +116,20 @@ impl LogEntry {
 pub struct LogChainContext {
     pub context: ChainContext,
     pub prior_position: Option<LogPosition>,
+    /// The event id is already held by another chain's entry. Event ids are unique
+    /// across the exchange, so ingest refuses such an event instead of appending one the
+    /// projector would have to reject (and could reject differently on replay, since
+    /// which of two chains' entries it applies first depends on partition order).
+    pub id_in_other_chain: bool,
 }
 
 /// The append-only event log.
 ///
 /// Appends to one chain must be serialised by the caller (ingest holds a lock per
-/// chain); the log rejects an append whose (chain, seq) or (chain, event_id) is taken
-/// with [`PortError::Conflict`](crate::PortError::Conflict), so a race can never fork
-/// a chain in the log.
+/// chain); the log rejects an append whose (chain, seq) or (chain, event_id) is taken,
+/// or whose event id another chain holds, with
+/// [`PortError::Conflict`](crate::PortError::Conflict), so a race can never fork a
+/// chain in the log nor give one event id to two chains.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Number of partitions (1 for the embedded log).

@@ -450,8 +450,8 @@ pub async fn log_appends_reads_and_orders<L: EventLog + ?Sized>(log: &L) {
 }
 
 /// A batch that takes a used (chain, seq) or (chain, event_id), or repeats one within
-/// itself, fails with `Conflict` and writes nothing; the chain is as before, and valid
-/// appends still go through.
+/// itself, or uses an event id another chain holds, fails with `Conflict` and writes
+/// nothing; the chain is as before, and valid appends still go through.
 pub async fn log_refuses_chain_conflicts_atomically<L: EventLog + ?Sized>(log: &L) {
     let a = ChainKey::Facility(facility(F1));
     let b = ChainKey::Facility(facility(F2));
@@ -503,6 +503,49 @@ pub async fn log_refuses_chain_conflicts_atomically<L: EventLog + ?Sized>(log: &
         log.append(vec![append(&b, 1, 9)]).await,
         "seq 1 of another chain",
     );
+
+    // Event ids are unique across chains: the context says another chain holds the id
+    // (its own chain's does not), and the append refuses it, writing nothing.
+    let ctx = ok(log.chain_context(&b, event_id(1), 2).await, "chain_context");
+    assert!(ctx.id_in_other_chain, "chain a holds event 1");
+    assert_eq!(ctx.context.same_event_id, None, "not in chain b");
+    let own = ok(log.chain_context(&a, event_id(1), 1).await, "chain_context");
+    assert!(!own.id_in_other_chain, "event 1 is chain a's own");
+    let many = ok(
+        log.chain_contexts(&b, &[(event_id(2), 2), (event_id(10), 2), (event_id(9), 1)])
+            .await,
+        "chain_contexts",
+    );
+    assert_eq!(
+        many.iter().map(|c| c.id_in_other_chain).collect::<Vec<_>>(),
+        vec![true, false, false],
+        "ids of chain a, of nobody, of chain b"
+    );
+    let p_b = ok(log.append(vec![append(&b, 2, 10)]).await, "append")[0].partition;
+    let end_b = ok(log.end_offset(p_b).await, "end_offset");
+    let taken = Append {
+        event_id: event_id(2),
+        ..append(&b, 3, 11)
+    };
+    assert_conflict(
+        log.append(vec![taken]).await,
+        "an event id of another chain",
+    );
+    let patient = ChainKey::Patient(patient(P1));
+    let statement = Append {
+        event_id: event_id(8),
+        ..append(&patient, 1, 12)
+    };
+    assert_conflict(
+        log.append(vec![statement]).await,
+        "a facility's event id in a patient's chain",
+    );
+    assert_eq!(
+        ok(log.end_offset(p_b).await, "end_offset"),
+        end_b,
+        "nothing written"
+    );
+    ok(log.append(vec![append(&b, 3, 13)]).await, "a fresh id");
 }
 
 /// `wait_for` returns at once when the entry is there, after the timeout when nothing

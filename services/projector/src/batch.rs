@@ -333,7 +333,8 @@ impl Builder<'_> {
     /// Whether `id` is used by an earlier event (this batch's or the store's). Event
     /// ids are unique across the exchange: a reused one (another facility's, or a
     /// patient's statement id) is refused here rather than failing the batch in the
-    /// store.
+    /// store. Ingest and the log refuse such an event before it is appended; this is
+    /// for entries an older hrx appended.
     async fn id_reused(&mut self, id: EventId) -> PortResult<bool> {
         if self.used_ids.contains(&id) || self.id_taken(id).await? {
             return Ok(true);

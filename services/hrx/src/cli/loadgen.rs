@@ -9,9 +9,10 @@
 //!   at `--rate` events/s or as fast as possible; prints what the node answered, the
 //!   throughput and the latency of the `SubmitEvents` calls.
 //!
-//! Keys and signing times come from the seed, so a population pre-signed and the same
-//! population signed on the fly are the same bytes, and running twice against one node
-//! gives duplicates the second time, never a second copy.
+//! Keys come from the seed and every event is signed at one time (`--signed-at`, by
+//! default the start of the day), so a population pre-signed and the same population
+//! signed on the fly are the same bytes, and running twice against one node gives
+//! duplicates the second time, never a second copy.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,9 +69,22 @@ struct PopulationArgs {
     /// Mean records of every other patient.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     records_per_patient: u64,
+    /// Every event's recorded_at, RFC 3339 [default: the start of today, UTC]. The same
+    /// seed and time sign the same bytes; the exchange refuses times more than its
+    /// clock bound (7 days by default) in the past.
+    #[arg(long)]
+    signed_at: Option<String>,
 }
 
 impl PopulationArgs {
+    fn signed_at(&self) -> anyhow::Result<hrx_domain::Timestamp> {
+        match &self.signed_at {
+            Some(t) => hrx_domain::Timestamp::parse_rfc3339(t)
+                .map_err(|_| anyhow::anyhow!("--signed-at {t:?} is not an RFC 3339 time")),
+            None => Ok(Population::signed_at(hrx_domain::Timestamp::now())),
+        }
+    }
+
     fn spec(&self) -> anyhow::Result<PopulationSpec> {
         let chronic = self.chronic.unwrap_or((self.patients / 200).max(1));
         if chronic > self.patients {
@@ -120,6 +134,7 @@ struct RunArgs {
     /// flags below describe is signed on the fly (signing on the measured path).
     #[arg(long, conflicts_with_all = [
         "seed", "facilities", "patients", "chronic", "chronic_records", "records_per_patient",
+        "signed_at",
     ])]
     from: Option<PathBuf>,
     #[command(flatten)]
@@ -171,12 +186,13 @@ fn presign(a: PresignArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let bar = show_progress().then(|| loadgen::progress_bar(pop.total_records() as u64, "signed"));
     let started = Instant::now();
-    let manifest = files::write_population(&a.out, &pop, threads, &|n| {
-        if let Some(b) = &bar {
-            b.inc(n);
-        }
-    })
-    .with_context(|| format!("presigning to {}", a.out.display()))?;
+    let manifest =
+        files::write_population(&a.out, &pop, a.population.signed_at()?, threads, &|n| {
+            if let Some(b) = &bar {
+                b.inc(n);
+            }
+        })
+        .with_context(|| format!("presigning to {}", a.out.display()))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -236,9 +252,8 @@ fn from_dir(dir: &std::path::Path) -> anyhow::Result<Load> {
     })
 }
 
-fn on_the_fly(spec: PopulationSpec) -> Load {
+fn on_the_fly(spec: PopulationSpec, signed_at: hrx_domain::Timestamp) -> Load {
     let pop = Arc::new(Population::from_spec(spec));
-    let signed_at = pop.signed_at();
     let facilities = pop
         .facilities()
         .iter()
@@ -274,7 +289,7 @@ fn run_load(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let load = match &a.from {
         Some(dir) => from_dir(dir)?,
-        None => on_the_fly(a.population.spec()?),
+        None => on_the_fly(a.population.spec()?, a.population.signed_at()?),
     };
     let pace = match a.rate {
         Some(r) if r.is_finite() && r > 0.0 => Pace::Rate(r),
