@@ -122,33 +122,16 @@ fn submit_result(o: StatementOutcome) -> v1::SubmitResult {
         StatementOutcome::Accepted {
             event_hash,
             position,
-        } => v1::SubmitResult {
-            status: v1::SubmitStatus::Accepted as i32,
-            event_hash: event_hash.as_bytes().to_vec(),
-            position: Some(wire::position(position)),
-            rejection: None,
-            extends_chain: false,
-        },
+        } => wire::accepted(event_hash, position),
         StatementOutcome::Duplicate {
             event_hash,
             position,
-        } => v1::SubmitResult {
-            status: v1::SubmitStatus::Duplicate as i32,
-            event_hash: event_hash.as_bytes().to_vec(),
-            position: position.map(wire::position),
-            rejection: None,
-            extends_chain: false,
-        },
+        } => wire::duplicate(event_hash, position),
+        // A refused statement never enters the patient's chain.
         StatementOutcome::Rejected {
             event_hash,
             rejection,
-        } => v1::SubmitResult {
-            status: v1::SubmitStatus::Rejected as i32,
-            event_hash: event_hash.as_bytes().to_vec(),
-            position: None,
-            rejection: Some(hrx_proto::codec::rejection(&rejection)),
-            extends_chain: false,
-        },
+        } => wire::rejected(Some(event_hash), &rejection, None),
     }
 }
 

@@ -35,36 +35,16 @@ fn result(o: Outcome) -> v1::SubmitResult {
         Outcome::Accepted {
             event_hash,
             position,
-        } => v1::SubmitResult {
-            status: v1::SubmitStatus::Accepted as i32,
-            event_hash: event_hash.as_bytes().to_vec(),
-            position: Some(wire::position(position)),
-            rejection: None,
-            extends_chain: false,
-        },
+        } => wire::accepted(event_hash, position),
         Outcome::Duplicate {
             event_hash,
             position,
-        } => v1::SubmitResult {
-            status: v1::SubmitStatus::Duplicate as i32,
-            event_hash: event_hash.as_bytes().to_vec(),
-            position: position.map(wire::position),
-            rejection: None,
-            extends_chain: false,
-        },
+        } => wire::duplicate(event_hash, position),
         Outcome::Rejected {
             event_hash,
             rejection,
             position,
-        } => v1::SubmitResult {
-            status: v1::SubmitStatus::Rejected as i32,
-            event_hash: event_hash
-                .map(|h| h.as_bytes().to_vec())
-                .unwrap_or_default(),
-            extends_chain: position.is_some(),
-            position: position.map(wire::position),
-            rejection: Some(hrx_proto::codec::rejection(&rejection)),
-        },
+        } => wire::rejected(event_hash, &rejection, position),
     }
 }
 

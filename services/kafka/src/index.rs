@@ -550,7 +550,11 @@ pub(crate) async fn claim<C: GenericClient>(
     c: &C,
     pairs: &[(String, EventId)],
 ) -> PortResult<Option<EventId>> {
-    insert_claims(c, pairs).await?;
+    let distinct: HashSet<&EventId> = pairs.iter().map(|(_, id)| id).collect();
+    if insert_claims(c, pairs).await? == distinct.len() as u64 {
+        // Every id was free (the usual case): no chain held any of them.
+        return Ok(None);
+    }
     let stmt = c
         .prepare_cached(
             "SELECT b.event_id FROM UNNEST($1::text[], $2::text[]) AS b(chain, event_id) \
@@ -570,10 +574,11 @@ pub(crate) async fn claim<C: GenericClient>(
 
 /// Inserts the claims that are not there yet, in id order (so that two concurrent
 /// claims of overlapping ids wait for each other in one order, never in a cycle).
+/// Returns how many were inserted.
 pub(crate) async fn insert_claims<C: GenericClient>(
     c: &C,
     pairs: &[(String, EventId)],
-) -> PortResult<()> {
+) -> PortResult<u64> {
     let stmt = c
         .prepare_cached(
             "INSERT INTO log_event_ids (event_id, chain) \
@@ -583,8 +588,7 @@ pub(crate) async fn insert_claims<C: GenericClient>(
         .await
         .map_err(pg)?;
     let (chains, ids) = columns(pairs);
-    c.execute(&stmt, &[&chains, &ids]).await.map_err(pg)?;
-    Ok(())
+    c.execute(&stmt, &[&chains, &ids]).await.map_err(pg)
 }
 
 fn columns(pairs: &[(String, EventId)]) -> (Vec<&str>, Vec<String>) {

@@ -310,54 +310,35 @@ async fn topics_are_created_and_checked() {
     );
     eprintln!("two-partition registry: {e}");
 
-    // A compacted facility-events topic.
-    let mut compacted = f.config.clone();
-    compacted.facility_topic = format!("{}.c", f.config.facility_topic);
-    compacted.registry_topic = format!("{}.c", f.config.registry_topic);
-    compacted.partitions = 2;
-    f.admin()
-        .create_topics(
-            [
-                &NewTopic::new(&compacted.facility_topic, 2, TopicReplication::Fixed(1))
-                    .set("cleanup.policy", "compact"),
-            ],
-            &options(),
-        )
-        .await
-        .expect("create");
-    let e = KafkaLog::connect(compacted.clone(), &f.database_url)
-        .await
-        .expect_err("a compacted topic");
-    assert!(
-        matches!(&e, KafkaError::TopicMisconfigured { topic, detail }
-            if *topic == compacted.facility_topic && detail.contains("compact")),
-        "{e:?}"
-    );
-
-    // A facility-events topic whose broker stamps messages itself.
-    let mut stamped = f.config.clone();
-    stamped.facility_topic = format!("{}.d", f.config.facility_topic);
-    stamped.registry_topic = format!("{}.d", f.config.registry_topic);
-    stamped.partitions = 2;
-    f.admin()
-        .create_topics(
-            [
-                &NewTopic::new(&stamped.facility_topic, 2, TopicReplication::Fixed(1))
-                    .set("message.timestamp.type", "LogAppendTime"),
-            ],
-            &options(),
-        )
-        .await
-        .expect("create");
-    let e = KafkaLog::connect(stamped.clone(), &f.database_url)
-        .await
-        .expect_err("a LogAppendTime topic");
-    assert!(
-        matches!(&e, KafkaError::TopicMisconfigured { topic, detail }
-            if *topic == stamped.facility_topic && detail.contains("LogAppendTime")),
-        "{e:?}"
-    );
-    eprintln!("LogAppendTime topic: {e}");
+    // A compacted facility-events topic, and one whose broker stamps messages itself.
+    for (suffix, key, value) in [
+        ("c", "cleanup.policy", "compact"),
+        ("d", "message.timestamp.type", "LogAppendTime"),
+    ] {
+        let mut made = f.config.clone();
+        made.facility_topic = format!("{}.{suffix}", f.config.facility_topic);
+        made.registry_topic = format!("{}.{suffix}", f.config.registry_topic);
+        made.partitions = 2;
+        f.admin()
+            .create_topics(
+                [
+                    &NewTopic::new(&made.facility_topic, 2, TopicReplication::Fixed(1))
+                        .set(key, value),
+                ],
+                &options(),
+            )
+            .await
+            .expect("create");
+        let e = KafkaLog::connect(made.clone(), &f.database_url)
+            .await
+            .expect_err("a misconfigured facility-events topic");
+        assert!(
+            matches!(&e, KafkaError::TopicMisconfigured { topic, detail }
+                if *topic == made.facility_topic && detail.contains(value)),
+            "{e:?}"
+        );
+        eprintln!("{key}={value} topic: {e}");
+    }
 }
 
 /// A broker address where nothing listens fails `connect` with one clear error in

@@ -77,29 +77,16 @@ async fn patient_keys_are_enrolled_in_person_rotated_and_revoked_by_the_patient(
 
     // A proof signed by another key, or made for another facility, is refused.
     let (key, other) = (new_key(), new_key());
-    let mut body = enrollment(&an, &key, &w.district.id, Timestamp::now());
-    if let v1::facility_event::Body::PatientKeyEnrollment(e) = &mut body {
-        e.proof = Some(key_proof(
-            &other,
-            &an,
-            Some(&w.district.id),
-            Timestamp::now(),
-        ));
+    let (district, provincial) = (w.district.id.clone(), w.provincial.id.clone());
+    for (signer, proof_for) in [(&other, &district), (&key, &provincial)] {
+        let mut body = enrollment(&an, &key, &district, Timestamp::now());
+        if let v1::facility_event::Body::PatientKeyEnrollment(e) = &mut body {
+            e.proof = Some(key_proof(signer, &an, Some(proof_for), Timestamp::now()));
+        }
+        let (_, r) = w.district.emit(body).await.unwrap();
+        assert_eq!(reason(&r), v1::RejectionReason::BadProofOfPossession as i32);
+        assert!(r.extends_chain, "content rejection: the chain goes on");
     }
-    let (_, r) = w.district.emit(body).await.unwrap();
-    assert_eq!(reason(&r), v1::RejectionReason::BadProofOfPossession as i32);
-    assert!(r.extends_chain, "content rejection: the chain goes on");
-    let mut body = enrollment(&an, &key, &w.district.id, Timestamp::now());
-    if let v1::facility_event::Body::PatientKeyEnrollment(e) = &mut body {
-        e.proof = Some(key_proof(
-            &key,
-            &an,
-            Some(&w.provincial.id),
-            Timestamp::now(),
-        ));
-    }
-    let (_, r) = w.district.emit(body).await.unwrap();
-    assert_eq!(reason(&r), v1::RejectionReason::BadProofOfPossession as i32);
 
     // Enrolled in person: the patient's key signs their grants.
     let mut district = FacilityClient::open(env.path(), node.addr, &fac(DISTRICT))

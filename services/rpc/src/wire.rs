@@ -4,7 +4,9 @@
 use hrx_domain::audit::AuditEntry;
 use hrx_domain::consent::{Basis, ConsentForm};
 use hrx_domain::event::{ConsentGrant, Grantee};
-use hrx_domain::{EventId, FacilityId, PatientId, Purpose, RecordKind, Timestamp};
+use hrx_domain::{
+    EventId, FacilityId, PatientId, Purpose, RecordKind, Rejection, Sha256, Timestamp,
+};
 use hrx_ports::{BreakGlassUse, LogPosition, StoredRecord};
 use hrx_proto::codec;
 use hrx_proto::v1;
@@ -54,6 +56,46 @@ pub fn position(p: LogPosition) -> v1::LogPosition {
     v1::LogPosition {
         partition: p.partition,
         offset: p.offset,
+    }
+}
+
+/// The answer for an envelope appended `at` a position.
+pub fn accepted(event_hash: Sha256, at: LogPosition) -> v1::SubmitResult {
+    v1::SubmitResult {
+        status: v1::SubmitStatus::Accepted as i32,
+        event_hash: event_hash.as_bytes().to_vec(),
+        position: Some(position(at)),
+        rejection: None,
+        extends_chain: false,
+    }
+}
+
+/// The answer for an envelope the log already holds (at `prior`, when known).
+pub fn duplicate(event_hash: Sha256, prior: Option<LogPosition>) -> v1::SubmitResult {
+    v1::SubmitResult {
+        status: v1::SubmitStatus::Duplicate as i32,
+        event_hash: event_hash.as_bytes().to_vec(),
+        position: prior.map(position),
+        rejection: None,
+        extends_chain: false,
+    }
+}
+
+/// The answer for a rejected envelope: appended at `appended` if it still extends its
+/// chain (rejected for content), else refused outright.
+pub fn rejected(
+    event_hash: Option<Sha256>,
+    rejection: &Rejection,
+    appended: Option<LogPosition>,
+) -> v1::SubmitResult {
+    v1::SubmitResult {
+        status: v1::SubmitStatus::Rejected as i32,
+        event_hash: event_hash
+            .map(|h| h.as_bytes().to_vec())
+            .unwrap_or_default(),
+        extends_chain: appended.is_some(),
+        position: appended.map(position),
+        rejection: Some(codec::rejection(rejection)),
     }
 }
 
