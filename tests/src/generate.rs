@@ -1918,5 +1918,17 @@ fn clock_vectors(g: &mut Gen, h2: &Head, h3: &Head, p1: &Head) -> anyhow::Result
         .facts(Facts::default())
         .rejects_in_chain("SUPERSEDES_FOREIGN_RECORD"),
     )?;
+
+    // Step 1: the exchange's own log entries are not a payload type a client may send.
+    let mut s = Spec::new(
+        "invalid-76-ingest-report-payload-type",
+        "Correctly signed, but the payload type is the exchange's log-only ingest report.",
+        "district-k1",
+        json!({"header": header(DISTRICT, 4, &h3.event_hash, 176, T), "record": record(PATIENT_AN, "OBSERVATION", hba1c(PATIENT_AN, 8.1), &[])}),
+    )
+    .head(h3)
+    .rejects("UNKNOWN_PAYLOAD_TYPE");
+    s.payload_type = hrx_domain::report::PAYLOAD_TYPE;
+    g.add(s)?;
     Ok(())
 }

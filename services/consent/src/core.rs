@@ -16,16 +16,17 @@ use hrx_domain::consent::{
     Access, Basis, ConsentForm, ConsentPolicy, ConsentState, GrantState, GrantStatus, RequestState,
 };
 use hrx_domain::patient::{self, Query, Statement};
+use hrx_domain::report::{IngestReport, Refusal};
 use hrx_domain::{
     Envelope, EventId, FacilityId, PatientId, Purpose, Reason, Rejection, Sha256, Timestamp,
 };
 use hrx_identity::Principal;
 use hrx_ports::{
     AccessAppend, AccessCounts, Append, BreakGlassUse, ChainKey, EventLog, LogPosition, PortError,
-    RejectionRow, Store,
+    Store,
 };
 use hrx_proto::codec;
-use hrx_rpc::chains::ChainLocks;
+use hrx_rpc::chains::{ChainLocks, append_reported};
 use hrx_rpc::error::{ErrorCode, RequestError, ServiceError};
 
 use crate::audit::AuditWriter;
@@ -441,7 +442,8 @@ impl Consent {
 
     /// Verifies and appends patient statements to their patients' chains in the log;
     /// one outcome per envelope, in order. A statement is appended only when it is
-    /// valid in every respect; refusals are recorded for the monitor.
+    /// valid in every respect; refusals and duplicates go into the log as an ingest
+    /// report on the patients' report chain, with the last patient's statements.
     pub async fn submit_statements(
         &self,
         envelopes: Vec<Envelope>,
@@ -460,7 +462,7 @@ impl Consent {
         // the statement's key must be the patient's.
         let now = Timestamp::now().truncated_to_millis();
         let mut outcomes: Vec<Option<StatementOutcome>> = vec![None; envelopes.len()];
-        let mut refused = Vec::new();
+        let mut report = IngestReport::new(None);
         let mut by_patient: HashMap<PatientId, Vec<(usize, Envelope, Statement)>> = HashMap::new();
         for (i, envelope) in envelopes.into_iter().enumerate() {
             let event_hash = envelope.event_hash();
@@ -470,7 +472,7 @@ impl Consent {
                     .or_default()
                     .push((i, envelope, s)),
                 Err(rejection) => {
-                    refused.push(refusal(event_hash, None, &rejection));
+                    report.refusals.push(refusal(event_hash, None, &rejection));
                     outcomes[i] = Some(StatementOutcome::Rejected {
                         event_hash,
                         rejection,
@@ -478,7 +480,10 @@ impl Consent {
                 }
             }
         }
+        let mut groups = by_patient.len();
+        let mut reported = false;
         for (patient, statements) in by_patient {
+            groups -= 1;
             let chain = ChainKey::Patient(patient.clone());
             let _guard = self.locks.lock(&chain).await;
             // The patient's earlier statements must be in the state they are judged
@@ -513,13 +518,16 @@ impl Consent {
                 };
                 match verdict {
                     Err(None) => {
+                        report.duplicates += 1;
                         outcomes[i] = Some(StatementOutcome::Duplicate {
                             event_hash,
                             position: logged.prior_position,
                         })
                     }
                     Err(Some(rejection)) => {
-                        refused.push(refusal(event_hash, Some(id), &rejection));
+                        report
+                            .refusals
+                            .push(refusal(event_hash, Some(id), &rejection));
                         outcomes[i] = Some(StatementOutcome::Rejected {
                             event_hash,
                             rejection,
@@ -552,7 +560,14 @@ impl Consent {
             }
             if !appends.is_empty() {
                 let batch = appends.iter().map(|(_, a)| a.clone()).collect();
-                let positions = log.append(batch).await?;
+                // The report goes with the last patient's statements: by then it holds
+                // every refusal of the call.
+                let positions = if groups == 0 {
+                    reported = true;
+                    append_reported(log.as_ref(), &self.locks, batch, &report, now).await?
+                } else {
+                    log.append(batch).await?
+                };
                 for ((i, a), position) in appends.into_iter().zip(positions) {
                     outcomes[i] = Some(StatementOutcome::Accepted {
                         event_hash: a.event_hash,
@@ -561,8 +576,8 @@ impl Consent {
                 }
             }
         }
-        if !refused.is_empty() {
-            self.store.record_ingest_rejections(refused).await?;
+        if !reported {
+            append_reported(log.as_ref(), &self.locks, Vec::new(), &report, now).await?;
         }
         Ok(outcomes
             .into_iter()
@@ -672,16 +687,11 @@ fn unauthenticated(r: &Rejection) -> ConsentError {
     RequestError::Unauthenticated(format!("patient request refused: {}", r.message())).into()
 }
 
-fn refusal(event_hash: Sha256, id: Option<EventId>, rejection: &Rejection) -> RejectionRow {
-    RejectionRow {
-        position: None,
-        facility_id: None,
+fn refusal(event_hash: Sha256, id: Option<EventId>, rejection: &Rejection) -> Refusal {
+    Refusal {
+        rejection: rejection.clone(),
+        event_hash,
         event_id: id,
         seq: None,
-        event_hash: Some(event_hash),
-        reason: rejection.reason(),
-        field: rejection.field(),
-        message: rejection.message().to_owned(),
-        at: Timestamp::now(),
     }
 }

@@ -16,6 +16,8 @@
 //! - [`consent`]: the consent policy, a patient's consent state folded from the log,
 //!   and per-record access decisions (author, grant, break-glass).
 //! - [`audit`]: access events and their hash chain.
+//! - [`report`]: the exchange's own log entries counting what ingest refused before
+//!   the log.
 //!
 //! Invariant: this crate depends on no async runtime, network, database or wire
 //! format; adapters convert their types into these, and only by parsing.
@@ -30,6 +32,7 @@ pub mod ids;
 pub mod kinds;
 pub mod patient;
 pub mod rejection;
+pub mod report;
 pub mod time;
 pub mod verify;
 

@@ -12,17 +12,15 @@ use async_trait::async_trait;
 use hrx_domain::{FacilityId, PatientId, Reason, Timestamp};
 use hrx_ports::{
     BreakGlassUse, ChainKey, ExchangeCell, FacilityStats, MonitorStore, PortResult, RejectionRow,
-    StatsDelta,
 };
 use rusqlite::types::Value;
-use rusqlite::{Connection, TransactionBehavior, params_from_iter};
+use rusqlite::{Connection, params_from_iter};
 
 use crate::SqliteNode;
 use crate::codec::{self, Cols};
 use crate::consent::{WINDOW_COLUMNS, decode_window};
 use crate::error::{EmbeddedError, Result};
-use crate::projection::{add_stats, insert_rejection, offsets};
-use crate::schema::SOURCE_INGEST;
+use crate::projection::offsets;
 
 /// The entry of facility `f`: every facility seen by any source gets one, zeros until
 /// counted.
@@ -79,7 +77,7 @@ fn facility_stats(conn: &mut Connection) -> Result<Vec<FacilityStats>> {
     for (chain, head) in codec::collect(&mut stmt, [], |c| Ok((c.text()?, c.u64()?)))? {
         match ChainKey::parse(&chain) {
             Some(ChainKey::Facility(f)) => entry(&mut by_facility, f).head_seq = head,
-            Some(ChainKey::Registry | ChainKey::Patient(_)) => {}
+            Some(ChainKey::Registry | ChainKey::Patient(_) | ChainKey::Reports(_)) => {}
             None => {
                 return Err(EmbeddedError::Corrupt(
                     "column chain_links.chain does not hold a chain key".into(),
@@ -240,68 +238,6 @@ impl MonitorStore for SqliteNode {
             .inner
             .db
             .read(move |conn| rejections(conn, facility.as_ref(), limit))
-            .await?)
-    }
-
-    async fn record_ingest_rejections(&self, rows: Vec<RejectionRow>) -> PortResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        Ok(self
-            .inner
-            .db
-            .write(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                for row in &rows {
-                    insert_rejection(&tx, SOURCE_INGEST, row)?;
-                    if let Some(f) = &row.facility_id {
-                        add_stats(
-                            &tx,
-                            SOURCE_INGEST,
-                            &StatsDelta {
-                                facility_id: f.clone(),
-                                accepted: 0,
-                                duplicates: 0,
-                                rejected: vec![(row.reason, 1)],
-                                last_seen: row.at,
-                            },
-                        )?;
-                    }
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await?)
-    }
-
-    async fn record_ingest_duplicates(
-        &self,
-        duplicates: Vec<(FacilityId, u64, Timestamp)>,
-    ) -> PortResult<()> {
-        if duplicates.is_empty() {
-            return Ok(());
-        }
-        Ok(self
-            .inner
-            .db
-            .write(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                for (f, n, at) in duplicates {
-                    add_stats(
-                        &tx,
-                        SOURCE_INGEST,
-                        &StatsDelta {
-                            facility_id: f,
-                            accepted: 0,
-                            duplicates: n,
-                            rejected: vec![],
-                            last_seen: at,
-                        },
-                    )?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
             .await?)
     }
 

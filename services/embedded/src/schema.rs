@@ -79,10 +79,11 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<i64> {
 }
 
 /// Where a row of `stats`, `stats_rejected` or `rejections` came from. Projector rows are
-/// rebuilt from the log by `reset_projections` + replay; ingest rows are not in the log
-/// and must survive a reset.
+/// rebuilt from the log by `reset_projections` + replay; ingest's refusals are in the
+/// log too (ingest reports), projected like the rest. Rows with source 2 were written
+/// by ingest directly before the log held its reports: they are in no log, so a reset
+/// keeps them.
 pub(crate) const SOURCE_PROJECTOR: i64 = 1;
-pub(crate) const SOURCE_INGEST: i64 = 2;
 
 /// The migrations, in order. Index `i` upgrades version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];

@@ -5,8 +5,11 @@
 //! against the *log's* chain index (not the projections, which may lag), with earlier
 //! events of the same batch overlaid. Events that extend a chain — valid ones, and
 //! ones rejected for content only — are appended in one atomic append per facility;
-//! only after the append returns is anything answered "accepted". Everything refused
-//! before the log is recorded for the monitor, so nothing is silently dropped.
+//! only after the append returns is anything answered "accepted". What the call refused
+//! before the log, and how many of its envelopes were duplicates, go into the same
+//! append as an ingest report on the caller's report chain
+//! ([`hrx_domain::report`]): nothing is silently dropped, and the monitor's figures
+//! are projected from the log like everything else.
 //!
 //! Appends to one chain are serialised by a per-chain lock held from the chain lookup
 //! to the append, so concurrent submissions can never fork a chain.
@@ -22,11 +25,10 @@ use hrx_consent::state::{Earlier, facility_facts};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
 use hrx_domain::consent::{ConsentPolicy, check_facility_event};
 use hrx_domain::event::unchecked;
+use hrx_domain::report::{IngestReport, Refusal};
 use hrx_domain::verify::{self, ClockPolicy, KeyRecord, Receipt, SignatureMemo, Verdict};
 use hrx_domain::{Envelope, EventId, FacilityId, KeyId, Reason, Rejection, Sha256, Timestamp};
-use hrx_ports::{
-    Append, ChainKey, EventLog, LogPosition, PortError, PortResult, RejectionRow, Store,
-};
+use hrx_ports::{Append, ChainKey, EventLog, LogPosition, PortError, PortResult, Store};
 use hrx_proto::codec;
 use hrx_rpc::chains::ChainLocks;
 
@@ -189,14 +191,17 @@ impl Ingest {
 
     /// Judges and appends a batch submitted by `caller`; one outcome per envelope, in
     /// order. Fails only when the log or store is unavailable, in which case nothing
-    /// of the failing facility's group was appended.
+    /// of the batch was appended.
     pub async fn submit(
         &self,
         caller: &FacilityId,
         envelopes: Vec<Envelope>,
     ) -> PortResult<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; envelopes.len()];
-        let mut refused = Vec::new();
+        // What this call refuses before the log and finds duplicate, counted against
+        // the authenticated caller, never against the facility a refused payload
+        // claims to be.
+        let mut report = IngestReport::new(Some(caller.clone()));
         // Received now (whole milliseconds: what every log keeps exactly), against the
         // registry as the log holds it now.
         let (registry_seq, keys) = self.registry().await?;
@@ -231,15 +236,12 @@ impl Ingest {
                     }
                 }
                 Err(rejection) => {
-                    // Counted against the authenticated caller, never against the
-                    // facility a refused payload claims to be.
-                    refused.push(row(
-                        Some(caller.clone()),
-                        None,
-                        Some(event_hash),
-                        &rejection,
-                        receipt.received_at,
-                    ));
+                    report.refusals.push(Refusal {
+                        rejection: rejection.clone(),
+                        event_hash,
+                        event_id: None,
+                        seq: None,
+                    });
                     outcomes[index] = Some(Outcome::Rejected {
                         event_hash: Some(event_hash),
                         rejection,
@@ -248,25 +250,41 @@ impl Ingest {
                 }
             }
         }
-        let mut duplicates = 0u64;
+        // Every chain's lock is held until the append: what was judged is what goes in.
+        let mut guards = Vec::with_capacity(groups.len());
+        let mut appends = Vec::new();
         for (facility, pending) in groups {
-            for (index, outcome) in self
-                .place(
-                    &facility,
-                    pending,
-                    &receipt,
-                    (&mut refused, &mut duplicates),
-                )
-                .await?
-            {
+            let placed = self
+                .place(&facility, pending, &receipt, &mut report)
+                .await?;
+            guards.push(placed.guard);
+            for (index, outcome) in placed.answered {
                 outcomes[index] = Some(outcome);
             }
+            appends.extend(placed.appends);
         }
-        if !refused.is_empty() {
-            self.store.record_ingest_rejections(refused).await?;
-        }
-        if duplicates > 0 {
-            self.record_duplicates(caller, duplicates, &receipt).await?;
+        let batch = appends.iter().map(|(_, a, _)| a.clone()).collect();
+        let positions = hrx_rpc::chains::append_reported(
+            &*self.log,
+            &self.locks,
+            batch,
+            &report,
+            receipt.received_at,
+        )
+        .await?;
+        drop(guards);
+        for ((index, a, rejection), position) in appends.into_iter().zip(positions) {
+            outcomes[index] = Some(match rejection {
+                None => Outcome::Accepted {
+                    event_hash: a.event_hash,
+                    position,
+                },
+                Some(rejection) => Outcome::Rejected {
+                    event_hash: Some(a.event_hash),
+                    rejection,
+                    position: Some(position),
+                },
+            });
         }
         Ok(outcomes
             .into_iter()
@@ -274,18 +292,20 @@ impl Ingest {
             .collect())
     }
 
-    /// Places one facility's events in its chain and appends those that extend it.
+    /// Places one facility's events in its chain: answers its duplicates and refusals
+    /// (into `report`), and returns the events that extend it, to be appended while the
+    /// returned lock is held.
     async fn place(
         &self,
         facility: &FacilityId,
         pending: Vec<Pending>,
         receipt: &Receipt,
-        (refused, duplicates): (&mut Vec<RejectionRow>, &mut u64),
-    ) -> PortResult<Vec<(usize, Outcome)>> {
+        report: &mut IngestReport,
+    ) -> PortResult<Placed> {
         let chain = ChainKey::Facility(facility.clone());
-        let _guard = self.locks.lock(&chain).await;
+        let guard = self.locks.lock(&chain).await;
         let mut appends: Vec<(usize, Append, Option<Rejection>)> = Vec::new();
-        let mut results = Vec::new();
+        let mut answered = Vec::new();
         // Head after the events of this batch that extend the chain.
         let mut batch_head: Option<ChainHead> = None;
         // The log as of now (we hold the chain's lock); the loop overlays this batch.
@@ -354,8 +374,8 @@ impl Ingest {
                 };
             match verdict {
                 Verdict::Duplicate => {
-                    *duplicates += 1;
-                    results.push((
+                    report.duplicates += 1;
+                    answered.push((
                         index,
                         Outcome::Duplicate {
                             event_hash,
@@ -367,15 +387,13 @@ impl Ingest {
                     rejection,
                     extends_chain: false,
                 } => {
-                    let r = row(
-                        Some(facility.clone()),
-                        Some(&link),
-                        Some(event_hash),
-                        &rejection,
-                        receipt.received_at,
-                    );
-                    refused.push(r);
-                    results.push((
+                    report.refusals.push(Refusal {
+                        rejection: rejection.clone(),
+                        event_hash,
+                        event_id: Some(link.event_id),
+                        seq: Some(link.seq),
+                    });
+                    answered.push((
                         index,
                         Outcome::Rejected {
                             event_hash: Some(event_hash),
@@ -417,80 +435,33 @@ impl Ingest {
                 }
             }
         }
-        if !appends.is_empty() {
-            // Refusals are recorded first: once the log has the batch, this call must
-            // answer what it appended, so nothing may fail after the append.
-            if !refused.is_empty() {
-                self.store
-                    .record_ingest_rejections(std::mem::take(refused))
-                    .await?;
-            }
-            if *duplicates > 0 {
-                self.record_duplicates(facility, std::mem::take(duplicates), receipt)
-                    .await?;
-            }
-            let batch = appends.iter().map(|(_, a, _)| a.clone()).collect();
-            let positions = self.log.append(batch).await?;
-            for ((index, a, rejection), position) in appends.into_iter().zip(positions) {
-                let outcome = match rejection {
-                    None => Outcome::Accepted {
-                        event_hash: a.event_hash,
-                        position,
-                    },
-                    Some(rejection) => Outcome::Rejected {
-                        event_hash: Some(a.event_hash),
-                        rejection,
-                        position: Some(position),
-                    },
-                };
-                results.push((index, outcome));
-            }
-        }
-        Ok(results)
-    }
-
-    /// Counts duplicates ingest answered (they never reach the log), so that the
-    /// monitor's figures add up to what the clients were answered.
-    async fn record_duplicates(
-        &self,
-        facility: &FacilityId,
-        n: u64,
-        receipt: &Receipt,
-    ) -> PortResult<()> {
-        self.store
-            .record_ingest_duplicates(vec![(facility.clone(), n, receipt.received_at)])
-            .await
+        Ok(Placed {
+            guard,
+            answered,
+            appends,
+        })
     }
 
     /// The facility's head as written to the log.
     pub async fn head(&self, facility: &FacilityId) -> PortResult<ChainHead> {
-        // Any event id and seq 0 only fetch the head.
-        let probe = hrx_domain::EventId::from_bytes([0; 16]);
         Ok(self
             .log
-            .chain_context(&ChainKey::Facility(facility.clone()), probe, 0)
+            .chain_context(&ChainKey::Facility(facility.clone()), probe(), 0)
             .await?
             .context
             .head)
     }
 }
 
-fn row(
-    facility: Option<FacilityId>,
-    link: Option<&hrx_domain::event::Link>,
-    event_hash: Option<Sha256>,
-    rejection: &Rejection,
-    at: Timestamp,
-) -> RejectionRow {
-    RejectionRow {
-        position: None,
-        facility_id: facility,
-        event_id: link.map(|l| l.event_id),
-        seq: link.map(|l| l.seq),
-        event_hash,
-        reason: rejection.reason(),
-        field: rejection.field(),
-        message: rejection.message().to_owned(),
-        at,
-    }
+/// What [`Ingest::place`] leaves for the append: the chain's lock, the envelopes
+/// answered without the log, and the events that extend the chain.
+struct Placed {
+    guard: tokio::sync::OwnedMutexGuard<()>,
+    answered: Vec<(usize, Outcome)>,
+    appends: Vec<(usize, Append, Option<Rejection>)>,
+}
+
+/// Any event id with seq 0: a chain lookup that only fetches the head.
+fn probe() -> EventId {
+    EventId::from_bytes([0; 16])
 }

@@ -1,6 +1,6 @@
 //! Where a chain lives: Kafka's default partitioner (murmur2) for facilities and
-//! patients' statement chains (both on the facility-events topic, by message key), and
-//! the mapping between the trait's partition numbers and (topic, Kafka partition).
+//! patients' statement chains (both on the facility-events topic, by message key; a
+//! facility's ingest reports go with its chain, by the facility id), and the mapping between the trait's partition numbers and (topic, Kafka partition).
 //!
 //! The trait sees one partition space, `0..=N`: facility-events partitions `0..N` keep
 //! their numbers, and the registry topic's single partition is `N`. `partitions()` is
@@ -81,6 +81,11 @@ impl Layout {
             // their message key like a facility's events.
             ChainKey::Patient(_) => key_partition(&chain.as_key(), self.facility_partitions),
             ChainKey::Registry => self.facility_partitions,
+            // A facility's reports sit in its own chain's partition (one append to one
+            // partition carries a call's events and its report); the patients' report
+            // chain is placed by its key.
+            ChainKey::Reports(Some(f)) => key_partition(f.as_str(), self.facility_partitions),
+            ChainKey::Reports(None) => key_partition(&chain.as_key(), self.facility_partitions),
         }
     }
 
@@ -187,5 +192,24 @@ mod tests {
             "never the registry partition"
         );
         assert_eq!(layout.locate(p).expect("a partition").topic, "f");
+    }
+
+    #[test]
+    fn a_facility_s_reports_share_its_chain_s_partition() {
+        let layout = Layout {
+            facility_topic: "f".into(),
+            registry_topic: "r".into(),
+            facility_partitions: 12,
+        };
+        for f in ["26001", "26002", "01001", "79999"] {
+            let facility = ChainKey::parse(f).expect("a facility");
+            let reports = ChainKey::parse(&format!("reports:{f}")).expect("a report chain");
+            assert_eq!(
+                layout.partition_of(&reports),
+                layout.partition_of(&facility)
+            );
+        }
+        let patients = ChainKey::parse("reports:patients").expect("the patients' reports");
+        assert!(layout.partition_of(&patients) < layout.facility_partitions);
     }
 }

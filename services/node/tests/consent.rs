@@ -1030,7 +1030,24 @@ async fn a_replay_of_the_log_rebuilds_the_same_consent_state(env: Env) {
     assert!(accepted(&r));
     let (_, r) = w.emergency.emit(declaration(AN)).await.unwrap();
     assert!(accepted(&r));
+    // A statement refused at the door goes into the log too (the patients' ingest
+    // report chain), so the replay rebuilds the monitor's record of it.
+    let forger = PatientClient::new(pid(AN), new_key(), patient_port(env.path(), &node).await);
+    let (_, r) = forger
+        .state(patient_grant(
+            AN,
+            CLINIC,
+            &[Purpose::Treatment],
+            in_days(30),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(reason(&r), v1::RejectionReason::PatientKeyNotValid as i32);
     settle(&w.nc).await;
+    let backends = hrx_node::backends(&env.config).await.unwrap();
+    let refused_before = statement_refusals(&*backends.store).await;
+    assert_eq!(refused_before.len(), 1, "{refused_before:?}");
+    assert!(refused_before[0].position.is_some(), "in the log");
     let before = consent_state(&app.view(1, "").await.unwrap());
     let provincial_before = read_all(&w.provincial, AN, Purpose::Referral, 10).await;
     drop(w);
@@ -1052,6 +1069,7 @@ async fn a_replay_of_the_log_rebuilds_the_same_consent_state(env: Env) {
     );
     let after = consent_state(&app.view(1, "").await.unwrap());
     assert_eq!(before, after, "the replay rebuilds the same consent state");
+    assert_eq!(statement_refusals(&*backends.store).await, refused_before);
     let provincial = FacilityClient::open(env.path(), node.addr, &fac(PROVINCIAL))
         .await
         .unwrap();
@@ -1061,6 +1079,13 @@ async fn a_replay_of_the_log_rebuilds_the_same_consent_state(env: Env) {
     );
     drop((nc, provincial));
     node.stop().await;
+}
+
+/// Refused patient statements, as the monitor lists them.
+async fn statement_refusals(store: &dyn hrx_ports::Store) -> Vec<hrx_ports::RejectionRow> {
+    let mut rows = store.rejections(None, 1000).await.unwrap();
+    rows.retain(|r| r.facility_id.is_none() && r.reason == hrx_domain::Reason::PatientKeyNotValid);
+    rows
 }
 
 both_backends!(

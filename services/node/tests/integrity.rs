@@ -9,10 +9,10 @@
 
 mod support;
 
-use hrx_domain::{Duration, FacilityLevel, Purpose, RecordKind, Timestamp};
+use hrx_domain::{Duration, FacilityLevel, Purpose, Reason, RecordKind, Timestamp};
 use hrx_node::client::FacilityClient;
 use hrx_node::{Node, Role};
-use hrx_ports::{Store, TimelineQuery};
+use hrx_ports::{FacilityStats, RejectionRow, Store, TimelineQuery};
 use hrx_proto::{codec, v1};
 use support::*;
 
@@ -410,7 +410,43 @@ async fn the_monitor_adds_up_to_what_the_clients_were_answered(env: Env) {
     assert_eq!(counted, by_reason);
     let provincial = of(PROVINCIAL);
     assert!(provincial.rejected.is_empty(), "{provincial:?}");
+
+    // Every figure, refusals at ingest included, is rebuilt from the log.
+    let backends = hrx_node::backends(&env.config).await.unwrap();
+    let live = monitor_view(&*backends.store).await;
+    let refusals: Vec<_> = live
+        .1
+        .iter()
+        .filter(|r| r.reason != Reason::InvalidField)
+        .collect();
+    assert_eq!(live.1.len(), 4, "{:?}", live.1);
+    assert_eq!(refusals.len(), 3, "{:?}", live.1);
+    assert!(
+        live.1.iter().all(|r| r.position.is_some()
+            && r.facility_id.as_ref().map(|f| f.as_str()) == Some(DISTRICT)),
+        "every refusal is in the log, against the caller: {:?}",
+        live.1
+    );
+    drop(w);
     node.stop().await;
+    hrx_node::reproject(&env.config).await.unwrap();
+    assert_eq!(
+        monitor_view(&*backends.store).await,
+        live,
+        "the monitor's figures after a replay of the log"
+    );
+}
+
+/// The monitor's figures and rejections, in an order a replay keeps.
+async fn monitor_view(store: &dyn Store) -> (Vec<FacilityStats>, Vec<RejectionRow>) {
+    let mut stats = store.facility_stats().await.unwrap();
+    stats.sort_by(|a, b| a.facility_id.cmp(&b.facility_id));
+    for s in &mut stats {
+        s.rejected.sort();
+    }
+    let mut rejections = store.rejections(None, 10_000).await.unwrap();
+    rejections.sort_by_key(|r| (r.position, r.event_hash, r.reason));
+    (stats, rejections)
 }
 
 /// A record body whose FHIR resource has the wrong type for its kind.

@@ -31,25 +31,42 @@ pub enum ChainKey {
     /// exchange numbers them (the patient signs no chain: their app may be new, or
     /// several); the statement id is the event id.
     Patient(PatientId),
+    /// The exchange's ingest reports (what it refused before the log, and duplicates)
+    /// for one authenticated caller, numbered by the exchange; `None` for patients'
+    /// statements. A facility's reports go to the partition of its own chain, so that a
+    /// report and the events of its call are one append to one partition.
+    Reports(Option<FacilityId>),
 }
 
 /// The message-key prefix of a patient's statement chain.
 const PATIENT_KEY_PREFIX: &str = "patient:";
+/// The message-key prefix of a report chain, and the key of the patients' one.
+const REPORTS_KEY_PREFIX: &str = "reports:";
+const PATIENTS_REPORTS_KEY: &str = "reports:patients";
 
 impl ChainKey {
     /// `"26012"` for a facility, `"registry"` for the registry, `"patient:<id>"` for a
-    /// patient's statements: the message key.
+    /// patient's statements, `"reports:26012"` and `"reports:patients"` for ingest
+    /// reports: the message key.
     pub fn as_key(&self) -> Cow<'_, str> {
         match self {
             ChainKey::Facility(f) => Cow::Borrowed(f.as_str()),
             ChainKey::Registry => Cow::Borrowed("registry"),
             ChainKey::Patient(p) => Cow::Owned(format!("{PATIENT_KEY_PREFIX}{}", p.as_str())),
+            ChainKey::Reports(Some(f)) => Cow::Owned(format!("{REPORTS_KEY_PREFIX}{}", f.as_str())),
+            ChainKey::Reports(None) => Cow::Borrowed(PATIENTS_REPORTS_KEY),
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         if s == "registry" {
             Some(ChainKey::Registry)
+        } else if s == PATIENTS_REPORTS_KEY {
+            Some(ChainKey::Reports(None))
+        } else if let Some(f) = s.strip_prefix(REPORTS_KEY_PREFIX) {
+            FacilityId::parse(f)
+                .ok()
+                .map(|f| ChainKey::Reports(Some(f)))
         } else if let Some(p) = s.strip_prefix(PATIENT_KEY_PREFIX) {
             PatientId::parse(p).ok().map(ChainKey::Patient)
         } else {
@@ -182,4 +199,25 @@ pub trait EventLog: Send + Sync + 'static {
     /// good; the Kafka log follows its consumer group, so projector replicas share the
     /// partitions.
     async fn join(&self, group: &str) -> PortResult<watch::Receiver<Vec<u32>>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_keys_round_trip_through_their_message_keys() {
+        let chains = [
+            ChainKey::Facility(FacilityId::parse("26012").unwrap()),
+            ChainKey::Registry,
+            ChainKey::Patient(PatientId::parse("026062001234").unwrap()),
+            ChainKey::Reports(Some(FacilityId::parse("26012").unwrap())),
+            ChainKey::Reports(None),
+        ];
+        for c in chains {
+            assert_eq!(ChainKey::parse(&c.as_key()), Some(c.clone()), "{c}");
+        }
+        assert_eq!(ChainKey::parse("reports:"), None);
+        assert_eq!(ChainKey::parse("reports:2601"), None);
+    }
 }

@@ -478,15 +478,6 @@ pub trait MonitorStore: Send + Sync + 'static {
         facility: Option<&FacilityId>,
         limit: usize,
     ) -> PortResult<Vec<RejectionRow>>;
-    /// Rejections of envelopes that never reached the log (bad signature, gap, …), as
-    /// ingest saw them; counted in the facility's stats when the facility is known.
-    async fn record_ingest_rejections(&self, rows: Vec<RejectionRow>) -> PortResult<()>;
-    /// Duplicates ingest answered (they never reach the log): (facility, how many,
-    /// when), counted in the facility's stats like its refusals.
-    async fn record_ingest_duplicates(
-        &self,
-        duplicates: Vec<(FacilityId, u64, Timestamp)>,
-    ) -> PortResult<()>;
     /// (partition, next offset to project).
     async fn projected_offsets(&self) -> PortResult<Vec<(u32, u64)>>;
 }

@@ -2428,10 +2428,11 @@ pub async fn break_glass_audit_is_idempotent_across_reset<S: Store + ?Sized>(sto
     assert_eq!(next.prev_hash, before[1].entry_hash, "the chain continues");
 }
 
-/// `reset_projections` empties every projection and the offsets, and keeps the log,
-/// the audit log, the exchange matrix, and ingest's rejections and their counts.
-/// A replay then starts `patient_seq` at 1 again.
-pub async fn reset_projections_keeps_log_audit_and_ingest_rejections<L, S>(log: &L, store: &S)
+/// `reset_projections` empties every projection (rejections and the monitor's counts
+/// too: ingest's refusals are projected from the log's ingest reports) and the offsets,
+/// and keeps the log, the audit log and the exchange matrix. A replay then starts
+/// `patient_seq` at 1 again.
+pub async fn reset_projections_keeps_log_and_audit<L, S>(log: &L, store: &S)
 where
     L: EventLog + ?Sized,
     S: Store + ?Sized,
@@ -2495,14 +2496,6 @@ where
             .await,
         "append_access",
     );
-    let ingest_rows = vec![
-        rejection(90, Some(&f3), Reason::BadSignature, 20, None),
-        rejection(91, Some(&f1), Reason::SequenceGap, 21, None),
-    ];
-    ok(
-        store.record_ingest_rejections(ingest_rows.clone()).await,
-        "record_ingest_rejections",
-    );
     let audit_before = ok(store.accesses(&p, None, 0, 100).await, "accesses");
     let matrix_before = ok(store.exchange_matrix().await, "matrix");
     assert_eq!(audit_before.len(), 2);
@@ -2564,30 +2557,20 @@ where
         .head,
         ChainHead::EMPTY
     );
-    // Audit and ingest's rejections are kept.
+    // Audit is kept; the monitor's figures go with the projections.
     assert_eq!(
         ok(store.accesses(&p, None, 0, 100).await, "accesses"),
         audit_before
     );
     assert_eq!(ok(store.exchange_matrix().await, "matrix"), matrix_before);
-    assert_eq!(
-        ok(store.rejections(None, 100).await, "rejections"),
-        vec![ingest_rows[1].clone(), ingest_rows[0].clone()],
-        "only ingest's rejections, newest first"
-    );
+    assert!(ok(store.rejections(None, 100).await, "rejections").is_empty());
     let stats = ok(store.facility_stats().await, "facility_stats");
-    let by = |f: &FacilityId| stats.iter().find(|s| &s.facility_id == f).cloned();
-    let s1 = by(&f1).expect("f1 keeps its ingest count");
-    assert_eq!(
-        (s1.accepted, s1.duplicates, s1.rejected.clone(), s1.head_seq),
-        (0, 0, vec![(Reason::SequenceGap, 1)], 0)
-    );
-    let s3 = by(&f3).expect("f3 has only an ingest rejection");
-    assert_eq!(
-        (s3.rejected.clone(), s3.head_seq),
-        (vec![(Reason::BadSignature, 1)], 0)
-    );
-    assert!(by(&f2).is_none(), "f2 had only projected activity");
+    for f in [&f1, &f2, &f3] {
+        assert!(
+            stats.iter().all(|s| &s.facility_id != f),
+            "no figures left for {f}"
+        );
+    }
 
     // The replay rebuilds, from patient_seq 1.
     ok(store.apply(batch).await, "replay");
@@ -3009,34 +2992,46 @@ pub async fn monitor_stats_add_up<S: Store + ?Sized>(store: &S) {
         event_hash: None,
         ..rejection(82, None, Reason::MalformedEnvelope, 40, None)
     };
-    ok(
-        store
-            .record_ingest_rejections(vec![bad_signature.clone(), gap.clone(), malformed.clone()])
-            .await,
-        "record_ingest_rejections",
-    );
-    ok(
-        store.record_ingest_rejections(Vec::new()).await,
-        "nothing to record",
-    );
-    // Duplicates ingest answered add to the projector's, and to last_seen.
-    ok(
-        store
-            .record_ingest_duplicates(vec![(f1.clone(), 2, at(5)), (f2.clone(), 3, at(16))])
-            .await,
-        "record_ingest_duplicates",
-    );
-    ok(
-        store.record_ingest_duplicates(Vec::new()).await,
-        "no duplicates",
-    );
+    // Refusals and duplicates from ingest reports add to the projector's own, and to
+    // last_seen.
+    let b3 = ProjectionBatch {
+        projections: [&bad_signature, &gap, &malformed]
+            .into_iter()
+            .map(|r| Projection::Rejection(r.clone()))
+            .collect(),
+        stats: vec![
+            StatsDelta {
+                facility_id: f1.clone(),
+                accepted: 0,
+                duplicates: 2,
+                rejected: vec![(Reason::BadSignature, 1)],
+                last_seen: at(5),
+            },
+            StatsDelta {
+                facility_id: f2.clone(),
+                accepted: 0,
+                duplicates: 3,
+                rejected: Vec::new(),
+                last_seen: at(16),
+            },
+            StatsDelta {
+                facility_id: f3.clone(),
+                accepted: 0,
+                duplicates: 0,
+                rejected: vec![(Reason::SequenceGap, 1)],
+                last_seen: at(30),
+            },
+        ],
+        ..ProjectionBatch::default()
+    };
+    ok(store.apply(b3).await, "apply");
 
     let mut stats = ok(store.facility_stats().await, "facility_stats");
     stats.sort_by(|a, b| a.facility_id.cmp(&b.facility_id));
     for s in &mut stats {
         s.rejected.sort();
     }
-    assert_eq!(stats.len(), 3, "f1, f2 and f3 (ingest only)");
+    assert_eq!(stats.len(), 3, "f1, f2 and f3 (refusals only)");
     assert_eq!(
         stats[0],
         FacilityStats {

@@ -13,7 +13,7 @@ use deadpool_postgres::GenericClient;
 use hrx_domain::{FacilityId, PatientId, Reason, Timestamp};
 use hrx_ports::{
     BreakGlassUse, ChainKey, ConsentEventRow, ExchangeCell, FacilityStats, MonitorStore,
-    PortResult, RejectionRow, StatsDelta,
+    PortResult, RejectionRow,
 };
 use tokio_postgres::IsolationLevel;
 
@@ -21,8 +21,7 @@ use crate::PgStore;
 use crate::codec::{self, Cols, query};
 use crate::consent::{WINDOW_COLUMNS, attested_grants, decode_window};
 use crate::error::{PgError, Result, db};
-use crate::projection::{add_stats, insert_rejections, offsets};
-use crate::schema::SOURCE_INGEST;
+use crate::projection::offsets;
 
 /// The entry of facility `f`: every facility seen by any source gets one, zeros until
 /// counted.
@@ -92,7 +91,7 @@ async fn facility_stats<C: GenericClient>(c: &C) -> Result<Vec<FacilityStats>> {
         match ChainKey::parse(&chain) {
             Some(ChainKey::Facility(f)) => entry(&mut by_facility, f).head_seq = head,
             // Heads are per facility; the registry's and patients' chains have none.
-            Some(ChainKey::Registry | ChainKey::Patient(_)) => {}
+            Some(ChainKey::Registry | ChainKey::Patient(_) | ChainKey::Reports(_)) => {}
             None => {
                 return Err(PgError::Corrupt(
                     "column chain_links.chain does not hold a chain key".into(),
@@ -278,57 +277,6 @@ impl MonitorStore for PgStore {
             }
         };
         Ok(codec::collect(&rows, decode_rejection)?)
-    }
-
-    async fn record_ingest_rejections(&self, rows: Vec<RejectionRow>) -> PortResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let what = format!("recording {} ingest rejections", rows.len());
-        let deltas: Vec<StatsDelta> = rows
-            .iter()
-            .filter_map(|row| {
-                row.facility_id.as_ref().map(|f| StatsDelta {
-                    facility_id: f.clone(),
-                    accepted: 0,
-                    duplicates: 0,
-                    rejected: vec![(row.reason, 1)],
-                    last_seen: row.at,
-                })
-            })
-            .collect();
-        let refs: Vec<&RejectionRow> = rows.iter().collect();
-        let mut client = self.client(&what).await?;
-        let tx = client.transaction().await.map_err(|e| db(&what, &e))?;
-        insert_rejections(&tx, SOURCE_INGEST, &refs).await?;
-        add_stats(&tx, SOURCE_INGEST, &deltas).await?;
-        tx.commit().await.map_err(|e| db(&what, &e))?;
-        Ok(())
-    }
-
-    async fn record_ingest_duplicates(
-        &self,
-        duplicates: Vec<(FacilityId, u64, Timestamp)>,
-    ) -> PortResult<()> {
-        if duplicates.is_empty() {
-            return Ok(());
-        }
-        let what = "recording ingest duplicates";
-        let deltas: Vec<StatsDelta> = duplicates
-            .into_iter()
-            .map(|(facility_id, n, at)| StatsDelta {
-                facility_id,
-                accepted: 0,
-                duplicates: n,
-                rejected: vec![],
-                last_seen: at,
-            })
-            .collect();
-        let mut client = self.client(what).await?;
-        let tx = client.transaction().await.map_err(|e| db(what, &e))?;
-        add_stats(&tx, SOURCE_INGEST, &deltas).await?;
-        tx.commit().await.map_err(|e| db(what, &e))?;
-        Ok(())
     }
 
     async fn projected_offsets(&self) -> PortResult<Vec<(u32, u64)>> {

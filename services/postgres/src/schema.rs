@@ -18,9 +18,10 @@
 //! - Enums are their wire codes (INTEGER); lists of codes are INTEGER[] in the order
 //!   given.
 //! - Unsigned counters, seqs and offsets are BIGINT; values past i64::MAX are refused.
-//! - Rows in `stats`, `stats_rejected` and `rejections` carry their `source`
-//!   ([`SOURCE_PROJECTOR`] or [`SOURCE_INGEST`]): the projector's are rebuilt by a
-//!   replay, ingest's are not in the log and survive `reset_projections`.
+//! - Rows in `stats`, `stats_rejected` and `rejections` carry their `source`: the
+//!   projector's ([`SOURCE_PROJECTOR`], which since ingest reports are in the log
+//!   include ingest's refusals) are rebuilt by a replay; source 2 rows were written by
+//!   ingest directly before that, are in no log, and survive `reset_projections`.
 //! - Tables whose order is "projection order" (consent events, break-glass windows,
 //!   keys, rejections) have an identity `id`, assigned in batch order.
 //! - A signed envelope is four columns: `payload_type TEXT`, `key_id TEXT`,
@@ -33,9 +34,9 @@ use crate::error::{PgError, Result, db, describe};
 /// The key of the advisory lock that serialises migrations (per database): "hrx_migr".
 pub(crate) const MIGRATION_LOCK: i64 = 0x6872_785f_6d69_6772;
 
-/// Where a row of `stats`, `stats_rejected` or `rejections` came from.
+/// Where a row of `stats`, `stats_rejected` or `rejections` came from (2: written by
+/// ingest before its reports went into the log).
 pub(crate) const SOURCE_PROJECTOR: i16 = 1;
-pub(crate) const SOURCE_INGEST: i16 = 2;
 
 /// The latest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

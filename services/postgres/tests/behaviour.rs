@@ -198,7 +198,7 @@ suite!(
 
 suite_with_log!(
     record_returns_the_original_envelope,
-    reset_projections_keeps_log_audit_and_ingest_rejections,
+    reset_projections_keeps_log_and_audit,
 );
 
 // ── PostgreSQL specifics ─────────────────────────────────────────────────────────────

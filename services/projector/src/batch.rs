@@ -13,6 +13,7 @@ use hrx_domain::consent::{
 };
 use hrx_domain::dsse::PayloadType;
 use hrx_domain::event::{Body, FacilityHeader, RegistryBody, unchecked};
+use hrx_domain::report;
 use hrx_domain::verify::{self, ClockPolicy, KeyOwner, KeyRecord, SignatureMemo, Verdict};
 use hrx_domain::{EventId, FacilityId, KeyId, Purpose, Reason, Rejection, Sha256, Timestamp};
 use hrx_ports::{
@@ -106,14 +107,17 @@ pub(crate) async fn build(
     // key the prefetch, and verification reuses the decoded form.
     let decoded: Vec<Option<unchecked::FacilityEvent>> = entries
         .iter()
-        .map(
-            |entry| match PayloadType::parse(&entry.envelope.payload_type) {
+        .map(|entry| {
+            if report::is_report(&entry.envelope) {
+                return None;
+            }
+            match PayloadType::parse(&entry.envelope.payload_type) {
                 Some(PayloadType::FacilityEvent) | None => {
                     codec::decode_facility_event(&entry.envelope.payload).ok()
                 }
                 _ => None,
-            },
-        )
+            }
+        })
         .collect();
     let prefetched = Prefetched::load(store, &decoded).await?;
     let mut b = Builder {
@@ -258,6 +262,10 @@ impl Builder<'_> {
         entry: LogEntry,
         decoded: Option<unchecked::FacilityEvent>,
     ) -> PortResult<()> {
+        if report::is_report(&entry.envelope) {
+            self.report(&entry);
+            return Ok(());
+        }
         match PayloadType::parse(&entry.envelope.payload_type) {
             Some(PayloadType::RegistryEvent) => self.registry(entry).await,
             Some(PayloadType::PatientStatement) => self.statement(entry).await,
@@ -432,6 +440,52 @@ impl Builder<'_> {
                 )
             }
         }))
+    }
+
+    /// An ingest report: the exchange's own count of what one call refused before the
+    /// log and found duplicate, against its authenticated caller, at the time the
+    /// exchange received the call. Projected like the projector's own rejections, so a
+    /// replay rebuilds it.
+    fn report(&mut self, entry: &LogEntry) {
+        let report = match codec::decode_ingest_report(&entry.envelope.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                // Only the exchange writes reports; one that does not decode came from
+                // something else with access to the log. Recorded, not trusted.
+                tracing::warn!(
+                    partition = entry.position.partition,
+                    offset = entry.position.offset,
+                    error = %e,
+                    "an ingest report in the log does not decode"
+                );
+                let rejection =
+                    Rejection::new(Reason::MalformedPayload, "an ingest report does not decode");
+                self.reject(entry, None, None, &rejection);
+                return;
+            }
+        };
+        let at = entry.appended_at;
+        if let Some(f) = &report.caller {
+            self.stats(f, at).duplicates += report.duplicates;
+        }
+        for refusal in report.refusals {
+            if let Some(f) = &report.caller {
+                self.count_rejection(f, refusal.rejection.reason(), at);
+            }
+            self.batch
+                .projections
+                .push(Projection::Rejection(RejectionRow {
+                    position: Some(entry.position),
+                    facility_id: report.caller.clone(),
+                    event_id: refusal.event_id,
+                    seq: refusal.seq,
+                    event_hash: Some(refusal.event_hash),
+                    reason: refusal.rejection.reason(),
+                    field: refusal.rejection.field(),
+                    message: refusal.rejection.message().to_owned(),
+                    at,
+                }));
+        }
     }
 
     /// A patient statement: verified from its own bytes (its header names the signing

@@ -6,6 +6,7 @@
 
 use hrx_domain::event::unchecked;
 use hrx_domain::patient::raw;
+use hrx_domain::report::{IngestReport, Refusal};
 use hrx_domain::{Envelope, Rejection, Timestamp};
 use prost::Message;
 
@@ -254,6 +255,84 @@ pub fn decode_registry_event(payload: &[u8]) -> Result<unchecked::RegistryEvent,
     })
 }
 
+/// Encodes an ingest report for the log.
+pub fn encode_ingest_report(r: &IngestReport) -> Vec<u8> {
+    v1::IngestReport {
+        report_id: r.report_id.to_string(),
+        caller_facility_id: r
+            .caller
+            .as_ref()
+            .map(|f| f.as_str().to_owned())
+            .unwrap_or_default(),
+        refusals: r
+            .refusals
+            .iter()
+            .map(|f| v1::Refusal {
+                rejection: Some(rejection(&f.rejection)),
+                event_hash: f.event_hash.as_bytes().to_vec(),
+                event_id: f.event_id.map(|id| id.to_string()).unwrap_or_default(),
+                has_seq: f.seq.is_some(),
+                seq: f.seq.unwrap_or_default(),
+            })
+            .collect(),
+        duplicates: r.duplicates,
+    }
+    .encode_to_vec()
+}
+
+/// Why an ingest report read back from the log does not decode. The exchange wrote it,
+/// so this means the log was written by something else.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("not protobuf: {0}")]
+    Protobuf(#[from] DecodeError),
+    #[error("field {0} does not hold what the exchange writes")]
+    Field(&'static str),
+}
+
+/// Decodes an ingest report read back from the log.
+pub fn decode_ingest_report(payload: &[u8]) -> Result<IngestReport, ReportError> {
+    use hrx_domain::{EventId, FacilityId, Reason, Sha256};
+    let r = v1::IngestReport::decode(payload)?;
+    let caller = match r.caller_facility_id.as_str() {
+        "" => None,
+        f => Some(FacilityId::parse(f).map_err(|_| ReportError::Field("caller_facility_id"))?),
+    };
+    let mut refusals = Vec::with_capacity(r.refusals.len());
+    for f in r.refusals {
+        let w = f
+            .rejection
+            .ok_or(ReportError::Field("refusals.rejection"))?;
+        let reason =
+            Reason::from_code(w.reason).ok_or(ReportError::Field("refusals.rejection.reason"))?;
+        let field = match w.field.as_str() {
+            "" => None,
+            s => Some(
+                hrx_domain::rejection::field_path(s)
+                    .ok_or(ReportError::Field("refusals.rejection.field"))?,
+            ),
+        };
+        refusals.push(Refusal {
+            rejection: Rejection::restore(reason, field, w.message),
+            event_hash: Sha256::from_slice(&f.event_hash)
+                .map_err(|_| ReportError::Field("refusals.event_hash"))?,
+            event_id: match f.event_id.as_str() {
+                "" => None,
+                id => {
+                    Some(EventId::parse(id).map_err(|_| ReportError::Field("refusals.event_id"))?)
+                }
+            },
+            seq: f.has_seq.then_some(f.seq),
+        });
+    }
+    Ok(IngestReport {
+        report_id: EventId::parse(&r.report_id).map_err(|_| ReportError::Field("report_id"))?,
+        caller,
+        refusals,
+        duplicates: r.duplicates,
+    })
+}
+
 /// A domain rejection on the wire.
 pub fn rejection(r: &Rejection) -> v1::Rejection {
     v1::Rejection {
@@ -282,5 +361,33 @@ mod tests {
             signature: vec![4; 64],
         };
         assert_eq!(decode_envelope(&encode_envelope(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn ingest_reports_round_trip() {
+        use hrx_domain::{EventId, FacilityId, Reason, Sha256};
+        let mut r = IngestReport::new(Some(FacilityId::parse("26012").unwrap()));
+        r.duplicates = 3;
+        r.refusals = vec![
+            Refusal {
+                rejection: Rejection::new(Reason::BadSignature, "the signature does not verify"),
+                event_hash: Sha256::digest(b"a"),
+                event_id: None,
+                seq: None,
+            },
+            Refusal {
+                rejection: Rejection::invalid_field("header.event_id", "already used"),
+                event_hash: Sha256::digest(b"b"),
+                event_id: Some(EventId::new_v7()),
+                seq: Some(0),
+            },
+        ];
+        assert_eq!(decode_ingest_report(&encode_ingest_report(&r)).unwrap(), r);
+        let patients = IngestReport::new(None);
+        assert_eq!(
+            decode_ingest_report(&encode_ingest_report(&patients)).unwrap(),
+            patients
+        );
+        assert!(decode_ingest_report(&[0xff]).is_err());
     }
 }
