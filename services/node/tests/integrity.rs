@@ -437,6 +437,67 @@ async fn the_monitor_adds_up_to_what_the_clients_were_answered(env: Env) {
     );
 }
 
+/// Two ingest replicas (distributed; on the embedded node, one process) refusing one
+/// facility's calls at the same time both number its report chain: every call is
+/// answered with its refusal (a replica that lost the race for a report seq appends
+/// again), and every refusal is counted once, live and after a replay.
+async fn concurrent_refusals_on_two_replicas_are_each_counted_once(env: Env) {
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let replica = if env.config.backend == hrx_node::Backend::Distributed {
+        Some(ingest_replica(&env).await)
+    } else {
+        None
+    };
+    let tls = hrx_identity::TlsDir::open_or_init(env.path()).unwrap();
+    let key = hrx_node::keys::read_private_key(&hrx_node::client::facility_key_path(
+        env.path(),
+        &fac(DISTRICT),
+    ))
+    .unwrap();
+    let mut clients = Vec::new();
+    for addr in [node.addr, replica.as_ref().map_or(node.addr, |r| r.addr)] {
+        let channel = hrx_node::client::connect(
+            addr,
+            tls.ca_cert_pem(),
+            &tls.facility(&fac(DISTRICT)).unwrap(),
+        )
+        .await
+        .unwrap();
+        clients.push(FacilityClient::with(fac(DISTRICT), key.clone(), channel));
+    }
+    let (_, mut forged) = w.district.sign(obs(AN));
+    forged.signature[0] ^= 1;
+    const CALLS: usize = 25;
+    let calls = clients.iter().flat_map(|c| {
+        let forged = forged.clone();
+        (0..CALLS).map(move |_| c.submit(vec![forged.clone()]))
+    });
+    let answers = futures::future::join_all(calls).await;
+    for a in &answers {
+        let r = a.as_ref().expect("every call is answered");
+        assert_eq!(reason(&r[0]), v1::RejectionReason::BadSignature as i32);
+    }
+    settle(&w.nc).await;
+    let backends = hrx_node::backends(&env.config).await.unwrap();
+    let count = |v: &(Vec<FacilityStats>, Vec<RejectionRow>)| {
+        v.0.iter()
+            .find(|s| s.facility_id.as_str() == DISTRICT)
+            .and_then(|s| s.rejected.iter().find(|(r, _)| *r == Reason::BadSignature))
+            .map_or(0, |(_, n)| *n)
+    };
+    let live = monitor_view(&*backends.store).await;
+    assert_eq!(count(&live), 2 * CALLS as u64);
+    assert_eq!(live.1.len(), 2 * CALLS);
+    drop((w, clients));
+    if let Some(r) = replica {
+        r.stop().await;
+    }
+    node.stop().await;
+    hrx_node::reproject(&env.config).await.unwrap();
+    assert_eq!(monitor_view(&*backends.store).await, live);
+}
+
 /// The monitor's figures and rejections, in an order a replay keeps.
 async fn monitor_view(store: &dyn Store) -> (Vec<FacilityStats>, Vec<RejectionRow>) {
     let mut stats = store.facility_stats().await.unwrap();
@@ -586,4 +647,5 @@ both_backends!(
     client_numbers_are_range_checked_before_anything_is_written,
     replay_after_mid_stream_revocations_and_rotations_equals_live,
     the_monitor_adds_up_to_what_the_clients_were_answered,
+    concurrent_refusals_on_two_replicas_are_each_counted_once,
 );

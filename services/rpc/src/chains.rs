@@ -30,18 +30,15 @@ impl ChainLocks {
     }
 }
 
-/// How often a report is appended again when another process took its seq in the
-/// report chain first.
-const REPORT_RETRIES: u32 = 5;
-
 /// Appends a call's `events` and, when there is something to report, its ingest report
 /// after them, in one atomic append (for a facility, to one partition: its reports share
 /// its chain's partition). Returns the events' positions. The events' chains must be
 /// locked by the caller.
 ///
-/// The report chain is numbered here, under its lock. Another process may take the same
-/// seq first (the log then refuses the append as a conflict and appends nothing): the
-/// append is then made again at the new head.
+/// The report chain is numbered here, under its lock, optimistically: another process
+/// may take the same seq first (the log then refuses the whole append as a conflict and
+/// appends nothing). The append is then made again at the new head, after a short,
+/// jittered wait so that two replicas do not keep colliding.
 pub async fn append_reported(
     log: &dyn EventLog,
     locks: &ChainLocks,
@@ -49,6 +46,14 @@ pub async fn append_reported(
     report: &IngestReport,
     received_at: Timestamp,
 ) -> PortResult<Vec<LogPosition>> {
+    use backon::{ExponentialBuilder, Retryable as _};
+
+    /// A conflict on the report chain (retried) or any other failure (returned).
+    enum Failed {
+        Raced,
+        Other(PortError),
+    }
+
     if report.is_empty() {
         return if events.is_empty() {
             Ok(Vec::new())
@@ -61,11 +66,9 @@ pub async fn append_reported(
     let envelope = report.envelope(hrx_proto::codec::encode_ingest_report);
     let event_hash = envelope.event_hash();
     let n = events.len();
-    let mut batch = events;
-    let mut attempts = 0;
-    loop {
-        let head = head_seq(log, &chain).await?;
-        batch.truncate(n);
+    let attempt = || async {
+        let head = head_seq(log, &chain).await.map_err(Failed::Other)?;
+        let mut batch = events.clone();
         batch.push(Append {
             chain: chain.clone(),
             seq: head + 1,
@@ -76,21 +79,44 @@ pub async fn append_reported(
             registry_seq: None,
             recorded_at: None,
         });
-        match log.append(batch.clone()).await {
+        match log.append(batch).await {
             Ok(mut positions) => {
                 positions.truncate(n);
-                return Ok(positions);
+                Ok(positions)
             }
-            Err(PortError::Conflict(why))
-                if attempts < REPORT_RETRIES && head_seq(log, &chain).await? != head =>
-            {
-                attempts += 1;
-                tracing::debug!(%chain, %why, "report chain moved; appending again");
-            }
-            Err(e) => return Err(e),
+            // Retried only when the report chain moved: any other conflict (an event
+            // chain's) would only conflict again.
+            Err(PortError::Conflict(why)) => match head_seq(log, &chain).await {
+                Ok(now) if now != head => {
+                    tracing::debug!(%chain, %why, "report chain moved; appending again");
+                    Err(Failed::Raced)
+                }
+                Ok(_) => Err(Failed::Other(PortError::Conflict(why))),
+                Err(e) => Err(Failed::Other(e)),
+            },
+            Err(e) => Err(Failed::Other(e)),
         }
-    }
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(std::time::Duration::from_millis(1))
+                .with_max_delay(std::time::Duration::from_millis(50))
+                .with_max_times(REPORT_RETRIES)
+                .with_jitter(),
+        )
+        .when(|e| matches!(e, Failed::Raced))
+        .await
+        .map_err(|e| match e {
+            Failed::Other(e) => e,
+            Failed::Raced => PortError::Conflict(format!(
+                "{chain}: another process kept taking the next seq; retry"
+            )),
+        })
 }
+
+/// How often a report is appended again when another process took its seq first.
+const REPORT_RETRIES: usize = 30;
 
 /// The seq of `chain`'s head in the log.
 async fn head_seq(log: &dyn EventLog, chain: &ChainKey) -> PortResult<u64> {
