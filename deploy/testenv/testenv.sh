@@ -2,7 +2,8 @@
 # Throwaway test environment: a single-node Apache Kafka 4.x (KRaft, broker+controller,
 # run from Maven Central jars) and a throwaway PostgreSQL cluster, both on loopback only.
 #
-#   testenv.sh install                 PostgreSQL and kcat from apt if missing; Kafka jars into .cache/kafka
+#   testenv.sh install                 PostgreSQL and kcat from apt if missing; Kafka jars into .cache/kafka;
+#                                      grpcurl (Go module proxy) into .cache/tools/bin
 #   testenv.sh up DIR                  start both (fresh data under DIR), write DIR/env
 #   testenv.sh down DIR                stop both
 #   testenv.sh restart-kafka DIR       stop + start Kafka, same port, same data
@@ -195,7 +196,28 @@ cmd_install() {
         printf '%s\n' "$want" >"$STAMP"
     fi
     tools_log4j
+    install_grpcurl
     log "install done in $((SECONDS - t0)) s ($(ls "$LIBS" | wc -l) jars)"
+}
+
+# grpcurl: the observability test lists and calls the services through gRPC server
+# reflection with it. Built from the Go module proxy at a pinned version into
+# .cache/tools/bin (the Go toolchain is on the machine; Debian has no grpcurl package).
+GRPCURL_VERSION=v1.9.4
+install_grpcurl() {
+    local bin="$REPO/.cache/tools/bin/grpcurl"
+    if [[ -x "$bin" && "$(cat "$bin.version" 2>/dev/null)" == "$GRPCURL_VERSION" ]]; then
+        log "grpcurl $GRPCURL_VERSION cached"
+        return
+    fi
+    local go; go=$(command -v go || echo /usr/local/go/bin/go)
+    [[ -x "$go" ]] || die "go not found (needed to build grpcurl)"
+    log "building grpcurl $GRPCURL_VERSION"
+    GOBIN="$REPO/.cache/tools/bin" GOPATH="$REPO/.cache/go" GOMODCACHE="$REPO/.cache/go/mod" \
+        GOFLAGS=-modcacherw "$go" install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION" \
+        >"$REPO/.cache/tools-grpcurl.log" 2>&1 ||
+        { tail_log "$REPO/.cache/tools-grpcurl.log"; die "grpcurl build failed"; }
+    printf '%s\n' "$GRPCURL_VERSION" >"$bin.version"
 }
 
 # ---------------------------------------------------------------- kafka

@@ -215,6 +215,7 @@ pub const FIELDS: &[&str] = &[
     "consent_request.duration",
     "consent_request.reason",
     "consent_request.include_sensitive",
+    "envelope.payload",
     "statement.header",
     "statement.header.statement_id",
     "statement.header.patient_id",

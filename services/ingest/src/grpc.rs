@@ -15,18 +15,30 @@ use crate::{Ingest, MAX_BATCH, Outcome};
 #[derive(Clone, Debug)]
 pub struct IngestGrpc {
     ingest: Arc<Ingest>,
+    max_message_bytes: usize,
 }
+
+/// The default largest SubmitEvents message.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 impl IngestGrpc {
     pub fn new(ingest: Arc<Ingest>) -> Self {
-        Self { ingest }
+        Self {
+            ingest,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// The largest SubmitEvents message, checked against its length prefix before the
+    /// message is read (a larger one is refused OUT_OF_RANGE, nothing buffered).
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     pub fn into_server(self) -> v1::ingest_service_server::IngestServiceServer<Self> {
-        v1::ingest_service_server::IngestServiceServer::new(self)
-            // A batch of 1000 envelopes with bodies up to 512 KiB each is large; the
-            // per-message limit keeps a single call bounded all the same.
-            .max_decoding_message_size(64 * 1024 * 1024)
+        let max = self.max_message_bytes;
+        v1::ingest_service_server::IngestServiceServer::new(self).max_decoding_message_size(max)
     }
 }
 

@@ -37,6 +37,10 @@ pub use grpc::IngestGrpc;
 /// Most envelopes accepted in one SubmitEvents call.
 pub const MAX_BATCH: usize = 1000;
 
+/// The default largest envelope: a 512 KiB body (the contract's bound) with room for its
+/// header, well below Kafka's default `message.max.bytes` (1 MiB).
+pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 640 * 1024;
+
 /// How long a facility consent event waits for the projector to catch up with the
 /// facility's chain (its standing and break-glass counts are judged on the projected
 /// chain, as the projector will judge them) before ingest answers UNAVAILABLE.
@@ -75,6 +79,8 @@ pub struct Ingest {
     policy: ConsentPolicy,
     /// The bounds of recorded_at around the receive time; the projector's too.
     clock: ClockPolicy,
+    /// Largest envelope (payload and signature) ingest lets into the log.
+    max_envelope_bytes: usize,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -99,7 +105,15 @@ impl Ingest {
             verified: Arc::default(),
             policy: ConsentPolicy::default(),
             clock: ClockPolicy::default(),
+            max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
         }
+    }
+
+    /// The largest envelope (payload and signature, in bytes) ingest lets into the log;
+    /// a larger one is refused `INVALID_FIELD envelope.payload` before it is verified.
+    pub fn with_max_envelope_bytes(mut self, bytes: usize) -> Self {
+        self.max_envelope_bytes = bytes;
+        self
     }
 
     /// The bounds of recorded_at around the receive time.
@@ -213,6 +227,25 @@ impl Ingest {
         let mut groups: Vec<(FacilityId, Vec<Pending>)> = Vec::new();
         for (index, envelope) in envelopes.into_iter().enumerate() {
             let event_hash = envelope.event_hash();
+            // Too large for the log (whatever it holds): refused before it is verified.
+            if envelope.payload.len() + envelope.signature.len() > self.max_envelope_bytes {
+                let rejection = Rejection::invalid_field(
+                    "envelope.payload",
+                    format_args!("larger than {} bytes", self.max_envelope_bytes),
+                );
+                report.refusals.push(Refusal {
+                    rejection: rejection.clone(),
+                    event_hash,
+                    event_id: None,
+                    seq: None,
+                });
+                outcomes[index] = Some(Outcome::Rejected {
+                    event_hash: Some(event_hash),
+                    rejection,
+                    position: None,
+                });
+                continue;
+            }
             let authenticated = verify::authenticate_facility_event(
                 envelope,
                 &*keys,

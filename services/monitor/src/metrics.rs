@@ -11,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use hrx_ports::{EventLog, PortResult, Store};
+use hrx_rpc::observe::RpcMetrics;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,11 +25,14 @@ type Labels = Vec<(&'static str, String)>;
 struct Sources {
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
+    rpc: RpcMetrics,
 }
 
-/// Renders every metric in the Prometheus text format.
-pub async fn render(log: &dyn EventLog, store: &dyn Store) -> PortResult<String> {
+/// Renders every metric in the Prometheus text format: the store's figures, and this
+/// process's RPC counters and latencies.
+pub async fn render(log: &dyn EventLog, store: &dyn Store, rpc: &RpcMetrics) -> PortResult<String> {
     let mut registry = Registry::with_prefix("hrx");
+    rpc.register(&mut registry);
     let accepted = Family::<Labels, Counter>::default();
     let duplicates = Family::<Labels, Counter>::default();
     let rejected = Family::<Labels, Counter>::default();
@@ -130,7 +134,7 @@ pub async fn render(log: &dyn EventLog, store: &dyn Store) -> PortResult<String>
 }
 
 async fn metrics(State(s): State<Sources>) -> impl IntoResponse {
-    match render(&*s.log, &*s.store).await {
+    match render(&*s.log, &*s.store, &s.rpc).await {
         Ok(text) => (
             StatusCode::OK,
             [(
@@ -152,11 +156,12 @@ pub async fn serve(
     listener: TcpListener,
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
+    rpc: RpcMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .with_state(Sources { log, store });
+        .with_state(Sources { log, store, rpc });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -101,6 +101,11 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_RECORDED_AT_MAX_PAST_SECS",
     "HRX_PROJECTOR_INSTANCE",
     "HRX_KAFKA_SESSION_TIMEOUT_MS",
+    "HRX_MAX_MESSAGE_BYTES",
+    "HRX_MAX_ENVELOPE_BYTES",
+    "HRX_REQUEST_TIMEOUT_MS",
+    "HRX_MAX_CONCURRENT_PER_CONNECTION",
+    "HRX_MAX_FOLLOW_STREAMS_PER_CALLER",
 ];
 
 /// Everything a node is configured with.
@@ -164,6 +169,23 @@ pub struct NodeConfig {
     /// partitions to the others, in milliseconds (bounded below by the brokers'
     /// `group.min.session.timeout.ms`).
     pub kafka_session_timeout_ms: u32,
+    /// Largest gRPC request message, in bytes: checked against the message's length
+    /// prefix before it is read, so a larger one is refused (OUT_OF_RANGE)
+    /// before anything is buffered.
+    pub max_message_bytes: usize,
+    /// Largest signed envelope (payload and signature), in bytes: a larger one is a
+    /// typed rejection (`INVALID_FIELD envelope.payload`) and never reaches the log.
+    /// Keep it below the brokers' `message.max.bytes` (1 MiB by default).
+    pub max_envelope_bytes: usize,
+    /// How long a call may take before it is answered DEADLINE_EXCEEDED (a client's
+    /// shorter `grpc-timeout` wins), in milliseconds. Follow streams are bounded by
+    /// their own heartbeats, not by this.
+    pub request_timeout_ms: u64,
+    /// Calls one connection may have in flight at once; more wait their turn.
+    pub max_concurrent_per_connection: usize,
+    /// Follow streams one facility may have open at once; more are refused
+    /// RESOURCE_EXHAUSTED.
+    pub max_follow_streams_per_caller: u32,
 }
 
 impl Default for NodeConfig {
@@ -193,6 +215,11 @@ impl Default for NodeConfig {
             recorded_at_max_past_secs: 7 * 24 * 60 * 60,
             projector_instance: None,
             kafka_session_timeout_ms: 6000,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_envelope_bytes: 640 * 1024,
+            request_timeout_ms: 30_000,
+            max_concurrent_per_connection: 64,
+            max_follow_streams_per_caller: 16,
         }
     }
 }

@@ -307,12 +307,35 @@ impl Node {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let mut router = tonic::transport::Server::builder()
+        // Every call counted and timed per method and outcome, bounded in time and in
+        // calls per connection (tower's layers, through tonic's builder).
+        let rpc = hrx_rpc::observe::RpcMetrics::default();
+        let server = || {
+            tonic::transport::Server::builder()
+                .timeout(Duration::from_millis(self.config.request_timeout_ms.max(1)))
+                .concurrency_limit_per_connection(self.config.max_concurrent_per_connection.max(1))
+                .layer(rpc.layer())
+        };
+        // Server reflection, so that grpcurl can list and call the services (on the
+        // mutual-TLS port: it needs a client certificate like every other call).
+        let reflection = |b: tonic_reflection::server::Builder<'static>| {
+            b.register_encoded_file_descriptor_set(hrx_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let mut router = server()
             .tls_config(hrx_identity::server_tls(
                 &self.identity.ca_cert_pem,
                 &self.identity.server,
             ))?
-            .add_service(health_service);
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let locks = ChainLocks::default();
         // The consent core: the patient's consent state and the audit log, for the
         // timeline and consent roles.
@@ -329,9 +352,14 @@ impl Node {
                 hrx_ingest::Ingest::new(log.clone(), store.clone(), locks.clone())
                     .with_verified(verified.clone())
                     .with_policy(policy)
-                    .with_clock(self.config.clock_policy()),
+                    .with_clock(self.config.clock_policy())
+                    .with_max_envelope_bytes(self.config.max_envelope_bytes),
             );
-            router = router.add_service(hrx_ingest::IngestGrpc::new(ingest).into_server());
+            router = router.add_service(
+                hrx_ingest::IngestGrpc::new(ingest)
+                    .with_max_message_bytes(self.config.max_message_bytes)
+                    .into_server(),
+            );
             health.set_serving::<v1::ingest_service_server::IngestServiceServer<hrx_ingest::IngestGrpc>>().await;
         }
         let mut timeline_service = None;
@@ -342,6 +370,7 @@ impl Node {
                 consent.clone(),
                 hrx_timeline::TimelineConfig {
                     heartbeat: Duration::from_millis(self.config.heartbeat_ms.max(1)),
+                    max_follow_streams_per_caller: self.config.max_follow_streams_per_caller,
                 },
             ));
             timeline_service = Some(timeline.clone());
@@ -358,7 +387,7 @@ impl Node {
             health.set_serving::<v1::consent_service_server::ConsentServiceServer<hrx_consent::ConsentGrpc>>().await;
             health.set_serving::<v1::patient_service_server::PatientServiceServer<hrx_consent::PatientGrpc>>().await;
             // The patient port: PatientService alone, with no client certificate asked.
-            let patient_router = tonic::transport::Server::builder()
+            let patient_router = server()
                 .tls_config(hrx_identity::server_tls_without_client_auth(
                     &self.identity.server,
                 ))?
@@ -394,7 +423,7 @@ impl Node {
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc = router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         let metrics =
-            hrx_monitor::metrics::serve(self.metrics, log, store, stopped(stop_rx.clone()));
+            hrx_monitor::metrics::serve(self.metrics, log, store, rpc, stopped(stop_rx.clone()));
         let grpc = tokio::spawn(grpc);
         let metrics = tokio::spawn(metrics);
 

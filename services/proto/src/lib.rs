@@ -11,3 +11,8 @@ pub mod codec;
 pub mod v1 {
     tonic::include_proto!("hrx.v1");
 }
+
+/// The encoded `FileDescriptorSet` of `proto/hrx/v1` and its imports, for gRPC server
+/// reflection (so that `grpcurl` can list and call the services).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/hrx_descriptor.bin"));

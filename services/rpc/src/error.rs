@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Aborted,
     /// A dependency (log, store) is unreachable; retry later.
     Unavailable,
+    /// A per-caller limit is reached (open follow streams…); retry once below it.
+    ResourceExhausted,
     /// A bug or corrupt data.
     Internal,
 }
@@ -34,6 +36,7 @@ impl ErrorCode {
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::Aborted => tonic::Code::Aborted,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Internal => tonic::Code::Internal,
         }
     }

@@ -6,10 +6,12 @@
 //!   validating by parsing on the way in.
 //! - [`auth`]: the calling principal, from the client certificate.
 //! - [`chains`]: per-chain locks, so appends to one chain are serialised.
+//! - [`observe`]: a span, a counter and a latency histogram per RPC method and outcome.
 
 pub mod auth;
 pub mod chains;
 pub mod error;
+pub mod observe;
 pub mod wire;
 
 pub use error::{ErrorCode, ServiceError};

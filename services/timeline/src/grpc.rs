@@ -152,6 +152,10 @@ impl TimelineService for TimelineGrpc {
         request: Request<v1::FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
         let reader = auth::facility(&auth::caller(&request)?)?;
+        let permit = self
+            .timeline
+            .follow_permit(&reader)
+            .map_err(|e| status(&e))?;
         let r = request.into_inner();
         let spec = follow::Spec {
             reader,
@@ -162,6 +166,12 @@ impl TimelineService for TimelineGrpc {
             kinds: wire::kinds("kinds", &r.kinds)?,
         };
         let stream = follow::start(self.timeline.clone(), spec).await?;
+        // The permit goes with the stream: dropped (the place freed) when the stream
+        // ends or its client goes away.
+        let stream = tokio_stream::StreamExt::map(stream, move |item| {
+            let _held = &permit;
+            item
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -45,12 +45,15 @@ const MAX_SCAN: usize = 1000;
 pub struct TimelineConfig {
     /// How often an idle follow stream sends a heartbeat.
     pub heartbeat: Duration,
+    /// Follow streams one facility may have open at once.
+    pub max_follow_streams_per_caller: u32,
 }
 
 impl Default for TimelineConfig {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_secs(10),
+            max_follow_streams_per_caller: 16,
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct Timeline {
     /// Consent state and the audit log.
     consent: Arc<Consent>,
     tails: follow::Tails,
+    /// Open follow streams per facility, bounded by the config's limit.
+    streams: std::sync::Mutex<std::collections::HashMap<FacilityId, Arc<tokio::sync::Semaphore>>>,
     /// Set when the node shuts down: follow streams end so the server can stop.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -96,6 +101,9 @@ pub enum ReadError {
     /// The record is not the reader's to see (audited as refused).
     #[error("no consent covers this record for this reader and purpose")]
     Withheld,
+    /// The reader already has as many follow streams open as it may.
+    #[error("at most {0} follow streams may be open per facility; close one first")]
+    TooManyStreams(u32),
     #[error(transparent)]
     Port(#[from] PortError),
 }
@@ -104,6 +112,7 @@ impl hrx_rpc::ServiceError for ReadError {
     fn code(&self) -> hrx_rpc::ErrorCode {
         match self {
             ReadError::NoStanding | ReadError::Withheld => hrx_rpc::ErrorCode::PermissionDenied,
+            ReadError::TooManyStreams(_) => hrx_rpc::ErrorCode::ResourceExhausted,
             ReadError::Port(e) => e.code(),
         }
     }
@@ -166,8 +175,28 @@ impl Timeline {
             config,
             consent,
             tails: follow::Tails::default(),
+            streams: Default::default(),
             stopping: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// A place for one more follow stream of `reader`, held for as long as the stream
+    /// lives; refused when the reader has as many open as it may.
+    pub fn follow_permit(
+        &self,
+        reader: &FacilityId,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ReadError> {
+        let limit = self.config.max_follow_streams_per_caller;
+        let semaphore = self
+            .streams
+            .lock()
+            .expect("stream table poisoned")
+            .entry(reader.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit as usize)))
+            .clone();
+        semaphore
+            .try_acquire_owned()
+            .map_err(|_| ReadError::TooManyStreams(limit))
     }
 
     /// Ends every follow stream with UNAVAILABLE (the client resumes from its last

@@ -1,0 +1,149 @@
+//! Limits: each exceeded gets its typed error, and the node goes on serving.
+
+mod support;
+
+use std::time::Duration;
+
+use hrx_domain::{Purpose, RecordKind};
+use hrx_proto::v1;
+use support::*;
+use tokio_stream::StreamExt;
+
+const AN: &str = "026062001234";
+
+fn obs() -> v1::facility_event::Body {
+    record(AN, RecordKind::Observation, ts("2026-11-01T00:00:00Z"), &[])
+}
+
+/// A record whose body is about `bytes` long (a FHIR Observation with a long note).
+fn big(bytes: usize) -> v1::facility_event::Body {
+    let mut body = obs();
+    if let v1::facility_event::Body::Record(r) = &mut body {
+        let mut fhir: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        fhir["note"] = serde_json::json!([{ "text": "x".repeat(bytes) }]);
+        r.body = serde_json::to_vec(&fhir).unwrap();
+    }
+    body
+}
+
+fn follow_request() -> v1::FollowRequest {
+    v1::FollowRequest {
+        patient_id: AN.into(),
+        purpose: Purpose::ChronicCare.code(),
+        ..Default::default()
+    }
+}
+
+/// An envelope over the limit is refused with its typed reason and never reaches the
+/// log (the chain's head stays where it was; on Kafka it is not a broker's "message too
+/// large" retried for ever); a call over the message limit is refused before it is read.
+async fn oversized_envelopes_and_messages_are_refused_before_the_log(mut env: Env) {
+    env.config.max_envelope_bytes = 64 * 1024;
+    env.config.max_message_bytes = 1024 * 1024;
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let (_, r) = w.district.emit(obs()).await.unwrap();
+    assert!(accepted(&r), "{r:?}");
+    let head = w.district.head();
+
+    let (_, envelope) = w.district.sign(big(100 * 1024));
+    let r = w.district.submit(vec![envelope]).await.unwrap().remove(0);
+    let rejection = r.rejection.as_ref().expect("a typed rejection");
+    assert_eq!(rejection.reason, v1::RejectionReason::InvalidField as i32);
+    assert_eq!(rejection.field, "envelope.payload");
+    assert!(r.position.is_none(), "not in the log: {r:?}");
+
+    // The message limit: five envelopes of ~300 KiB each, refused before being read.
+    w.district.set_head(head.0, head.1);
+    let batch: Vec<_> = (0..5).map(|_| w.district.sign(big(300 * 1024)).1).collect();
+    let e = w.district.submit(batch).await.unwrap_err();
+    assert!(
+        matches!(&e, hrx_node::client::ClientError::Rpc(s)
+            if s.code() == tonic::Code::OutOfRange),
+        "{e:?}"
+    );
+
+    // Still serving, and the chain continues from where it was.
+    w.district.set_head(head.0, head.1);
+    let (_, r) = w.district.emit(obs()).await.unwrap();
+    assert!(accepted(&r), "{r:?}");
+    w.district.sync_head().await.unwrap();
+    assert_eq!(w.district.head().0, head.0 + 1);
+    settle(&w.nc).await;
+    let stats = v1::monitor_service_client::MonitorServiceClient::new(w.nc.channel())
+        .list_facility_stats(v1::ListFacilityStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .facilities;
+    let district = stats.iter().find(|s| s.facility_id == DISTRICT).unwrap();
+    assert_eq!(district.accepted, 2);
+    assert_eq!(
+        district.rejected.iter().map(|r| r.count).sum::<u64>(),
+        1,
+        "the oversized envelope, counted (the oversized call was never read)"
+    );
+    node.stop().await;
+}
+
+/// A facility may have only so many follow streams open; one more is refused
+/// RESOURCE_EXHAUSTED, and closing one frees its place. A follow stream outlives the
+/// request timeout (it bounds the answer, not the stream).
+async fn follow_streams_per_caller_are_bounded(mut env: Env) {
+    env.config.max_follow_streams_per_caller = 2;
+    env.config.request_timeout_ms = 300;
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let (_, r) = w.district.emit(obs()).await.unwrap();
+    assert!(accepted(&r));
+    let (_, r) = w
+        .district
+        .emit(grant(AN, CLINIC, &[Purpose::ChronicCare], in_days(30)))
+        .await
+        .unwrap();
+    assert!(accepted(&r), "{r:?}");
+    settle(&w.nc).await;
+    let open = || async {
+        w.clinic
+            .timeline()
+            .follow(follow_request())
+            .await
+            .map(|r| r.into_inner())
+    };
+    let mut first = open().await.unwrap();
+    let second = open().await.unwrap();
+    let third = open().await.unwrap_err();
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
+    // Another facility is not counted against this one.
+    let other = w.provincial.timeline().follow(follow_request()).await;
+    assert_ne!(
+        other.err().map(|s| s.code()),
+        Some(tonic::Code::ResourceExhausted)
+    );
+    drop(second);
+    let mut freed = None;
+    for _ in 0..50 {
+        match open().await {
+            Ok(s) => {
+                freed = Some(s);
+                break;
+            }
+            Err(s) => assert_eq!(s.code(), tonic::Code::ResourceExhausted),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed.is_some(), "closing a stream frees its place");
+    // Past the request timeout, the first stream still delivers (heartbeats at least).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let item = tokio::time::timeout(Duration::from_secs(5), first.next())
+        .await
+        .expect("an item within 5 s")
+        .expect("the stream is open");
+    assert!(item.is_ok(), "{item:?}");
+    node.stop().await;
+}
+
+both_backends!(
+    oversized_envelopes_and_messages_are_refused_before_the_log,
+    follow_streams_per_caller_are_bounded,
+);
