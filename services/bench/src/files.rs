@@ -336,8 +336,9 @@ impl<R: Read> Iterator for ChainReader<R> {
     }
 }
 
+/// Owner-only: a population's directory holds its facilities' private keys.
 fn create_dir(path: &Path) -> Result<(), FilesError> {
-    std::fs::create_dir_all(path).map_err(io(path))
+    hrx_node::keys::create_private_dir(path).map_err(io(path))
 }
 
 /// Generates `population`'s chains with its reproducible keys, signed at `recorded_at`

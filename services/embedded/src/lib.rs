@@ -90,10 +90,18 @@ impl SqliteNode {
     /// This does blocking file I/O: call it at start-up, before serving, or from
     /// `spawn_blocking`. Every other method runs its SQLite work on blocking threads.
     pub fn open(dir: &Path) -> Result<Self, EmbeddedError> {
-        std::fs::create_dir_all(dir).map_err(|source| EmbeddedError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        // Owner-only: it holds every patient's records. (An existing directory is left
+        // as it is.)
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|source| EmbeddedError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
         let path = dir.join(DB_FILE_NAME);
         let open_err = |source| EmbeddedError::Open {
             path: path.clone(),

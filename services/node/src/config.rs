@@ -105,6 +105,7 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_MAX_ENVELOPE_BYTES",
     "HRX_REQUEST_TIMEOUT_MS",
     "HRX_MAX_CONCURRENT_PER_CONNECTION",
+    "HRX_MAX_CONCURRENT_PER_CALLER",
     "HRX_MAX_FOLLOW_STREAMS_PER_CALLER",
 ];
 
@@ -183,6 +184,10 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     /// Calls one connection may have in flight at once; more wait their turn.
     pub max_concurrent_per_connection: usize,
+    /// Calls one caller (a facility, the national center) may have in flight at once,
+    /// over all its connections to this process; one more is refused
+    /// RESOURCE_EXHAUSTED.
+    pub max_concurrent_per_caller: usize,
     /// Follow streams one facility may have open at once; more are refused
     /// RESOURCE_EXHAUSTED.
     pub max_follow_streams_per_caller: u32,
@@ -219,6 +224,7 @@ impl Default for NodeConfig {
             max_envelope_bytes: 640 * 1024,
             request_timeout_ms: 30_000,
             max_concurrent_per_connection: 64,
+            max_concurrent_per_caller: 128,
             max_follow_streams_per_caller: 16,
         }
     }

@@ -25,6 +25,15 @@ pub enum KeyFileError {
     Generate(#[from] hrx_domain::dsse::KeyError),
 }
 
+/// Creates `dir` and its missing parents, owner-only (0700) on Unix.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Creates a file that must not exist yet, with `mode` on Unix.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileError> {
     let create = |source| KeyFileError::Create {
@@ -73,7 +82,7 @@ pub fn read_or_create(path: &Path) -> Result<(SigningKey, bool), KeyFileError> {
         return Ok((read_private_key(path)?, false));
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| KeyFileError::Create {
+        create_private_dir(dir).map_err(|source| KeyFileError::Create {
             path: dir.to_owned(),
             source,
         })?;

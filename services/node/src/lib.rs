@@ -187,7 +187,9 @@ impl Node {
         let roles = config.role_list().map_err(NodeError::Config)?;
         config.consent_policy().map_err(NodeError::Config)?;
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
+        // Owner-only, like everything in it (keys, certificates, the embedded database);
+        // an existing directory is left as it is.
+        keys::create_private_dir(dir).map_err(|source| NodeError::DataDir {
             path: dir.clone(),
             source,
         })?;
@@ -310,11 +312,16 @@ impl Node {
         // Every call counted and timed per method and outcome, bounded in time and in
         // calls per connection (tower's layers, through tonic's builder).
         let rpc = hrx_rpc::observe::RpcMetrics::default();
+        let per_caller =
+            hrx_rpc::limit::PerCallerLimitLayer::new(self.config.max_concurrent_per_caller);
         let server = || {
             tonic::transport::Server::builder()
-                .timeout(Duration::from_millis(self.config.request_timeout_ms.max(1)))
                 .concurrency_limit_per_connection(self.config.max_concurrent_per_connection.max(1))
                 .layer(rpc.layer())
+                .layer(per_caller.clone())
+                .layer(hrx_rpc::limit::DeadlineLayer::new(Duration::from_millis(
+                    self.config.request_timeout_ms.max(1),
+                )))
         };
         // Server reflection, so that grpcurl can list and call the services (on the
         // mutual-TLS port: it needs a client certificate like every other call).

@@ -91,7 +91,7 @@ async fn oversized_envelopes_and_messages_are_refused_before_the_log(mut env: En
 /// request timeout (it bounds the answer, not the stream).
 async fn follow_streams_per_caller_are_bounded(mut env: Env) {
     env.config.max_follow_streams_per_caller = 2;
-    env.config.request_timeout_ms = 300;
+    env.config.request_timeout_ms = 1500;
     let node = TestNode::start(&env).await;
     let mut w = World::register(env.path(), &node).await;
     let (_, r) = w.district.emit(obs()).await.unwrap();
@@ -134,7 +134,7 @@ async fn follow_streams_per_caller_are_bounded(mut env: Env) {
     }
     assert!(freed.is_some(), "closing a stream frees its place");
     // Past the request timeout, the first stream still delivers (heartbeats at least).
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let item = tokio::time::timeout(Duration::from_secs(5), first.next())
         .await
         .expect("an item within 5 s")
@@ -143,7 +143,79 @@ async fn follow_streams_per_caller_are_bounded(mut env: Env) {
     node.stop().await;
 }
 
+/// One caller's calls in flight are bounded across its connections; one more is
+/// refused RESOURCE_EXHAUSTED while other callers are served, and once the first call is
+/// answered the caller is served again.
+async fn calls_in_flight_per_caller_are_bounded(mut env: Env) {
+    env.config.max_concurrent_per_caller = 1;
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    // A slow call: a thousand envelopes to verify and append.
+    let batch: Vec<_> = (0..1000)
+        .map(|_| w.district.sign(big(2 * 1024)).1)
+        .collect();
+    let district = &w.district;
+    let slow = async {
+        let started = std::time::Instant::now();
+        let r = district.submit(batch).await.unwrap();
+        (r, started.elapsed())
+    };
+    let probe = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let started = std::time::Instant::now();
+        let refused = v1::ingest_service_client::IngestServiceClient::new(district.channel())
+            .get_facility_head(v1::GetFacilityHeadRequest {
+                facility_id: DISTRICT.into(),
+            })
+            .await;
+        (refused, started.elapsed())
+    };
+    let ((results, slow_took), (refused, _)) = tokio::join!(slow, probe);
+    assert!(
+        results.iter().all(accepted),
+        "the slow call itself is served"
+    );
+    assert!(
+        slow_took > Duration::from_millis(60),
+        "the slow call took {slow_took:?}: too fast to hold its place"
+    );
+    let e = refused.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    // Served again, and other callers were never affected.
+    w.district.sync_head().await.unwrap();
+    assert_eq!(w.district.head().0, 1000);
+    w.clinic.sync_head().await.unwrap();
+    node.stop().await;
+}
+
+/// A call not answered within the request timeout is answered DEADLINE_EXCEEDED, and
+/// the node goes on serving; what the call appended is whole or absent.
+async fn a_call_past_its_deadline_is_answered_deadline_exceeded(mut env: Env) {
+    let node = TestNode::start(&env).await;
+    drop(World::register(env.path(), &node).await);
+    node.stop().await;
+    env.config.request_timeout_ms = 40;
+    let node = TestNode::start(&env).await;
+    let mut district =
+        hrx_node::client::FacilityClient::open(env.path(), node.addr, &fac(DISTRICT))
+            .await
+            .unwrap();
+    let batch: Vec<_> = (0..1000).map(|_| district.sign(big(2 * 1024)).1).collect();
+    let e = district.submit(batch).await.unwrap_err();
+    assert!(
+        matches!(&e, hrx_node::client::ClientError::Rpc(s) if s.code() == tonic::Code::DeadlineExceeded),
+        "{e:?}"
+    );
+    // Still serving; the batch is in the log whole or not at all.
+    district.sync_head().await.unwrap();
+    let head = district.head().0;
+    assert!(head == 0 || head == 1000, "head {head}");
+    node.stop().await;
+}
+
 both_backends!(
+    a_call_past_its_deadline_is_answered_deadline_exceeded,
+    calls_in_flight_per_caller_are_bounded,
     oversized_envelopes_and_messages_are_refused_before_the_log,
     follow_streams_per_caller_are_bounded,
 );

@@ -7,10 +7,12 @@
 //! - [`auth`]: the calling principal, from the client certificate.
 //! - [`chains`]: per-chain locks, so appends to one chain are serialised.
 //! - [`observe`]: a span, a counter and a latency histogram per RPC method and outcome.
+//! - [`limit`]: calls in flight per caller.
 
 pub mod auth;
 pub mod chains;
 pub mod error;
+pub mod limit;
 pub mod observe;
 pub mod wire;
 

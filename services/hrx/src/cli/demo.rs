@@ -363,7 +363,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::tempdir()?;
     let dir = match &a.keep {
         Some(d) => {
-            std::fs::create_dir_all(d)?;
+            hrx_node::keys::create_private_dir(d)?;
             d.clone()
         }
         None => tmp.path().to_owned(),
