@@ -38,3 +38,6 @@ cargo test --workspace --locked
 
 step "Python cross-check of the wire contract (tests/python)"
 bash tests/python/run.sh
+
+step "fuzz smoke: every target builds, replays its regressions and runs 2,000 inputs (tests/fuzz)"
+FUZZ_DEV=1 bash tests/fuzz/run.sh 2000
