@@ -109,6 +109,10 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_MAX_FOLLOW_STREAMS_PER_CALLER",
 ];
 
+/// Environment variables hrx reads that are not configuration: secrets, read where they
+/// are used and never stored with the configuration.
+pub const SECRET_ENV_VARS: &[&str] = &[crate::keys::ROOT_PASSPHRASE_VAR];
+
 /// Everything a node is configured with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use hrx_domain::verify::SignatureMemo;
 use hrx_domain::verify::{KeyOwner, KeyRecord};
-use hrx_domain::{KeyId, SigningKey, Timestamp};
+use hrx_domain::{KeyId, Timestamp};
 use hrx_embedded::SqliteNode;
 use hrx_identity::{ServerIdentity, TlsDir};
 use hrx_ports::{EventLog, Store};
@@ -71,6 +71,18 @@ pub fn root_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("registry").join("root.key.pem")
 }
 
+/// Where its public half is kept beside it (hex): all a running embedded node reads.
+pub fn root_public_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("registry").join("root.pub")
+}
+
+/// The passphrase to create a new root key with, if one is set.
+fn root_passphrase() -> Option<String> {
+    std::env::var(keys::ROOT_PASSPHRASE_VAR)
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
 /// The log and the store a node runs on.
 #[derive(Clone)]
 pub struct Backends {
@@ -84,20 +96,18 @@ impl std::fmt::Debug for Backends {
     }
 }
 
-/// The national root key as this process knows it: the whole key (embedded: it signs
-/// registry events for the CLI) or only its public half (distributed processes).
+/// The national root public key: all a running process needs (registry changes are
+/// signed by the CLI, with the private key). `created`: this start made the key pair
+/// (first start of an embedded node).
 #[derive(Debug)]
-enum Root {
-    Signing { key: SigningKey, created: bool },
-    Public(hrx_domain::PublicKey),
+struct Root {
+    public: hrx_domain::PublicKey,
+    created: bool,
 }
 
 impl Root {
     fn record(&self) -> KeyRecord {
-        let public_key = match self {
-            Root::Signing { key, .. } => key.public_key(),
-            Root::Public(p) => *p,
-        };
+        let public_key = self.public;
         KeyRecord {
             public_key,
             owner: KeyOwner::Root,
@@ -198,10 +208,14 @@ impl Node {
             None => TlsDir::open_or_init(dir)?.server_identity(),
         };
         let root = match (&config.root_public_key, config.backend) {
-            (Some(hex_key), _) => Root::Public(parse_public_key(hex_key)?),
+            (Some(hex_key), _) => Root {
+                public: parse_public_key(hex_key)?,
+                created: false,
+            },
             (None, Backend::Embedded) => {
-                let (key, created) = keys::read_or_create(&root_key_path(dir))?;
-                Root::Signing { key, created }
+                let (public, created) =
+                    keys::read_or_create_root(dir, root_passphrase().as_deref())?;
+                Root { public, created }
             }
             (None, Backend::Distributed) => {
                 return Err(NodeError::Config(
@@ -255,7 +269,7 @@ impl Node {
 
     /// Whether this start created the national root key (first start of an embedded node).
     pub fn root_key_created(&self) -> bool {
-        matches!(self.root, Root::Signing { created: true, .. })
+        self.root.created
     }
 
     /// Runs this process's roles until `shutdown` resolves, then stops the servers and
@@ -484,10 +498,14 @@ fn parse_public_key(hex_key: &str) -> Result<hrx_domain::PublicKey, NodeError> {
 /// (`hrx reproject`). No projector may be running on these backends meanwhile.
 pub async fn reproject(config: &NodeConfig) -> Result<u64, NodeError> {
     let root = match &config.root_public_key {
-        Some(k) => Root::Public(parse_public_key(k)?),
+        Some(k) => Root {
+            public: parse_public_key(k)?,
+            created: false,
+        },
         None => {
-            let (key, created) = keys::read_or_create(&root_key_path(&config.data_dir))?;
-            Root::Signing { key, created }
+            let (public, created) =
+                keys::read_or_create_root(&config.data_dir, root_passphrase().as_deref())?;
+            Root { public, created }
         }
     };
     let Backends { log, store } = backends(config).await?;

@@ -18,11 +18,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
-use hrx_node::config::{ENV_VARS, Role};
+use hrx_node::config::{ENV_VARS, Role, SECRET_ENV_VARS};
 use serde::Deserialize as _;
 use serde_norway::Value;
 
 // ---------------------------------------------------------------- the files
+
+/// Whether hrx reads the variable `name` (configuration or a secret).
+fn reads(name: &str) -> bool {
+    ENV_VARS.contains(&name) || SECRET_ENV_VARS.contains(&name)
+}
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
@@ -100,7 +105,7 @@ fn operations_guide_and_dockerfile_name_only_real_variables() {
     for name in ["OPERATIONS.md", "Dockerfile"] {
         let mut findings = Findings::default();
         for token in hrx_tokens(&read(&deploy_dir().join(name))) {
-            if !ENV_VARS.contains(&token.as_str()) {
+            if !reads(&token) {
                 findings.problem(name, format!("names {token}, which hrx does not read"));
             }
         }
@@ -359,7 +364,7 @@ fn check_hrx_names(at: &str, v: &Value, findings: &mut Findings) {
         match v {
             Value::String(s) => {
                 for token in hrx_tokens(s) {
-                    if !ENV_VARS.contains(&token.as_str()) {
+                    if !reads(&token) {
                         findings.problem(&path, format!("names {token}, which hrx does not read"));
                     }
                 }
@@ -373,7 +378,7 @@ fn check_hrx_names(at: &str, v: &Value, findings: &mut Findings) {
                 for (k, item) in map {
                     let key = scalar(k).unwrap_or_default();
                     for token in hrx_tokens(&key) {
-                        if !ENV_VARS.contains(&token.as_str()) {
+                        if !reads(&token) {
                             findings.problem(
                                 &format!("{path}.{key}"),
                                 format!("sets {token}, which hrx does not read"),
