@@ -220,16 +220,26 @@ impl NationalCenter {
     }
 
     /// Waits until the projector has caught up with the log (as the monitor sees it),
-    /// or `timeout` passes; returns whether it caught up.
+    /// or `timeout` passes; returns whether it caught up. A retryable error (the log or
+    /// the store restarting) is waited out like lag, until `timeout`.
     pub async fn settle(&self, timeout: std::time::Duration) -> Result<bool, ClientError> {
         let mut monitor =
             v1::monitor_service_client::MonitorServiceClient::new(self.channel.clone());
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let lag = monitor
+            let lag = match monitor
                 .get_projector_lag(v1::GetProjectorLagRequest {})
-                .await?
-                .into_inner();
+                .await
+                .map_err(ClientError::from)
+            {
+                Ok(lag) => lag.into_inner(),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "projector lag unavailable; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if lag.partitions.iter().all(|p| p.projected >= p.log_end) {
                 return Ok(true);
             }
