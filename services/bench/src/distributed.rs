@@ -32,7 +32,6 @@ use hrx_node::{Backend, NodeConfig};
 
 use crate::bench::{
     self, BenchError, HarnessPatients, IngestRun, Options, Registered, RunningNode, Scale, Session,
-    phase,
 };
 use crate::limits;
 use crate::loadgen::Population;
@@ -60,8 +59,11 @@ const ROLES_BESIDE_PROJECTOR: &str = "ingest,timeline,consent,registry,monitor";
 pub struct Services {
     /// Bootstrap servers, `host:port[,…]`.
     pub kafka_brokers: String,
+    /// TLS to the brokers, if they take it.
+    pub kafka_tls: Option<hrx_kafka::KafkaTls>,
     /// A PostgreSQL URL whose role may create and drop databases: the run creates its
-    /// own database on that server and drops it at the end.
+    /// own database on that server and drops it at the end (TLS through libpq's URL
+    /// parameters).
     pub database_url: String,
 }
 
@@ -159,7 +161,12 @@ impl Phase<'_> {
             Err(e) => Err(e),
         };
         if !topics.is_empty()
-            && let Err(e) = limits::delete_topics(&services.kafka_brokers, &topics).await
+            && let Err(e) = limits::delete_topics(
+                &services.kafka_brokers,
+                services.kafka_tls.as_ref(),
+                &topics,
+            )
+            .await
         {
             notes.push(format!("could not delete the run's Kafka topics: {e}"));
         }
@@ -201,6 +208,10 @@ impl Phase<'_> {
         config.heartbeat_ms = 1000;
         config.backend = Backend::Distributed;
         config.kafka_brokers = Some(services.kafka_brokers.clone());
+        if let Some(tls) = &services.kafka_tls {
+            config.kafka_ca_file = tls.ca_file.clone();
+            (config.kafka_cert_file, config.kafka_key_file) = tls.client_identity.clone().unzip();
+        }
         config.kafka_topic_prefix = prefix.to_owned();
         config.consumer_group = format!("{prefix}projector");
         config.database_url = Some(db.url.clone());
@@ -297,7 +308,13 @@ impl Phase<'_> {
         let events = limits::decode(&streams)?;
         let limit_topic = format!("{prefix}limit.facility-events");
         topics.push(limit_topic.clone());
-        limits::create_topic(&services.kafka_brokers, &limit_topic, partitions).await?;
+        limits::create_topic(
+            &services.kafka_brokers,
+            services.kafka_tls.as_ref(),
+            &limit_topic,
+            partitions,
+        )
+        .await?;
         let messages = limits::log_messages(&events, partitions);
         // The broker was usually started just before this run: its JIT compiler would
         // take 10–20 % of the machine through the measured phases (seen in `perf record
@@ -305,11 +322,24 @@ impl Phase<'_> {
         // so that what follows measures a warm broker, as a deployment runs.
         let warm_topic = format!("{prefix}limit.warm-up");
         topics.push(warm_topic.clone());
-        limits::create_topic(&services.kafka_brokers, &warm_topic, partitions).await?;
-        limits::kafka_produce_consume(&services.kafka_brokers, &warm_topic, partitions, &messages)
-            .await?;
+        limits::create_topic(
+            &services.kafka_brokers,
+            services.kafka_tls.as_ref(),
+            &warm_topic,
+            partitions,
+        )
+        .await?;
+        limits::kafka_produce_consume(
+            &services.kafka_brokers,
+            services.kafka_tls.as_ref(),
+            &warm_topic,
+            partitions,
+            &messages,
+        )
+        .await?;
         let kafka = limits::kafka_produce_consume(
             &services.kafka_brokers,
+            services.kafka_tls.as_ref(),
             &limit_topic,
             partitions,
             &messages,
@@ -462,7 +492,7 @@ struct Database {
 
 impl Database {
     async fn create(admin_url: &str, name: &str) -> Result<Self, BenchError> {
-        let url = with_database(admin_url, name)?;
+        let url = hrx_identity::backend::postgres_url_with_dbname(admin_url, name);
         admin(
             admin_url,
             &format!("CREATE DATABASE {name}"),
@@ -488,9 +518,7 @@ impl Database {
 }
 
 async fn admin(url: &str, sql: &str, what: &'static str) -> Result<(), BenchError> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| BenchError::postgres("connect", &e))?;
+    let (client, conn) = limits::connect_postgres(url).await?;
     let conn = tokio::spawn(conn);
     let r = client
         .batch_execute(sql)
@@ -499,27 +527,6 @@ async fn admin(url: &str, sql: &str, what: &'static str) -> Result<(), BenchErro
     drop(client);
     let _ = conn.await;
     r
-}
-
-/// `url` naming database `name` instead: a URL's path is replaced (its query kept); a
-/// `key=value` connection string gets `dbname=` appended (the last one wins).
-fn with_database(url: &str, name: &str) -> Result<String, BenchError> {
-    let Some(scheme_end) = url.find("://") else {
-        return Ok(format!("{url} dbname={name}"));
-    };
-    let (base, query) = match url.find('?') {
-        Some(q) => url.split_at(q),
-        None => (url, ""),
-    };
-    let authority_start = scheme_end + 3;
-    if authority_start > base.len() {
-        return Err(phase("the database URL has no host"));
-    }
-    let path_start = base[authority_start..]
-        .find('/')
-        .map(|i| authority_start + i)
-        .unwrap_or(base.len());
-    Ok(format!("{}/{name}{query}", &base[..path_start]))
 }
 
 /// `hrx serve --role projector`, a child of this process (killed when dropped).
@@ -554,6 +561,15 @@ impl ProjectorProcess {
                     .ok_or_else(|| missing("brokers"))?,
             )
             .env("HRX_KAFKA_PARTITIONS", config.kafka_partitions.to_string())
+            .envs(
+                [
+                    ("HRX_KAFKA_CA_FILE", &config.kafka_ca_file),
+                    ("HRX_KAFKA_CERT_FILE", &config.kafka_cert_file),
+                    ("HRX_KAFKA_KEY_FILE", &config.kafka_key_file),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k, v))),
+            )
             .env("HRX_KAFKA_TOPIC_PREFIX", &config.kafka_topic_prefix)
             .env("HRX_CONSUMER_GROUP", &config.consumer_group)
             .env(
@@ -648,25 +664,5 @@ impl Drop for ProjectorProcess {
         // together), and the database is dropped right after.
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_urls() {
-        let u = |s: &str| with_database(s, "db1").unwrap();
-        assert_eq!(
-            u("postgres://postgres@127.0.0.1:5432/postgres"),
-            "postgres://postgres@127.0.0.1:5432/db1"
-        );
-        assert_eq!(
-            u("postgresql://u:p@h/postgres?sslmode=disable"),
-            "postgresql://u:p@h/db1?sslmode=disable"
-        );
-        assert_eq!(u("postgres://h:5432"), "postgres://h:5432/db1");
-        assert_eq!(u("host=h user=u"), "host=h user=u dbname=db1");
     }
 }

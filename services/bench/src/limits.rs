@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use hrx_domain::event::{Body, FacilityHeader, Record};
 use hrx_domain::{Envelope, PublicKey, Sha256};
+use hrx_kafka::KafkaTls;
 use hrx_ports::{Append, ChainKey};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -225,17 +226,25 @@ impl KafkaLimit {
 }
 
 /// Settings every client of the limit shares (as hrx's do).
-fn kafka_base(brokers: &str) -> ClientConfig {
+fn kafka_base(brokers: &str, tls: Option<&KafkaTls>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("broker.address.family", "v4")
         .set("allow.auto.create.topics", "false");
+    for (k, v) in tls.iter().flat_map(|t| t.properties()) {
+        c.set(k, v);
+    }
     c
 }
 
 /// Creates `topic` with `partitions` partitions and waits until each has a leader.
-pub async fn create_topic(brokers: &str, topic: &str, partitions: u32) -> Result<(), BenchError> {
-    let admin: AdminClient<DefaultClientContext> = kafka_base(brokers)
+pub async fn create_topic(
+    brokers: &str,
+    tls: Option<&KafkaTls>,
+    topic: &str,
+    partitions: u32,
+) -> Result<(), BenchError> {
+    let admin: AdminClient<DefaultClientContext> = kafka_base(brokers, tls)
         .create()
         .map_err(|e| BenchError::kafka("admin client", e))?;
     let n = i32::try_from(partitions).map_err(|_| phase("too many partitions"))?;
@@ -251,7 +260,7 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: u32) -> Result
         result.map_err(|(_, code)| BenchError::kafka("create topic", code))?;
     }
     let deadline = Instant::now() + timeout;
-    let probe = kafka_base(brokers)
+    let probe = kafka_base(brokers, tls)
         .create::<FutureProducer>()
         .map_err(|e| BenchError::kafka("metadata client", e))?;
     loop {
@@ -292,8 +301,12 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: u32) -> Result
 }
 
 /// Deletes `topics`, best effort (a throwaway cluster is the usual target).
-pub async fn delete_topics(brokers: &str, topics: &[String]) -> Result<(), BenchError> {
-    let admin: AdminClient<DefaultClientContext> = kafka_base(brokers)
+pub async fn delete_topics(
+    brokers: &str,
+    tls: Option<&KafkaTls>,
+    topics: &[String],
+) -> Result<(), BenchError> {
+    let admin: AdminClient<DefaultClientContext> = kafka_base(brokers, tls)
         .create()
         .map_err(|e| BenchError::kafka("admin client", e))?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -319,12 +332,13 @@ pub async fn delete_topics(brokers: &str, topics: &[String]) -> Result<(), Bench
 /// assigned to every partition from the beginning (`read_committed`, as hrx reads).
 pub async fn kafka_produce_consume(
     brokers: &str,
+    tls: Option<&KafkaTls>,
     topic: &str,
     partitions: u32,
     messages: &[LogMessage],
 ) -> Result<KafkaLimit, BenchError> {
     let producer: FutureProducer = {
-        let mut c = kafka_base(brokers);
+        let mut c = kafka_base(brokers, tls);
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("enable.gapless.guarantee", "true")
@@ -348,7 +362,7 @@ pub async fn kafka_produce_consume(
         .await
         .map_err(|e| phase(format!("producer drop: {e}")))?;
 
-    let consumer: BaseConsumer = kafka_base(brokers)
+    let consumer: BaseConsumer = kafka_base(brokers, tls)
         .set("group.id", format!("{topic}.limit"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -510,6 +524,28 @@ pub fn record_rows<'a>(events: &'a [Event<'a>], partitions: u32) -> Vec<RecordRo
         .collect()
 }
 
+/// One connection to `url`, TLS as the URL says (see `hrx_identity::backend`).
+pub(crate) async fn connect_postgres(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            hrx_identity::backend::PostgresTlsStream,
+        >,
+    ),
+    BenchError,
+> {
+    use hrx_identity::backend::PostgresConnectError;
+    hrx_identity::backend::connect_postgres(url)
+        .await
+        .map_err(|e| match e {
+            PostgresConnectError::Connect(e) => BenchError::postgres("connect", &e),
+            PostgresConnectError::Url(e) => BenchError::Process(format!("database URL: {e}")),
+        })
+}
+
 /// The schema the COPY limit's tables live in (dropped afterwards).
 const LIMIT_SCHEMA: &str = "hrx_bench_limit";
 
@@ -518,9 +554,7 @@ const LIMIT_SCHEMA: &str = "hrx_bench_limit";
 /// in one transaction; returns the time from `BEGIN` to `COMMIT`. `url` is a database
 /// hrx's schema has been migrated into.
 pub async fn postgres_copy(url: &str, rows: &[RecordRow<'_>]) -> Result<Duration, BenchError> {
-    let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| BenchError::postgres("connect", &e))?;
+    let (mut client, conn) = connect_postgres(url).await?;
     let conn = tokio::spawn(conn);
     let pg = |what: &'static str| move |e: tokio_postgres::Error| BenchError::postgres(what, &e);
     client

@@ -46,6 +46,15 @@ async fn a_smoke_run_measures_the_distributed_rows() {
         .arg(&json)
         .env("HRX_BENCH_KAFKA_BROKERS", &brokers)
         .env("HRX_BENCH_DATABASE_URL", &url)
+        .envs(
+            [
+                ("HRX_BENCH_KAFKA_CA_FILE", "HRX_TEST_KAFKA_CA_FILE"),
+                ("HRX_BENCH_KAFKA_CERT_FILE", "HRX_TEST_KAFKA_CERT_FILE"),
+                ("HRX_BENCH_KAFKA_KEY_FILE", "HRX_TEST_KAFKA_KEY_FILE"),
+            ]
+            .into_iter()
+            .filter_map(|(to, from)| std::env::var_os(from).map(|v| (to, v))),
+        )
         .env("RUST_LOG", "error")
         .spawn()
         .unwrap();
@@ -82,9 +91,7 @@ async fn a_smoke_run_measures_the_distributed_rows() {
     }
 
     // The run cleaned up after itself: its database (named after its pid) is gone.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, conn) = hrx_identity::backend::connect_postgres(&url).await.unwrap();
     tokio::spawn(conn);
     let left: i64 = client
         .query_one(

@@ -68,7 +68,7 @@ async fn create_database(admin_url: &str) -> String {
         "hrx_crash_{}",
         EventId::new_v7().to_string().replace('-', "")
     );
-    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+    let (client, conn) = hrx_identity::backend::connect_postgres(admin_url)
         .await
         .unwrap();
     tokio::spawn(conn);
@@ -76,10 +76,7 @@ async fn create_database(admin_url: &str) -> String {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
-    let i = admin_url
-        .rfind('/')
-        .expect("the admin URL names a database");
-    format!("{}/{name}", &admin_url[..i])
+    hrx_identity::backend::postgres_url_with_dbname(admin_url, &name)
 }
 
 /// A deployment: a shared directory (CA, root key, facility keys, used by the test's
@@ -98,6 +95,10 @@ impl Deployment {
         let mut config = NodeConfig::ephemeral(dir.path());
         config.backend = Backend::Distributed;
         config.kafka_brokers = Some(s.brokers.clone());
+        if let Some(tls) = hrx_kafka::KafkaTls::from_test_env() {
+            config.kafka_ca_file = tls.ca_file;
+            (config.kafka_cert_file, config.kafka_key_file) = tls.client_identity.unzip();
+        }
         config.kafka_partitions = 4;
         config.kafka_topic_prefix =
             format!("crash{}.", EventId::new_v7().to_string().replace('-', ""));
@@ -151,6 +152,15 @@ fn spawn_process(
         .env("HRX_METRICS_ADDR", "127.0.0.1:0")
         .env("HRX_KAFKA_BROKERS", c.kafka_brokers.as_ref().unwrap())
         .env("HRX_KAFKA_PARTITIONS", c.kafka_partitions.to_string())
+        .envs(
+            [
+                ("HRX_KAFKA_CA_FILE", &c.kafka_ca_file),
+                ("HRX_KAFKA_CERT_FILE", &c.kafka_cert_file),
+                ("HRX_KAFKA_KEY_FILE", &c.kafka_key_file),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v))),
+        )
         .env("HRX_KAFKA_TOPIC_PREFIX", &c.kafka_topic_prefix)
         .env("HRX_DATABASE_URL", c.database_url.as_ref().unwrap())
         .env("HRX_DATABASE_POOL_SIZE", "4")
@@ -762,7 +772,12 @@ async fn crash_reconciliation_counts_agree_with_kafka_and_postgres() {
 
     // Kafka, counted by kcat: every facility event in the log, once.
     let topic = format!("{}hrx.facility-events.v1", dep.config.kafka_topic_prefix);
-    let dump = output(Command::new("kcat").args([
+    let tls: Vec<String> = hrx_kafka::KafkaTls::from_test_env()
+        .iter()
+        .flat_map(|t| t.properties())
+        .flat_map(|(k, v)| ["-X".to_owned(), format!("{k}={v}")])
+        .collect();
+    let dump = output(Command::new("kcat").args(&tls).args([
         "-b",
         dep.config.kafka_brokers.as_deref().unwrap(),
         "-C",

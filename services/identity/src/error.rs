@@ -45,6 +45,12 @@ pub enum IdentityError {
     /// The certificate names more than one hrx principal; refusing to guess which.
     #[error("the certificate names more than one hrx principal")]
     AmbiguousPrincipal,
+    /// A PEM file that should hold certificates (or a key) holds none that parse.
+    #[error("no certificate or key could be read from {}", .0.display())]
+    NoCertificateIn(PathBuf),
+    /// No backend CA file is configured and the platform has no trusted roots.
+    #[error("no CA file configured and the platform has no trusted root certificates")]
+    NoTrustedRoots,
 }
 
 impl From<rcgen::Error> for IdentityError {

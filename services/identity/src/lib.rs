@@ -8,16 +8,19 @@
 //! - [`principal`]: the principal and its certificate encoding.
 //! - [`ca`]: a certificate authority that issues server and client certificates.
 //! - [`tls`]: tonic TLS configurations (client authentication is mandatory) and [`caller`].
+//! - [`backend`]: the rustls client configuration for the backends (PostgreSQL).
 //! - [`dir`]: the `tls/` directory of a node's data directory. On first use it creates a
 //!   development CA and certificates, so that the embedded node is secure by default and
 //!   still needs no configuration.
 
+pub mod backend;
 pub mod ca;
 pub mod dir;
 pub mod error;
 pub mod principal;
 pub mod tls;
 
+pub use backend::BackendTls;
 pub use ca::{CertificateAuthority, CertifiedKey};
 pub use dir::{ServerIdentity, TlsDir};
 pub use error::IdentityError;

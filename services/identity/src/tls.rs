@@ -83,7 +83,7 @@ fn principal_of<T>(request: &tonic::Request<T>) -> Result<Principal, IdentityErr
 /// happens as soon as any crate in the build enables rustls' default features). So ring,
 /// the provider this workspace names, is installed once here, before tonic needs it. If
 /// the application has already installed a provider, that one stays.
-fn ensure_crypto_provider() {
+pub(crate) fn ensure_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // Err means a provider is already installed, which is all that is needed.

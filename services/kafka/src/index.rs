@@ -26,7 +26,6 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
 use hrx_domain::{EventId, Sha256, Timestamp};
 use hrx_ports::{Append, ChainKey, LogPosition, PortError, PortResult};
-use tokio_postgres::NoTls;
 
 use crate::KafkaConfig;
 use crate::error::{KafkaError, pg, pool};
@@ -115,9 +114,8 @@ impl Index {
         config: &KafkaConfig,
         partitions: u32,
     ) -> Result<Self, KafkaError> {
-        let mut pg: tokio_postgres::Config = database_url
-            .parse()
-            .map_err(|e| KafkaError::Config(format!("invalid database URL: {e}")))?;
+        let (mut pg, tls) = hrx_identity::backend::postgres(database_url)
+            .map_err(|e| KafkaError::Config(e.to_string()))?;
         // An append keeps its transaction open while Kafka acknowledges (up to the
         // produce timeout). Waiting for a chain's lock longer than a full append can
         // take means something is stuck: fail (retryably) instead of queueing forever.
@@ -142,7 +140,7 @@ impl Index {
         let make = |size: usize| {
             let manager = Manager::from_config(
                 pg.clone(),
-                NoTls,
+                tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -760,7 +758,7 @@ mod tests {
             return;
         };
         let connect = |url: String| async move {
-            let (client, connection) = tokio_postgres::connect(&url, NoTls)
+            let (client, connection) = hrx_identity::backend::connect_postgres(&url)
                 .await
                 .expect("PostgreSQL");
             tokio::spawn(connection);
@@ -775,10 +773,7 @@ mod tests {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create database");
-        let slash = admin_url
-            .rfind('/')
-            .expect("a database URL ending in /dbname");
-        let url = format!("{}/{name}", &admin_url[..slash]);
+        let url = hrx_identity::backend::postgres_url_with_dbname(&admin_url, &name);
 
         // Version 1, as the previous hrx left it, with one indexed event.
         let sql = connect(url.clone()).await;

@@ -125,7 +125,9 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
-pub use config::{DEFAULT_PARTITIONS, FACILITY_EVENTS_TOPIC, KafkaConfig, REGISTRY_TOPIC};
+pub use config::{
+    DEFAULT_PARTITIONS, FACILITY_EVENTS_TOPIC, KafkaConfig, KafkaTls, REGISTRY_TOPIC, SaslPassword,
+};
 pub use error::KafkaError;
 pub use partition::{key_partition, murmur2};
 
@@ -322,8 +324,14 @@ fn base_config(config: &KafkaConfig, extra: &[(&str, String)]) -> ClientConfig {
     for (k, v) in extra {
         c.set(*k, v);
     }
+    for (k, v) in config.tls.iter().flat_map(KafkaTls::properties) {
+        c.set(k, v);
+    }
     for (k, v) in &config.client_properties {
         c.set(k, v);
+    }
+    if let Some(password) = &config.sasl_password {
+        c.set("sasl.password", &password.0);
     }
     c
 }
@@ -1195,7 +1203,7 @@ mod tests {
             return;
         };
         let id = EventId::new_v7().to_string().replace('-', "");
-        let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        let (admin, connection) = hrx_identity::backend::connect_postgres(&admin_url)
             .await
             .expect("PostgreSQL");
         tokio::spawn(connection);
@@ -1203,11 +1211,10 @@ mod tests {
             .batch_execute(&format!("CREATE DATABASE hrx_test_{id}"))
             .await
             .expect("create database");
-        let slash = admin_url
-            .rfind('/')
-            .expect("a database URL ending in /dbname");
-        let url = format!("{}/hrx_test_{id}", &admin_url[..slash]);
+        let url =
+            hrx_identity::backend::postgres_url_with_dbname(&admin_url, &format!("hrx_test_{id}"));
         let mut config = KafkaConfig::new(&brokers).with_topic_prefix(&format!("t{id}."));
+        config.tls = KafkaTls::from_test_env();
         config.partitions = 2;
         let log = KafkaLog::connect(config.clone(), &url)
             .await

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hrx_domain::EventId;
 use hrx_domain::chain::ChainHead;
-use hrx_kafka::{KafkaConfig, KafkaError, KafkaLog, key_partition, wire};
+use hrx_kafka::{KafkaConfig, KafkaError, KafkaLog, KafkaTls, key_partition, wire};
 use hrx_ports::testkit::{self, F1, F2, append, envelope, event_id, facility};
 use hrx_ports::{ChainKey, EventLog, LogPosition, PortError};
 use rdkafka::ClientConfig;
@@ -54,20 +54,6 @@ fn unique() -> String {
     EventId::new_v7().to_string().replace('-', "")
 }
 
-/// `url` with its database name replaced.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[after_scheme..]
-        .find('/')
-        .map(|i| after_scheme + i)
-        .unwrap_or(base.len());
-    format!("{}/{database}{query}", &base[..host_end])
-}
-
 /// Fresh topics (by name) and a fresh database for one test.
 struct Fixture {
     services: Services,
@@ -79,19 +65,22 @@ async fn fixture(partitions: u32) -> Option<Fixture> {
     let services = services()?;
     let id = unique();
     let database = format!("hrx_test_{id}");
-    let (admin, connection) =
-        tokio_postgres::connect(&services.database_url, tokio_postgres::NoTls)
-            .await
-            .expect("the test PostgreSQL server answers");
+    let (admin, connection) = hrx_identity::backend::connect_postgres(&services.database_url)
+        .await
+        .expect("the test PostgreSQL server answers");
     tokio::spawn(connection);
     admin
         .batch_execute(&format!("CREATE DATABASE {database}"))
         .await
         .expect("create a test database");
     let mut config = KafkaConfig::new(&services.brokers).with_topic_prefix(&format!("t{id}."));
+    config.tls = KafkaTls::from_test_env();
     config.partitions = partitions;
     Some(Fixture {
-        database_url: with_database(&services.database_url, &database),
+        database_url: hrx_identity::backend::postgres_url_with_dbname(
+            &services.database_url,
+            &database,
+        ),
         services,
         config,
     })
@@ -125,6 +114,12 @@ fn client_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("broker.address.family", "v4");
+    for (k, v) in KafkaTls::from_test_env()
+        .iter()
+        .flat_map(KafkaTls::properties)
+    {
+        c.set(k, v);
+    }
     c
 }
 

@@ -88,6 +88,10 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_KAFKA_PARTITIONS",
     "HRX_KAFKA_TOPIC_PREFIX",
     "HRX_CONSUMER_GROUP",
+    "HRX_KAFKA_CA_FILE",
+    "HRX_KAFKA_CERT_FILE",
+    "HRX_KAFKA_KEY_FILE",
+    "HRX_KAFKA_PROPERTIES",
     "HRX_DATABASE_URL",
     "HRX_DATABASE_POOL_SIZE",
     "HRX_ROOT_PUBLIC_KEY",
@@ -111,7 +115,10 @@ pub const ENV_VARS: &[&str] = &[
 
 /// Environment variables hrx reads that are not configuration: secrets, read where they
 /// are used and never stored with the configuration.
-pub const SECRET_ENV_VARS: &[&str] = &[crate::keys::ROOT_PASSPHRASE_VAR];
+pub const SECRET_ENV_VARS: &[&str] = &[crate::keys::ROOT_PASSPHRASE_VAR, KAFKA_SASL_PASSWORD_VAR];
+
+/// The Kafka SASL password (`sasl.password`), when the brokers take SASL.
+pub const KAFKA_SASL_PASSWORD_VAR: &str = "HRX_KAFKA_SASL_PASSWORD";
 
 /// Everything a node is configured with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +147,21 @@ pub struct NodeConfig {
     pub kafka_topic_prefix: String,
     /// The projectors' Kafka consumer group.
     pub consumer_group: String,
-    /// PostgreSQL URL, e.g. `postgres://hrx@db/hrx` (distributed).
+    /// CA certificate(s) (PEM) that signed the brokers' certificates: set, the Kafka
+    /// clients connect over TLS (`security.protocol=ssl`) and verify the brokers.
+    pub kafka_ca_file: Option<PathBuf>,
+    /// This process's Kafka client certificate (PEM), for brokers that authenticate
+    /// clients by certificate and authorize them by ACL. With `kafka_key_file`.
+    pub kafka_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `kafka_cert_file`.
+    pub kafka_key_file: Option<PathBuf>,
+    /// Further librdkafka properties for every Kafka client, applied last: e.g.
+    /// `security.protocol = "sasl_ssl"`, `sasl.mechanism`, `sasl.username` (the SASL
+    /// password comes from `HRX_KAFKA_SASL_PASSWORD`, never from this file).
+    pub kafka_properties: std::collections::BTreeMap<String, String>,
+    /// PostgreSQL URL, e.g. `postgres://hrx@db/hrx` (distributed). TLS through libpq's
+    /// parameters: `?sslmode=verify-full&sslrootcert=/etc/hrx/db-ca.pem` (and
+    /// `sslcert`/`sslkey` for a client certificate); the server is always verified.
     pub database_url: Option<String>,
     /// Connections in this process's PostgreSQL pool.
     pub database_pool_size: usize,
@@ -211,6 +232,10 @@ impl Default for NodeConfig {
             kafka_partitions: 12,
             kafka_topic_prefix: String::new(),
             consumer_group: "hrx-projector".into(),
+            kafka_ca_file: None,
+            kafka_cert_file: None,
+            kafka_key_file: None,
+            kafka_properties: Default::default(),
             database_url: None,
             database_pool_size: 16,
             root_public_key: None,
@@ -273,6 +298,22 @@ impl NodeConfig {
             break_glass_open_per_patient: self.break_glass_open_per_patient,
             ..ConsentPolicy::default()
         })
+    }
+
+    /// TLS to the brokers, if configured.
+    pub fn kafka_tls(&self) -> Result<Option<hrx_kafka::KafkaTls>, String> {
+        let identity = match (&self.kafka_cert_file, &self.kafka_key_file) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => return Err("kafka_cert_file and kafka_key_file go together".into()),
+        };
+        if self.kafka_ca_file.is_none() && identity.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(hrx_kafka::KafkaTls {
+            ca_file: self.kafka_ca_file.clone(),
+            client_identity: identity,
+        }))
     }
 
     /// The bounds of a facility's recorded_at around the exchange's receive time

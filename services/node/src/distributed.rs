@@ -19,6 +19,21 @@ pub(crate) async fn backends(config: &NodeConfig) -> Result<Backends, NodeError>
     let mut kafka =
         hrx_kafka::KafkaConfig::new(brokers).with_topic_prefix(&config.kafka_topic_prefix);
     kafka.partitions = config.kafka_partitions;
+    kafka.tls = config.kafka_tls().map_err(NodeError::Config)?;
+    kafka.client_properties = config
+        .kafka_properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(password) = std::env::var_os(crate::config::KAFKA_SASL_PASSWORD_VAR) {
+        let password = password.into_string().map_err(|_| {
+            NodeError::Config(format!(
+                "{} is not UTF-8",
+                crate::config::KAFKA_SASL_PASSWORD_VAR
+            ))
+        })?;
+        kafka.sasl_password = Some(hrx_kafka::SaslPassword(password));
+    }
     kafka.group_instance_id = config.projector_instance.clone();
     kafka.session_timeout =
         std::time::Duration::from_millis(u64::from(config.kafka_session_timeout_ms.max(1)));

@@ -18,10 +18,10 @@
 //! - the schema migrates at start-up under an advisory lock, so processes starting
 //!   together do not race.
 //!
-//! Connections are plain TCP (`NoTls`): the database is reached over loopback or the
-//! cluster-internal network, where TLS is the network's job (a service mesh or
-//! `hostssl` with a sidecar), not this adapter's. Adding a TLS connector is a change to
-//! [`PgStore::connect_config`] only.
+//! Connections use TLS (rustls) when the URL asks for it with libpq's parameters
+//! (`sslmode=verify-full&sslrootcert=…`, see `hrx_identity::backend`), and then always
+//! verify the server; otherwise they are plain TCP, for a database on loopback or behind
+//! a mesh.
 //!
 //! Modules:
 //! - `error`: [`PgError`], the sorting of driver errors, the mapping onto `PortError`.
@@ -44,8 +44,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod audit;
 mod codec;
@@ -119,15 +119,16 @@ impl PgStore {
     /// An unreachable or silent server fails within the URL's `connect_timeout`
     /// (default [`DEFAULT_CONNECT_TIMEOUT`]) with [`PgError::Connect`].
     pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| PgError::Config(e.to_string()))?;
-        Self::connect_config(config, pool_size).await
+        let (config, tls) =
+            hrx_identity::backend::postgres(url).map_err(|e| PgError::Config(e.to_string()))?;
+        Self::connect_config(config, tls, pool_size).await
     }
 
-    /// [`PgStore::connect`] with a parsed configuration.
+    /// [`PgStore::connect`] with a parsed configuration and its TLS connector (used only
+    /// when the configuration's `ssl_mode` asks for TLS).
     pub async fn connect_config(
         mut config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
         pool_size: usize,
     ) -> Result<PgStore> {
         if config.get_connect_timeout().is_none() {
@@ -148,7 +149,7 @@ impl PgStore {
 
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 // A closed connection is dropped on return; a broken-but-open one fails
                 // its next query, which callers see as `Unavailable` and retry. A test
@@ -191,6 +192,7 @@ impl PgStore {
         listen_config.application_name(format!("{app} (changes listener)"));
         let listener = notify::Listener {
             config: listen_config,
+            tls,
             timeout,
             instance: instance.clone(),
             changes: changes.clone(),

@@ -18,10 +18,11 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hrx_identity::backend::PostgresTlsStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Notification, Socket};
+use tokio_postgres::{AsyncMessage, Client, Config, Connection, Notification, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{PgError, describe};
 
@@ -38,6 +39,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// What the listener needs to (re)connect and to decide what to count.
 pub(crate) struct Listener {
     pub(crate) config: Config,
+    pub(crate) tls: MakeRustlsConnect,
     /// Bounds connecting, LISTEN and each ping.
     pub(crate) timeout: Duration,
     /// This store instance's id: the payload of its own notifications.
@@ -50,7 +52,7 @@ pub(crate) struct Listener {
 /// One listening session.
 struct Session {
     client: Client,
-    connection: Connection<Socket, NoTlsStream>,
+    connection: Connection<Socket, PostgresTlsStream>,
 }
 
 impl Listener {
@@ -122,7 +124,7 @@ impl Listener {
     /// Connects and LISTENs, within the timeout.
     async fn open(&self) -> Result<Session, String> {
         let (client, mut connection) =
-            match tokio::time::timeout(self.timeout, self.config.connect(NoTls)).await {
+            match tokio::time::timeout(self.timeout, self.config.connect(self.tls.clone())).await {
                 Err(_) => return Err(format!("no answer within {:?}", self.timeout)),
                 Ok(Err(e)) => return Err(describe(&e)),
                 Ok(Ok(pair)) => pair,
@@ -164,7 +166,7 @@ impl Listener {
 
     /// Polls the connection (which also carries the client's requests), handling
     /// notifications, until it ends; returns why.
-    async fn drive(&self, connection: &mut Connection<Socket, NoTlsStream>) -> String {
+    async fn drive(&self, connection: &mut Connection<Socket, PostgresTlsStream>) -> String {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => self.on_notification(&n),

@@ -27,7 +27,6 @@ use hrx_ports::{
     PortError, Projection, ProjectionStore, StatsDelta, TimelineStore,
 };
 use hrx_postgres::{PgError, PgStore, SCHEMA_VERSION};
-use tokio_postgres::NoTls;
 
 // ── Test databases ───────────────────────────────────────────────────────────────────
 
@@ -46,28 +45,6 @@ fn admin_url() -> Option<String> {
             None
         }
     }
-}
-
-/// `url` with its database replaced by `name`, for both URL and key-value forms.
-fn with_dbname(url: &str, name: &str) -> String {
-    let Some(rest) = url
-        .strip_prefix("postgres://")
-        .map(|r| ("postgres://", r))
-        .or_else(|| {
-            url.strip_prefix("postgresql://")
-                .map(|r| ("postgresql://", r))
-        })
-    else {
-        // Key-value form: a later key overrides an earlier one.
-        return format!("{url} dbname={name}");
-    };
-    let (scheme, rest) = rest;
-    let (before_query, query) = match rest.find('?') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let authority = before_query.split('/').next().unwrap_or("");
-    format!("{scheme}{authority}/{name}{query}")
 }
 
 fn random_suffix() -> String {
@@ -95,7 +72,7 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create the test database");
-        let url = with_dbname(&admin, &name);
+        let url = hrx_identity::backend::postgres_url_with_dbname(&admin, &name);
         Some(TestDb { admin, name, url })
     }
 
@@ -136,7 +113,7 @@ impl Drop for TestDb {
 }
 
 async fn connect_raw(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let (client, connection) = hrx_identity::backend::connect_postgres(url)
         .await
         .unwrap_or_else(|e| panic!("connect to PostgreSQL: {e}"));
     tokio::spawn(connection);
@@ -871,9 +848,12 @@ async fn connect_to_a_missing_database_says_so() {
         return;
     };
     let name = format!("hrx_missing_{}", random_suffix());
-    let err = PgStore::connect(&with_dbname(&admin, &name), 2)
-        .await
-        .expect_err("no such database");
+    let err = PgStore::connect(
+        &hrx_identity::backend::postgres_url_with_dbname(&admin, &name),
+        2,
+    )
+    .await
+    .expect_err("no such database");
     match &err {
         PgError::Connect { reason, .. } => assert!(reason.contains("3D000"), "{reason}"),
         other => panic!("expected a connect error, got {other:?}"),
@@ -886,21 +866,4 @@ async fn a_malformed_url_is_a_config_error() {
         .await
         .expect_err("a bad port");
     assert!(matches!(err, PgError::Config(_)), "got {err:?}");
-}
-
-#[test]
-fn test_urls_name_the_test_database() {
-    assert_eq!(
-        with_dbname("postgres://postgres@127.0.0.1:5432/postgres", "hrx_test_x"),
-        "postgres://postgres@127.0.0.1:5432/hrx_test_x"
-    );
-    assert_eq!(
-        with_dbname("postgresql://u:p@h:1/db?sslmode=disable", "t"),
-        "postgresql://u:p@h:1/t?sslmode=disable"
-    );
-    assert_eq!(with_dbname("postgres://u@h", "t"), "postgres://u@h/t");
-    assert_eq!(
-        with_dbname("host=h user=u dbname=postgres", "t"),
-        "host=h user=u dbname=postgres dbname=t"
-    );
 }

@@ -43,12 +43,38 @@ pub struct BenchArgs {
         value_name = "URL"
     )]
     database_url: Option<String>,
+    /// CA certificate (PEM) of brokers reached over TLS.
+    #[arg(long, env = "HRX_BENCH_KAFKA_CA_FILE", value_name = "PEM")]
+    kafka_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that authenticate clients; with
+    /// --kafka-key-file.
+    #[arg(
+        long,
+        env = "HRX_BENCH_KAFKA_CERT_FILE",
+        requires = "kafka_key_file",
+        value_name = "PEM"
+    )]
+    kafka_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --kafka-cert-file.
+    #[arg(
+        long,
+        env = "HRX_BENCH_KAFKA_KEY_FILE",
+        requires = "kafka_cert_file",
+        value_name = "PEM"
+    )]
+    kafka_key_file: Option<PathBuf>,
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let distributed = match (a.kafka_brokers, a.database_url) {
         (Some(kafka_brokers), Some(database_url)) => Some(hrx_bench::Services {
             kafka_brokers,
+            kafka_tls: (a.kafka_ca_file.is_some() || a.kafka_cert_file.is_some()).then(|| {
+                hrx_kafka::KafkaTls {
+                    ca_file: a.kafka_ca_file,
+                    client_identity: a.kafka_cert_file.zip(a.kafka_key_file),
+                }
+            }),
             database_url,
         }),
         _ => None,

@@ -70,7 +70,7 @@ impl Env {
             "hrx_node_{}",
             hrx_domain::EventId::new_v7().to_string().replace('-', "")
         );
-        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        let (client, conn) = hrx_identity::backend::connect_postgres(&admin_url)
             .await
             .expect("the test PostgreSQL answers");
         tokio::spawn(conn);
@@ -78,15 +78,16 @@ impl Env {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap();
-        let url = match admin_url.rfind('/') {
-            Some(i) => format!("{}/{name}", &admin_url[..i]),
-            None => panic!("HRX_TEST_DATABASE_URL must end with a database name"),
-        };
+        let url = hrx_identity::backend::postgres_url_with_dbname(&admin_url, &name);
         let (root, _) =
             hrx_node::keys::read_or_create(&hrx_node::root_key_path(env.path())).unwrap();
         let c = &mut env.config;
         c.backend = hrx_node::Backend::Distributed;
         c.kafka_brokers = Some(brokers);
+        if let Some(tls) = hrx_kafka::KafkaTls::from_test_env() {
+            c.kafka_ca_file = tls.ca_file;
+            (c.kafka_cert_file, c.kafka_key_file) = tls.client_identity.unzip();
+        }
         c.kafka_partitions = 3;
         c.kafka_topic_prefix = format!("{name}.");
         c.database_url = Some(url);
