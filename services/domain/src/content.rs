@@ -423,6 +423,18 @@ pub fn check_registry_body(body: &unchecked::RegistryBody) -> Result<RegistryBod
             revoked_at: timestamp(*revoked_at, "registry.key_revoked.revoked_at")?,
             reason: reason.clone(),
         },
+        unchecked::RegistryBody::CertificateRevoked {
+            serial,
+            principal,
+            revoked_at,
+            reason,
+        } => RegistryBody::CertificateRevoked {
+            serial: crate::event::CertificateSerial::parse(serial)
+                .map_err(|e| Rejection::invalid_field("registry.certificate_revoked.serial", e))?,
+            principal: principal.clone(),
+            revoked_at: timestamp(*revoked_at, "registry.certificate_revoked.revoked_at")?,
+            reason: reason.clone(),
+        },
     })
 }
 
@@ -437,7 +449,9 @@ pub fn check_registry_change(
     facility_registered: bool,
 ) -> Result<(), Rejection> {
     match body {
-        RegistryBody::FacilityRegistered { .. } => Ok(()),
+        // Certificates are not registered (any CA the exchange trusts issues them), so
+        // any serial may be revoked; revoking one twice keeps the first revocation.
+        RegistryBody::FacilityRegistered { .. } | RegistryBody::CertificateRevoked { .. } => Ok(()),
         RegistryBody::KeyAdded { .. } if existing.is_some() => Err(Rejection::invalid_field(
             "registry.key_added.public_key",
             "this key is already registered",

@@ -150,6 +150,12 @@ pub mod unchecked {
             revoked_at: Option<RawTime>,
             reason: String,
         },
+        CertificateRevoked {
+            serial: String,
+            principal: String,
+            revoked_at: Option<RawTime>,
+            reason: String,
+        },
     }
 }
 
@@ -390,10 +396,91 @@ pub enum RegistryBody {
         revoked_at: Timestamp,
         reason: String,
     },
+    /// A client certificate taken back (see `CertificateRevoked` in the contract).
+    CertificateRevoked {
+        serial: CertificateSerial,
+        /// The principal URI the certificate named, as the national center recorded it.
+        principal: String,
+        revoked_at: Timestamp,
+        reason: String,
+    },
+}
+
+/// A certificate serial number in hrx's one spelling: lowercase hex of its bytes,
+/// leading zero bytes dropped, at most 20 bytes (RFC 5280) and never empty.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct CertificateSerial(String);
+
+impl CertificateSerial {
+    /// From the serial's big-endian bytes (as a certificate's DER holds them).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+        let bytes = &bytes[first..];
+        if bytes.len() > 20 {
+            return None;
+        }
+        let hex = if bytes.is_empty() {
+            "00".to_owned()
+        } else {
+            hex::encode(bytes)
+        };
+        Some(Self(hex))
+    }
+
+    /// From hex, in either case, with or without `:` separators and leading zeros
+    /// (`openssl x509 -serial` prints `serial=3A0F…`).
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let digits: String = s
+            .trim()
+            .trim_start_matches("serial=")
+            .chars()
+            .filter(|c| *c != ':')
+            .collect();
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("must be a hexadecimal serial number");
+        }
+        let padded = if digits.len() % 2 == 1 {
+            format!("0{digits}")
+        } else {
+            digits
+        };
+        let bytes = hex::decode(padded).map_err(|_| "must be a hexadecimal serial number")?;
+        Self::from_bytes(&bytes).ok_or("a serial number is at most 20 bytes")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CertificateSerial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct RegistryEvent {
     pub header: RegistryHeader,
     pub body: RegistryBody,
+}
+
+#[cfg(test)]
+mod serial_tests {
+    use super::CertificateSerial;
+
+    #[test]
+    fn serials_have_one_spelling() {
+        let a = CertificateSerial::parse("serial=0A:1B:FF").unwrap();
+        assert_eq!(a.as_str(), "0a1bff");
+        assert_eq!(CertificateSerial::parse("a1bff").unwrap(), a);
+        assert_eq!(
+            CertificateSerial::from_bytes(&[0, 0x0a, 0x1b, 0xff]).unwrap(),
+            a
+        );
+        assert_eq!(CertificateSerial::parse("00").unwrap().as_str(), "00");
+        for bad in ["", "xyz", "serial=", &"ab".repeat(21)] {
+            assert!(CertificateSerial::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

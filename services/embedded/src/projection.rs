@@ -52,6 +52,7 @@ fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch) -> Result<()> {
                 revoked_seq,
                 reason,
             } => revoke_key(tx, key_id, *revoked_at, *revoked_seq, reason)?,
+            Projection::CertificateRevoked(c) => crate::registry::revoke_certificate(tx, c)?,
             Projection::Rejection(row) => insert_rejection(tx, SOURCE_PROJECTOR, row)?,
         }
     }
@@ -324,6 +325,7 @@ fn reset(tx: &Transaction<'_>) -> Result<()> {
          DELETE FROM break_glass;
          DELETE FROM facilities;
          DELETE FROM keys;
+         DELETE FROM revoked_certificates;
          DELETE FROM chain_links;
          DELETE FROM projector_offsets;",
     )?;

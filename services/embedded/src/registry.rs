@@ -2,9 +2,10 @@
 //! and the key writes of a projection batch.
 
 use async_trait::async_trait;
+use hrx_domain::event::CertificateSerial;
 use hrx_domain::verify::{KeyOwner, KeyRecord};
 use hrx_domain::{FacilityId, FacilityLevel, KeyId, PublicKey, Timestamp};
-use hrx_ports::{FacilityInfo, KeyInfo, PortResult, RegistryStore};
+use hrx_ports::{FacilityInfo, KeyInfo, PortResult, RegistryStore, RevokedCertificate};
 use rusqlite::{Connection, Transaction, params};
 
 use crate::SqliteNode;
@@ -122,6 +123,44 @@ fn decode_key(c: &mut Cols<'_, '_>) -> Result<KeyInfo> {
 }
 
 /// Every key, in registration order.
+/// Records a revoked certificate; a serial already revoked keeps its first row.
+pub(crate) fn revoke_certificate(tx: &Transaction<'_>, c: &RevokedCertificate) -> Result<()> {
+    let (s, ns) = codec::ts(c.revoked_at);
+    tx.prepare_cached(
+        "INSERT INTO revoked_certificates \
+           (serial, principal, revoked_s, revoked_ns, reason, registry_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (serial) DO NOTHING",
+    )?
+    .execute(params![
+        c.serial.as_str(),
+        c.principal,
+        s,
+        ns,
+        c.reason,
+        codec::int(c.registry_seq, "registry seq")?
+    ])?;
+    Ok(())
+}
+
+fn revoked_certificates(conn: &Connection) -> Result<Vec<RevokedCertificate>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT serial, principal, revoked_s, revoked_ns, reason, registry_seq \
+         FROM revoked_certificates ORDER BY registry_seq, serial",
+    )?;
+    codec::collect(&mut stmt, [], |c| {
+        let serial = c.text()?;
+        Ok(RevokedCertificate {
+            serial: CertificateSerial::parse(&serial).map_err(|_| {
+                EmbeddedError::Corrupt("revoked_certificates.serial is not a serial".into())
+            })?,
+            principal: c.text()?,
+            revoked_at: c.ts()?,
+            reason: c.text()?,
+            registry_seq: c.u64()?,
+        })
+    })
+}
+
 pub(crate) fn all_keys(conn: &Connection) -> Result<Vec<KeyInfo>> {
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY rowid"))?;
@@ -187,5 +226,9 @@ impl RegistryStore for SqliteNode {
                 None => all_keys(conn),
             })
             .await?)
+    }
+
+    async fn revoked_certificates(&self) -> PortResult<Vec<RevokedCertificate>> {
+        Ok(self.inner.db.read(|c| revoked_certificates(c)).await?)
     }
 }

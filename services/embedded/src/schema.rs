@@ -86,7 +86,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<i64> {
 pub(crate) const SOURCE_PROJECTOR: i64 = 1;
 
 /// The migrations, in order. Index `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Version 1: the log, the projections, the audit log and the monitor's tables.
 const V1: &str = r#"
@@ -392,6 +392,19 @@ ALTER TABLE keys ADD COLUMN revoked_seq INTEGER;
 /// holds.
 const V4: &str = r#"
 CREATE INDEX log_chain_index_event_id ON log_chain_index (event_id);
+"#;
+
+/// Version 5: revoked client certificates, a projection of the registry chain (emptied
+/// by a reset, rebuilt by replay, like `keys`).
+const V5: &str = r#"
+CREATE TABLE revoked_certificates (
+    serial        TEXT    PRIMARY KEY,
+    principal     TEXT    NOT NULL,
+    revoked_s     INTEGER NOT NULL,
+    revoked_ns    INTEGER NOT NULL,
+    reason        TEXT    NOT NULL,
+    registry_seq  INTEGER NOT NULL
+) STRICT;
 "#;
 
 #[cfg(test)]

@@ -206,7 +206,20 @@ pub enum Projection {
         revoked_seq: u64,
         reason: String,
     },
+    /// A client certificate taken back; a serial revoked again keeps its first row.
+    CertificateRevoked(RevokedCertificate),
     Rejection(RejectionRow),
+}
+
+/// A revoked client certificate, as the registry recorded it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RevokedCertificate {
+    pub serial: hrx_domain::event::CertificateSerial,
+    pub principal: String,
+    pub revoked_at: Timestamp,
+    pub reason: String,
+    /// The registry seq of the revocation.
+    pub registry_seq: u64,
 }
 
 /// An event that took its place in a chain (accepted, or rejected for content only).
@@ -436,6 +449,9 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn facility(&self, id: &FacilityId) -> PortResult<Option<FacilityInfo>>;
     /// Keys of one facility, or every key.
     async fn keys(&self, facility: Option<&FacilityId>) -> PortResult<Vec<KeyInfo>>;
+    /// Every revoked client certificate, in registry order (a short list: certificates
+    /// are short-lived, and a revoked one matters only until it would have expired).
+    async fn revoked_certificates(&self) -> PortResult<Vec<RevokedCertificate>>;
 }
 
 /// Per-facility counters and head.

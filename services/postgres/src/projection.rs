@@ -28,7 +28,8 @@ use hrx_domain::verify::KeyRecord;
 use hrx_domain::{EventId, FacilityId, KeyId, Timestamp};
 use hrx_ports::{
     BreakGlassUse, ChainKey, ChainLink, ConsentEventRow, FacilityInfo, NewRecord, PortResult,
-    Projection, ProjectionBatch, ProjectionStore, ProjectorSnapshot, RejectionRow, StatsDelta,
+    Projection, ProjectionBatch, ProjectionStore, ProjectorSnapshot, RejectionRow,
+    RevokedCertificate, StatsDelta,
 };
 use tokio::sync::watch;
 use tokio_postgres::IsolationLevel;
@@ -52,6 +53,7 @@ struct Groups<'a> {
     facilities: Vec<&'a FacilityInfo>,
     keys_added: Vec<&'a KeyRecord>,
     keys_revoked: Vec<Revocation<'a>>,
+    certificates_revoked: Vec<&'a RevokedCertificate>,
     rejections: Vec<&'a RejectionRow>,
 }
 
@@ -73,6 +75,7 @@ impl<'a> Groups<'a> {
                 } => g
                     .keys_revoked
                     .push((key_id, *revoked_at, *revoked_seq, reason)),
+                Projection::CertificateRevoked(c) => g.certificates_revoked.push(c),
                 Projection::Rejection(r) => g.rejections.push(r),
             }
         }
@@ -89,6 +92,7 @@ async fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch, instance: &str) ->
     upsert_facilities(tx, &g.facilities).await?;
     insert_keys(tx, &g.keys_added).await?;
     revoke_keys(tx, &g.keys_revoked).await?;
+    revoke_certificates(tx, &g.certificates_revoked).await?;
     insert_rejections(tx, SOURCE_PROJECTOR, &g.rejections).await?;
     insert_links(tx, &batch.links).await?;
     add_stats(tx, SOURCE_PROJECTOR, &batch.stats).await?;
@@ -132,7 +136,7 @@ async fn next_patient_seqs(
             patients.len()
         ),
         "INSERT INTO patient_counters (patient_id, last_seq) \
-         SELECT * FROM unnest($1::text[], $2::bigint[]) \
+         SELECT s, p, rs, rn, r, q FROM unnest($1::text[], $2::bigint[]) \
          ON CONFLICT (patient_id) DO UPDATE \
            SET last_seq = patient_counters.last_seq + excluded.last_seq \
          RETURNING patient_id, last_seq",
@@ -471,7 +475,7 @@ async fn upsert_facilities(tx: &Transaction<'_>, facilities: &[&FacilityInfo]) -
         tx,
         &format!("apply: registering {} facilities", ids.len()),
         "INSERT INTO facilities (facility_id, name, province, level) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[]) \
+         SELECT s, p, rs, rn, r, q FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[]) \
          ON CONFLICT (facility_id) DO UPDATE SET \
            name = excluded.name, province = excluded.province, level = excluded.level",
         &[&ids, &names, &provinces, &levels],
@@ -603,6 +607,35 @@ async fn revoke_keys(tx: &Transaction<'_>, revocations: &[Revocation<'_>]) -> Re
     Ok(())
 }
 
+/// Records revoked certificates; a serial already revoked keeps its first row.
+async fn revoke_certificates(tx: &Transaction<'_>, revoked: &[&RevokedCertificate]) -> Result<()> {
+    if revoked.is_empty() {
+        return Ok(());
+    }
+    let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
+    let principals: Vec<&str> = revoked.iter().map(|c| c.principal.as_str()).collect();
+    let revoked_s: Vec<i64> = revoked.iter().map(|c| c.revoked_at.seconds()).collect();
+    let revoked_ns: Vec<i32> = revoked.iter().map(|c| c.revoked_at.nanos()).collect();
+    let reasons: Vec<&str> = revoked.iter().map(|c| c.reason.as_str()).collect();
+    let seqs: Vec<i64> = revoked
+        .iter()
+        .map(|c| int(c.registry_seq, "registry seq"))
+        .collect::<Result<_>>()?;
+    execute(
+        tx,
+        "apply: revoking certificates",
+        "INSERT INTO revoked_certificates \
+           (serial, principal, revoked_s, revoked_ns, reason, registry_seq) \
+         SELECT s, p, rs, rn, r, q FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[], \
+           $5::text[], $6::bigint[]) WITH ORDINALITY AS u(s, p, rs, rn, r, q, o) \
+         ORDER BY o \
+         ON CONFLICT (serial) DO NOTHING",
+        &[&serials, &principals, &revoked_s, &revoked_ns, &reasons, &seqs],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Inserts rejection rows in order; `source` says whether a reset deletes them.
 pub(crate) async fn insert_rejections<C: GenericClient>(
     c: &C,
@@ -714,7 +747,7 @@ async fn insert_links(tx: &Transaction<'_>, links: &[ChainLink]) -> Result<()> {
         &format!("apply: inserting {n} chain links"),
         "INSERT INTO chain_links (chain, seq, event_id, event_hash, log_partition, log_offset, \
            recorded_s, recorded_ns) \
-         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], \
+         SELECT s, p, rs, rn, r, q FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], \
            $5::bigint[], $6::bigint[], $7::bigint[], $8::integer[]) \
          ON CONFLICT DO NOTHING \
          RETURNING chain, seq, event_id",
@@ -914,7 +947,7 @@ async fn reset(tx: &Transaction<'_>, instance: &str) -> Result<()> {
     let what = "resetting projections";
     tx.batch_execute(
         "TRUNCATE records, record_envelopes, patient_counters, consent_events, break_glass, \
-           facilities, keys, chain_links, projector_offsets",
+           facilities, keys, revoked_certificates, chain_links, projector_offsets",
     )
     .await
     .map_err(|e| db(what, &e))?;

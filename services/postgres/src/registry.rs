@@ -3,9 +3,10 @@
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
+use hrx_domain::event::CertificateSerial;
 use hrx_domain::verify::{KeyOwner, KeyRecord};
 use hrx_domain::{FacilityId, FacilityLevel, PublicKey};
-use hrx_ports::{FacilityInfo, KeyInfo, PortResult, RegistryStore};
+use hrx_ports::{FacilityInfo, KeyInfo, PortResult, RegistryStore, RevokedCertificate};
 
 use crate::PgStore;
 use crate::codec::{self, Cols, query};
@@ -126,5 +127,30 @@ impl RegistryStore for PgStore {
         )
         .await?;
         Ok(codec::collect(&rows, decode_key)?)
+    }
+
+    async fn revoked_certificates(&self) -> PortResult<Vec<RevokedCertificate>> {
+        let what = "reading revoked certificates";
+        let client = self.client(what).await?;
+        let rows = query(
+            &client,
+            what,
+            "SELECT serial, principal, revoked_s, revoked_ns, reason, registry_seq \
+             FROM revoked_certificates ORDER BY registry_seq, serial",
+            &[],
+        )
+        .await?;
+        Ok(codec::collect(&rows, |c| {
+            let serial = c.text()?;
+            Ok(RevokedCertificate {
+                serial: CertificateSerial::parse(&serial).map_err(|_| {
+                    PgError::Corrupt("revoked_certificates.serial is not a serial".into())
+                })?,
+                principal: c.text()?,
+                revoked_at: c.ts()?,
+                reason: c.text()?,
+                registry_seq: c.u64()?,
+            })
+        })?)
     }
 }

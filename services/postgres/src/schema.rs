@@ -42,7 +42,7 @@ pub(crate) const SOURCE_PROJECTOR: i16 = 1;
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// The migrations, in order. Index `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Brings the database up to [`SCHEMA_VERSION`]; returns the version found.
 pub(crate) async fn migrate(client: &mut Client) -> Result<i32> {
@@ -417,6 +417,19 @@ ALTER TABLE keys
     ADD COLUMN revoked_seq    BIGINT;
 "#;
 
+/// Version 5: revoked client certificates, a projection of the registry chain (emptied
+/// by a reset, rebuilt by replay, like `keys`).
+const V5: &str = r#"
+CREATE TABLE revoked_certificates (
+    serial        TEXT    PRIMARY KEY,
+    principal     TEXT    NOT NULL,
+    revoked_s     BIGINT  NOT NULL,
+    revoked_ns    INTEGER NOT NULL,
+    reason        TEXT    NOT NULL,
+    registry_seq  BIGINT  NOT NULL
+);
+"#;
+
 #[cfg(test)]
 mod tests {
     //! Upgrading a database that holds data, against a real server named by
@@ -430,7 +443,6 @@ mod tests {
     use hrx_ports::{
         AuditStore, ChainKey, ConsentStore, MonitorStore, ProjectionStore, TimelineStore,
     };
-    use tokio_postgres::NoTls;
 
     use super::{SCHEMA_VERSION, V1, V2, V3};
     use crate::PgStore;
@@ -449,7 +461,7 @@ mod tests {
     }
 
     async fn connect(url: &str) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
+        let (client, connection) = hrx_identity::backend::connect_postgres(url)
             .await
             .unwrap_or_else(|e| panic!("connect to PostgreSQL: {e}"));
         tokio::spawn(connection);
@@ -479,22 +491,6 @@ mod tests {
             })
             .join();
         }
-    }
-
-    /// The database URL `admin` names, with the database `name` instead.
-    fn with_dbname(admin: &str, name: &str) -> String {
-        let (base, query) = admin.split_once('?').unwrap_or((admin, ""));
-        let authority_end = base
-            .find("://")
-            .map(|i| i + 3)
-            .and_then(|start| base[start..].find('/').map(|j| start + j))
-            .unwrap_or(base.len());
-        let query = if query.is_empty() {
-            String::new()
-        } else {
-            format!("?{query}")
-        };
-        format!("{}/{name}{query}", &base[..authority_end])
     }
 
     /// An entry hash in format 1, as hrx wrote them before version 3, computed here from
@@ -543,7 +539,7 @@ mod tests {
             admin: admin.clone(),
             name: name.clone(),
         };
-        let url = with_dbname(&admin, &name);
+        let url = hrx_identity::backend::postgres_url_with_dbname(&admin, &name);
 
         // Version 2, as an older hrx left it.
         let sql = connect(&url).await;
@@ -772,7 +768,7 @@ mod tests {
             admin: admin.clone(),
             name: name.clone(),
         };
-        let url = with_dbname(&admin, &name);
+        let url = hrx_identity::backend::postgres_url_with_dbname(&admin, &name);
 
         // Version 3, as the previous hrx left it.
         let sql = connect(&url).await;

@@ -583,7 +583,9 @@ impl Builder<'_> {
         let existing = match &body {
             RegistryBody::KeyAdded { public_key, .. } => self.keys.get(&public_key.key_id()),
             RegistryBody::KeyRevoked { key_id, .. } => self.keys.get(key_id),
-            RegistryBody::FacilityRegistered { .. } => None,
+            RegistryBody::FacilityRegistered { .. } | RegistryBody::CertificateRevoked { .. } => {
+                None
+            }
         };
         let facility_registered = match &body {
             RegistryBody::KeyAdded { facility_id, .. } => {
@@ -644,6 +646,18 @@ impl Builder<'_> {
                     reason,
                 }
             }
+            RegistryBody::CertificateRevoked {
+                serial,
+                principal,
+                revoked_at,
+                reason,
+            } => Projection::CertificateRevoked(hrx_ports::RevokedCertificate {
+                serial,
+                principal,
+                revoked_at,
+                reason,
+                registry_seq: seq,
+            }),
         }))
     }
 }

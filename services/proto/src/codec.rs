@@ -251,6 +251,12 @@ pub fn decode_registry_event(payload: &[u8]) -> Result<unchecked::RegistryEvent,
                 revoked_at: raw(k.revoked_at),
                 reason: k.reason,
             },
+            W::CertificateRevoked(c) => unchecked::RegistryBody::CertificateRevoked {
+                serial: c.serial,
+                principal: c.principal,
+                revoked_at: raw(c.revoked_at),
+                reason: c.reason,
+            },
         }),
     })
 }

@@ -149,7 +149,8 @@ impl Registry {
                     let existing = match &e.body {
                         RegistryBody::KeyAdded { public_key, .. } => keys.get(&public_key.key_id()),
                         RegistryBody::KeyRevoked { key_id, .. } => keys.get(key_id),
-                        RegistryBody::FacilityRegistered { .. } => None,
+                        RegistryBody::FacilityRegistered { .. }
+                        | RegistryBody::CertificateRevoked { .. } => None,
                     };
                     let facility_registered = match &e.body {
                         RegistryBody::KeyAdded { facility_id, .. } => {
@@ -343,6 +344,8 @@ fn note(
                 k.revoked_seq = Some(e.header.link.seq);
             }
         }
+        // Judged by no later event of the submission.
+        RegistryBody::CertificateRevoked { .. } => {}
     }
 }
 
