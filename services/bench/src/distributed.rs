@@ -272,6 +272,14 @@ impl Phase<'_> {
             )
             .await;
         let stopped = node.stop().await;
+        // A failure of the run is often the projector's: say what it last wrote.
+        let result = match (result, &projector) {
+            (Err(e), Some(p)) => Err(BenchError::Process(format!(
+                "{e}; the projector process last wrote: {}",
+                p.stderr_tail()
+            ))),
+            (result, _) => result,
+        };
         // Killed (see its Drop) before the database is dropped.
         drop(projector);
         drop(dir);

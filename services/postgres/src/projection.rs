@@ -136,7 +136,7 @@ async fn next_patient_seqs(
             patients.len()
         ),
         "INSERT INTO patient_counters (patient_id, last_seq) \
-         SELECT s, p, rs, rn, r, q FROM unnest($1::text[], $2::bigint[]) \
+         SELECT * FROM unnest($1::text[], $2::bigint[]) \
          ON CONFLICT (patient_id) DO UPDATE \
            SET last_seq = patient_counters.last_seq + excluded.last_seq \
          RETURNING patient_id, last_seq",
@@ -475,7 +475,7 @@ async fn upsert_facilities(tx: &Transaction<'_>, facilities: &[&FacilityInfo]) -
         tx,
         &format!("apply: registering {} facilities", ids.len()),
         "INSERT INTO facilities (facility_id, name, province, level) \
-         SELECT s, p, rs, rn, r, q FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[]) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[]) \
          ON CONFLICT (facility_id) DO UPDATE SET \
            name = excluded.name, province = excluded.province, level = excluded.level",
         &[&ids, &names, &provinces, &levels],
@@ -747,7 +747,7 @@ async fn insert_links(tx: &Transaction<'_>, links: &[ChainLink]) -> Result<()> {
         &format!("apply: inserting {n} chain links"),
         "INSERT INTO chain_links (chain, seq, event_id, event_hash, log_partition, log_offset, \
            recorded_s, recorded_ns) \
-         SELECT s, p, rs, rn, r, q FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], \
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], \
            $5::bigint[], $6::bigint[], $7::bigint[], $8::integer[]) \
          ON CONFLICT DO NOTHING \
          RETURNING chain, seq, event_id",
