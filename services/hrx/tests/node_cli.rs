@@ -293,6 +293,129 @@ fn serve_registry_emit_and_stop() {
     );
 }
 
+/// `hrx registry cert`: a facility's certificate revoked by the file (the serial as
+/// OpenSSL reads it) is refused within seconds; a renewed one works again.
+#[test]
+fn a_revoked_certificate_is_refused_and_a_renewed_one_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let _serve = Serve(
+        hrx()
+            .arg("serve")
+            .env("HRX_DATA_DIR", &data)
+            .env("HRX_GRPC_ADDR", "127.0.0.1:0")
+            .env("HRX_PATIENT_ADDR", "127.0.0.1:0")
+            .env("HRX_METRICS_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&data.join("node.json"));
+    let d = data.to_str().unwrap();
+    run(hrx().args([
+        "registry",
+        "--data-dir",
+        d,
+        "facility",
+        "add",
+        "--id",
+        "26012",
+        "--name",
+        "H",
+        "--province",
+        "Phú Thọ",
+        "--level",
+        "basic",
+    ]));
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/fhir/observation-hba1c.json");
+    let emit = || {
+        hrx()
+            .args([
+                "emit",
+                "--data-dir",
+                d,
+                "--facility",
+                "26012",
+                "--author",
+                "CCHN-002614",
+            ])
+            .arg(&fixture)
+            .output()
+            .unwrap()
+    };
+    assert!(emit().status.success());
+
+    let cert = data.join("tls/facilities/26012.pem");
+    let openssl = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(openssl.status.success());
+    let serial = String::from_utf8_lossy(&openssl.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .trim_start_matches("00")
+        .to_lowercase();
+    let out = run(hrx()
+        .args([
+            "registry",
+            "--data-dir",
+            d,
+            "cert",
+            "revoke",
+            "--reason",
+            "laptop lost",
+            "--cert",
+        ])
+        .arg(&cert));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("revoked certificate {serial}")),
+        "{text} / {serial}"
+    );
+
+    let started = Instant::now();
+    loop {
+        let out = emit();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("revoked"), "{err}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still accepted 10 s after the revocation"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let out = run(hrx().args([
+        "registry",
+        "--data-dir",
+        d,
+        "cert",
+        "renew",
+        "--facility",
+        "26012",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("new certificate"), "{text}");
+    let new_serial = text
+        .split("new certificate ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .unwrap();
+    assert_ne!(new_serial, serial, "a new serial: {text}");
+    let out = emit();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The patient's app in CLI form against `hrx serve`: a key of their own, enrolled at
 /// the district hospital; a grant signed with it; the access list; a revocation.
 #[test]

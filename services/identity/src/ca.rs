@@ -22,8 +22,13 @@ use crate::principal::Principal;
 /// How long a generated CA is valid. Long, because the embedded node never regenerates
 /// its CA (doing so would invalidate every certificate handed out).
 const CA_VALIDITY: Duration = Duration::days(20 * 365);
-/// How long an issued certificate is valid (never beyond the CA's own expiry).
-const LEAF_VALIDITY: Duration = Duration::days(5 * 365);
+/// How long a client certificate is valid (never beyond the CA's own expiry). Short, so
+/// that a certificate lost without anyone noticing stops working by itself; holders
+/// renew it when a third of its life is left ([`crate::dir::TlsDir`] does so when it
+/// hands one out), and a revocation (`CertificateRevoked`) takes one back at once.
+pub const CLIENT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// How long a server certificate is valid: renewed at start-up when a third is left.
+pub const SERVER_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 /// Certificates start to be valid a little in the past, so that a peer whose clock is
 /// slightly behind does not reject a certificate issued a moment ago.
 const CLOCK_SKEW: Duration = Duration::hours(1);
@@ -145,26 +150,44 @@ impl CertificateAuthority {
             CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())?;
         params.distinguished_name = common_name_dn("hrx exchange");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(params)
+        self.issue(params, SERVER_VALIDITY)
     }
 
     /// Issues a client certificate that identifies `principal`. Its only extended key usage
     /// is client authentication, so it cannot pose as a server.
     pub fn issue_client(&self, principal: &Principal) -> Result<CertifiedKey, IdentityError> {
+        self.issue_client_valid_for(principal, CLIENT_VALIDITY)
+    }
+
+    /// [`Self::issue_client`] with another validity (tests of expiry; a deployment's own
+    /// policy).
+    pub fn issue_client_valid_for(
+        &self,
+        principal: &Principal,
+        validity: std::time::Duration,
+    ) -> Result<CertifiedKey, IdentityError> {
         let uri = principal.uri();
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name_dn(&uri);
         params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(uri)?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params)
+        self.issue(params, validity)
     }
 
-    /// Signs an end-entity certificate for a new key.
-    fn issue(&self, mut params: CertificateParams) -> Result<CertifiedKey, IdentityError> {
+    /// Signs an end-entity certificate for a new key, valid from a little before now
+    /// (clock skew) for `validity`. Every certificate gets a new key, and rcgen derives
+    /// the serial from it (20 bytes of its SHA-256), so a renewed certificate has a new
+    /// serial and revoking one serial takes back one certificate.
+    fn issue(
+        &self,
+        mut params: CertificateParams,
+        validity: std::time::Duration,
+    ) -> Result<CertifiedKey, IdentityError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = OffsetDateTime::now_utc();
+        let validity = Duration::try_from(validity).unwrap_or(CA_VALIDITY);
         params.not_before = now - CLOCK_SKEW;
-        params.not_after = (now + LEAF_VALIDITY).min(self.not_after);
+        params.not_after = (now + validity).min(self.not_after);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;

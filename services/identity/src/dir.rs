@@ -11,9 +11,12 @@
 //! tls/facilities/<id>.key.pem     (0600)
 //! ```
 //!
-//! Existing files are never regenerated: a new CA would invalidate every certificate
-//! already handed out, and a new client certificate would silently replace one a facility
-//! may be using. Every change happens under an exclusive lock on `tls/.lock` (so a CLI
+//! Existing files are not regenerated, with one exception: a server or client
+//! certificate with less than a third of its life left is renewed (a new key and
+//! certificate) when it is next handed out, so short-lived certificates
+//! ([`crate::ca::CLIENT_VALIDITY`]) keep working; the old one stays valid until it
+//! expires or is revoked. The CA is never regenerated (that would invalidate every
+//! certificate handed out). Every change happens under an exclusive lock on `tls/.lock` (so a CLI
 //! issuing a facility certificate and a starting server cannot interleave), each file is
 //! written to a temporary name and renamed into place (no torn files), and a key is
 //! written before its certificate, so a certificate on disk always has its key. A key
@@ -103,10 +106,12 @@ impl TlsDir {
         };
 
         let (server_cert, server_key) = (dir.join("server.pem"), dir.join("server.key.pem"));
-        let server = load_or_issue(&server_cert, &server_key, || ca.issue_server(SERVER_HOSTS))?;
+        let server = load_or_issue(&server_cert, &server_key, Renew::WhenDue, || {
+            ca.issue_server(SERVER_HOSTS)
+        })?;
 
         let (nc_cert, nc_key) = national_center_paths(&dir);
-        load_or_issue(&nc_cert, &nc_key, || {
+        load_or_issue(&nc_cert, &nc_key, Renew::WhenDue, || {
             ca.issue_client(&Principal::NationalCenter)
         })?;
 
@@ -138,7 +143,7 @@ impl TlsDir {
     pub fn national_center(&self) -> Result<CertifiedKey, IdentityError> {
         let _lock = lock(&self.dir)?;
         let (cert, key) = national_center_paths(&self.dir);
-        load_or_issue(&cert, &key, || {
+        load_or_issue(&cert, &key, Renew::WhenDue, || {
             self.ca.issue_client(&Principal::NationalCenter)
         })
     }
@@ -154,7 +159,19 @@ impl TlsDir {
         let _lock = lock(&self.dir)?;
         create_private_dir(&self.dir.join("facilities"))?;
         let (cert, key) = self.facility_paths(id);
-        load_or_issue(&cert, &key, || {
+        load_or_issue(&cert, &key, Renew::WhenDue, || {
+            self.ca.issue_client(&Principal::Facility(id.clone()))
+        })
+    }
+
+    /// Issues facility `id` a new certificate and key now, replacing the files (`hrx
+    /// registry cert renew`); the one it replaces stays valid until it expires or is
+    /// revoked.
+    pub fn renew_facility(&self, id: &FacilityId) -> Result<CertifiedKey, IdentityError> {
+        let _lock = lock(&self.dir)?;
+        create_private_dir(&self.dir.join("facilities"))?;
+        let (cert, key) = self.facility_paths(id);
+        load_or_issue(&cert, &key, Renew::Now, || {
             self.ca.issue_client(&Principal::Facility(id.clone()))
         })
     }
@@ -233,14 +250,43 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Option<CertifiedKey>, IdentityEr
     Ok(Some(CertifiedKey { cert_pem, key_pem }))
 }
 
-/// Loads a certificate and key, or issues and stores them if the certificate is missing.
-/// Call with the directory lock held.
+/// Whether [`load_or_issue`] replaces a certificate that exists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Renew {
+    /// When less than a third of its validity is left.
+    WhenDue,
+    Now,
+}
+
+/// Whether less than a third of the certificate's validity is left. A certificate that
+/// does not parse is left for its user to fail on, loudly.
+fn renewal_due(cert_pem: &str) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    let (from, until) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    until - now < (until - from) / 3
+}
+
+/// Loads a certificate and key, or issues and stores them if the certificate is missing
+/// (or `renew` says it is to be replaced). Call with the directory lock held.
 fn load_or_issue(
     cert: &Path,
     key: &Path,
+    renew: Renew,
     issue: impl FnOnce() -> Result<CertifiedKey, IdentityError>,
 ) -> Result<CertifiedKey, IdentityError> {
-    if let Some(pair) = load_pair(cert, key)? {
+    if let Some(pair) = load_pair(cert, key)?
+        && renew == Renew::WhenDue
+        && !renewal_due(&pair.cert_pem)
+    {
         return Ok(pair);
     }
     let pair = issue()?;

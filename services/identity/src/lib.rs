@@ -24,7 +24,9 @@ pub use backend::BackendTls;
 pub use ca::{CertificateAuthority, CertifiedKey};
 pub use dir::{ServerIdentity, TlsDir};
 pub use error::IdentityError;
-pub use principal::{Principal, principal_from_der};
+pub use principal::{
+    CertificateFacts, Principal, certificate_facts, certificate_from_pem, principal_from_der,
+};
 pub use tls::{
     anonymous_client_tls, caller, client_tls, server_tls, server_tls_without_client_auth,
 };

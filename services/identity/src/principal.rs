@@ -8,6 +8,7 @@
 use std::fmt;
 
 use hrx_domain::FacilityId;
+use hrx_domain::event::CertificateSerial;
 use x509_parser::extensions::GeneralName;
 
 use crate::error::IdentityError;
@@ -89,6 +90,53 @@ pub fn principal_from_der(cert_der: &[u8]) -> Result<Principal, IdentityError> {
         return Err(IdentityError::AmbiguousPrincipal);
     }
     Principal::from_uri(uri)
+}
+
+/// What the exchange checks of a client certificate on every call, beyond what rustls
+/// checked at the handshake: its serial (against the revoked ones) and its end of
+/// validity (a connection opened before it may outlive it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFacts {
+    pub serial: CertificateSerial,
+    /// `notAfter`, in Unix seconds.
+    pub not_after_unix: i64,
+}
+
+/// Reads [`CertificateFacts`] from a DER certificate (not verified here: see
+/// [`principal_from_der`]).
+pub fn certificate_facts(cert_der: &[u8]) -> Result<CertificateFacts, IdentityError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|_| IdentityError::Invalid {
+            what: "certificate",
+        })?;
+    let serial =
+        CertificateSerial::from_bytes(cert.raw_serial()).ok_or(IdentityError::Invalid {
+            what: "certificate serial number",
+        })?;
+    Ok(CertificateFacts {
+        serial,
+        not_after_unix: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// The facts and the principal of the first certificate of a PEM file's text (what
+/// `hrx registry cert revoke --cert` reads).
+pub fn certificate_from_pem(
+    pem: &str,
+) -> Result<(CertificateFacts, Result<Principal, IdentityError>), IdentityError> {
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| IdentityError::Invalid {
+            what: "certificate PEM",
+        })?;
+    if pem.label != "CERTIFICATE" {
+        return Err(IdentityError::Invalid {
+            what: "certificate PEM",
+        });
+    }
+    Ok((
+        certificate_facts(&pem.contents)?,
+        principal_from_der(&pem.contents),
+    ))
 }
 
 #[cfg(test)]

@@ -207,3 +207,43 @@ fn principal_from_der_rejects_certificates_without_an_hrx_principal() {
         Err(IdentityError::Invalid { .. })
     ));
 }
+
+#[test]
+fn client_certificates_are_short_lived_and_renewed_when_a_third_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsDir::open_or_init(dir.path()).unwrap();
+    let id = FacilityId::parse("26012").unwrap();
+    let first = tls.facility(&id).unwrap();
+    let (facts, _) = hrx_identity::certificate_from_pem(&first.cert_pem).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let days_left = (facts.not_after_unix - now) / 86_400;
+    assert!((29..=30).contains(&days_left), "{days_left} days");
+    // Plenty left: handed out as it is.
+    assert_eq!(tls.facility(&id).unwrap(), first);
+
+    // A certificate with a few seconds left is replaced when next handed out.
+    let short = tls
+        .ca()
+        .issue_client_valid_for(
+            &Principal::Facility(id.clone()),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    let (cert, key) = tls.facility_paths(&id);
+    fs::write(&key, &short.key_pem).unwrap();
+    fs::write(&cert, &short.cert_pem).unwrap();
+    let renewed = tls.facility(&id).unwrap();
+    assert_ne!(renewed, short);
+    let (renewed_facts, _) = hrx_identity::certificate_from_pem(&renewed.cert_pem).unwrap();
+    assert!(renewed_facts.not_after_unix > now + 29 * 86_400);
+
+    // Renewing on demand: a new key and a new serial.
+    let again = tls.renew_facility(&id).unwrap();
+    let (again_facts, principal) = hrx_identity::certificate_from_pem(&again.cert_pem).unwrap();
+    assert_ne!(again_facts.serial, renewed_facts.serial);
+    assert_ne!(again.key_pem, renewed.key_pem);
+    assert_eq!(principal.unwrap(), Principal::Facility(id));
+}

@@ -303,6 +303,26 @@ impl NationalCenter {
         .map(|_| ())
     }
 
+    /// Takes a client certificate back: every hrx process refuses it from the moment
+    /// it has projected this (new calls, and open streams within seconds).
+    pub async fn revoke_certificate(
+        &self,
+        serial: &hrx_domain::event::CertificateSerial,
+        principal: &str,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        self.submit(vec![v1::registry_event::Body::CertificateRevoked(
+            v1::CertificateRevoked {
+                serial: serial.to_string(),
+                principal: principal.to_owned(),
+                revoked_at: Some(codec::timestamp(Timestamp::now())),
+                reason: reason.to_owned(),
+            },
+        )])
+        .await
+        .map(|_| ())
+    }
+
     /// Rotates a facility's signing key: a new key becomes its current key and is
     /// registered; the old key stays valid until revoked.
     pub async fn add_key(&self, id: &FacilityId) -> Result<KeyId, ClientError> {

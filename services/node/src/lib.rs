@@ -328,10 +328,24 @@ impl Node {
         let rpc = hrx_rpc::observe::RpcMetrics::default();
         let per_caller =
             hrx_rpc::limit::PerCallerLimitLayer::new(self.config.max_concurrent_per_caller);
+        // Revoked client certificates, as projected, refused on every call and open
+        // stream of this process within seconds (`hrx_rpc::revoke`).
+        // Loaded before the first call is served, so a restart has no window.
+        let revocations = hrx_rpc::revoke::Revocations::default();
+        revocations
+            .load(store.as_ref())
+            .await
+            .map_err(|e| NodeError::Backend(format!("revoked certificates: {e}")))?;
+        let revocation_follower = tokio::spawn(
+            revocations
+                .clone()
+                .follow_store(store.clone(), stop_rx.clone()),
+        );
         let server = || {
             tonic::transport::Server::builder()
                 .concurrency_limit_per_connection(self.config.max_concurrent_per_connection.max(1))
                 .layer(rpc.layer())
+                .layer(revocations.layer())
                 .layer(per_caller.clone())
                 .layer(hrx_rpc::limit::DeadlineLayer::new(Duration::from_millis(
                     self.config.request_timeout_ms.max(1),
@@ -464,6 +478,7 @@ impl Node {
         if let Some(p) = projector {
             let _ = p.await;
         }
+        let _ = revocation_follower.await;
         match grpc_result {
             Ok(r) => r?,
             Err(e) => tracing::error!(error = %e, "gRPC server task failed"),

@@ -8,12 +8,15 @@
 //! - [`chains`]: per-chain locks, so appends to one chain are serialised.
 //! - [`observe`]: a span, a counter and a latency histogram per RPC method and outcome.
 //! - [`limit`]: calls in flight per caller.
+//! - [`revoke`]: revoked and expired client certificates refused on every call and
+//!   ended on open streams.
 
 pub mod auth;
 pub mod chains;
 pub mod error;
 pub mod limit;
 pub mod observe;
+pub mod revoke;
 pub mod wire;
 
 pub use error::{ErrorCode, ServiceError};

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::anyhow;
+use hrx_domain::event::CertificateSerial;
 use hrx_domain::{FacilityId, FacilityLevel, KeyId, Timestamp};
+use hrx_identity::TlsDir;
 use hrx_node::client::NationalCenter;
 use hrx_proto::v1;
 
@@ -28,6 +30,43 @@ enum RegistryCommand {
     /// Facility signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Client certificates: issue, renew, revoke.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum CertCommand {
+    /// The facility's client certificate from the data directory's CA: the existing
+    /// one, or a new one if it has none or less than a third of its validity is left.
+    Issue {
+        #[arg(long)]
+        facility: String,
+    },
+    /// Issue the facility a new certificate and key now (the old one stays valid until
+    /// it expires, unless --revoke-old).
+    Renew {
+        #[arg(long)]
+        facility: String,
+        /// Revoke the certificate being replaced.
+        #[arg(long)]
+        revoke_old: bool,
+    },
+    /// Revoke a client certificate: every hrx process refuses it within seconds, on
+    /// new calls and on open streams.
+    Revoke {
+        /// The certificate (PEM); its serial and principal are read from it.
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        cert: Option<PathBuf>,
+        /// Or its serial number, hex (as `openssl x509 -serial` prints it).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Whom the certificate identified, for the record (with --serial).
+        #[arg(long, default_value = "")]
+        principal: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -70,6 +109,19 @@ enum KeyCommand {
 
 fn facility_id(s: &str) -> anyhow::Result<FacilityId> {
     FacilityId::parse(s).map_err(|e| anyhow!("facility id: {e}"))
+}
+
+/// Serial, principal and end of validity of a PEM certificate.
+fn describe(pem: &str) -> anyhow::Result<(CertificateSerial, String, String)> {
+    let (facts, principal) = hrx_identity::certificate_from_pem(pem)?;
+    let until = Timestamp::from_unix_seconds(facts.not_after_unix)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    Ok((
+        facts.serial,
+        principal.map(|p| p.uri()).unwrap_or_default(),
+        until,
+    ))
 }
 
 pub fn run(args: RegistryArgs) -> anyhow::Result<ExitCode> {
@@ -133,6 +185,64 @@ pub fn run(args: RegistryArgs) -> anyhow::Result<ExitCode> {
                 };
                 nc.revoke_key(&key, at, &reason).await?;
                 println!("revoked key {key} from {at}");
+            }
+            RegistryCommand::Cert(CertCommand::Issue { facility }) => {
+                let id = facility_id(&facility)?;
+                let tls = TlsDir::open_or_init(&args.data_dir)?;
+                let pair = tls.facility(&id)?;
+                let (serial, _, until) = describe(&pair.cert_pem)?;
+                let (cert, key) = tls.facility_paths(&id);
+                println!("facility {id}: certificate {serial}, valid until {until}");
+                println!("  client certificate  {}", cert.display());
+                println!("  certificate key     {}", key.display());
+            }
+            RegistryCommand::Cert(CertCommand::Renew {
+                facility,
+                revoke_old,
+            }) => {
+                let id = facility_id(&facility)?;
+                let tls = TlsDir::open_or_init(&args.data_dir)?;
+                let (cert, _) = tls.facility_paths(&id);
+                let old = std::fs::read_to_string(&cert)
+                    .ok()
+                    .map(|pem| describe(&pem))
+                    .transpose()?;
+                let pair = tls.renew_facility(&id)?;
+                let (serial, principal, until) = describe(&pair.cert_pem)?;
+                println!("facility {id}: new certificate {serial}, valid until {until}");
+                println!("  client certificate  {}", cert.display());
+                if let Some((old, _, _)) = old {
+                    if revoke_old {
+                        nc.revoke_certificate(&old, &principal, "renewed").await?;
+                        println!("revoked the certificate it replaces, {old}");
+                    } else {
+                        println!(
+                            "the certificate it replaces, {old}, stays valid until it expires"
+                        );
+                    }
+                }
+            }
+            RegistryCommand::Cert(CertCommand::Revoke {
+                cert,
+                serial,
+                principal,
+                reason,
+            }) => {
+                let (serial, principal) = match (cert, serial) {
+                    (Some(path), _) => {
+                        let pem = std::fs::read_to_string(&path)
+                            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                        let (serial, principal, _) = describe(&pem)?;
+                        (serial, principal)
+                    }
+                    (None, Some(s)) => (
+                        CertificateSerial::parse(&s).map_err(|e| anyhow!("--serial: {e}"))?,
+                        principal,
+                    ),
+                    (None, None) => return Err(anyhow!("--cert or --serial is required")),
+                };
+                nc.revoke_certificate(&serial, &principal, &reason).await?;
+                println!("revoked certificate {serial}");
             }
         }
         Ok(ExitCode::SUCCESS)
