@@ -170,6 +170,7 @@ pub struct Consent {
     policy: ConsentPolicy,
     audit: AuditWriter,
     facts: FactCache,
+    bounds: state::ReadBounds,
 }
 
 impl std::fmt::Debug for Consent {
@@ -198,7 +199,15 @@ impl Consent {
             policy,
             audit,
             facts: FactCache::default(),
+            bounds: state::ReadBounds::default(),
         }
+    }
+
+    /// How much of a patient's consent history one read may load (see
+    /// [`state::ReadBounds`]).
+    pub fn with_read_bounds(mut self, bounds: state::ReadBounds) -> Self {
+        self.bounds = bounds;
+        self
     }
 
     pub fn policy(&self) -> &ConsentPolicy {
@@ -211,7 +220,7 @@ impl Consent {
 
     /// The patient's consent state and break-glass windows, as of the store now.
     pub async fn load(&self, patient: &PatientId) -> Result<Loaded, PortError> {
-        state::load(&*self.store, &self.facts, patient).await
+        state::load(&*self.store, &self.facts, patient, self.bounds).await
     }
 
     /// Appends an access event (group-committed) and returns once it is durable.

@@ -103,10 +103,57 @@ impl Loaded {
     }
 }
 
-/// Loads and folds a patient's consent state.
-pub async fn load(store: &dyn Store, cache: &FactCache, patient: &PatientId) -> PortResult<Loaded> {
-    let rows = store.consent_events(patient).await?;
-    let windows = store.break_glass(patient).await?;
+/// How much of a patient's consent history one read may load. Every read folds the
+/// patient's whole history (a revocation may be years older than the read), so the
+/// history is bounded rather than cut: past a bound the read is refused whole, never
+/// decided on a part (a missing revocation would release what it revoked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBounds {
+    pub max_consent_events: usize,
+    pub max_break_glass_windows: usize,
+}
+
+impl Default for ReadBounds {
+    fn default() -> Self {
+        Self {
+            max_consent_events: 10_000,
+            max_break_glass_windows: 1_000,
+        }
+    }
+}
+
+/// Loads and folds a patient's consent state, within `bounds`
+/// ([`PortError::TooMany`](hrx_ports::PortError::TooMany) past them).
+pub async fn load(
+    store: &dyn Store,
+    cache: &FactCache,
+    patient: &PatientId,
+    bounds: ReadBounds,
+) -> PortResult<Loaded> {
+    let (rows, windows) = tokio::try_join!(
+        store.consent_events_up_to(patient, bounds.max_consent_events.saturating_add(1)),
+        store.break_glass_up_to(patient, bounds.max_break_glass_windows.saturating_add(1)),
+    )?;
+    if rows.len() > bounds.max_consent_events {
+        tracing::warn!(
+            limit = bounds.max_consent_events,
+            "a patient's consent history is over the read bound; read refused"
+        );
+        return Err(hrx_ports::PortError::TooMany {
+            what: "consent events for this patient",
+            limit: bounds.max_consent_events,
+        });
+    }
+    if windows.len() > bounds.max_break_glass_windows {
+        tracing::warn!(
+            limit = bounds.max_break_glass_windows,
+            "a patient's break-glass windows are over the read bound; read refused"
+        );
+        return Err(hrx_ports::PortError::TooMany {
+            what: "break-glass windows for this patient",
+            limit: bounds.max_break_glass_windows,
+        });
+    }
     let state = ConsentState::fold(cache.events(&rows)?);
     Ok(Loaded {
         state,

@@ -37,11 +37,25 @@ pub(crate) fn consent_event_by_id(
     codec::first(&mut stmt, [codec::id(id)], decode_consent_event)
 }
 
-fn consent_events(conn: &Connection, patient: &PatientId) -> Result<Vec<ConsentEventRow>> {
+/// SQLite's LIMIT is a signed 64-bit integer.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn consent_events(
+    conn: &Connection,
+    patient: &PatientId,
+    limit: usize,
+) -> Result<Vec<ConsentEventRow>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {CONSENT_COLUMNS} FROM consent_events WHERE patient_id = ?1 ORDER BY rowid"
+        "SELECT {CONSENT_COLUMNS} FROM consent_events WHERE patient_id = ?1 ORDER BY rowid \
+         LIMIT ?2"
     ))?;
-    codec::collect(&mut stmt, [patient.as_str()], decode_consent_event)
+    codec::collect(
+        &mut stmt,
+        params![patient.as_str(), sql_limit(limit)],
+        decode_consent_event,
+    )
 }
 
 /// Facility-attested grants received at or after `since`, newest first.
@@ -81,11 +95,16 @@ pub(crate) fn decode_window(c: &mut Cols<'_, '_>) -> Result<BreakGlassWindow> {
     })
 }
 
-fn windows(conn: &Connection, patient: &PatientId) -> Result<Vec<BreakGlassWindow>> {
+fn windows(conn: &Connection, patient: &PatientId, limit: usize) -> Result<Vec<BreakGlassWindow>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {WINDOW_COLUMNS} FROM break_glass b WHERE b.patient_id = ?1 ORDER BY b.rowid"
+        "SELECT {WINDOW_COLUMNS} FROM break_glass b WHERE b.patient_id = ?1 ORDER BY b.rowid \
+         LIMIT ?2"
     ))?;
-    codec::collect(&mut stmt, [patient.as_str()], decode_window)
+    codec::collect(
+        &mut stmt,
+        params![patient.as_str(), sql_limit(limit)],
+        decode_window,
+    )
 }
 
 fn latest_authored(
@@ -115,21 +134,29 @@ fn declared_since(conn: &Connection, facility: &FacilityId, since: Timestamp) ->
 
 #[async_trait]
 impl ConsentStore for SqliteNode {
-    async fn consent_events(&self, patient_id: &PatientId) -> PortResult<Vec<ConsentEventRow>> {
+    async fn consent_events_up_to(
+        &self,
+        patient_id: &PatientId,
+        limit: usize,
+    ) -> PortResult<Vec<ConsentEventRow>> {
         let patient = patient_id.clone();
         Ok(self
             .inner
             .db
-            .read(move |conn| consent_events(conn, &patient))
+            .read(move |conn| consent_events(conn, &patient, limit))
             .await?)
     }
 
-    async fn break_glass(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassWindow>> {
+    async fn break_glass_up_to(
+        &self,
+        patient_id: &PatientId,
+        limit: usize,
+    ) -> PortResult<Vec<BreakGlassWindow>> {
         let patient = patient_id.clone();
         Ok(self
             .inner
             .db
-            .read(move |conn| windows(conn, &patient))
+            .read(move |conn| windows(conn, &patient, limit))
             .await?)
     }
 

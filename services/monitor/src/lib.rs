@@ -210,9 +210,14 @@ impl v1::monitor_service_server::MonitorService for MonitorGrpc {
             };
             // Revocations may come later and from the patient: the patient's consent
             // state says.
-            let loaded = state::load(&*self.store, &self.facts, &row.patient_id)
-                .await
-                .map_err(|e| status(&e))?;
+            let loaded = state::load(
+                &*self.store,
+                &self.facts,
+                &row.patient_id,
+                state::ReadBounds::default(),
+            )
+            .await
+            .map_err(|e| status(&e))?;
             let revoked_at = loaded.state.grant(row.event_id).and_then(|g| g.revoked_at);
             grants.push(v1::AttestedGrant {
                 grant_event_id: row.event_id.to_string(),

@@ -111,6 +111,8 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_MAX_CONCURRENT_PER_CONNECTION",
     "HRX_MAX_CONCURRENT_PER_CALLER",
     "HRX_MAX_FOLLOW_STREAMS_PER_CALLER",
+    "HRX_MAX_CONSENT_EVENTS_PER_PATIENT",
+    "HRX_MAX_BREAK_GLASS_WINDOWS_PER_PATIENT",
 ];
 
 /// Environment variables hrx reads that are not configuration: secrets, read where they
@@ -216,6 +218,12 @@ pub struct NodeConfig {
     /// Follow streams one facility may have open at once; more are refused
     /// RESOURCE_EXHAUSTED.
     pub max_follow_streams_per_caller: u32,
+    /// Consent events (grants, revocations, statements) of one patient a read may load
+    /// and fold; a read of a patient with more is refused RESOURCE_EXHAUSTED, never
+    /// decided on a part of the history.
+    pub max_consent_events_per_patient: usize,
+    /// Break-glass windows of one patient a read may load; likewise.
+    pub max_break_glass_windows_per_patient: usize,
 }
 
 impl Default for NodeConfig {
@@ -255,6 +263,8 @@ impl Default for NodeConfig {
             max_concurrent_per_connection: 64,
             max_concurrent_per_caller: 128,
             max_follow_streams_per_caller: 16,
+            max_consent_events_per_patient: 10_000,
+            max_break_glass_windows_per_patient: 1_000,
         }
     }
 }

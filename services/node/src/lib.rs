@@ -375,12 +375,16 @@ impl Node {
         // The consent core: the patient's consent state and the audit log, for the
         // timeline and consent roles.
         let consent = (has(Role::Timeline) || has(Role::Consent)).then(|| {
-            Arc::new(hrx_consent::Consent::new(
-                store.clone(),
-                Some(log.clone()),
-                locks.clone(),
-                policy,
-            ))
+            Arc::new(
+                hrx_consent::Consent::new(store.clone(), Some(log.clone()), locks.clone(), policy)
+                    .with_read_bounds(hrx_consent::state::ReadBounds {
+                        max_consent_events: self.config.max_consent_events_per_patient.max(1),
+                        max_break_glass_windows: self
+                            .config
+                            .max_break_glass_windows_per_patient
+                            .max(1),
+                    }),
+            )
         });
         if has(Role::Ingest) {
             let ingest = Arc::new(

@@ -213,7 +213,79 @@ async fn a_call_past_its_deadline_is_answered_deadline_exceeded(mut env: Env) {
     node.stop().await;
 }
 
+/// A read folds the patient's whole consent history; past the bound it is refused
+/// RESOURCE_EXHAUSTED (never decided on a part of it), other patients are read as
+/// before, and the node goes on serving.
+async fn consent_history_loaded_per_read_is_bounded(mut env: Env) {
+    env.config.max_consent_events_per_patient = 3;
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    for patient in [AN, BINH] {
+        let body = record(
+            patient,
+            RecordKind::Observation,
+            ts("2026-11-01T00:00:00Z"),
+            &[],
+        );
+        let (_, r) = w.district.emit(body).await.unwrap();
+        assert!(accepted(&r), "{r:?}");
+    }
+    let read = |patient: &'static str| {
+        let mut timeline = w.clinic.timeline();
+        async move {
+            timeline
+                .get_timeline(v1::GetTimelineRequest {
+                    patient_id: patient.into(),
+                    purpose: Purpose::ChronicCare.code(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    // Three consent events: within the bound.
+    for days in [10, 20, 30] {
+        let (_, r) = w
+            .district
+            .emit(grant(AN, CLINIC, &[Purpose::ChronicCare], in_days(days)))
+            .await
+            .unwrap();
+        assert!(accepted(&r), "{r:?}");
+    }
+    let (_, r) = w
+        .district
+        .emit(grant(BINH, CLINIC, &[Purpose::ChronicCare], in_days(30)))
+        .await
+        .unwrap();
+    assert!(accepted(&r), "{r:?}");
+    settle(&w.nc).await;
+    read(AN).await.expect("three consent events: read");
+
+    // A fourth: over it.
+    let (_, r) = w
+        .district
+        .emit(grant(AN, CLINIC, &[Purpose::ChronicCare], in_days(40)))
+        .await
+        .unwrap();
+    assert!(accepted(&r), "{r:?}");
+    settle(&w.nc).await;
+    let e = read(AN).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("consent events"), "{e:?}");
+    let e = w
+        .clinic
+        .timeline()
+        .follow(follow_request())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    // Another patient, and the node, as before.
+    let page = read(BINH).await.expect("another patient").into_inner();
+    assert_eq!(page.entries.len(), 1);
+    node.stop().await;
+}
+
 both_backends!(
+    consent_history_loaded_per_read_is_bounded,
     a_call_past_its_deadline_is_answered_deadline_exceeded,
     calls_in_flight_per_caller_are_bounded,
     oversized_envelopes_and_messages_are_refused_before_the_log,

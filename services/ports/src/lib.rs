@@ -31,6 +31,10 @@ pub enum PortError {
     /// A concurrent writer got there first (e.g. two appends at one chain position).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// What a request would have to load is beyond a configured bound: refused whole
+    /// rather than decided on a part (a patient's consent history, …).
+    #[error("more than {limit} {what}; refused rather than decided on a part")]
+    TooMany { what: &'static str, limit: usize },
 }
 
 pub type PortResult<T> = Result<T, PortError>;

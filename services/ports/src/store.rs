@@ -369,11 +369,31 @@ pub trait TimelineStore: Send + Sync + 'static {
 /// Consent state reads, and what a facility's consent events are judged against.
 #[async_trait]
 pub trait ConsentStore: Send + Sync + 'static {
-    /// Every consent event about the patient (any order: the fold sorts them).
-    async fn consent_events(&self, patient_id: &PatientId) -> PortResult<Vec<ConsentEventRow>>;
+    /// The patient's consent events, oldest first, at most `limit` (any order would do:
+    /// the fold sorts them). A read asks for one more than it accepts, to tell "too
+    /// many" from "all".
+    async fn consent_events_up_to(
+        &self,
+        patient_id: &PatientId,
+        limit: usize,
+    ) -> PortResult<Vec<ConsentEventRow>>;
 
-    /// Every break-glass window declared for the patient.
-    async fn break_glass(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassWindow>>;
+    /// Every consent event about the patient (tests and tools; reads are bounded).
+    async fn consent_events(&self, patient_id: &PatientId) -> PortResult<Vec<ConsentEventRow>> {
+        self.consent_events_up_to(patient_id, usize::MAX).await
+    }
+
+    /// The break-glass windows declared for the patient, oldest first, at most `limit`.
+    async fn break_glass_up_to(
+        &self,
+        patient_id: &PatientId,
+        limit: usize,
+    ) -> PortResult<Vec<BreakGlassWindow>>;
+
+    /// Every break-glass window declared for the patient (tests and tools).
+    async fn break_glass(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassWindow>> {
+        self.break_glass_up_to(patient_id, usize::MAX).await
+    }
 
     /// Every break-glass declaration for the patient, oldest first, with its reads
     /// (the patient's own view).

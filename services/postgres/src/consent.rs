@@ -88,31 +88,43 @@ pub(crate) fn decode_window(c: &mut Cols<'_>) -> Result<BreakGlassWindow> {
 
 #[async_trait]
 impl ConsentStore for PgStore {
-    async fn consent_events(&self, patient_id: &PatientId) -> PortResult<Vec<ConsentEventRow>> {
+    async fn consent_events_up_to(
+        &self,
+        patient_id: &PatientId,
+        limit: usize,
+    ) -> PortResult<Vec<ConsentEventRow>> {
         let what = "reading consent events";
         let client = self.client(what).await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = query(
             &client,
             what,
             &format!(
-                "SELECT {CONSENT_COLUMNS} FROM consent_events WHERE patient_id = $1 ORDER BY id"
+                "SELECT {CONSENT_COLUMNS} FROM consent_events WHERE patient_id = $1 ORDER BY id \
+                 LIMIT $2"
             ),
-            &[&patient_id.as_str()],
+            &[&patient_id.as_str(), &limit],
         )
         .await?;
         Ok(codec::collect(&rows, decode_consent_event)?)
     }
 
-    async fn break_glass(&self, patient_id: &PatientId) -> PortResult<Vec<BreakGlassWindow>> {
+    async fn break_glass_up_to(
+        &self,
+        patient_id: &PatientId,
+        limit: usize,
+    ) -> PortResult<Vec<BreakGlassWindow>> {
         let what = "reading break-glass windows";
         let client = self.client(what).await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = query(
             &client,
             what,
             &format!(
-                "SELECT {WINDOW_COLUMNS} FROM break_glass b WHERE b.patient_id = $1 ORDER BY b.id"
+                "SELECT {WINDOW_COLUMNS} FROM break_glass b WHERE b.patient_id = $1 \
+                 ORDER BY b.id LIMIT $2"
             ),
-            &[&patient_id.as_str()],
+            &[&patient_id.as_str(), &limit],
         )
         .await?;
         Ok(codec::collect(&rows, decode_window)?)

@@ -59,6 +59,7 @@ impl ServiceError for PortError {
             PortError::Unavailable(_) => ErrorCode::Unavailable,
             PortError::Conflict(_) => ErrorCode::Aborted,
             PortError::Corrupt(_) => ErrorCode::Internal,
+            PortError::TooMany { .. } => ErrorCode::ResourceExhausted,
         }
     }
 }
