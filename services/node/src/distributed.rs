@@ -19,7 +19,13 @@ pub(crate) async fn backends(config: &NodeConfig) -> Result<Backends, NodeError>
     let mut kafka =
         hrx_kafka::KafkaConfig::new(brokers).with_topic_prefix(&config.kafka_topic_prefix);
     kafka.partitions = config.kafka_partitions;
-    kafka.tls = config.kafka_tls().map_err(NodeError::Config)?;
+    kafka.tls = config
+        .kafka_tls_files()
+        .map_err(NodeError::Config)?
+        .map(|f| hrx_kafka::KafkaTls {
+            ca_file: f.ca_file,
+            client_identity: f.client_identity,
+        });
     kafka.client_properties = config
         .kafka_properties
         .iter()

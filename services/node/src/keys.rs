@@ -18,7 +18,7 @@ const ENCRYPTED_PEM_TAG: &str = "ENCRYPTED PRIVATE KEY";
 const PBKDF2_ITERATIONS: u32 = 600_000;
 
 /// The environment variable holding the national root key's passphrase.
-pub const ROOT_PASSPHRASE_VAR: &str = "HRX_ROOT_KEY_PASSPHRASE";
+pub use hrx_config::ROOT_PASSPHRASE_VAR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {

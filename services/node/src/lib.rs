@@ -13,7 +13,7 @@
 //!   operations the CLI, the demo and the tests perform (register, emit, read).
 
 pub mod client;
-pub mod config;
+pub use hrx_config as config;
 mod distributed;
 pub mod keys;
 

@@ -12,6 +12,14 @@ use hrx_domain::consent::ConsentPolicy;
 use hrx_domain::verify::ClockPolicy;
 use serde::{Deserialize, Serialize};
 
+/// The Kafka TLS settings of a configuration (see [`NodeConfig::kafka_tls_files`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaTlsFiles {
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and its key.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
+
 /// Where the log and the store live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,7 +125,10 @@ pub const ENV_VARS: &[&str] = &[
 
 /// Environment variables hrx reads that are not configuration: secrets, read where they
 /// are used and never stored with the configuration.
-pub const SECRET_ENV_VARS: &[&str] = &[crate::keys::ROOT_PASSPHRASE_VAR, KAFKA_SASL_PASSWORD_VAR];
+pub const SECRET_ENV_VARS: &[&str] = &[ROOT_PASSPHRASE_VAR, KAFKA_SASL_PASSWORD_VAR];
+
+/// The passphrase of the national root key, for the tools that sign registry changes.
+pub const ROOT_PASSPHRASE_VAR: &str = "HRX_ROOT_KEY_PASSPHRASE";
 
 /// The Kafka SASL password (`sasl.password`), when the brokers take SASL.
 pub const KAFKA_SASL_PASSWORD_VAR: &str = "HRX_KAFKA_SASL_PASSWORD";
@@ -310,8 +321,9 @@ impl NodeConfig {
         })
     }
 
-    /// TLS to the brokers, if configured.
-    pub fn kafka_tls(&self) -> Result<Option<hrx_kafka::KafkaTls>, String> {
+    /// TLS to the brokers, if configured: the CA file and the client certificate and
+    /// key (which go together).
+    pub fn kafka_tls_files(&self) -> Result<Option<KafkaTlsFiles>, String> {
         let identity = match (&self.kafka_cert_file, &self.kafka_key_file) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) => None,
@@ -320,10 +332,48 @@ impl NodeConfig {
         if self.kafka_ca_file.is_none() && identity.is_none() {
             return Ok(None);
         }
-        Ok(Some(hrx_kafka::KafkaTls {
+        Ok(Some(KafkaTlsFiles {
             ca_file: self.kafka_ca_file.clone(),
             client_identity: identity,
         }))
+    }
+
+    /// Every check a process makes of its configuration before it starts, in one
+    /// place (what `Node::build` refuses to start with).
+    pub fn validate(&self) -> Result<(), String> {
+        self.role_list()?;
+        self.consent_policy()?;
+        self.kafka_tls_files()?;
+        self.clock_policy();
+        Ok(())
+    }
+
+    /// The configuration from a TOML document's text and `HRX_*` variables given as
+    /// pairs, merged exactly as [`Self::load`] merges the file and the environment
+    /// (what the configuration fuzz target drives, with no file and no process
+    /// environment).
+    pub fn from_sources<'a>(
+        toml: &str,
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, Box<figment::Error>> {
+        let mut dict = figment::value::Dict::new();
+        for (key, value) in env {
+            if !key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("HRX_")) {
+                continue;
+            }
+            let key = key[4..].to_ascii_lowercase();
+            if ENV_VARS.iter().any(|v| v[4..].eq_ignore_ascii_case(&key)) {
+                // As figment's Env provider reads a value: a TOML-like value, else a
+                // string.
+                let value: figment::value::Value = value.parse().expect("infallible");
+                dict.insert(key, value);
+            }
+        }
+        Figment::from(Serialized::defaults(NodeConfig::default()))
+            .merge(Toml::string(toml))
+            .merge(Serialized::defaults(dict))
+            .extract()
+            .map_err(Box::new)
     }
 
     /// The bounds of a facility's recorded_at around the exchange's receive time
@@ -369,6 +419,27 @@ mod tests {
             .extract::<figment::value::Dict>()
             .unwrap();
         v.keys().cloned().collect()
+    }
+
+    #[test]
+    fn sources_merge_like_load_the_environment_last() {
+        let c = NodeConfig::from_sources(
+            "roles = \"timeline\"\nmax_message_bytes = 2048\nheartbeat_ms = 7\n",
+            [
+                ("HRX_ROLES", "ingest,projector"),
+                ("hrx_max_message_bytes", "1024"),
+                ("HRX_NOT_CONFIGURATION", "x"),
+                ("OTHER", "y"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.roles, "ingest,projector");
+        assert_eq!(c.max_message_bytes, 1024);
+        assert_eq!(c.heartbeat_ms, 7);
+        assert!(c.validate().is_ok());
+        assert!(NodeConfig::from_sources("max_message_bytes = \"many\"", []).is_err());
+        let bad = NodeConfig::from_sources("", [("HRX_ROLES", "bogus")]).unwrap();
+        assert!(bad.validate().is_err());
     }
 
     #[test]
