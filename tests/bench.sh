@@ -29,9 +29,14 @@ bash deploy/testenv/testenv.sh up "$services"
 . "$services/env"
 export HRX_BENCH_KAFKA_BROKERS="$HRX_KAFKA_BROKERS"
 export HRX_BENCH_DATABASE_URL="$HRX_DATABASE_URL"
+# TLS to Kafka with the testenv's `hrx` client identity (PostgreSQL's TLS is in the URL).
+export HRX_BENCH_KAFKA_CA_FILE="$HRX_KAFKA_CA_FILE"
+export HRX_BENCH_KAFKA_CERT_FILE="$HRX_KAFKA_CERT_FILE"
+export HRX_BENCH_KAFKA_KEY_FILE="$HRX_KAFKA_KEY_FILE"
 # Not configuration for the bench's own nodes: each run sets up its own database and
 # topics on these services.
-unset HRX_KAFKA_BROKERS HRX_DATABASE_URL HRX_TESTENV_DIR HRX_KAFKA_PID HRX_POSTGRES_PID
+unset HRX_KAFKA_BROKERS HRX_DATABASE_URL HRX_TESTENV_DIR HRX_KAFKA_PID HRX_POSTGRES_PID \
+    HRX_KAFKA_CA_FILE HRX_KAFKA_CERT_FILE HRX_KAFKA_KEY_FILE HRX_TESTENV_TLS_DIR
 
 step "hrx bench $*"
 cargo run --release --locked -- bench "$@"

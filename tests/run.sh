@@ -27,11 +27,19 @@ bash deploy/testenv/testenv.sh up "$services"
 . "$services/env"
 export HRX_TEST_KAFKA_BROKERS="$HRX_KAFKA_BROKERS"
 export HRX_TEST_DATABASE_URL="$HRX_DATABASE_URL"
+# Both services run over TLS only; Kafka wants a client certificate (identity `hrx`,
+# which may do anything; tests of the ACLs find the other identities in
+# HRX_TEST_KAFKA_TLS_DIR).
+export HRX_TEST_KAFKA_CA_FILE="$HRX_KAFKA_CA_FILE"
+export HRX_TEST_KAFKA_CERT_FILE="$HRX_KAFKA_CERT_FILE"
+export HRX_TEST_KAFKA_KEY_FILE="$HRX_KAFKA_KEY_FILE"
+export HRX_TEST_KAFKA_TLS_DIR="$HRX_TESTENV_TLS_DIR"
 # The distributed tests skip without these; here they must run.
 export HRX_TEST_REQUIRE_SERVICES=1
 # The crash tests restart these services through deploy/testenv.
 export HRX_TEST_SERVICES_DIR="$services"
-unset HRX_KAFKA_BROKERS HRX_DATABASE_URL HRX_TESTENV_DIR HRX_KAFKA_PID HRX_POSTGRES_PID
+unset HRX_KAFKA_BROKERS HRX_DATABASE_URL HRX_TESTENV_DIR HRX_KAFKA_PID HRX_POSTGRES_PID \
+    HRX_KAFKA_CA_FILE HRX_KAFKA_CERT_FILE HRX_KAFKA_KEY_FILE HRX_TESTENV_TLS_DIR
 
 step "cargo test"
 cargo test --workspace --locked

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Throwaway test environment: a single-node Apache Kafka 4.x (KRaft, broker+controller,
-# run from Maven Central jars) and a throwaway PostgreSQL cluster, both on loopback only.
+# run from Maven Central jars) and a throwaway PostgreSQL cluster, both on loopback only,
+# both over TLS only: a private CA made by `up` in DIR/tls signs the servers' and the
+# clients' certificates; Kafka authenticates clients by certificate and authorizes
+# them by ACL (see tls_init and kafka_acls for the identities and what each may do).
 #
 #   testenv.sh install                 PostgreSQL and kcat from apt if missing; Kafka jars into .cache/kafka;
 #                                      grpcurl (Go module proxy) into .cache/tools/bin
@@ -114,6 +117,7 @@ set_dir() { # DIR [create]: set paths and load state if present
     [[ -d "$1" ]] || die "no such directory: $1"
     DIR=$(cd "$1" && pwd)
     KDIR="$DIR/kafka"
+    TLS="$DIR/tls"
     PGROOT="$DIR/pg"
     STATE="$DIR/state"
     KAFKA_PORT="" KAFKA_CTRL_PORT="" PG_PORT="" PG_SOCKDIR="" KAFKA_PID=""
@@ -143,14 +147,29 @@ pg_pid() { # pid of the postmaster of our data dir, empty if not running
     if pid_alive "$p"; then printf '%s\n' "$p"; fi
 }
 
+# The database URL, libpq style (psql and hrx both take it): TLS, server verified
+# against the testenv CA. The CA path is percent-encoded for the URL.
+pg_url() {
+    local ca
+    ca=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="/"))' "$TLS/ca.pem")
+    printf 'postgres://postgres@127.0.0.1:%s/postgres?sslmode=verify-full&sslrootcert=%s\n' "$PG_PORT" "$ca"
+}
+
 write_env() {
     local kpid="" ppid=""
     if is_our_kafka "$KAFKA_PID"; then kpid=$KAFKA_PID; fi
     ppid=$(pg_pid)
+    # HRX_KAFKA_CA_FILE/CERT_FILE/KEY_FILE: the `hrx` identity, as node configuration
+    # takes it. HRX_TESTENV_TLS_DIR: every identity (NAME.pem, NAME.key), e.g. for
+    # tests of the ACLs.
     cat >"$DIR/env.tmp" <<EOF
 export HRX_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
-export HRX_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+export HRX_KAFKA_CA_FILE=$TLS/ca.pem
+export HRX_KAFKA_CERT_FILE=$TLS/hrx.pem
+export HRX_KAFKA_KEY_FILE=$TLS/hrx.key
+export HRX_DATABASE_URL='$(pg_url)'
 export HRX_TESTENV_DIR=$DIR
+export HRX_TESTENV_TLS_DIR=$TLS
 export HRX_KAFKA_PID=$kpid
 export HRX_POSTGRES_PID=$ppid
 EOF
@@ -220,6 +239,82 @@ install_grpcurl() {
     printf '%s\n' "$GRPCURL_VERSION" >"$bin.version"
 }
 
+# ---------------------------------------------------------------- tls
+
+# Password of the Java PKCS12 key stores (Java insists on one). Test-only: the stores
+# hold throwaway keys of a CA that lives as long as DIR.
+STORE_PASS=testenv-changeit
+
+# Kafka client identities: file stem = certificate CN = Kafka principal (User:CN, through
+# ssl.principal.mapping.rules). The ACLs of each are made in kafka_acls.
+#   hrx           what every hrx test and process uses: everything on topics, groups, cluster
+#   hrx-ingest    Write+Describe on the facility-events topics, IdempotentWrite on the cluster
+#   hrx-reader    Read+Describe on topics, Read on groups; no Write
+#   kafka-admin   super user: testenv's own tools (readiness check, ACL creation)
+# kafka-broker is the broker's own identity (also a super user).
+KAFKA_CLIENTS=(hrx hrx-ingest hrx-reader kafka-admin)
+# What hrx-ingest may write: Kafka ACLs match by literal name or by prefix only, so this
+# is a prefix. It covers the production name (hrx.facility-events.v1) and the topics the
+# ACL test makes under it; the other tests' prefixed topics (t<id>.hrx.…) are not.
+INGEST_TOPIC_PREFIX=hrx.facility-events.
+
+tls_sign() { # NAME CN EXT...: key NAME.key (PKCS#8 PEM) and NAME.pem signed by the CA
+    local name=$1 cn=$2; shift 2
+    # EC P-256 keys as unencrypted PKCS#8 PEM ("BEGIN PRIVATE KEY"): the one form that
+    # OpenSSL/librdkafka, rustls, PostgreSQL and Java all read.
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TLS/$name.key" 2>/dev/null
+    openssl req -new -key "$TLS/$name.key" -subj "/O=hrx-testenv/CN=$cn" -out "$TLS/$name.csr"
+    printf '%s\n' "$@" >"$TLS/$name.ext"
+    openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" \
+        -CAcreateserial -days 30 -sha256 -extfile "$TLS/$name.ext" -out "$TLS/$name.pem" 2>/dev/null
+    rm -f "$TLS/$name.csr" "$TLS/$name.ext"
+    chmod 600 "$TLS/$name.key"
+}
+
+tls_init() { # fresh CA and certificates in $TLS
+    rm -rf "$TLS"
+    mkdir -p "$TLS"
+    chmod 700 "$TLS"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TLS/ca.key" 2>/dev/null
+    chmod 600 "$TLS/ca.key"
+    # rustls (webpki) wants a v3 CA with basicConstraints CA:TRUE and keyCertSign.
+    openssl req -x509 -new -key "$TLS/ca.key" -subj "/O=hrx-testenv/CN=hrx-testenv CA" -days 30 -sha256 \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -addext "subjectKeyIdentifier=hash" -out "$TLS/ca.pem"
+    local san="subjectAltName=IP:127.0.0.1,DNS:localhost"
+    local leaf=("basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment"
+        "authorityKeyIdentifier=keyid")
+    # The broker is a TLS client too: of its own controller listener.
+    tls_sign kafka-broker kafka-broker "${leaf[@]}" "$san" "extendedKeyUsage=serverAuth,clientAuth"
+    tls_sign postgres postgres "${leaf[@]}" "$san" "extendedKeyUsage=serverAuth"
+    local c
+    for c in "${KAFKA_CLIENTS[@]}"; do
+        tls_sign "$c" "$c" "${leaf[@]}" "extendedKeyUsage=clientAuth"
+    done
+    rm -f "$TLS/ca.srl"
+    # Java stores for the broker and for testenv's Java tools: key + chain in a PKCS12
+    # key store, the CA alone in a PKCS12 trust store (keytool: a trusted-certificate
+    # entry, which `openssl pkcs12` cannot write for Java).
+    local who
+    for who in kafka-broker kafka-admin; do
+        openssl pkcs12 -export -name "$who" -inkey "$TLS/$who.key" -in "$TLS/$who.pem" \
+            -certfile "$TLS/ca.pem" -passout "pass:$STORE_PASS" -out "$TLS/$who.p12"
+    done
+    keytool -importcert -noprompt -alias ca -file "$TLS/ca.pem" -storetype PKCS12 \
+        -keystore "$TLS/truststore.p12" -storepass "$STORE_PASS" >/dev/null 2>&1 ||
+        die "keytool could not write the trust store"
+    # Client configuration of the Java tools (kafka-admin: may do anything).
+    cat >"$TLS/kafka-admin.properties" <<EOF
+security.protocol=SSL
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS/kafka-admin.p12
+ssl.keystore.password=$STORE_PASS
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$TLS/truststore.p12
+ssl.truststore.password=$STORE_PASS
+EOF
+}
+
 # ---------------------------------------------------------------- kafka
 
 kafka_init() { # fresh config + formatted storage in $KDIR
@@ -229,11 +324,27 @@ kafka_init() { # fresh config + formatted storage in $KDIR
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CTRL_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTRL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+# TLS only, clients must present a certificate. The controller listener is TLS too: with
+# an authorizer, a PLAINTEXT controller listener would need User:ANONYMOUS as a super
+# user (the broker registers through it), i.e. anyone on that port could do anything.
+listeners=SSL://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTRL_PORT
+advertised.listeners=SSL://127.0.0.1:$KAFKA_PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=SSL
+listener.security.protocol.map=CONTROLLER:SSL,SSL:SSL
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS/kafka-broker.p12
+ssl.keystore.password=$STORE_PASS
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$TLS/truststore.p12
+ssl.truststore.password=$STORE_PASS
+ssl.client.auth=required
+# Principal = the certificate's CN (User:hrx, …) for certificates of this CA's subjects;
+# any other subject keeps its full DN, which no ACL names.
+ssl.principal.mapping.rules=RULE:^CN=([^,]+),O=hrx-testenv$/\$1/,DEFAULT
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:kafka-broker;User:kafka-admin
 log.dirs=$KDIR/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -302,7 +413,8 @@ kafka_wait() {
             if out=$(timeout 30 java "${TOOL_JVM_OPTS[@]}" \
                     -Dlog4j2.configurationFile="$CACHE/log4j2-tools.properties" -cp "$LIBS/*" \
                     org.apache.kafka.tools.BrokerApiVersionsCommand \
-                    --bootstrap-server "127.0.0.1:$KAFKA_PORT" 2>&1) \
+                    --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+                    --command-config "$TLS/kafka-admin.properties" 2>&1) \
                 && grep -q "(id: 1 " <<<"$out"; then
                 return 0
             fi
@@ -329,6 +441,26 @@ kafka_stop() {
     fi
     pid_alive "$KAFKA_PID" && die "could not stop Kafka (pid $KAFKA_PID)"
     rm -f "$KDIR/pid"
+}
+
+# The ACLs of the client identities (see KAFKA_CLIENTS). Made once by `up`: they live in
+# the cluster's metadata log, so restarts keep them. kafka-admin (a super user) makes
+# them, one AclCommand JVM per principal/resource-pattern group, started together (each
+# is mostly JVM start-up).
+kafka_acls() {
+    local acl=(org.apache.kafka.tools.AclCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT"
+        --command-config "$TLS/kafka-admin.properties" --add)
+    local pids=() i=0 failed=0 pid
+    run_acl() { kafka_class "${acl[@]}" "$@" >"$KDIR/acls.$i.log" 2>&1 & pids+=($!); i=$((i + 1)); }
+    run_acl --allow-principal User:hrx --operation All --topic '*' --group '*' --cluster
+    run_acl --allow-principal User:hrx-ingest --operation Write --operation Describe \
+        --resource-pattern-type prefixed --topic "$INGEST_TOPIC_PREFIX"
+    run_acl --allow-principal User:hrx-ingest --operation IdempotentWrite --cluster
+    run_acl --allow-principal User:hrx-reader --operation Read --operation Describe --topic '*'
+    run_acl --allow-principal User:hrx-reader --operation Read --group '*'
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    cat "$KDIR"/acls.*.log >"$KDIR/acls.log" && rm -f "$KDIR"/acls.*.log
+    if ((failed)); then tail_log "$KDIR/acls.log"; die "kafka-acls failed"; fi
 }
 
 # ---------------------------------------------------------------- postgres
@@ -369,6 +501,24 @@ fsync = off
 full_page_writes = off
 max_connections = 200
 logging_collector = off
+# TLS with the testenv CA's server certificate (copied in: the data dir may be under
+# /tmp when user postgres cannot reach DIR, and the key must belong to postgres, 0600).
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+EOF
+    install -o postgres -g postgres -m 644 "$TLS/postgres.pem" "$PGROOT/data/server.crt"
+    install -o postgres -g postgres -m 600 "$TLS/postgres.key" "$PGROOT/data/server.key"
+    # TCP over TLS only: plaintext TCP is rejected. The Unix socket (in a directory only
+    # postgres and root can enter) stays for pg_ctl and local maintenance.
+    cat >"$PGROOT/data/pg_hba.conf" <<'EOF'
+# TYPE    DATABASE  USER  ADDRESS       METHOD
+local     all       all                 trust
+hostssl   all       all   127.0.0.1/32  trust
+hostssl   all       all   ::1/128       trust
+host      all       all   0.0.0.0/0     reject
+host      all       all   ::/0          reject
 EOF
 }
 
@@ -386,8 +536,9 @@ pg_start() {
 
 pg_wait() {
     local bin deadline=$((SECONDS + TIMEOUT)); bin=$(pg_bin)
+    # Through the URL the tests get: TLS, server certificate and host name verified.
     until "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -t 5 &&
-          "$bin/psql" -X -q -A -t -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c 'select 1' >/dev/null 2>&1; do
+          "$bin/psql" -X -q -A -t "$(pg_url)" -c 'select 1' >/dev/null 2>&1; do
         if [[ -z "$(pg_pid)" ]]; then
             tail_log "$PGROOT/server.log"; die "PostgreSQL exited during startup"
         fi
@@ -427,6 +578,8 @@ cmd_up() {
 
     # On any failure below, stop whatever was started so nothing is left running.
     trap 'rc=$?; if ((rc != 0)); then log "up failed; stopping what was started"; kafka_stop || true; pg_stop || true; fi' EXIT
+    tls_init                          # a fresh CA each time: DIR's old keys are not reused
+    local t_tls=$((SECONDS - t0))
     kafka_init
     kafka_start                       # boots in the background while PostgreSQL starts
     pg_init
@@ -434,9 +587,11 @@ cmd_up() {
     pg_start
     pg_wait
     kafka_wait
+    local t_ready=$((SECONDS - t0))
+    kafka_acls
     write_env
     trap - EXIT
-    log "up in $((SECONDS - t0)) s; env in $DIR/env"
+    log "up in $((SECONDS - t0)) s (certificates ${t_tls} s, both servers ready at ${t_ready} s, then ACLs); env in $DIR/env"
     cat "$DIR/env"
 }
 

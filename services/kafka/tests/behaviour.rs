@@ -969,6 +969,8 @@ async fn a_failed_produce_is_unavailable_and_indexes_nothing() {
         .expect("topic");
     let mut config = f.config.clone();
     config.brokers = mock.bootstrap_servers();
+    // librdkafka's mock cluster speaks plaintext only (the real one may be TLS).
+    config.tls = None;
     config.produce_timeout = Duration::from_secs(3);
     // The mock does not answer DescribeConfigs: connect waits for it until its
     // deadline, then goes on with a warning.
