@@ -135,6 +135,7 @@ use error::{join, kafka, pg};
 use index::{Index, IndexRow};
 use partition::{Layout, Location};
 use reader::{RawMessage, Readers, Waited};
+use wire::ChainInfo;
 
 /// Messages per read while catching up or checking an append's window.
 const SCAN_CHUNK: usize = 500;
@@ -287,6 +288,17 @@ impl KafkaLog {
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config
     }
+
+    /// Claims `batch`'s events in the chain index exactly as [`EventLog::append`] does
+    /// before it produces them, and does nothing else: no lock, no produce, no index
+    /// row. For tests and tools that stage what an append which crashed right after
+    /// Kafka acknowledged it leaves behind (claimed, in Kafka, not indexed). `Conflict`
+    /// if another chain holds one of the ids.
+    pub async fn claim(&self, batch: &[Append]) -> PortResult<()> {
+        check_batch(batch)?;
+        let client = self.inner.index.client().await?;
+        claim_batch(&client, batch).await
+    }
 }
 
 fn validate(config: &KafkaConfig) -> Result<(), KafkaError> {
@@ -345,6 +357,14 @@ fn check_batch(batch: &[Append]) -> PortResult<()> {
     for a in batch {
         index::big(a.seq, "seq")?;
         kafka_timestamp(a)?;
+        // The hash goes into the headers and the claim; catch-up checks both against
+        // the envelope, so one that is not the envelope's would never be indexed there.
+        if a.envelope.event_hash() != a.event_hash {
+            return Err(PortError::Corrupt(format!(
+                "chain {} seq {}: the event hash given is not the envelope's",
+                a.chain, a.seq
+            )));
+        }
         if !ids.insert((&a.chain, a.event_id)) {
             return Err(PortError::Conflict(format!(
                 "event {} appears twice in one append to chain {}",
@@ -361,6 +381,78 @@ fn check_batch(batch: &[Append]) -> PortResult<()> {
         }
     }
     Ok(())
+}
+
+/// Claims the batch's events (chain, id and event hash) in the index, committed, as an
+/// append must before it produces them; `Conflict` if another chain holds an id.
+async fn claim_batch<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    batch: &[Append],
+) -> PortResult<()> {
+    let claims: Vec<index::Claim> = batch
+        .iter()
+        .map(|a| (a.chain.as_key().into_owned(), a.event_id, a.event_hash))
+        .collect();
+    match index::claim(c, &claims).await? {
+        Some(id) => Err(PortError::Conflict(format!(
+            "event {id} is already held by another chain in the log"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Those of `candidates` (messages with the chain info their headers give, in log
+/// order) that an append of this crate wrote: the value is an envelope whose event hash
+/// ([`hrx_domain::Envelope::event_hash`]) is the header's, and an append claimed that
+/// chain, id and hash before producing ([`index::claimed`]). Headers alone are whatever
+/// some producer wrote; the rest are logged (position and event id only) and left out.
+async fn vouched<'m, C: deadpool_postgres::GenericClient>(
+    c: &C,
+    partition: u32,
+    candidates: Vec<(&'m RawMessage, ChainInfo)>,
+) -> PortResult<Vec<(&'m RawMessage, ChainInfo)>> {
+    let mut hashed = Vec::with_capacity(candidates.len());
+    for (m, info) in candidates {
+        let why = match m.value.as_deref().map(wire::decode_value) {
+            Some(Ok(envelope)) if envelope.event_hash() == info.event_hash => {
+                hashed.push((m, info));
+                continue;
+            }
+            Some(Ok(_)) => "its hrx-event-hash header is not its envelope's event hash".into(),
+            Some(Err(e)) => format!("its value is not an hrx envelope ({e})"),
+            None => "it has no value".into(),
+        };
+        tracing::warn!(
+            partition,
+            offset = m.offset,
+            event_id = %info.event_id,
+            "log message not indexed: {why}"
+        );
+    }
+    if hashed.is_empty() {
+        return Ok(hashed);
+    }
+    let claims: Vec<index::Claim> = hashed
+        .iter()
+        .map(|(_, i)| (i.chain.as_key().into_owned(), i.event_id, i.event_hash))
+        .collect();
+    let claimed = index::claimed(c, &claims).await?;
+    Ok(hashed
+        .into_iter()
+        .zip(claimed)
+        .filter_map(|((m, info), claimed)| {
+            if !claimed {
+                tracing::warn!(
+                    partition,
+                    offset = m.offset,
+                    event_id = %info.event_id,
+                    "log message not indexed: no append claimed its event (written to the \
+                     topic by something other than hrx)"
+                );
+            }
+            claimed.then_some((m, info))
+        })
+        .collect())
 }
 
 /// The Kafka timestamp of `a`: its receive time in Unix milliseconds, which must be
@@ -594,11 +686,9 @@ impl Inner {
                     indexed = rows.len(),
                     "chain index caught up from Kafka"
                 );
+                // Only claimed messages are indexed, and their claims are there already:
+                // catch-up never claims (what nobody claimed, no append wrote).
                 index::insert(&tx, &rows).await?;
-                // Appends claim their ids before producing; entries an older hrx wrote
-                // are claimed here, as they are found.
-                let pairs: Vec<_> = rows.iter().map(|r| (r.chain.clone(), r.event_id)).collect();
-                index::insert_claims(&tx, &pairs).await?;
                 next = last + 1;
             }
             index::advance_to(&tx, p, next).await?;
@@ -610,19 +700,20 @@ impl Inner {
     }
 
     /// The index rows for `messages` (in log order) that extend their chains, as the
-    /// projector will judge them in the same order; the rest are duplicates, forks, gaps
-    /// or not hrx messages, and do not enter the index.
+    /// projector will judge them in the same order; the rest are duplicates, forks, gaps,
+    /// not hrx messages, or not vouched for (see [`Inner::vouched`]), and do not enter
+    /// the index.
     async fn extending_rows<C: deadpool_postgres::GenericClient>(
         &self,
         c: &C,
         partition: u32,
         messages: &[RawMessage],
     ) -> PortResult<Vec<IndexRow>> {
-        let mut infos = Vec::with_capacity(messages.len());
+        let mut candidates = Vec::with_capacity(messages.len());
         for m in messages {
             match m.chain_info() {
                 Ok(info) if self.layout.partition_of(&info.chain) == partition => {
-                    infos.push((m.offset, info, m.recorded_at(partition)))
+                    candidates.push((m, info))
                 }
                 Ok(info) => tracing::warn!(
                     partition,
@@ -638,6 +729,11 @@ impl Inner {
                 ),
             }
         }
+        let infos: Vec<_> = vouched(c, partition, candidates)
+            .await?
+            .into_iter()
+            .map(|(m, info)| (m.offset, info, m.recorded_at(partition)))
+            .collect();
         if infos.is_empty() {
             return Ok(Vec::new());
         }
@@ -743,8 +839,9 @@ impl Inner {
 
     /// Step 5 of an append: nothing of `chains` may sit between `high` (what the index
     /// was caught up to under the chain locks) and our last offset, other than ours.
-    async fn check_window(
+    async fn check_window<C: deadpool_postgres::GenericClient>(
         &self,
+        c: &C,
         partition: u32,
         high: u64,
         ours: &BTreeSet<u64>,
@@ -763,16 +860,20 @@ impl Inner {
             let Some(end) = messages.last().map(|m| m.offset) else {
                 break;
             };
-            for m in messages.iter().filter(|m| !ours.contains(&m.offset)) {
-                if let Ok(info) = m.chain_info()
-                    && chains.contains(&*info.chain.as_key())
-                {
-                    return Err(PortError::Unavailable(format!(
-                        "a delayed write to chain {} landed at partition {partition} offset {} \
-                         ahead of this append, which is therefore not acknowledged; retry",
-                        info.chain, m.offset
-                    )));
-                }
+            // Only a message catch-up would index can take a seq from ours; one nobody
+            // claimed (not an append's) cannot, and must not fail the append either.
+            let theirs: Vec<_> = messages
+                .iter()
+                .filter(|m| !ours.contains(&m.offset))
+                .filter_map(|m| Some((m, m.chain_info().ok()?)))
+                .filter(|(_, info)| chains.contains(&*info.chain.as_key()))
+                .collect();
+            if let Some((m, info)) = vouched(c, partition, theirs).await?.first() {
+                return Err(PortError::Unavailable(format!(
+                    "a delayed write to chain {} landed at partition {partition} offset {} \
+                     ahead of this append, which is therefore not acknowledged; retry",
+                    info.chain, m.offset
+                )));
             }
             from = end + 1;
         }
@@ -911,11 +1012,8 @@ impl EventLog for KafkaLog {
             .iter()
             .map(|a| (a.chain.as_key().into_owned(), a.event_id))
             .collect();
-        if let Some(id) = index::claim(&client, &pairs).await? {
-            return Err(PortError::Conflict(format!(
-                "event {id} is already held by another chain in the log"
-            )));
-        }
+        // Committed before anything is produced: catch-up indexes only claimed messages.
+        claim_batch(&client, &batch).await?;
         let tx = client.transaction().await.map_err(pg)?;
         for chain in &chains {
             index::lock_chain(&tx, chain).await?;
@@ -974,7 +1072,9 @@ impl EventLog for KafkaLog {
                 .filter(|(c, _)| inner.layout.partition_of(c) == p)
                 .map(|(_, k)| k.as_str())
                 .collect();
-            inner.check_window(p, caught_up[&p], &ours, &in_p).await?;
+            inner
+                .check_window(&tx, p, caught_up[&p], &ours, &in_p)
+                .await?;
         }
 
         // Acknowledged and first in their chains: index them. From here on the events
