@@ -1283,7 +1283,8 @@ mod tests {
     /// A write to the chain that lands after an append checked the index but before its
     /// own message (a delayed write of an append that had already failed, or of a
     /// crashed process) makes the append fail instead of acknowledging an event the
-    /// projector will see as a fork; the index then follows log order. Needs Kafka and
+    /// projector will see as a fork; the index then follows log order. A racing write
+    /// that no append claimed is ignored instead. Needs Kafka and
     /// PostgreSQL (`HRX_TEST_KAFKA_BROKERS`, `HRX_TEST_DATABASE_URL`), like
     /// `tests/behaviour.rs`.
     #[tokio::test]
@@ -1326,6 +1327,10 @@ mod tests {
             .expect("seq 1");
         let zombie = append("26001", 2, 2);
         let ours = append("26001", 2, 3);
+        // The delayed write is an append's: claimed before it was produced.
+        log.claim(std::slice::from_ref(&zombie))
+            .await
+            .expect("claimed");
         let producer: FutureProducer = log.inner.producer_config.create().expect("producer");
         let topic = config.facility_topic.clone();
         let partition = log.partition_of(&c) as i32;
@@ -1365,5 +1370,41 @@ mod tests {
         log.append(vec![append("26001", 3, 4)])
             .await
             .expect("seq 3");
+
+        // A write no append claimed, racing the same way, is no append's delayed write:
+        // it neither fails the append nor takes its seq.
+        let forged = append("26001", 4, 5);
+        let producer: FutureProducer = log.inner.producer_config.create().expect("producer");
+        let topic = config.facility_topic.clone();
+        *log.inner.before_produce.lock().await = Some(Box::new(move || {
+            Box::pin(async move {
+                let value = wire::encode_value(&forged.envelope);
+                let key = forged.chain.as_key();
+                let record = FutureRecord::to(&topic)
+                    .partition(partition)
+                    .key(&*key)
+                    .payload(&value)
+                    .headers(wire::headers(&forged));
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .expect("the forged write lands");
+            })
+        }));
+        log.append(vec![append("26001", 4, 6)])
+            .await
+            .expect("seq 4, over an unclaimed write");
+        let ctx = log
+            .chain_context(&c, EventId::from_bytes([5; 16]), 4)
+            .await
+            .expect("context");
+        assert_eq!(
+            ctx.context.head.event_id,
+            Some(EventId::from_bytes([6; 16]))
+        );
+        assert_eq!(
+            ctx.context.same_event_id, None,
+            "the forgery is not indexed"
+        );
     }
 }
