@@ -17,9 +17,10 @@
 //! - `log_index_offsets(partition, next_offset)`;
 //! - `log_event_ids(event_id, chain)`: which chain each event id belongs to, claimed
 //!   before the append produces it (see [`claim`]);
-//! - `log_event_hashes(event_id, event_hash)`: the event hashes claimed with each id
-//!   (version 4; ids claimed before have none, and are bound by the id alone). Catch-up
-//!   indexes a message only if [`claimed`] finds its (chain, id, hash) here.
+//! - `log_event_hashes(event_id, event_hash, seq)`: the event hashes and seqs claimed
+//!   with each id (version 4; ids claimed before have none, and are bound by the id
+//!   alone). Catch-up indexes a message only if [`claimed`] finds its (chain, id, hash,
+//!   seq) here.
 //!
 //! Advisory locks use the two-integer form, whose key space is separate from the
 //! one-bigint form, with a class id per purpose (`LOCK_*`).
@@ -103,8 +104,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         4,
         "claimed event hashes",
-        // The event hashes an append claimed with its ids, so that catch-up indexes a
-        // message only if an append meant to write exactly that envelope (see `claim`).
+        // The event hash and seq an append claimed with each id, so that catch-up
+        // indexes a message only if an append meant to write exactly that envelope at
+        // exactly that seq (see `claim`).
         // A table rather than a column of `log_event_ids`: one chain may claim an id
         // more than once with different envelopes (a submission refused before it was
         // produced, then re-signed and retried), and each of those may be in Kafka. An
@@ -112,9 +114,10 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         // and empty: no rewrite, no scan.
         r#"
     CREATE TABLE log_event_hashes (
-        event_id    uuid   NOT NULL,
-        event_hash  bytea  NOT NULL CHECK (octet_length(event_hash) = 32),
-        PRIMARY KEY (event_id, event_hash)
+        event_id    uuid    NOT NULL,
+        event_hash  bytea   NOT NULL CHECK (octet_length(event_hash) = 32),
+        seq         bigint  NOT NULL CHECK (seq >= 0),
+        PRIMARY KEY (event_id, event_hash, seq)
     );
     "#,
     ),
@@ -559,11 +562,12 @@ pub(crate) async fn in_other_chains<C: GenericClient>(
         .collect()
 }
 
-/// One event an append is about to produce: its chain (key), id and event hash.
-pub(crate) type Claim = (String, EventId, Sha256);
+/// One event an append is about to produce: its chain (key), id, event hash and seq.
+pub(crate) type Claim = (String, EventId, Sha256, u64);
 
 /// Claims each event's id for its chain, unless some chain already holds it (or two
-/// chains of the batch want it), and records the event hash with the claim; returns an
+/// chains of the batch want it), and records the event hash and seq with the claim;
+/// returns an
 /// id of the batch that another chain holds, if any (then no hash is recorded).
 ///
 /// Run outside the append's transaction (each statement commits at once), before the
@@ -581,7 +585,7 @@ pub(crate) async fn claim<C: GenericClient>(
     claims: &[Claim],
 ) -> PortResult<Option<EventId>> {
     let mut chain_of: HashMap<EventId, &str> = HashMap::new();
-    for (chain, id, _) in claims {
+    for (chain, id, _, _) in claims {
         if let Some(other) = chain_of.insert(*id, chain)
             && other != chain
         {
@@ -613,48 +617,61 @@ pub(crate) async fn claim<C: GenericClient>(
     Ok(None)
 }
 
-/// Records the claims' event hashes, in (id, hash) order (no lock cycles between
+/// Records the claims' event hashes and seqs, in key order (no lock cycles between
 /// concurrent claims).
 async fn insert_hashes<C: GenericClient>(c: &C, claims: &[Claim]) -> PortResult<()> {
     let stmt = c
         .prepare_cached(
-            "INSERT INTO log_event_hashes (event_id, event_hash) \
-             SELECT event_id::uuid, event_hash FROM UNNEST($1::text[], $2::bytea[]) \
-                    AS b(event_id, event_hash) \
-              ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+            "INSERT INTO log_event_hashes (event_id, event_hash, seq) \
+             SELECT event_id::uuid, event_hash, seq \
+               FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS b(event_id, event_hash, seq) \
+              ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING",
         )
         .await
         .map_err(pg)?;
-    let ids: Vec<String> = claims.iter().map(|(_, id, _)| id.to_string()).collect();
-    let hashes: Vec<&[u8]> = claims.iter().map(|(_, _, h)| &h.as_bytes()[..]).collect();
-    c.execute(&stmt, &[&ids, &hashes]).await.map_err(pg)?;
+    let (_, ids, hashes, seqs) = claim_columns(claims)?;
+    c.execute(&stmt, &[&ids, &hashes, &seqs])
+        .await
+        .map_err(pg)?;
     Ok(())
 }
 
+type ClaimColumns<'a> = (Vec<&'a str>, Vec<String>, Vec<&'a [u8]>, Vec<i64>);
+
+fn claim_columns(claims: &[Claim]) -> PortResult<ClaimColumns<'_>> {
+    let mut out: ClaimColumns<'_> = Default::default();
+    for (chain, id, hash, seq) in claims {
+        out.0.push(chain);
+        out.1.push(id.to_string());
+        out.2.push(&hash.as_bytes()[..]);
+        out.3.push(big(*seq, "seq")?);
+    }
+    Ok(out)
+}
+
 /// For each of `claims`, in order, whether an append claimed it before producing: its
-/// id is held by its chain, and the hash is one recorded with the claim — or none is
-/// recorded (a claim of an hrx before hashes were: the id alone binds it).
+/// id is held by its chain, and the hash and seq are recorded with the claim — or
+/// nothing is (a claim of an hrx before hashes were: the id alone binds it).
 pub(crate) async fn claimed<C: GenericClient>(c: &C, claims: &[Claim]) -> PortResult<Vec<bool>> {
     if claims.is_empty() {
         return Ok(Vec::new());
     }
     let stmt = c
         .prepare_cached(
-            "SELECT b.i FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
-                    WITH ORDINALITY AS b(chain, event_id, event_hash, i) \
+            "SELECT b.i FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::int8[]) \
+                    WITH ORDINALITY AS b(chain, event_id, event_hash, seq, i) \
                JOIN log_event_ids e ON e.event_id = b.event_id::uuid AND e.chain = b.chain \
               WHERE EXISTS (SELECT 1 FROM log_event_hashes h \
-                             WHERE h.event_id = e.event_id AND h.event_hash = b.event_hash) \
+                             WHERE h.event_id = e.event_id AND h.event_hash = b.event_hash \
+                               AND h.seq = b.seq) \
                  OR NOT EXISTS (SELECT 1 FROM log_event_hashes h WHERE h.event_id = e.event_id)",
         )
         .await
         .map_err(pg)?;
-    let chains: Vec<&str> = claims.iter().map(|(chain, _, _)| chain.as_str()).collect();
-    let ids: Vec<String> = claims.iter().map(|(_, id, _)| id.to_string()).collect();
-    let hashes: Vec<&[u8]> = claims.iter().map(|(_, _, h)| &h.as_bytes()[..]).collect();
+    let (chains, ids, hashes, seqs) = claim_columns(claims)?;
     let mut out = vec![false; claims.len()];
     for row in c
-        .query(&stmt, &[&chains, &ids, &hashes])
+        .query(&stmt, &[&chains, &ids, &hashes, &seqs])
         .await
         .map_err(pg)?
     {
@@ -927,7 +944,7 @@ mod tests {
         let key = chain.as_key().into_owned();
         let (h, h2) = (Sha256::digest(b"h"), Sha256::digest(b"h2"));
         assert_eq!(
-            claim(&client, &[(other.clone(), id1, h)])
+            claim(&client, &[(other.clone(), id1, h, 1)])
                 .await
                 .expect("claim"),
             Some(id1),
@@ -939,9 +956,9 @@ mod tests {
             claimed(
                 &client,
                 &[
-                    (key.clone(), id1, hash1),
-                    (key.clone(), id1, h),
-                    (other.clone(), id1, h)
+                    (key.clone(), id1, hash1, 1),
+                    (key.clone(), id1, h, 1),
+                    (other.clone(), id1, h, 1)
                 ]
             )
             .await
@@ -951,7 +968,7 @@ mod tests {
         let fresh = EventId::from_bytes([9; 16]);
         let unclaimed = EventId::from_bytes([10; 16]);
         assert_eq!(
-            claim(&client, &[(other.clone(), fresh, h)])
+            claim(&client, &[(other.clone(), fresh, h, 1)])
                 .await
                 .expect("claim"),
             None
@@ -960,19 +977,20 @@ mod tests {
             claimed(
                 &client,
                 &[
-                    (other.clone(), fresh, h),
-                    (other.clone(), fresh, h2),
-                    (key.clone(), fresh, h),
-                    (other.clone(), unclaimed, h),
+                    (other.clone(), fresh, h, 1),
+                    (other.clone(), fresh, h2, 1),
+                    (other.clone(), fresh, h, 2),
+                    (key.clone(), fresh, h, 1),
+                    (other.clone(), unclaimed, h, 1),
                 ]
             )
             .await
             .expect("claimed"),
-            vec![true, false, false, false],
-            "a new claim binds its chain and hash"
+            vec![true, false, false, false, false],
+            "a new claim binds its chain, hash and seq"
         );
         assert_eq!(
-            claim(&client, &[(other.clone(), fresh, h2)])
+            claim(&client, &[(other.clone(), fresh, h2, 1)])
                 .await
                 .expect("claim"),
             None,
@@ -981,7 +999,7 @@ mod tests {
         assert_eq!(
             claimed(
                 &client,
-                &[(other.clone(), fresh, h), (other.clone(), fresh, h2)]
+                &[(other.clone(), fresh, h, 1), (other.clone(), fresh, h2, 1)]
             )
             .await
             .expect("claimed"),
@@ -990,14 +1008,17 @@ mod tests {
         );
         let both = EventId::from_bytes([11; 16]);
         assert_eq!(
-            claim(&client, &[(other.clone(), both, h), (key.clone(), both, h)])
-                .await
-                .expect("claim"),
+            claim(
+                &client,
+                &[(other.clone(), both, h, 1), (key.clone(), both, h, 1)]
+            )
+            .await
+            .expect("claim"),
             Some(both),
             "one id for two chains of one batch"
         );
         assert_eq!(
-            claimed(&client, &[(other, both, h), (key, both, h)])
+            claimed(&client, &[(other, both, h, 1), (key, both, h, 1)])
                 .await
                 .expect("claimed"),
             vec![false, false]

@@ -41,8 +41,22 @@
 //! id and seq) before appending it. Kafka cannot answer that, so the index lives in
 //! PostgreSQL (`index`): a row per event that entered its chain, and per partition
 //! `next_offset`, the offset below which the partition has been indexed. Every message
-//! carries its chain, seq, event id and event hash in headers, so the index can be
-//! rebuilt from Kafka alone, by any process, without decoding payloads.
+//! carries its chain, seq, event id and event hash in headers, so any process can
+//! rebuild the index from Kafka without decoding payloads (only `hrx-proto` may).
+//!
+//! **What the index trusts.** Headers are whatever the producer wrote, and anyone able
+//! to produce to the topic could write "chain F, seq head + 1" over any payload. So a
+//! message enters the index only if (a) an append *claimed* it in PostgreSQL before
+//! producing it: `log_event_ids` holds its event id for its chain and
+//! `log_event_hashes` its event hash and seq (ids claimed by an hrx before hashes were
+//! recorded have none, and are bound by the id alone), and (b) its value decodes to an envelope
+//! whose event hash ([`hrx_domain::Envelope::event_hash`]) is the one in its headers.
+//! Every append claims its events, committed, before it produces (step 0 below), and
+//! every hrx write goes through `append` (facility events, reports, patient
+//! statements, the registry alike), so nothing hrx wrote is left out; catch-up never
+//! claims anything itself. A message failing either check is skipped with a warning
+//! (position and event id only), and never takes a seq from a real event: the
+//! facility's next real append is accepted over it.
 //!
 //! **Catch-up.** Before `chain_context` answers for a chain, and inside every `append`,
 //! every message of the chain below the partition's high watermark is made to be in the
@@ -51,22 +65,26 @@
 //! appends are still committing their rows, which one Kafka read shows (no write, no
 //! lock). Only when one of them belongs to the chain, has stayed unindexed for seconds
 //! (a crashed writer's), or the backlog is large does a full scan run: it reads the
-//! partition from `next_offset` and indexes each message *iff it extends its chain*
-//! (seq = head + 1, event id new) — the rule the projector applies in the same log
-//! order, so the index and the projections agree about which event holds a seq even if
-//! the log holds a stray write. Scans of one partition are serialised by an advisory
-//! lock and commit per chunk.
+//! partition from `next_offset` and indexes each message that is claimed and whose
+//! hash is its payload's (above) *iff it extends its chain* (seq = head + 1, event id
+//! new) — the rule the projector applies in the same log order, so the index and the
+//! projections agree about which event holds a seq even if the log holds a stray write
+//! of an append. Scans of one partition are serialised by an advisory lock and commit
+//! per chunk.
 //!
-//! **Append** (for each chain of the batch, in a fixed order):
+//! **Append**: 0. claim the batch's event ids for their chains, with their event
+//! hashes, each statement committed at once (`Conflict` if another chain holds an id);
+//! then, for each chain of the batch, in a fixed order:
 //! 1. `BEGIN`; `pg_advisory_xact_lock` on the chain (ingest's per-chain lock serialises
 //!    a process's own submissions; this one serialises processes);
 //! 2. read the partition's high watermark `H` and catch the chain's index up to it;
 //! 3. refuse with `Conflict` unless the batch continues the indexed head (seq = head +
 //!    1, consecutive, ids new);
 //! 4. produce, await every acknowledgement;
-//! 5. check that nothing of these chains landed between `H` and our offsets (a delayed
-//!    write from an append that had already failed: a "zombie"); if something did, fail
-//!    with `Unavailable`, index nothing, and let the retry see the log as it is;
+//! 5. check that nothing of these chains that catch-up would index (claimed, hash
+//!    matching) landed between `H` and our offsets (a delayed write from an append that
+//!    had already failed: a "zombie"); if something did, fail with `Unavailable`, index
+//!    nothing, and let the retry see the log as it is;
 //! 6. insert the index rows, advance `next_offset` if our messages directly follow it;
 //!    `COMMIT`, which releases the chain lock.
 //!
@@ -88,16 +106,30 @@
 //! - After Kafka acknowledged, before the commit of step 6: the events are durable in
 //!   Kafka but not indexed. The next `chain_context` or `append` on that partition (in
 //!   any process) finds `next_offset` below the watermark and indexes them from their
-//!   headers; the retry is a duplicate, and a different event at that seq is a fork.
+//!   headers — they were claimed in step 0, before they were produced; the retry is a
+//!   duplicate, and a different event at that seq is a fork.
 //!   If the index insert itself fails, `append` still returns the positions (the events
 //!   *are* in the log) and leaves the repair to catch-up.
 //! - After the commit, before ingest answers: an ordinary duplicate on retry.
 //! - A process that hangs with the lock: `lock_timeout` makes waiters fail retryably, and
 //!   `idle_in_transaction_session_timeout` ends a dead client's session (and lock).
 //!
-//! **Limits.** A message whose hrx headers are missing or malformed (not written by
-//! this crate) cannot be indexed and is skipped by catch-up, while the projector would
-//! still judge its payload. `append` is atomic when it succeeds; when it fails, a prefix
+//! **Limits.** A message not written by this crate's `append` — hrx headers missing or
+//! malformed, not claimed, or an event hash that is not its payload's — is skipped by
+//! catch-up, while the projector still judges its payload (and rejects it unless it is
+//! validly signed). So the index and the projections can disagree about a seq only if
+//! someone both holds a chain's signing key and can produce to the topic, bypassing
+//! ingest: their event would hold the seq for the projector but not for the index.
+//! Keep produce rights on the topics to hrx. The headers' chain, seq and event id are
+//! checked against the claim and the payload's hash, not against the payload's own
+//! fields, which only `hrx-proto` decodes: ingest derived the claimed ones from the
+//! payload, and the projector re-derives them. Claims with no hash (written by an hrx
+//! of schema version 3, before hashes were recorded) bind the id alone, so an
+//! unindexed message under such an id is taken if its hash header is its payload's.
+//! Messages an hrx from before claims existed (before version 3) wrote and never
+//! indexed are no longer taken (nor claimed) by catch-up: upgrade through a version
+//! with claims, or let it index its partitions first. `append` is atomic when it
+//! succeeds; when it fails, a prefix
 //! of the batch may be in the log (Kafka transactions would hide it from readers, at
 //! the price of a transaction per append) — the trait's "all or nothing" is kept in
 //! effect by the index, which reads that prefix as duplicates on retry.
@@ -391,7 +423,14 @@ async fn claim_batch<C: deadpool_postgres::GenericClient>(
 ) -> PortResult<()> {
     let claims: Vec<index::Claim> = batch
         .iter()
-        .map(|a| (a.chain.as_key().into_owned(), a.event_id, a.event_hash))
+        .map(|a| {
+            (
+                a.chain.as_key().into_owned(),
+                a.event_id,
+                a.event_hash,
+                a.seq,
+            )
+        })
         .collect();
     match index::claim(c, &claims).await? {
         Some(id) => Err(PortError::Conflict(format!(
@@ -434,7 +473,10 @@ async fn vouched<'m, C: deadpool_postgres::GenericClient>(
     }
     let claims: Vec<index::Claim> = hashed
         .iter()
-        .map(|(_, i)| (i.chain.as_key().into_owned(), i.event_id, i.event_hash))
+        .map(|(_, i)| {
+            let chain = i.chain.as_key().into_owned();
+            (chain, i.event_id, i.event_hash, i.seq)
+        })
         .collect();
     let claimed = index::claimed(c, &claims).await?;
     Ok(hashed

@@ -2,7 +2,8 @@
 //! of the shared suite (`hrx_ports::testkit::log_*`), each on fresh topics and a fresh
 //! database, and the behaviours only a distributed log has — partitioning by facility,
 //! topic creation and checking, an unreachable broker, two processes racing on one
-//! chain, events in Kafka that the index has not seen (and which of them it takes),
+//! chain, events in Kafka that the index has not seen (and which of them it takes:
+//! only what an append claimed, never a forgery produced straight to the topic),
 //! messages written by the previous version (without the receipt headers), failed
 //! produces (librdkafka's mock cluster), prompt wake-ups across processes, and many
 //! chains appended concurrently (with timings).
@@ -822,8 +823,9 @@ async fn catch_up_indexes_only_what_extends_a_chain() {
 /// Whoever can produce to the topic can write any headers, but the chain index trusts
 /// only what an append claimed: a message saying "facility F1, seq head + 1" that no
 /// append claimed, one whose payload is not the envelope its headers and a claim name,
-/// and one whose headers and payload agree but whose envelope was never claimed under
-/// that id are all passed over by catch-up, in every process. F1's real next event is
+/// one whose headers and payload agree but whose envelope was never claimed under that
+/// id, one under an id another chain claimed, and a claimed envelope under another seq
+/// than its claim's are all passed over by catch-up, in every process. F1's real next event is
 /// then still accepted, and the index follows it; the forgeries stay in the log for the
 /// projector to judge (and reject: they are not validly signed).
 #[tokio::test]
@@ -909,8 +911,27 @@ async fn a_forged_message_does_not_move_the_chain_index() {
         .await,
     );
 
+    // 5. An envelope an append claimed at another seq (and ingest then refused), replayed
+    //    under headers that place it at seq 2.
+    let refused = append(&c, 5, 56);
+    a.claim(std::slice::from_ref(&refused))
+        .await
+        .expect("claimed");
+    let moved = hrx_ports::Append { seq: 2, ..refused };
+    forged.push(
+        produce_raw(
+            &f,
+            &producer,
+            p,
+            &key,
+            &wire::encode_value(&moved.envelope),
+            wire::headers(&moved),
+        )
+        .await,
+    );
+
     let b = f.open().await;
-    for (log, n) in [(&b, 50), (&a, 51), (&b, 53), (&a, 55)] {
+    for (log, n) in [(&b, 50), (&a, 51), (&b, 53), (&a, 55), (&b, 56)] {
         let ctx = log
             .chain_context(&c, event_id(n), 2)
             .await
@@ -944,7 +965,7 @@ async fn a_forged_message_does_not_move_the_chain_index() {
 
     // Everything is in the log, in order; the projector judges the payloads.
     let entries = a.read(p, 0, 100).await.expect("read");
-    assert_eq!(entries.len(), 7);
+    assert_eq!(entries.len(), 8);
     assert_eq!(entries[2].envelope, envelope(52));
 }
 
