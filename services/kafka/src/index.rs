@@ -1,7 +1,9 @@
 //! Ingest's chain index over the Kafka log, in PostgreSQL: one row per event that
 //! entered its chain in the log, and per partition the offset up to which the log has
-//! been scanned contiguously. Kafka is the truth; this is a cache of it that any process
-//! can rebuild from the message headers (see [`crate`] for how and when).
+//! been scanned contiguously. Kafka holds the events; the index is rebuilt from the
+//! message headers (see [`crate`] for how and when), but only for messages an append
+//! claimed here before producing them, with the event hash their payload has: the
+//! claims, not the headers, are what the index trusts.
 //!
 //! Schema (versioned migrations in `hrx_log_migrations`, applied under an advisory lock
 //! so that concurrent start-ups do not race; the store adapter keeps its own migrations
@@ -14,7 +16,11 @@
 //!   without one and for rows indexed before version 2;
 //! - `log_index_offsets(partition, next_offset)`;
 //! - `log_event_ids(event_id, chain)`: which chain each event id belongs to, claimed
-//!   before the append produces it (see [`claim`]).
+//!   before the append produces it (see [`claim`]);
+//! - `log_event_hashes(event_id, event_hash, seq)`: the event hashes and seqs claimed
+//!   with each id (version 4; ids claimed before have none, and are bound by the id
+//!   alone). Catch-up indexes a message only if [`claimed`] finds its (chain, id, hash,
+//!   seq) here.
 //!
 //! Advisory locks use the two-integer form, whose key space is separate from the
 //! one-bigint form, with a class id per purpose (`LOCK_*`).
@@ -93,6 +99,26 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     INSERT INTO log_event_ids (event_id, chain)
         SELECT DISTINCT ON (event_id) event_id, chain FROM log_chain_index
          ORDER BY event_id, "partition", "offset";
+    "#,
+    ),
+    (
+        4,
+        "claimed event hashes",
+        // The event hash and seq an append claimed with each id, so that catch-up
+        // indexes a message only if an append meant to write exactly that envelope at
+        // exactly that seq (see `claim`).
+        // A table rather than a column of `log_event_ids`: one chain may claim an id
+        // more than once with different envelopes (a submission refused before it was
+        // produced, then re-signed and retried), and each of those may be in Kafka. An
+        // id without rows here was claimed by an hrx that did not record hashes. New
+        // and empty: no rewrite, no scan.
+        r#"
+    CREATE TABLE log_event_hashes (
+        event_id    uuid    NOT NULL,
+        event_hash  bytea   NOT NULL CHECK (octet_length(event_hash) = 32),
+        seq         bigint  NOT NULL CHECK (seq >= 0),
+        PRIMARY KEY (event_id, event_hash, seq)
+    );
     "#,
     ),
 ];
@@ -536,47 +562,130 @@ pub(crate) async fn in_other_chains<C: GenericClient>(
         .collect()
 }
 
-/// Claims each (chain, event id) pair's id for its chain, unless some chain already
-/// holds it; returns an id of the batch that another chain holds, if any.
+/// One event an append is about to produce: its chain (key), id, event hash and seq.
+pub(crate) type Claim = (String, EventId, Sha256, u64);
+
+/// Claims each event's id for its chain, unless some chain already holds it (or two
+/// chains of the batch want it), and records the event hash and seq with the claim;
+/// returns an
+/// id of the batch that another chain holds, if any (then no hash is recorded).
 ///
 /// Run outside the append's transaction (each statement commits at once), before the
-/// append produces: the claim must be visible to every other append before the event
-/// can be in Kafka. `INSERT … ON CONFLICT DO NOTHING` waits for a concurrent claim of
-/// the same id to commit, and the second statement's fresh snapshot then sees it. A
-/// claim whose append then fails stays with its chain, whose retry reuses it.
+/// append produces: the claim must be visible to every other append, and to every
+/// catch-up, before the event can be in Kafka. `INSERT … ON CONFLICT DO NOTHING` waits
+/// for a concurrent claim of the same id to commit, and the second statement's fresh
+/// snapshot then sees it. A claim whose append then fails stays with its chain, whose
+/// retry reuses it; a retry with another envelope under the same id adds its hash (the
+/// earlier one may be in Kafka already, from an append that failed after producing).
+///
+/// Catch-up indexes a message only if [`claimed`] finds its claim: what nobody claimed
+/// was not written by an append of this crate.
 pub(crate) async fn claim<C: GenericClient>(
     c: &C,
-    pairs: &[(String, EventId)],
+    claims: &[Claim],
 ) -> PortResult<Option<EventId>> {
-    let distinct: HashSet<&EventId> = pairs.iter().map(|(_, id)| id).collect();
-    if insert_claims(c, pairs).await? == distinct.len() as u64 {
-        // Every id was free (the usual case): no chain held any of them.
-        return Ok(None);
+    let mut chain_of: HashMap<EventId, &str> = HashMap::new();
+    for (chain, id, _, _) in claims {
+        if let Some(other) = chain_of.insert(*id, chain)
+            && other != chain
+        {
+            return Ok(Some(*id)); // one id for two chains of the batch
+        }
     }
+    let pairs: Vec<(String, EventId)> = chain_of
+        .iter()
+        .map(|(id, chain)| ((*chain).to_owned(), *id))
+        .collect();
+    if insert_claims(c, &pairs).await? != pairs.len() as u64 {
+        // Some id was claimed already: by this chain (a retry) or by another.
+        let stmt = c
+            .prepare_cached(
+                "SELECT b.event_id FROM UNNEST($1::text[], $2::text[]) AS b(chain, event_id) \
+                 JOIN log_event_ids i ON i.event_id = b.event_id::uuid AND i.chain <> b.chain \
+                 LIMIT 1",
+            )
+            .await
+            .map_err(pg)?;
+        let (chains, ids) = columns(&pairs);
+        if let Some(row) = c.query_opt(&stmt, &[&chains, &ids]).await.map_err(pg)? {
+            return Ok(Some(
+                EventId::parse(row.get(0)).map_err(|_| corrupt("event id"))?,
+            ));
+        }
+    }
+    insert_hashes(c, claims).await?;
+    Ok(None)
+}
+
+/// Records the claims' event hashes and seqs, in key order (no lock cycles between
+/// concurrent claims).
+async fn insert_hashes<C: GenericClient>(c: &C, claims: &[Claim]) -> PortResult<()> {
     let stmt = c
         .prepare_cached(
-            "SELECT b.event_id FROM UNNEST($1::text[], $2::text[]) AS b(chain, event_id) \
-             JOIN log_event_ids i ON i.event_id = b.event_id::uuid AND i.chain <> b.chain \
-             LIMIT 1",
+            "INSERT INTO log_event_hashes (event_id, event_hash, seq) \
+             SELECT event_id::uuid, event_hash, seq \
+               FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS b(event_id, event_hash, seq) \
+              ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING",
         )
         .await
         .map_err(pg)?;
-    let (chains, ids) = columns(pairs);
-    match c.query_opt(&stmt, &[&chains, &ids]).await.map_err(pg)? {
-        Some(row) => Ok(Some(
-            EventId::parse(row.get(0)).map_err(|_| corrupt("event id"))?,
-        )),
-        None => Ok(None),
+    let (_, ids, hashes, seqs) = claim_columns(claims)?;
+    c.execute(&stmt, &[&ids, &hashes, &seqs])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+type ClaimColumns<'a> = (Vec<&'a str>, Vec<String>, Vec<&'a [u8]>, Vec<i64>);
+
+fn claim_columns(claims: &[Claim]) -> PortResult<ClaimColumns<'_>> {
+    let mut out: ClaimColumns<'_> = Default::default();
+    for (chain, id, hash, seq) in claims {
+        out.0.push(chain);
+        out.1.push(id.to_string());
+        out.2.push(&hash.as_bytes()[..]);
+        out.3.push(big(*seq, "seq")?);
     }
+    Ok(out)
+}
+
+/// For each of `claims`, in order, whether an append claimed it before producing: its
+/// id is held by its chain, and the hash and seq are recorded with the claim — or
+/// nothing is (a claim of an hrx before hashes were: the id alone binds it).
+pub(crate) async fn claimed<C: GenericClient>(c: &C, claims: &[Claim]) -> PortResult<Vec<bool>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = c
+        .prepare_cached(
+            "SELECT b.i FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::int8[]) \
+                    WITH ORDINALITY AS b(chain, event_id, event_hash, seq, i) \
+               JOIN log_event_ids e ON e.event_id = b.event_id::uuid AND e.chain = b.chain \
+              WHERE EXISTS (SELECT 1 FROM log_event_hashes h \
+                             WHERE h.event_id = e.event_id AND h.event_hash = b.event_hash \
+                               AND h.seq = b.seq) \
+                 OR NOT EXISTS (SELECT 1 FROM log_event_hashes h WHERE h.event_id = e.event_id)",
+        )
+        .await
+        .map_err(pg)?;
+    let (chains, ids, hashes, seqs) = claim_columns(claims)?;
+    let mut out = vec![false; claims.len()];
+    for row in c
+        .query(&stmt, &[&chains, &ids, &hashes, &seqs])
+        .await
+        .map_err(pg)?
+    {
+        // WITH ORDINALITY counts from 1.
+        let i = usize::try_from(row.get::<_, i64>(0) - 1).map_err(|_| corrupt("ordinal"))?;
+        *out.get_mut(i).ok_or_else(|| corrupt("ordinal"))? = true;
+    }
+    Ok(out)
 }
 
 /// Inserts the claims that are not there yet, in id order (so that two concurrent
 /// claims of overlapping ids wait for each other in one order, never in a cycle).
 /// Returns how many were inserted.
-pub(crate) async fn insert_claims<C: GenericClient>(
-    c: &C,
-    pairs: &[(String, EventId)],
-) -> PortResult<u64> {
+async fn insert_claims<C: GenericClient>(c: &C, pairs: &[(String, EventId)]) -> PortResult<u64> {
     let stmt = c
         .prepare_cached(
             "INSERT INTO log_event_ids (event_id, chain) \
@@ -832,24 +941,87 @@ mod tests {
             HashSet::from([id1]),
             "the old row's id is its chain's"
         );
+        let key = chain.as_key().into_owned();
+        let (h, h2) = (Sha256::digest(b"h"), Sha256::digest(b"h2"));
         assert_eq!(
-            claim(&client, &[(other.clone(), id1)])
+            claim(&client, &[(other.clone(), id1, h, 1)])
                 .await
                 .expect("claim"),
             Some(id1),
             "another chain cannot claim it"
         );
-        let fresh = EventId::from_bytes([9; 16]);
+        // Claimed before hashes were recorded: its chain's by the id alone, whatever the
+        // hash; nobody else's, and the refused claim above recorded no hash.
         assert_eq!(
-            claim(&client, &[(other.clone(), fresh)])
+            claimed(
+                &client,
+                &[
+                    (key.clone(), id1, hash1, 1),
+                    (key.clone(), id1, h, 1),
+                    (other.clone(), id1, h, 1)
+                ]
+            )
+            .await
+            .expect("claimed"),
+            vec![true, true, false]
+        );
+        let fresh = EventId::from_bytes([9; 16]);
+        let unclaimed = EventId::from_bytes([10; 16]);
+        assert_eq!(
+            claim(&client, &[(other.clone(), fresh, h, 1)])
                 .await
                 .expect("claim"),
             None
         );
         assert_eq!(
-            claim(&client, &[(other, fresh)]).await.expect("claim"),
+            claimed(
+                &client,
+                &[
+                    (other.clone(), fresh, h, 1),
+                    (other.clone(), fresh, h2, 1),
+                    (other.clone(), fresh, h, 2),
+                    (key.clone(), fresh, h, 1),
+                    (other.clone(), unclaimed, h, 1),
+                ]
+            )
+            .await
+            .expect("claimed"),
+            vec![true, false, false, false, false],
+            "a new claim binds its chain, hash and seq"
+        );
+        assert_eq!(
+            claim(&client, &[(other.clone(), fresh, h2, 1)])
+                .await
+                .expect("claim"),
             None,
             "a chain's claim again is no conflict"
+        );
+        assert_eq!(
+            claimed(
+                &client,
+                &[(other.clone(), fresh, h, 1), (other.clone(), fresh, h2, 1)]
+            )
+            .await
+            .expect("claimed"),
+            vec![true, true],
+            "a retry with another envelope adds its hash; the first stays claimed"
+        );
+        let both = EventId::from_bytes([11; 16]);
+        assert_eq!(
+            claim(
+                &client,
+                &[(other.clone(), both, h, 1), (key.clone(), both, h, 1)]
+            )
+            .await
+            .expect("claim"),
+            Some(both),
+            "one id for two chains of one batch"
+        );
+        assert_eq!(
+            claimed(&client, &[(other, both, h, 1), (key, both, h, 1)])
+                .await
+                .expect("claimed"),
+            vec![false, false]
         );
 
         let t = Timestamp::new(-1, 999_999_999).expect("in range");

@@ -41,8 +41,22 @@
 //! id and seq) before appending it. Kafka cannot answer that, so the index lives in
 //! PostgreSQL (`index`): a row per event that entered its chain, and per partition
 //! `next_offset`, the offset below which the partition has been indexed. Every message
-//! carries its chain, seq, event id and event hash in headers, so the index can be
-//! rebuilt from Kafka alone, by any process, without decoding payloads.
+//! carries its chain, seq, event id and event hash in headers, so any process can
+//! rebuild the index from Kafka without decoding payloads (only `hrx-proto` may).
+//!
+//! **What the index trusts.** Headers are whatever the producer wrote, and anyone able
+//! to produce to the topic could write "chain F, seq head + 1" over any payload. So a
+//! message enters the index only if (a) an append *claimed* it in PostgreSQL before
+//! producing it: `log_event_ids` holds its event id for its chain and
+//! `log_event_hashes` its event hash and seq (ids claimed by an hrx before hashes were
+//! recorded have none, and are bound by the id alone), and (b) its value decodes to an envelope
+//! whose event hash ([`hrx_domain::Envelope::event_hash`]) is the one in its headers.
+//! Every append claims its events, committed, before it produces (step 0 below), and
+//! every hrx write goes through `append` (facility events, reports, patient
+//! statements, the registry alike), so nothing hrx wrote is left out; catch-up never
+//! claims anything itself. A message failing either check is skipped with a warning
+//! (position and event id only), and never takes a seq from a real event: the
+//! facility's next real append is accepted over it.
 //!
 //! **Catch-up.** Before `chain_context` answers for a chain, and inside every `append`,
 //! every message of the chain below the partition's high watermark is made to be in the
@@ -51,22 +65,26 @@
 //! appends are still committing their rows, which one Kafka read shows (no write, no
 //! lock). Only when one of them belongs to the chain, has stayed unindexed for seconds
 //! (a crashed writer's), or the backlog is large does a full scan run: it reads the
-//! partition from `next_offset` and indexes each message *iff it extends its chain*
-//! (seq = head + 1, event id new) — the rule the projector applies in the same log
-//! order, so the index and the projections agree about which event holds a seq even if
-//! the log holds a stray write. Scans of one partition are serialised by an advisory
-//! lock and commit per chunk.
+//! partition from `next_offset` and indexes each message that is claimed and whose
+//! hash is its payload's (above) *iff it extends its chain* (seq = head + 1, event id
+//! new) — the rule the projector applies in the same log order, so the index and the
+//! projections agree about which event holds a seq even if the log holds a stray write
+//! of an append. Scans of one partition are serialised by an advisory lock and commit
+//! per chunk.
 //!
-//! **Append** (for each chain of the batch, in a fixed order):
+//! **Append**: 0. claim the batch's event ids for their chains, with their event
+//! hashes, each statement committed at once (`Conflict` if another chain holds an id);
+//! then, for each chain of the batch, in a fixed order:
 //! 1. `BEGIN`; `pg_advisory_xact_lock` on the chain (ingest's per-chain lock serialises
 //!    a process's own submissions; this one serialises processes);
 //! 2. read the partition's high watermark `H` and catch the chain's index up to it;
 //! 3. refuse with `Conflict` unless the batch continues the indexed head (seq = head +
 //!    1, consecutive, ids new);
 //! 4. produce, await every acknowledgement;
-//! 5. check that nothing of these chains landed between `H` and our offsets (a delayed
-//!    write from an append that had already failed: a "zombie"); if something did, fail
-//!    with `Unavailable`, index nothing, and let the retry see the log as it is;
+//! 5. check that nothing of these chains that catch-up would index (claimed, hash
+//!    matching) landed between `H` and our offsets (a delayed write from an append that
+//!    had already failed: a "zombie"); if something did, fail with `Unavailable`, index
+//!    nothing, and let the retry see the log as it is;
 //! 6. insert the index rows, advance `next_offset` if our messages directly follow it;
 //!    `COMMIT`, which releases the chain lock.
 //!
@@ -88,16 +106,30 @@
 //! - After Kafka acknowledged, before the commit of step 6: the events are durable in
 //!   Kafka but not indexed. The next `chain_context` or `append` on that partition (in
 //!   any process) finds `next_offset` below the watermark and indexes them from their
-//!   headers; the retry is a duplicate, and a different event at that seq is a fork.
+//!   headers — they were claimed in step 0, before they were produced; the retry is a
+//!   duplicate, and a different event at that seq is a fork.
 //!   If the index insert itself fails, `append` still returns the positions (the events
 //!   *are* in the log) and leaves the repair to catch-up.
 //! - After the commit, before ingest answers: an ordinary duplicate on retry.
 //! - A process that hangs with the lock: `lock_timeout` makes waiters fail retryably, and
 //!   `idle_in_transaction_session_timeout` ends a dead client's session (and lock).
 //!
-//! **Limits.** A message whose hrx headers are missing or malformed (not written by
-//! this crate) cannot be indexed and is skipped by catch-up, while the projector would
-//! still judge its payload. `append` is atomic when it succeeds; when it fails, a prefix
+//! **Limits.** A message not written by this crate's `append` — hrx headers missing or
+//! malformed, not claimed, or an event hash that is not its payload's — is skipped by
+//! catch-up, while the projector still judges its payload (and rejects it unless it is
+//! validly signed). So the index and the projections can disagree about a seq only if
+//! someone both holds a chain's signing key and can produce to the topic, bypassing
+//! ingest: their event would hold the seq for the projector but not for the index.
+//! Keep produce rights on the topics to hrx. The headers' chain, seq and event id are
+//! checked against the claim and the payload's hash, not against the payload's own
+//! fields, which only `hrx-proto` decodes: ingest derived the claimed ones from the
+//! payload, and the projector re-derives them. Claims with no hash (written by an hrx
+//! of schema version 3, before hashes were recorded) bind the id alone, so an
+//! unindexed message under such an id is taken if its hash header is its payload's.
+//! Messages an hrx from before claims existed (before version 3) wrote and never
+//! indexed are no longer taken (nor claimed) by catch-up: upgrade through a version
+//! with claims, or let it index its partitions first. `append` is atomic when it
+//! succeeds; when it fails, a prefix
 //! of the batch may be in the log (Kafka transactions would hide it from readers, at
 //! the price of a transaction per append) — the trait's "all or nothing" is kept in
 //! effect by the index, which reads that prefix as duplicates on retry.
@@ -135,6 +167,7 @@ use error::{join, kafka, pg};
 use index::{Index, IndexRow};
 use partition::{Layout, Location};
 use reader::{RawMessage, Readers, Waited};
+use wire::ChainInfo;
 
 /// Messages per read while catching up or checking an append's window.
 const SCAN_CHUNK: usize = 500;
@@ -287,6 +320,17 @@ impl KafkaLog {
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config
     }
+
+    /// Claims `batch`'s events in the chain index exactly as [`EventLog::append`] does
+    /// before it produces them, and does nothing else: no lock, no produce, no index
+    /// row. For tests and tools that stage what an append which crashed right after
+    /// Kafka acknowledged it leaves behind (claimed, in Kafka, not indexed). `Conflict`
+    /// if another chain holds one of the ids.
+    pub async fn claim(&self, batch: &[Append]) -> PortResult<()> {
+        check_batch(batch)?;
+        let client = self.inner.index.client().await?;
+        claim_batch(&client, batch).await
+    }
 }
 
 fn validate(config: &KafkaConfig) -> Result<(), KafkaError> {
@@ -345,6 +389,14 @@ fn check_batch(batch: &[Append]) -> PortResult<()> {
     for a in batch {
         index::big(a.seq, "seq")?;
         kafka_timestamp(a)?;
+        // The hash goes into the headers and the claim; catch-up checks both against
+        // the envelope, so one that is not the envelope's would never be indexed there.
+        if a.envelope.event_hash() != a.event_hash {
+            return Err(PortError::Corrupt(format!(
+                "chain {} seq {}: the event hash given is not the envelope's",
+                a.chain, a.seq
+            )));
+        }
         if !ids.insert((&a.chain, a.event_id)) {
             return Err(PortError::Conflict(format!(
                 "event {} appears twice in one append to chain {}",
@@ -361,6 +413,88 @@ fn check_batch(batch: &[Append]) -> PortResult<()> {
         }
     }
     Ok(())
+}
+
+/// Claims the batch's events (chain, id and event hash) in the index, committed, as an
+/// append must before it produces them; `Conflict` if another chain holds an id.
+async fn claim_batch<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    batch: &[Append],
+) -> PortResult<()> {
+    let claims: Vec<index::Claim> = batch
+        .iter()
+        .map(|a| {
+            (
+                a.chain.as_key().into_owned(),
+                a.event_id,
+                a.event_hash,
+                a.seq,
+            )
+        })
+        .collect();
+    match index::claim(c, &claims).await? {
+        Some(id) => Err(PortError::Conflict(format!(
+            "event {id} is already held by another chain in the log"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Those of `candidates` (messages with the chain info their headers give, in log
+/// order) that an append of this crate wrote: the value is an envelope whose event hash
+/// ([`hrx_domain::Envelope::event_hash`]) is the header's, and an append claimed that
+/// chain, id and hash before producing ([`index::claimed`]). Headers alone are whatever
+/// some producer wrote; the rest are logged (position and event id only) and left out.
+async fn vouched<'m, C: deadpool_postgres::GenericClient>(
+    c: &C,
+    partition: u32,
+    candidates: Vec<(&'m RawMessage, ChainInfo)>,
+) -> PortResult<Vec<(&'m RawMessage, ChainInfo)>> {
+    let mut hashed = Vec::with_capacity(candidates.len());
+    for (m, info) in candidates {
+        let why = match m.value.as_deref().map(wire::decode_value) {
+            Some(Ok(envelope)) if envelope.event_hash() == info.event_hash => {
+                hashed.push((m, info));
+                continue;
+            }
+            Some(Ok(_)) => "its hrx-event-hash header is not its envelope's event hash".into(),
+            Some(Err(e)) => format!("its value is not an hrx envelope ({e})"),
+            None => "it has no value".into(),
+        };
+        tracing::warn!(
+            partition,
+            offset = m.offset,
+            event_id = %info.event_id,
+            "log message not indexed: {why}"
+        );
+    }
+    if hashed.is_empty() {
+        return Ok(hashed);
+    }
+    let claims: Vec<index::Claim> = hashed
+        .iter()
+        .map(|(_, i)| {
+            let chain = i.chain.as_key().into_owned();
+            (chain, i.event_id, i.event_hash, i.seq)
+        })
+        .collect();
+    let claimed = index::claimed(c, &claims).await?;
+    Ok(hashed
+        .into_iter()
+        .zip(claimed)
+        .filter_map(|((m, info), claimed)| {
+            if !claimed {
+                tracing::warn!(
+                    partition,
+                    offset = m.offset,
+                    event_id = %info.event_id,
+                    "log message not indexed: no append claimed its event (written to the \
+                     topic by something other than hrx)"
+                );
+            }
+            claimed.then_some((m, info))
+        })
+        .collect())
 }
 
 /// The Kafka timestamp of `a`: its receive time in Unix milliseconds, which must be
@@ -594,11 +728,9 @@ impl Inner {
                     indexed = rows.len(),
                     "chain index caught up from Kafka"
                 );
+                // Only claimed messages are indexed, and their claims are there already:
+                // catch-up never claims (what nobody claimed, no append wrote).
                 index::insert(&tx, &rows).await?;
-                // Appends claim their ids before producing; entries an older hrx wrote
-                // are claimed here, as they are found.
-                let pairs: Vec<_> = rows.iter().map(|r| (r.chain.clone(), r.event_id)).collect();
-                index::insert_claims(&tx, &pairs).await?;
                 next = last + 1;
             }
             index::advance_to(&tx, p, next).await?;
@@ -610,19 +742,20 @@ impl Inner {
     }
 
     /// The index rows for `messages` (in log order) that extend their chains, as the
-    /// projector will judge them in the same order; the rest are duplicates, forks, gaps
-    /// or not hrx messages, and do not enter the index.
+    /// projector will judge them in the same order; the rest are duplicates, forks, gaps,
+    /// not hrx messages, or not vouched for (see [`Inner::vouched`]), and do not enter
+    /// the index.
     async fn extending_rows<C: deadpool_postgres::GenericClient>(
         &self,
         c: &C,
         partition: u32,
         messages: &[RawMessage],
     ) -> PortResult<Vec<IndexRow>> {
-        let mut infos = Vec::with_capacity(messages.len());
+        let mut candidates = Vec::with_capacity(messages.len());
         for m in messages {
             match m.chain_info() {
                 Ok(info) if self.layout.partition_of(&info.chain) == partition => {
-                    infos.push((m.offset, info, m.recorded_at(partition)))
+                    candidates.push((m, info))
                 }
                 Ok(info) => tracing::warn!(
                     partition,
@@ -638,6 +771,11 @@ impl Inner {
                 ),
             }
         }
+        let infos: Vec<_> = vouched(c, partition, candidates)
+            .await?
+            .into_iter()
+            .map(|(m, info)| (m.offset, info, m.recorded_at(partition)))
+            .collect();
         if infos.is_empty() {
             return Ok(Vec::new());
         }
@@ -743,8 +881,9 @@ impl Inner {
 
     /// Step 5 of an append: nothing of `chains` may sit between `high` (what the index
     /// was caught up to under the chain locks) and our last offset, other than ours.
-    async fn check_window(
+    async fn check_window<C: deadpool_postgres::GenericClient>(
         &self,
+        c: &C,
         partition: u32,
         high: u64,
         ours: &BTreeSet<u64>,
@@ -763,16 +902,20 @@ impl Inner {
             let Some(end) = messages.last().map(|m| m.offset) else {
                 break;
             };
-            for m in messages.iter().filter(|m| !ours.contains(&m.offset)) {
-                if let Ok(info) = m.chain_info()
-                    && chains.contains(&*info.chain.as_key())
-                {
-                    return Err(PortError::Unavailable(format!(
-                        "a delayed write to chain {} landed at partition {partition} offset {} \
-                         ahead of this append, which is therefore not acknowledged; retry",
-                        info.chain, m.offset
-                    )));
-                }
+            // Only a message catch-up would index can take a seq from ours; one nobody
+            // claimed (not an append's) cannot, and must not fail the append either.
+            let theirs: Vec<_> = messages
+                .iter()
+                .filter(|m| !ours.contains(&m.offset))
+                .filter_map(|m| Some((m, m.chain_info().ok()?)))
+                .filter(|(_, info)| chains.contains(&*info.chain.as_key()))
+                .collect();
+            if let Some((m, info)) = vouched(c, partition, theirs).await?.first() {
+                return Err(PortError::Unavailable(format!(
+                    "a delayed write to chain {} landed at partition {partition} offset {} \
+                     ahead of this append, which is therefore not acknowledged; retry",
+                    info.chain, m.offset
+                )));
             }
             from = end + 1;
         }
@@ -911,11 +1054,8 @@ impl EventLog for KafkaLog {
             .iter()
             .map(|a| (a.chain.as_key().into_owned(), a.event_id))
             .collect();
-        if let Some(id) = index::claim(&client, &pairs).await? {
-            return Err(PortError::Conflict(format!(
-                "event {id} is already held by another chain in the log"
-            )));
-        }
+        // Committed before anything is produced: catch-up indexes only claimed messages.
+        claim_batch(&client, &batch).await?;
         let tx = client.transaction().await.map_err(pg)?;
         for chain in &chains {
             index::lock_chain(&tx, chain).await?;
@@ -974,7 +1114,9 @@ impl EventLog for KafkaLog {
                 .filter(|(c, _)| inner.layout.partition_of(c) == p)
                 .map(|(_, k)| k.as_str())
                 .collect();
-            inner.check_window(p, caught_up[&p], &ours, &in_p).await?;
+            inner
+                .check_window(&tx, p, caught_up[&p], &ours, &in_p)
+                .await?;
         }
 
         // Acknowledged and first in their chains: index them. From here on the events
@@ -1183,7 +1325,8 @@ mod tests {
     /// A write to the chain that lands after an append checked the index but before its
     /// own message (a delayed write of an append that had already failed, or of a
     /// crashed process) makes the append fail instead of acknowledging an event the
-    /// projector will see as a fork; the index then follows log order. Needs Kafka and
+    /// projector will see as a fork; the index then follows log order. A racing write
+    /// that no append claimed is ignored instead. Needs Kafka and
     /// PostgreSQL (`HRX_TEST_KAFKA_BROKERS`, `HRX_TEST_DATABASE_URL`), like
     /// `tests/behaviour.rs`.
     #[tokio::test]
@@ -1226,6 +1369,10 @@ mod tests {
             .expect("seq 1");
         let zombie = append("26001", 2, 2);
         let ours = append("26001", 2, 3);
+        // The delayed write is an append's: claimed before it was produced.
+        log.claim(std::slice::from_ref(&zombie))
+            .await
+            .expect("claimed");
         let producer: FutureProducer = log.inner.producer_config.create().expect("producer");
         let topic = config.facility_topic.clone();
         let partition = log.partition_of(&c) as i32;
@@ -1265,5 +1412,41 @@ mod tests {
         log.append(vec![append("26001", 3, 4)])
             .await
             .expect("seq 3");
+
+        // A write no append claimed, racing the same way, is no append's delayed write:
+        // it neither fails the append nor takes its seq.
+        let forged = append("26001", 4, 5);
+        let producer: FutureProducer = log.inner.producer_config.create().expect("producer");
+        let topic = config.facility_topic.clone();
+        *log.inner.before_produce.lock().await = Some(Box::new(move || {
+            Box::pin(async move {
+                let value = wire::encode_value(&forged.envelope);
+                let key = forged.chain.as_key();
+                let record = FutureRecord::to(&topic)
+                    .partition(partition)
+                    .key(&*key)
+                    .payload(&value)
+                    .headers(wire::headers(&forged));
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .expect("the forged write lands");
+            })
+        }));
+        log.append(vec![append("26001", 4, 6)])
+            .await
+            .expect("seq 4, over an unclaimed write");
+        let ctx = log
+            .chain_context(&c, EventId::from_bytes([5; 16]), 4)
+            .await
+            .expect("context");
+        assert_eq!(
+            ctx.context.head.event_id,
+            Some(EventId::from_bytes([6; 16]))
+        );
+        assert_eq!(
+            ctx.context.same_event_id, None,
+            "the forgery is not indexed"
+        );
     }
 }

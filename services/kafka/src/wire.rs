@@ -40,7 +40,10 @@
 //!   it. `hrx-registry-seq` is not in the payload: like the timestamp, it is the
 //!   exchange's own record of how it received the event, which the projector uses as
 //!   given. A malformed one of these two reads as `None` (logged): it is no hrx
-//!   writer's, and the chain headers still index the message.
+//!   writer's, and the chain headers still index the message. Nor does the index take
+//!   the chain headers on trust: it indexes a message only if an append claimed its
+//!   chain, event id and event hash before producing it, and `hrx-event-hash` is the
+//!   value's event hash (see [`crate`], "What the index trusts").
 //! - **Timestamp**: CreateTime, set by `append` to the `Append`'s `received_at` in Unix
 //!   milliseconds: the entry's `appended_at`. Receive times are whole milliseconds by
 //!   the port's contract, so the entry reads back with exactly the time ingest judged

@@ -2,7 +2,8 @@
 //! of the shared suite (`hrx_ports::testkit::log_*`), each on fresh topics and a fresh
 //! database, and the behaviours only a distributed log has — partitioning by facility,
 //! topic creation and checking, an unreachable broker, two processes racing on one
-//! chain, events in Kafka that the index has not seen (and which of them it takes),
+//! chain, events in Kafka that the index has not seen (and which of them it takes:
+//! only what an append claimed, never a forgery produced straight to the topic),
 //! messages written by the previous version (without the receipt headers), failed
 //! produces (librdkafka's mock cluster), prompt wake-ups across processes, and many
 //! chains appended concurrently (with timings).
@@ -107,6 +108,33 @@ impl Fixture {
             c.set(*k, *v);
         }
         c.create().expect("a producer")
+    }
+}
+
+/// Produces `value` with `headers` straight to `partition` of the facility-events topic,
+/// as any client allowed to produce there could; its position.
+async fn produce_raw(
+    f: &Fixture,
+    producer: &FutureProducer,
+    partition: u32,
+    key: &str,
+    value: &[u8],
+    headers: rdkafka::message::OwnedHeaders,
+) -> LogPosition {
+    let d = producer
+        .send(
+            FutureRecord::to(&f.config.facility_topic)
+                .partition(partition as i32)
+                .key(key)
+                .payload(value)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("delivered");
+    LogPosition {
+        partition,
+        offset: d.offset as u64,
     }
 }
 
@@ -403,9 +431,10 @@ async fn two_processes_never_both_append_at_one_seq() {
     );
 }
 
-/// An event that reached Kafka without being indexed (its producer crashed right after
-/// the acknowledgement; here: a raw producer writing the same headers) is found by
-/// another process's `chain_context`, and `append` refuses to fork it.
+/// An event that reached Kafka without being indexed (its append claimed it, produced
+/// it, and crashed right after the acknowledgement; here: a claim, then a raw producer
+/// writing the same headers) is found by another process's `chain_context`, and
+/// `append` refuses to fork it.
 #[tokio::test]
 async fn an_event_in_kafka_but_not_in_the_index_is_found() {
     let Some(f) = fixture(3).await else { return };
@@ -416,7 +445,11 @@ async fn an_event_in_kafka_but_not_in_the_index_is_found() {
     let produce_raw = |event: hrx_ports::Append| {
         let producer = producer.clone();
         let topic = f.config.facility_topic.clone();
+        let log = a.clone();
         async move {
+            log.claim(std::slice::from_ref(&event))
+                .await
+                .expect("claimed, as an append does before producing");
             let value = wire::encode_value(&event.envelope);
             let key = event.chain.as_key();
             let record = FutureRecord::to(&topic)
@@ -479,8 +512,9 @@ async fn an_event_in_kafka_but_not_in_the_index_is_found() {
 /// A patient's statement chain lives on the facility-events topic in the partition
 /// Kafka's default partitioner picks for its key (`patient:<id>`): a statement produced
 /// by key alone, leaving the partition to librdkafka, lands where `partition_of` says,
-/// and another process's chain index catches it up from the headers, under the patient's
-/// chain key; `append` then continues that chain there.
+/// and another process's chain index catches it up from the headers (its append having
+/// claimed it and crashed after producing), under the patient's chain key; `append`
+/// then continues that chain there.
 #[tokio::test]
 async fn a_patient_chain_is_partitioned_by_its_key_and_caught_up_from_the_headers() {
     let Some(f) = fixture(5).await else { return };
@@ -497,6 +531,9 @@ async fn a_patient_chain_is_partitioned_by_its_key_and_caught_up_from_the_header
 
     let producer = f.raw_producer(&[("partitioner", "murmur2_random")]);
     let first = testkit::statement(&c, 1, 1);
+    a.claim(std::slice::from_ref(&first))
+        .await
+        .expect("claimed, as an append does before producing");
     let key = first.chain.as_key();
     let value = wire::encode_value(&first.envelope);
     let delivered = producer
@@ -601,7 +638,13 @@ async fn a_message_without_the_receipt_headers_still_reads_and_indexes() {
     let produce = |e: hrx_ports::Append, headers: OwnedHeaders, timestamp: i64| {
         let producer = producer.clone();
         let topic = f.config.facility_topic.clone();
+        let log = a.clone();
         async move {
+            // Its writer claimed it (hrx has claimed every event before producing it since
+            // the claims exist) and crashed after producing.
+            log.claim(std::slice::from_ref(&e))
+                .await
+                .expect("claimed, as an append does before producing");
             let value = wire::encode_value(&e.envelope);
             let key = e.chain.as_key();
             let d = producer
@@ -692,7 +735,8 @@ async fn a_message_without_the_receipt_headers_still_reads_and_indexes() {
 
 /// Catching up from Kafka indexes only what extends a chain, in log order — as the
 /// projector judges it: a second event at a taken seq (a fork), an event past a gap,
-/// a message of another chain's partition and a message without headers stay out.
+/// a message of another chain's partition and a message without headers stay out, even
+/// though appends claimed every one of the events (and crashed after producing them).
 #[tokio::test]
 async fn catch_up_indexes_only_what_extends_a_chain() {
     let Some(f) = fixture(3).await else { return };
@@ -711,6 +755,9 @@ async fn catch_up_indexes_only_what_extends_a_chain() {
         append(&c, 2, 4),     // extends
     ];
     for event in &events {
+        log.claim(std::slice::from_ref(event))
+            .await
+            .expect("claimed");
         let value = wire::encode_value(&event.envelope);
         let d = producer
             .send(
@@ -771,6 +818,227 @@ async fn catch_up_indexes_only_what_extends_a_chain() {
     assert_eq!(entries.len(), 7);
     assert_eq!(entries[5].envelope.payload_type, "");
     assert_eq!(entries[5].envelope.payload, b"not an envelope");
+}
+
+/// Whoever can produce to the topic can write any headers, but the chain index trusts
+/// only what an append claimed: a message saying "facility F1, seq head + 1" that no
+/// append claimed, one whose payload is not the envelope its headers and a claim name,
+/// one whose headers and payload agree but whose envelope was never claimed under that
+/// id, one under an id another chain claimed, and a claimed envelope under another seq
+/// than its claim's are all passed over by catch-up, in every process. F1's real next event is
+/// then still accepted, and the index follows it; the forgeries stay in the log for the
+/// projector to judge (and reject: they are not validly signed).
+#[tokio::test]
+async fn a_forged_message_does_not_move_the_chain_index() {
+    let Some(f) = fixture(3).await else { return };
+    let a = f.open().await;
+    let c = chain(F1);
+    let p = a.partition_of(&c);
+    a.append(vec![append(&c, 1, 1)]).await.expect("seq 1");
+    let producer = f.raw_producer(&[]);
+    let key = c.as_key();
+
+    // 1. Well-formed headers, a payload that hashes to them, and no claim.
+    let unclaimed = append(&c, 2, 50);
+    let forged = [produce_raw(
+        &f,
+        &producer,
+        p,
+        &key,
+        &wire::encode_value(&unclaimed.envelope),
+        wire::headers(&unclaimed),
+    )
+    .await];
+    // 2. The headers of an event an append claimed (and then failed before producing),
+    //    over another payload.
+    let claimed = append(&c, 2, 51);
+    a.claim(std::slice::from_ref(&claimed))
+        .await
+        .expect("claimed");
+    let mut forged = forged.to_vec();
+    forged.push(
+        produce_raw(
+            &f,
+            &producer,
+            p,
+            &key,
+            &wire::encode_value(&envelope(52)),
+            wire::headers(&claimed),
+        )
+        .await,
+    );
+    // 3. A claimed id, with headers that agree with the payload, but an envelope nobody
+    //    claimed under that id.
+    let claimed = append(&c, 2, 53);
+    a.claim(std::slice::from_ref(&claimed))
+        .await
+        .expect("claimed");
+    let other = hrx_ports::Append {
+        event_hash: envelope(54).event_hash(),
+        envelope: envelope(54),
+        ..claimed
+    };
+    forged.push(
+        produce_raw(
+            &f,
+            &producer,
+            p,
+            &key,
+            &wire::encode_value(&other.envelope),
+            wire::headers(&other),
+        )
+        .await,
+    );
+    // 4. An id another chain claimed.
+    let elsewhere = append(&chain(F2), 1, 55);
+    a.claim(std::slice::from_ref(&elsewhere))
+        .await
+        .expect("claimed");
+    let stolen = hrx_ports::Append {
+        chain: c.clone(),
+        seq: 2,
+        ..elsewhere
+    };
+    forged.push(
+        produce_raw(
+            &f,
+            &producer,
+            p,
+            &key,
+            &wire::encode_value(&stolen.envelope),
+            wire::headers(&stolen),
+        )
+        .await,
+    );
+
+    // 5. An envelope an append claimed at another seq (and ingest then refused), replayed
+    //    under headers that place it at seq 2.
+    let refused = append(&c, 5, 56);
+    a.claim(std::slice::from_ref(&refused))
+        .await
+        .expect("claimed");
+    let moved = hrx_ports::Append { seq: 2, ..refused };
+    forged.push(
+        produce_raw(
+            &f,
+            &producer,
+            p,
+            &key,
+            &wire::encode_value(&moved.envelope),
+            wire::headers(&moved),
+        )
+        .await,
+    );
+
+    let b = f.open().await;
+    for (log, n) in [(&b, 50), (&a, 51), (&b, 53), (&a, 55), (&b, 56)] {
+        let ctx = log
+            .chain_context(&c, event_id(n), 2)
+            .await
+            .expect("chain_context");
+        assert_eq!(ctx.context.head.seq, 1, "event {n}: the head has not moved");
+        assert_eq!(ctx.context.head.event_id, Some(event_id(1)));
+        assert_eq!(
+            (ctx.context.same_event_id, ctx.context.same_seq),
+            (None, None),
+            "event {n} is not in the chain, nor anything at seq 2"
+        );
+    }
+    let real = append(&c, 2, 2);
+    let at2 = b
+        .append(vec![real.clone()])
+        .await
+        .expect("F1's real seq 2 is accepted")[0];
+    assert!(forged.iter().all(|f| f.offset < at2.offset));
+    for log in [&a, &b] {
+        let ctx = log
+            .chain_context(&c, event_id(3), 3)
+            .await
+            .expect("chain_context");
+        assert_eq!(
+            (ctx.context.head.seq, ctx.context.head.event_id),
+            (2, Some(event_id(2)))
+        );
+        assert_eq!(ctx.context.head.event_hash, real.event_hash);
+    }
+    a.append(vec![append(&c, 3, 3)]).await.expect("seq 3");
+
+    // Everything is in the log, in order; the projector judges the payloads.
+    let entries = a.read(p, 0, 100).await.expect("read");
+    assert_eq!(entries.len(), 8);
+    assert_eq!(entries[2].envelope, envelope(52));
+}
+
+/// The crash window keeps working: an append that claimed its events, had them
+/// acknowledged by Kafka and crashed before indexing them (here: `claim`, then a raw
+/// producer writing what `append` writes) leaves them to catch-up, which indexes them in
+/// another process — a batch of two, one of them under an id its chain had claimed
+/// before with another envelope (an earlier attempt refused before it was produced, then
+/// re-signed and retried). Their seqs are then taken, and the chain continues after them.
+#[tokio::test]
+async fn a_claimed_event_whose_append_crashed_after_producing_is_indexed() {
+    let Some(f) = fixture(3).await else { return };
+    let a = f.open().await;
+    let c = chain(F1);
+    let p = a.partition_of(&c);
+    a.append(vec![append(&c, 1, 1)]).await.expect("seq 1");
+
+    let earlier = hrx_ports::Append {
+        event_hash: envelope(21).event_hash(),
+        envelope: envelope(21),
+        ..append(&c, 2, 20)
+    };
+    a.claim(std::slice::from_ref(&earlier))
+        .await
+        .expect("the earlier attempt's claim");
+    let batch = vec![append(&c, 2, 20), append(&c, 3, 22)];
+    a.claim(&batch).await.expect("the crashed append's claims");
+    let producer = f.raw_producer(&[]);
+    let mut at = Vec::new();
+    for e in &batch {
+        at.push(
+            produce_raw(
+                &f,
+                &producer,
+                p,
+                &e.chain.as_key(),
+                &wire::encode_value(&e.envelope),
+                wire::headers(e),
+            )
+            .await,
+        );
+    }
+    drop(a); // crashed before indexing
+
+    let b = f.open().await;
+    let ctx = b
+        .chain_context(&c, event_id(20), 2)
+        .await
+        .expect("chain_context");
+    assert_eq!(
+        (ctx.context.head.seq, ctx.context.head.event_id),
+        (3, Some(event_id(22)))
+    );
+    assert_eq!(
+        ctx.context.same_event_id.map(|p| (p.seq, p.event_hash)),
+        Some((2, envelope(20).event_hash()))
+    );
+    assert_eq!(ctx.prior_position, Some(at[0]));
+    match b.append(vec![append(&c, 3, 23)]).await {
+        Err(PortError::Conflict(_)) => {}
+        other => panic!("seq 3 is taken in Kafka: {other:?}"),
+    }
+    b.append(vec![append(&c, 4, 24)]).await.expect("seq 4");
+    let c2 = f.open().await;
+    assert_eq!(
+        c2.chain_context(&c, event_id(0), 0)
+            .await
+            .expect("chain_context")
+            .context
+            .head
+            .seq,
+        4
+    );
 }
 
 /// A `wait_for` in one process wakes within a second of another process's append —
