@@ -319,9 +319,13 @@ pub fn body(
     };
     let target = rng.range(MIN_BODY as u64, MAX_BODY as u64 - 200) as usize;
     let base = serde_json::to_vec(&resource).map(|b| b.len()).unwrap_or(0);
-    // `"note":[{"text":""}]` costs about 24 bytes; sentences are added until the
+    // R4's Encounter has no `note`: its text goes into the resource's narrative
+    // (`text`, XHTML), which every resource may carry. `"note":[{"text":""}]` costs
+    // about 24 bytes, the narrative's wrapping about 100; sentences are added until the
     // target is reached (overshooting by less than one sentence, < 200 bytes).
-    let room = target.saturating_sub(base + 24);
+    let encounter = kind == RecordKind::Encounter;
+    let wrapping = if encounter { 100 } else { 24 };
+    let room = target.saturating_sub(base + wrapping);
     let mut note = String::new();
     while note.len() < room {
         let s = *rng.pick(NOTES);
@@ -330,7 +334,14 @@ pub fn body(
         }
         note.push_str(s);
     }
-    if !note.is_empty() {
+    if note.is_empty() {
+    } else if encounter {
+        // The sentences hold no XML markup characters, so they go into XHTML as they are.
+        resource["text"] = json!({
+            "status": "generated",
+            "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>{note}</p></div>"),
+        });
+    } else {
         resource["note"] = json!([{"text": note}]);
     }
     serde_json::to_vec(&resource).expect("a JSON value serialises")
@@ -339,6 +350,34 @@ pub fn body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only elements R4 defines for each resource: an Encounter has no `note` (a HAPI
+    /// FHIR server silently drops it), its text is in the narrative.
+    #[test]
+    fn encounters_carry_their_text_as_a_narrative_not_a_note() {
+        let mut rng = Rng::new(3);
+        let mut narratives = 0;
+        for _ in 0..50 {
+            let b = body(
+                &mut rng,
+                RecordKind::Encounter,
+                "026062001234",
+                "Bệnh viện",
+                Timestamp::from_unix_seconds(1_790_000_000).unwrap(),
+            );
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert!(v.get("note").is_none(), "{v}");
+            if let Some(div) = v["text"]["div"].as_str() {
+                assert!(div.starts_with("<div xmlns=\"http://www.w3.org/1999/xhtml\">"));
+                assert!(div.ends_with("</p></div>"), "{div}");
+                narratives += 1;
+            }
+        }
+        assert!(narratives > 0);
+        for s in NOTES {
+            assert!(!s.contains(['<', '>', '&']), "{s}");
+        }
+    }
 
     #[test]
     fn bodies_are_in_range_and_about_the_patient() {
