@@ -45,6 +45,8 @@ step "cargo test"
 cargo test --workspace --locked
 
 step "Python cross-check of the wire contract (tests/python)"
+# The key-file tests run the hrx executable `cargo test` just built.
+export HRX_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/hrx"
 bash tests/python/run.sh
 
 step "fuzz smoke: every target builds, replays its regressions and runs 2,000 inputs (tests/fuzz)"
