@@ -52,7 +52,7 @@ const ROWS: [&str; 6] = [
 ];
 
 /// The roles of the in-process node when the projector runs apart.
-const ROLES_BESIDE_PROJECTOR: &str = "ingest,timeline,consent,registry,monitor";
+pub(crate) const ROLES_BESIDE_PROJECTOR: &str = "ingest,timeline,consent,registry,monitor";
 
 /// Kafka and PostgreSQL to measure on.
 #[derive(Clone, Debug)]
@@ -132,11 +132,7 @@ impl Phase<'_> {
     ) -> (Vec<Row>, Vec<String>) {
         let mut rows = Vec::new();
         let mut notes = Vec::new();
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let name = format!("hrx_bench_{}_{stamp}", std::process::id());
+        let name = run_name("hrx_bench");
         let prefix = format!("{name}.");
         let mut topics = Vec::new();
         let result = match Database::create(&services.database_url, &name).await {
@@ -204,25 +200,7 @@ impl Phase<'_> {
         let data = dir.path().to_owned();
         hrx_identity::TlsDir::open_or_init(&data)?;
         let (root, _) = hrx_node::keys::read_or_create(&hrx_node::root_key_path(&data))?;
-        let mut config = NodeConfig::ephemeral(&data);
-        config.heartbeat_ms = 1000;
-        config.backend = Backend::Distributed;
-        config.kafka_brokers = Some(services.kafka_brokers.clone());
-        if let Some(tls) = &services.kafka_tls {
-            config.kafka_ca_file = tls.ca_file.clone();
-            (config.kafka_cert_file, config.kafka_key_file) = tls.client_identity.clone().unzip();
-        }
-        config.kafka_topic_prefix = prefix.to_owned();
-        config.consumer_group = format!("{prefix}projector");
-        config.database_url = Some(db.url.clone());
-        config.root_public_key = Some(
-            root.public_key()
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        );
-        config.tls_dir = Some(data.join("tls"));
+        let mut config = node_config(services, &data, &db.url, prefix, &root);
         config.roles = if hrx_exe.is_some() {
             ROLES_BESIDE_PROJECTOR.into()
         } else {
@@ -237,7 +215,7 @@ impl Phase<'_> {
 
         let mut projector = match hrx_exe {
             Some(exe) => {
-                let mut p = ProjectorProcess::spawn(exe, &config, data.join("projector"))?;
+                let mut p = HrxProcess::spawn(exe, &config, "projector", data.join("projector"))?;
                 p.ready(Duration::from_secs(60)).await?;
                 Some(p)
             }
@@ -297,7 +275,7 @@ impl Phase<'_> {
         db: &Database,
         prefix: &str,
         partitions: u32,
-        mut projector: Option<&mut ProjectorProcess>,
+        mut projector: Option<&mut HrxProcess>,
         topics: &mut Vec<String>,
         rows: &mut Vec<Row>,
         notes: &mut Vec<String>,
@@ -490,16 +468,57 @@ impl Phase<'_> {
     }
 }
 
+/// The node configuration of a run on `services`: distributed backend, the run's
+/// database and topic prefix, the national root public key of `root`, and the TLS
+/// directory and data of `data`; heartbeats every second. Roles are the default (all).
+pub(crate) fn node_config(
+    services: &Services,
+    data: &Path,
+    database_url: &str,
+    prefix: &str,
+    root: &hrx_domain::SigningKey,
+) -> NodeConfig {
+    let mut config = NodeConfig::ephemeral(data);
+    config.heartbeat_ms = 1000;
+    config.backend = Backend::Distributed;
+    config.kafka_brokers = Some(services.kafka_brokers.clone());
+    if let Some(tls) = &services.kafka_tls {
+        config.kafka_ca_file = tls.ca_file.clone();
+        (config.kafka_cert_file, config.kafka_key_file) = tls.client_identity.clone().unzip();
+    }
+    config.kafka_topic_prefix = prefix.to_owned();
+    config.consumer_group = format!("{prefix}projector");
+    config.database_url = Some(database_url.to_owned());
+    config.root_public_key = Some(
+        root.public_key()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    );
+    config.tls_dir = Some(data.join("tls"));
+    config
+}
+
+/// A fresh name for a run's database and topic prefix: `<kind>_<pid>_<millis>`.
+pub(crate) fn run_name(kind: &str) -> String {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{kind}_{}_{stamp}", std::process::id())
+}
+
 /// The run's own database on the server of the given URL.
-struct Database {
+pub(crate) struct Database {
     admin_url: String,
-    name: String,
+    pub(crate) name: String,
     /// The URL of the run's database.
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Database {
-    async fn create(admin_url: &str, name: &str) -> Result<Self, BenchError> {
+    pub(crate) async fn create(admin_url: &str, name: &str) -> Result<Self, BenchError> {
         let url = hrx_identity::backend::postgres_url_with_dbname(admin_url, name);
         admin(
             admin_url,
@@ -515,7 +534,7 @@ impl Database {
     }
 
     /// Drops it even if a connection lingers (a killed process's session).
-    async fn drop_database(&self) -> Result<(), BenchError> {
+    pub(crate) async fn drop_database(&self) -> Result<(), BenchError> {
         admin(
             &self.admin_url,
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
@@ -537,17 +556,26 @@ async fn admin(url: &str, sql: &str, what: &'static str) -> Result<(), BenchErro
     r
 }
 
-/// `hrx serve --role projector`, a child of this process (killed when dropped).
-struct ProjectorProcess {
+/// `hrx serve --role <roles>`, a child of this process (killed when dropped), on the
+/// distributed backend of a [`NodeConfig`], listening on free loopback ports.
+pub(crate) struct HrxProcess {
     child: Child,
     data: PathBuf,
+    roles: String,
 }
 
-impl ProjectorProcess {
-    fn spawn(exe: &Path, config: &NodeConfig, data: PathBuf) -> Result<Self, BenchError> {
-        std::fs::create_dir_all(&data).map_err(|e| BenchError::Io("projector data dir", e))?;
+impl HrxProcess {
+    /// Starts `exe serve --role <roles>` with `config`'s backends, root key and TLS
+    /// directory, its data (and `stderr.log`) in `data`.
+    pub(crate) fn spawn(
+        exe: &Path,
+        config: &NodeConfig,
+        roles: &str,
+        data: PathBuf,
+    ) -> Result<Self, BenchError> {
+        std::fs::create_dir_all(&data).map_err(|e| BenchError::Io("process data dir", e))?;
         let stderr = std::fs::File::create(data.join("stderr.log"))
-            .map_err(|e| BenchError::Io("projector log", e))?;
+            .map_err(|e| BenchError::Io("process log", e))?;
         let missing = |what: &str| BenchError::Process(format!("no {what} in the configuration"));
         let mut cmd = Command::new(exe);
         // Only what is set here: the harness's own environment may hold HRX_* variables
@@ -555,8 +583,9 @@ impl ProjectorProcess {
         for var in hrx_node::config::ENV_VARS {
             cmd.env_remove(var);
         }
-        cmd.args(["serve", "--role", "projector"])
+        cmd.args(["serve", "--role", roles])
             .env("HRX_BACKEND", "distributed")
+            .env("HRX_HEARTBEAT_MS", config.heartbeat_ms.to_string())
             .env("HRX_DATA_DIR", &data)
             .env("HRX_GRPC_ADDR", "127.0.0.1:0")
             .env("HRX_PATIENT_ADDR", "127.0.0.1:0")
@@ -613,16 +642,47 @@ impl ProjectorProcess {
         let child = cmd
             .spawn()
             .map_err(|e| BenchError::Process(format!("cannot start {}: {e}", exe.display())))?;
-        Ok(Self { child, data })
+        Ok(Self {
+            child,
+            data,
+            roles: roles.to_owned(),
+        })
+    }
+
+    /// The roles it serves, as given to `--role`.
+    pub(crate) fn roles(&self) -> &str {
+        &self.roles
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its gRPC address, from the `node.json` it wrote (after [`Self::ready`]).
+    pub(crate) fn grpc_addr(&self) -> Result<std::net::SocketAddr, BenchError> {
+        let file = self.data.join("node.json");
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| BenchError::Io("the node.json of an hrx process", e))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| BenchError::Process(format!("{}: {e}", file.display())))?;
+        value["grpc_addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| BenchError::Process(format!("{}: no grpc_addr", file.display())))
     }
 
     /// Until the process has built its node (migrations checked, consumer group
     /// joining): `hrx serve` writes `node.json` then.
-    async fn ready(&mut self, timeout: Duration) -> Result<(), BenchError> {
+    pub(crate) async fn ready(&mut self, timeout: Duration) -> Result<(), BenchError> {
         let deadline = Instant::now() + timeout;
         let file = self.data.join("node.json");
         loop {
-            if file.exists() {
+            // Written in one call, but not atomically: ready once it parses.
+            if std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some()
+            {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -642,19 +702,33 @@ impl ProjectorProcess {
         }
     }
 
-    /// VmHWM of the process, in MiB.
-    fn peak_rss_mib(&mut self) -> Option<f64> {
+    /// VmHWM of the process (its peak RSS), in MiB; `None` once it has exited.
+    pub(crate) fn peak_rss_mib(&mut self) -> Option<f64> {
+        self.status_mib("VmHWM:")
+    }
+
+    /// VmRSS of the process (its RSS now), in MiB; `None` once it has exited.
+    pub(crate) fn rss_mib(&mut self) -> Option<f64> {
+        self.status_mib("VmRSS:")
+    }
+
+    fn status_mib(&mut self, field: &str) -> Option<f64> {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return None;
         }
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib / 1024.0)
     }
 
+    /// Whether it has exited (and how).
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The last lines the process wrote to stderr (hrx logs carry no patient data).
-    fn stderr_tail(&self) -> String {
+    pub(crate) fn stderr_tail(&self) -> String {
         let text = std::fs::read_to_string(self.data.join("stderr.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
@@ -666,7 +740,7 @@ impl ProjectorProcess {
     }
 }
 
-impl Drop for ProjectorProcess {
+impl Drop for HrxProcess {
     fn drop(&mut self) {
         // SIGKILL: a projector is crash-safe by design (a batch and its offset commit
         // together), and the database is dropped right after.

@@ -27,6 +27,10 @@
 //!   length-delimited envelopes, keys) and idempotent registration of a population's
 //!   facilities at a node — what `hrx loadgen` is made of.
 //! - [`report`]: the table (Markdown, via `Display`) and its JSON.
+//! - [`soak::run`]: the soak — every hrx role in child processes on Kafka + PostgreSQL
+//!   under a steady mix (ingest, timeline reads, followers, consent churn) for minutes,
+//!   sampling each process's RSS and the projector's lag, then reconciling what was
+//!   accepted with what was projected and delivered (what `hrx soak` runs).
 //!
 //! Benchmarks are not tests: nothing here asserts a speed. `Options { smoke: true, .. }`
 //! runs everything with tiny counts in seconds, so that CI keeps the harness working.
@@ -39,9 +43,11 @@ pub mod limits;
 pub mod loadgen;
 pub mod report;
 pub mod rng;
+pub mod soak;
 pub mod stats;
 
 pub use bench::{BenchError, Options, run};
 pub use distributed::Services;
 pub use loadgen::{ChainSigner, Pace, Population, PopulationSpec};
 pub use report::{Report, Row, Status};
+pub use soak::{SoakOptions, SoakReport};

@@ -15,6 +15,7 @@ mod registry;
 mod reproject;
 mod serve;
 mod sign;
+mod soak;
 mod verify;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Measure hrx against the machine's own limits (table + JSON); --smoke for a seconds-long check.
     Bench(bench::BenchArgs),
+    /// Soak the distributed deployment under a steady mix; RSS, errors, reconciliation.
+    Soak(soak::SoakArgs),
     /// Run the whole story on a throwaway node: registration, referral, follow, break-glass, audit, monitor.
     Demo(demo::DemoArgs),
     /// Run the whole exchange in one process on a data directory (default ./hrx-data).
@@ -71,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Sign(a) => sign::run(*a),
         Command::Verify(a) => verify::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Soak(a) => soak::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Registry(a) => registry::run(a),
