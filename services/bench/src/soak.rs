@@ -205,6 +205,9 @@ pub struct SoakReport {
     pub follow_heartbeats: u64,
     pub follow_reopened: u64,
     pub errors: BTreeMap<String, u64>,
+    /// The first message of each kind of gRPC error (no patient data: the node's
+    /// messages carry ids and counts only, transport errors none).
+    pub first_errors: BTreeMap<String, String>,
     pub samples: Vec<Sample>,
     pub rss: Vec<RssSummary>,
     pub max_lag_events: Option<u64>,
@@ -313,6 +316,9 @@ impl fmt::Display for SoakReport {
             writeln!(f, "\nerrors ({} in all):", self.error_count())?;
             for (k, n) in &self.errors {
                 writeln!(f, "  {k}: {n}")?;
+                if let Some(first) = self.first_errors.get(k) {
+                    writeln!(f, "    first: {first}")?;
+                }
             }
         }
         writeln!(f, "\n| reconciliation | expected | found | ok |")?;
@@ -381,6 +387,9 @@ struct Counters {
     revocations_sent: AtomicU64,
     revocations: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// The first message seen of each kind of error, with its source chain: what the
+    /// count alone cannot say (which layer failed, and why).
+    first_errors: Mutex<BTreeMap<String, String>>,
 }
 
 impl Counters {
@@ -390,7 +399,20 @@ impl Counters {
     }
 
     fn status(&self, what: &str, s: &tonic::Status) {
-        self.error(format!("{what}: gRPC {:?}", s.code()));
+        let kind = format!("{what}: gRPC {:?}", s.code());
+        let mut message = s.message().to_owned();
+        let mut source = std::error::Error::source(s);
+        while let Some(e) = source {
+            message.push_str(": ");
+            message.push_str(&e.to_string());
+            source = e.source();
+        }
+        self.first_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind.clone())
+            .or_insert(message);
+        self.error(kind);
     }
 
     fn error_total(&self) -> u64 {
@@ -1323,6 +1345,11 @@ async fn load(
         Counters::get(&c.record_bytes) / Counters::get(&c.records_sent).max(1),
     ));
     let errors = c.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let first_errors = c
+        .first_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(SoakReport {
         mode: if options.smoke { "smoke" } else { "full" }.into(),
         started_at,
@@ -1334,6 +1361,7 @@ async fn load(
         follow_heartbeats: Counters::get(&c.heartbeats),
         follow_reopened: Counters::get(&c.reopened),
         errors,
+        first_errors,
         max_lag_events: samples.iter().filter_map(|s| s.lag_events).max(),
         max_oldest_unprojected_ms: samples.iter().filter_map(|s| s.oldest_unprojected_ms).max(),
         samples,
