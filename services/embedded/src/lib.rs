@@ -71,6 +71,8 @@ struct Inner {
     /// Counts committed projection batches (and resets): followers and revocation
     /// checks wake on it.
     changes: watch::Sender<u64>,
+    /// Which patients those batches touched (bumped first).
+    patient_changes: Arc<hrx_ports::changed::PatientChanges>,
 }
 
 impl fmt::Debug for SqliteNode {
@@ -141,6 +143,7 @@ impl SqliteNode {
                 db: Connections::new(writer, readers),
                 log_end: watch::Sender::new(log_end),
                 changes: watch::Sender::new(0),
+                patient_changes: Arc::default(),
             }),
         })
     }

@@ -6,9 +6,12 @@
 //! last the offsets. Any failure rolls the whole batch back, offsets included, so the
 //! projector re-reads the same entries.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use hrx_domain::chain::ChainContext;
 use hrx_domain::{EventId, FacilityId};
+use hrx_ports::changed::{BucketSet, PatientChanges};
 use hrx_ports::{
     BreakGlassUse, ChainKey, ChainLink, ConsentEventRow, FacilityInfo, NewRecord, PortResult,
     Projection, ProjectionBatch, ProjectionStore, ProjectorSnapshot, RejectionRow, StatsDelta,
@@ -349,7 +352,9 @@ pub(crate) fn offsets(conn: &Connection) -> Result<Vec<(u32, u64)>> {
 impl SqliteNode {
     /// Runs `f` in a write transaction and, once it has committed, advances the change
     /// counter (still holding the writer, so that the counter follows commit order).
-    async fn write_and_notify<F>(&self, f: F) -> PortResult<()>
+    /// `touched`: the buckets of the patients it changes ([`hrx_ports::changed`]),
+    /// bumped before the counter.
+    async fn write_and_notify<F>(&self, touched: BucketSet, f: F) -> PortResult<()>
     where
         F: FnOnce(&Transaction<'_>) -> Result<()> + Send + 'static,
     {
@@ -360,6 +365,7 @@ impl SqliteNode {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 f(&tx)?;
                 tx.commit()?;
+                inner.patient_changes.bump(&touched);
                 bump(&inner.changes);
                 Ok(())
             })
@@ -429,15 +435,21 @@ impl ProjectionStore for SqliteNode {
     }
 
     async fn apply(&self, batch: ProjectionBatch) -> PortResult<()> {
-        self.write_and_notify(move |tx| apply(tx, &batch)).await
+        let touched = hrx_ports::changed::touched(&batch);
+        self.write_and_notify(touched, move |tx| apply(tx, &batch))
+            .await
     }
 
     async fn reset_projections(&self) -> PortResult<()> {
         tracing::warn!("embedded store: deleting every projection for a replay of the log");
-        self.write_and_notify(reset).await
+        self.write_and_notify(BucketSet::all(), reset).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    fn patient_changes(&self) -> Arc<PatientChanges> {
+        self.inner.patient_changes.clone()
     }
 }

@@ -80,6 +80,7 @@ suite!(
     projected_chain_heads_report_recorded_at,
     monitor_stats_add_up,
     changes_counter_advances_after_apply,
+    patient_changes_move_only_the_touched_buckets,
 );
 
 suite_with_log!(

@@ -5,11 +5,14 @@
 //! - [`store`]: the projections (embedded SQLite, or PostgreSQL): written by the
 //!   projector in batches that commit together with the log positions they came from,
 //!   read by the timeline, consent, registry and monitor services.
+//! - [`changed`]: which patients a batch touched, so that a follower re-reads only
+//!   when its patient may have changed.
 //! - [`testkit`] (feature `testkit`): the behaviour suite every adapter must pass.
 //!
 //! Boundary: services depend on these traits only; adapters depend on these traits and
 //! their engine; nothing here knows SQL, Kafka or protobuf.
 
+pub mod changed;
 pub mod log;
 pub mod store;
 #[cfg(feature = "testkit")]

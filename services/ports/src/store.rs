@@ -6,6 +6,7 @@
 //! doubled). Reads are split by the service that needs them.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use hrx_domain::audit::{AccessEvent, AuditEntry, Reader};
@@ -327,6 +328,11 @@ pub trait ProjectionStore: Send + Sync + 'static {
     /// A counter that increases after every applied batch: followers and revocation
     /// checks wake on it. `watch` keeps only the latest value, so no wake-up is lost.
     fn changes(&self) -> watch::Receiver<u64>;
+
+    /// Which patients the batches behind [`changes`](Self::changes) touched, by bucket
+    /// ([`crate::changed`]): bumped before `changes` advances, so a reader woken by
+    /// `changes` whose patient's generation did not move need not re-read.
+    fn patient_changes(&self) -> Arc<crate::changed::PatientChanges>;
 }
 
 /// A page request, newest first by `occurred_at`, ties broken by `event_id` descending.

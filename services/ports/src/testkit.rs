@@ -3140,6 +3140,42 @@ pub async fn changes_counter_advances_after_apply<S: Store + ?Sized>(store: &S) 
     assert!(*rx.borrow() > v1);
 }
 
+/// A batch moves the generation of its patients' buckets, and no other, by the time
+/// `changes` advances; a reset moves every bucket.
+pub async fn patient_changes_move_only_the_touched_buckets<S: Store + ?Sized>(store: &S) {
+    use crate::changed::bucket_of;
+    let f = facility(F1);
+    let (p1, p2) = (patient(P1), patient(P2));
+    assert_ne!(
+        bucket_of(&p1),
+        bucket_of(&p2),
+        "the suite's patients share no bucket"
+    );
+    let touched = store.patient_changes();
+    let mut rx = store.changes();
+    rx.borrow_and_update();
+    let (g1, g2) = (touched.generation(&p1), touched.generation(&p2));
+
+    ok(
+        store.apply(record_batch(&[record(1, &f, 1, &p1)])).await,
+        "apply",
+    );
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("the counter changes after apply")
+        .expect("the store keeps the sender");
+    assert!(touched.generation(&p1) > g1, "the batch's patient moved");
+    assert_eq!(touched.generation(&p2), g2, "another patient did not");
+
+    rx.borrow_and_update();
+    ok(store.reset_projections().await, "reset");
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("the counter changes after a reset")
+        .expect("the store keeps the sender");
+    assert!(touched.generation(&p2) > g2, "a reset moves every patient");
+}
+
 /// The projector's batch lookups answer what the single ones do, in the order asked:
 /// `chain_contexts` (head, same id, same seq; an empty chain; duplicates in the list)
 /// and `event_ids_taken` (records and consent events use ids; unknown ids are free).

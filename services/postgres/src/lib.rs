@@ -85,6 +85,8 @@ struct Inner {
     /// Counts committed projection batches and resets, in this process and (through
     /// the listener) in every other process using the database.
     changes: Arc<watch::Sender<u64>>,
+    /// Which patients those batches touched, by bucket (bumped first).
+    patient_changes: Arc<hrx_ports::changed::PatientChanges>,
     /// The payload of this instance's notifications, so the listener can skip them.
     instance: String,
     listener: JoinHandle<()>,
@@ -187,6 +189,7 @@ impl PgStore {
         drop(client);
 
         let changes = Arc::new(watch::Sender::new(0));
+        let patient_changes = Arc::new(hrx_ports::changed::PatientChanges::default());
         let instance = instance_id();
         let mut listen_config = config;
         listen_config.application_name(format!("{app} (changes listener)"));
@@ -196,6 +199,7 @@ impl PgStore {
             timeout,
             instance: instance.clone(),
             changes: changes.clone(),
+            patient_changes: patient_changes.clone(),
             target: target.clone(),
         }
         .start()
@@ -212,6 +216,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 changes,
+                patient_changes,
                 instance,
                 listener,
                 target,

@@ -1,7 +1,8 @@
 //! Cross-process change notification: LISTEN/NOTIFY on [`CHANNEL`].
 //!
-//! Every apply (and reset) runs `pg_notify(CHANNEL, <instance id>)` inside its
-//! transaction; PostgreSQL delivers it at commit to every session listening on the
+//! Every apply (and reset) runs `pg_notify(CHANNEL, <instance id> <buckets>)` inside
+//! its transaction ([`payload`]: the buckets are those of the patients it touched,
+//! [`hrx_ports::changed`]); PostgreSQL delivers it at commit to every session listening on the
 //! channel, in every process. Each [`crate::PgStore`] keeps one dedicated connection
 //! (outside the pool) that LISTENs, polls the connection with `poll_message`, and bumps
 //! the store's `changes` watch on every notification from another store instance. The
@@ -11,7 +12,7 @@
 //!
 //! If the connection drops (server restart, network cut, idle kill), notifications sent
 //! meanwhile are lost; so after reconnecting and LISTENing again the counter is bumped
-//! once, and followers re-read. Reconnects back off from [`MIN_BACKOFF`] to
+//! once, with every bucket, and followers re-read. Reconnects back off from [`MIN_BACKOFF`] to
 //! [`MAX_BACKOFF`]. A silent dead peer is found by a ping every [`PING_INTERVAL`].
 
 use std::future::poll_fn;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hrx_identity::backend::PostgresTlsStream;
+use hrx_ports::changed::{BucketSet, PatientChanges};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, Notification, Socket};
@@ -36,6 +38,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const HEALTHY: Duration = Duration::from_secs(30);
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 
+/// The payload of a notification: the instance id, a space, and the touched buckets
+/// as hex ([`BucketSet::to_hex`], 256 digits: far below NOTIFY's 8,000-byte limit).
+pub(crate) fn payload(instance: &str, touched: &BucketSet) -> String {
+    format!("{instance} {}", touched.to_hex())
+}
+
+/// The instance and buckets of a payload; every bucket when they cannot be read.
+fn parse_payload(payload: &str) -> (&str, BucketSet) {
+    match payload.split_once(' ') {
+        Some((instance, hex)) => (
+            instance,
+            BucketSet::from_hex(hex).unwrap_or_else(BucketSet::all),
+        ),
+        None => (payload, BucketSet::all()),
+    }
+}
+
 /// What the listener needs to (re)connect and to decide what to count.
 pub(crate) struct Listener {
     pub(crate) config: Config,
@@ -45,6 +64,7 @@ pub(crate) struct Listener {
     /// This store instance's id: the payload of its own notifications.
     pub(crate) instance: String,
     pub(crate) changes: Arc<watch::Sender<u64>>,
+    pub(crate) patient_changes: Arc<PatientChanges>,
     /// For messages: `host:port/dbname`, never the password.
     pub(crate) target: String,
 }
@@ -78,7 +98,7 @@ impl Listener {
                     Ok(s) => {
                         // Notifications sent while we were away are lost: wake everyone
                         // to re-read.
-                        self.bump();
+                        self.bump(&BucketSet::all());
                         tracing::info!(target_db = %self.target, "change listener reconnected");
                         s
                     }
@@ -111,13 +131,18 @@ impl Listener {
         }
     }
 
-    fn bump(&self) {
+    fn bump(&self, touched: &BucketSet) {
+        self.patient_changes.bump(touched);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn on_notification(&self, n: &Notification) {
-        if n.channel() == CHANNEL && n.payload() != self.instance {
-            self.bump();
+        if n.channel() != CHANNEL {
+            return;
+        }
+        let (instance, touched) = parse_payload(n.payload());
+        if instance != self.instance {
+            self.bump(&touched);
         }
     }
 

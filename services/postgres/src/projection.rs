@@ -19,6 +19,7 @@
 //! audit head, last, so that it is held for as short a time as possible.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Transaction};
@@ -26,6 +27,7 @@ use hrx_domain::audit::{AccessEvent, AuditEntry};
 use hrx_domain::chain::{ChainContext, ChainHead, Prior};
 use hrx_domain::verify::KeyRecord;
 use hrx_domain::{EventId, FacilityId, KeyId, Timestamp};
+use hrx_ports::changed::{self, BucketSet, PatientChanges};
 use hrx_ports::{
     BreakGlassUse, ChainKey, ChainLink, ConsentEventRow, FacilityInfo, NewRecord, PortResult,
     Projection, ProjectionBatch, ProjectionStore, ProjectorSnapshot, RejectionRow,
@@ -98,17 +100,18 @@ async fn apply(tx: &Transaction<'_>, batch: &ProjectionBatch, instance: &str) ->
     add_stats(tx, SOURCE_PROJECTOR, &batch.stats).await?;
     save_offsets(tx, &batch.offsets).await?;
     audit_declarations(tx, &g.break_glass).await?;
-    notify(tx, instance).await
+    notify(tx, instance, &changed::touched(batch)).await
 }
 
 /// Queues the change notification; PostgreSQL delivers it to every listener when (and
-/// only if) the transaction commits.
-async fn notify(tx: &Transaction<'_>, instance: &str) -> Result<()> {
+/// only if) the transaction commits. Its payload names the instance and the buckets of
+/// the patients touched ([`notify::payload`]).
+async fn notify(tx: &Transaction<'_>, instance: &str, touched: &BucketSet) -> Result<()> {
     execute(
         tx,
         "notifying listeners",
         "SELECT pg_notify($1, $2)",
-        &[&notify::CHANNEL, &instance],
+        &[&notify::CHANNEL, &notify::payload(instance, touched)],
     )
     .await?;
     Ok(())
@@ -960,7 +963,7 @@ async fn reset(tx: &Transaction<'_>, instance: &str) -> Result<()> {
         )
         .await?;
     }
-    notify(tx, instance).await
+    notify(tx, instance, &BucketSet::all()).await
 }
 
 /// Where the projector resumes, per partition.
@@ -1071,7 +1074,9 @@ async fn event_ids_taken<C: GenericClient>(c: &C, ids: &[EventId]) -> Result<Has
 impl PgStore {
     /// Advances this process's change counter, after a commit (other processes advance
     /// theirs when the commit's notification reaches them).
-    fn bump(&self) {
+    /// `touched`: the buckets of the patients the commit changed, bumped first.
+    fn bump(&self, touched: &BucketSet) {
+        self.inner.patient_changes.bump(touched);
         self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
@@ -1144,7 +1149,7 @@ impl ProjectionStore for PgStore {
         // connection serves anyone else.
         apply(&tx, &batch, &self.inner.instance).await?;
         tx.commit().await.map_err(|e| db(&what, &e))?;
-        self.bump();
+        self.bump(&changed::touched(&batch));
         Ok(())
     }
 
@@ -1155,11 +1160,15 @@ impl ProjectionStore for PgStore {
         let tx = client.transaction().await.map_err(|e| db(what, &e))?;
         reset(&tx, &self.inner.instance).await?;
         tx.commit().await.map_err(|e| db(what, &e))?;
-        self.bump();
+        self.bump(&BucketSet::all());
         Ok(())
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    fn patient_changes(&self) -> Arc<PatientChanges> {
+        self.inner.patient_changes.clone()
     }
 }

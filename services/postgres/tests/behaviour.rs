@@ -171,6 +171,7 @@ suite!(
     projected_chain_heads_report_recorded_at,
     monitor_stats_add_up,
     changes_counter_advances_after_apply,
+    patient_changes_move_only_the_touched_buckets,
 );
 
 suite_with_log!(
@@ -190,8 +191,11 @@ async fn a_batch_applied_through_one_store_wakes_the_other_within_a_second() {
     };
     let (a, b) = (db.store().await, db.store().await);
     let (f, p) = (facility(F1), patient(P1));
+    let other = patient(P2);
     let mut rx = b.changes();
     rx.borrow_and_update();
+    let touched = b.patient_changes();
+    let (g, g_other) = (touched.generation(&p), touched.generation(&other));
 
     a.apply(record_batch(&[record(1, &f, 1, &p)]))
         .await
@@ -200,6 +204,12 @@ async fn a_batch_applied_through_one_store_wakes_the_other_within_a_second() {
         .await
         .expect("b's counter advances within 1 s")
         .expect("b keeps its sender");
+    // The notification named the batch's patient's bucket, and only it.
+    assert!(
+        touched.generation(&p) > g,
+        "b sees the batch's patient moved"
+    );
+    assert_eq!(touched.generation(&other), g_other, "and no other patient");
     assert_eq!(
         b.records_after(&p, 0, 10)
             .await
@@ -216,6 +226,10 @@ async fn a_batch_applied_through_one_store_wakes_the_other_within_a_second() {
         .expect("a reset wakes b within 1 s")
         .expect("b keeps its sender");
     assert!(b.records_after(&p, 0, 10).await.expect("read").is_empty());
+    assert!(
+        touched.generation(&other) > g_other,
+        "a reset moves every patient in b"
+    );
 }
 
 /// Two stores apply batches for the same patients at once (each its own facility and

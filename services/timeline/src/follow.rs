@@ -134,7 +134,7 @@ fn forget(
 }
 
 /// Reads the patient's consent state and records after `last_seq` once per applied
-/// batch, and publishes them to the patient's followers.
+/// batch that may have touched the patient, and publishes them to its followers.
 async fn tail(
     timeline: Arc<Timeline>,
     patient: PatientId,
@@ -143,9 +143,16 @@ async fn tail(
 ) {
     let store = &timeline.store;
     let mut changes = store.changes();
+    // Which patients the batches touched: a batch of other patients wakes this tail but
+    // costs no read (the store bumps the buckets before `changes`, so the generation
+    // read here after a wake-up already shows the batch that caused it).
+    let touched = store.patient_changes();
     let mut window: VecDeque<Arc<StoredRecord>> = VecDeque::new();
     loop {
         changes.borrow_and_update();
+        // Read before the store: a batch committed during the read moves it, and the
+        // next wake-up reads again.
+        let seen = touched.generation(&patient);
         let read = async {
             let consent = timeline.consent.load(&patient).await?;
             loop {
@@ -191,7 +198,9 @@ async fn tail(
                         tx.send_replace(Some(Err(PortError::Unavailable("the store stopped".into()))));
                         return;
                     }
-                    break;
+                    if touched.generation(&patient) != seen {
+                        break;
+                    }
                 }
                 _ = tokio::time::sleep(TAIL_IDLE_CHECK) => {}
             }
