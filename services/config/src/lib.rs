@@ -117,6 +117,7 @@ pub const ENV_VARS: &[&str] = &[
     "HRX_MAX_ENVELOPE_BYTES",
     "HRX_REQUEST_TIMEOUT_MS",
     "HRX_MAX_CONCURRENT_PER_CONNECTION",
+    "HRX_MAX_STREAMS_PER_CONNECTION",
     "HRX_MAX_CONCURRENT_PER_CALLER",
     "HRX_MAX_FOLLOW_STREAMS_PER_CALLER",
     "HRX_MAX_CONSENT_EVENTS_PER_PATIENT",
@@ -220,8 +221,15 @@ pub struct NodeConfig {
     /// shorter `grpc-timeout` wins), in milliseconds. Follow streams are bounded by
     /// their own heartbeats, not by this.
     pub request_timeout_ms: u64,
-    /// Calls one connection may have in flight at once; more wait their turn.
+    /// Calls one connection may have in progress at once (until their response
+    /// headers); more wait their turn, inside the node, among the connection's open
+    /// streams.
     pub max_concurrent_per_connection: usize,
+    /// Streams one connection may have open at once (HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`, open follow streams included): the client
+    /// holds back more until one ends, so no connection can make the node queue more
+    /// than this many calls, however fast its client sends them.
+    pub max_streams_per_connection: u32,
     /// Calls one caller (a facility, the national center) may have in flight at once,
     /// over all its connections to this process; one more is refused
     /// RESOURCE_EXHAUSTED.
@@ -272,6 +280,7 @@ impl Default for NodeConfig {
             max_envelope_bytes: 640 * 1024,
             request_timeout_ms: 30_000,
             max_concurrent_per_connection: 64,
+            max_streams_per_connection: 200,
             max_concurrent_per_caller: 128,
             max_follow_streams_per_caller: 16,
             max_consent_events_per_patient: 10_000,

@@ -344,6 +344,10 @@ impl Node {
         let server = || {
             tonic::transport::Server::builder()
                 .concurrency_limit_per_connection(self.config.max_concurrent_per_connection.max(1))
+                // Bounds what waits for that limit: without it, a client sending faster
+                // than the node answers queues calls in the node without end (each
+                // holding its request), until the connection fails.
+                .max_concurrent_streams(self.config.max_streams_per_connection.max(1))
                 .layer(rpc.layer())
                 .layer(revocations.layer())
                 .layer(per_caller.clone())

@@ -284,7 +284,78 @@ async fn consent_history_loaded_per_read_is_bounded(mut env: Env) {
     node.stop().await;
 }
 
+/// A connection may have only so many streams open (HTTP/2's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`): with its follow streams taking every place, one
+/// more call on the same connection waits in the client, nothing queued in the node,
+/// and goes through, answered, as soon as a stream closes. Another connection of the
+/// same facility is not held back.
+async fn streams_per_connection_are_bounded(mut env: Env) {
+    env.config.max_streams_per_connection = 2;
+    let node = TestNode::start(&env).await;
+    let mut w = World::register(env.path(), &node).await;
+    let (_, r) = w.district.emit(obs()).await.unwrap();
+    assert!(accepted(&r));
+    let (_, r) = w
+        .district
+        .emit(grant(AN, CLINIC, &[Purpose::ChronicCare], in_days(30)))
+        .await
+        .unwrap();
+    assert!(accepted(&r), "{r:?}");
+    settle(&w.nc).await;
+    let open = || async {
+        w.clinic
+            .timeline()
+            .follow(follow_request())
+            .await
+            .map(|r| r.into_inner())
+            .expect("a follow stream opens")
+    };
+    let first = open().await;
+    let _second = open().await;
+    let read = || {
+        let mut timeline = w.clinic.timeline();
+        async move {
+            timeline
+                .get_timeline(v1::GetTimelineRequest {
+                    patient_id: AN.into(),
+                    purpose: Purpose::ChronicCare.code(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let mut held = Box::pin(read());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), &mut held)
+            .await
+            .is_err(),
+        "a third stream on the connection waits while two are open"
+    );
+    // A second connection of the same facility has places of its own.
+    let other = hrx_node::client::FacilityClient::open(env.path(), node.addr, &fac(CLINIC))
+        .await
+        .unwrap();
+    other
+        .timeline()
+        .get_timeline(v1::GetTimelineRequest {
+            patient_id: AN.into(),
+            purpose: Purpose::ChronicCare.code(),
+            ..Default::default()
+        })
+        .await
+        .expect("another connection is served");
+    drop(first);
+    let page = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("answered once a stream closed")
+        .expect("and answered without error")
+        .into_inner();
+    assert_eq!(page.entries.len(), 1);
+    node.stop().await;
+}
+
 both_backends!(
+    streams_per_connection_are_bounded,
     consent_history_loaded_per_read_is_bounded,
     a_call_past_its_deadline_is_answered_deadline_exceeded,
     calls_in_flight_per_caller_are_bounded,
