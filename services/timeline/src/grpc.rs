@@ -97,7 +97,7 @@ impl TimelineService for TimelineGrpc {
         let purpose = wire::purpose("purpose", r.purpose)?;
         let t = &self.timeline;
         let standing = t
-            .standing(&reader, &patient)
+            .standing(&reader, &patient, purpose)
             .await
             .map_err(|e| status(&e))?;
         if !standing.any(&reader, purpose) {

@@ -122,7 +122,8 @@ impl hrx_rpc::ServiceError for ReadError {
 pub(crate) struct Standing {
     pub loaded: Loaded,
     pub now: Timestamp,
-    /// Whether the reader authored any record of the patient.
+    /// Whether the reader authored any record of the patient (asked only when the
+    /// consent state gives it no standing for the purpose: `false` otherwise).
     pub authored: bool,
 }
 
@@ -206,19 +207,25 @@ impl Timeline {
         self.stopping.send_replace(true);
     }
 
-    /// The reader's standing towards the patient now.
+    /// The reader's standing towards the patient now, for `purpose`. Whether the reader
+    /// authored a record of the patient is asked of the store only when no grant or
+    /// break-glass gives it standing already (it matters only then, and a read saves a
+    /// round trip in the common case).
     pub(crate) async fn standing(
         &self,
         reader: &FacilityId,
         patient: &PatientId,
+        purpose: Purpose,
     ) -> PortResult<Standing> {
-        let loaded = self.consent.load(patient).await?;
-        let authored = self.store.latest_authored(reader, patient).await?.is_some();
-        Ok(Standing {
-            loaded,
+        let mut standing = Standing {
+            loaded: self.consent.load(patient).await?,
             now: Timestamp::now(),
-            authored,
-        })
+            authored: false,
+        };
+        if standing.access(reader, purpose).standing().is_empty() {
+            standing.authored = self.store.latest_authored(reader, patient).await?.is_some();
+        }
+        Ok(standing)
     }
 
     /// Audits a refused read and returns the refusal.
@@ -252,7 +259,7 @@ impl Timeline {
         query: TimelineQuery,
     ) -> Result<Page, ReadError> {
         let page_size = query.limit;
-        let standing = self.standing(reader, &query.patient_id).await?;
+        let standing = self.standing(reader, &query.patient_id, purpose).await?;
         if !standing.any(reader, purpose) {
             self.refuse(
                 reader,
