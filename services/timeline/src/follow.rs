@@ -3,8 +3,9 @@
 //! or break-glass for this patient and purpose).
 //!
 //! All followers of one patient share a *tail*: one task that, after every applied
-//! batch (the store's change counter), reads the patient's consent state and new
-//! records once and publishes them with the newest [`WINDOW`] records. Each follower
+//! batch that may have touched the patient (the store's change counter and its
+//! patient buckets), reads the patient's consent state and new records once and
+//! publishes them with the records of its last few reads (see [`KEEP_READS`]). Each follower
 //! decides consent for itself on that shared snapshot; only a follower behind the
 //! window reads the store on its own. So a batch costs three store reads per followed
 //! patient, not per follower (a chronic-care clinic's dashboard, or a thousand
@@ -34,9 +35,14 @@ use crate::{Timeline, cursor, facts};
 
 /// Records read per store query.
 const CHUNK: usize = 200;
-/// Newest records a tail keeps for its followers; a follower further behind reads
-/// the store itself until it is within the window.
-const WINDOW: usize = 1024;
+/// Records a tail keeps for its followers: those its last [`KEEP_READS`] reads brought,
+/// at most [`WINDOW`]. A follower that is caught up takes each snapshot within moments
+/// of its publication, so a few reads' worth serves it; one further behind (a new
+/// follower with an old cursor, a slow client) reads the store itself until it is
+/// within the window. Keeping more would only hold memory per followed patient for
+/// followers that no longer need it (a clinic follows thousands of patients).
+const KEEP_READS: usize = 4;
+const WINDOW: usize = 256;
 /// How often an idle tail checks whether its followers are gone.
 const TAIL_IDLE_CHECK: Duration = Duration::from_secs(5);
 
@@ -148,6 +154,8 @@ async fn tail(
     // read here after a wake-up already shows the batch that caused it).
     let touched = store.patient_changes();
     let mut window: VecDeque<Arc<StoredRecord>> = VecDeque::new();
+    // How many records each of the last reads added to the window, oldest first.
+    let mut reads: VecDeque<usize> = VecDeque::new();
     loop {
         changes.borrow_and_update();
         // Read before the store: a batch committed during the read moves it, and the
@@ -155,20 +163,26 @@ async fn tail(
         let seen = touched.generation(&patient);
         let read = async {
             let consent = timeline.consent.load(&patient).await?;
+            let mut added = 0;
             loop {
                 let rows = store.records_after(&patient, last_seq, CHUNK).await?;
                 let full = rows.len() == CHUNK;
                 for r in rows {
                     last_seq = r.patient_seq;
                     window.push_back(Arc::new(r));
-                }
-                while window.len() > WINDOW {
-                    window.pop_front();
+                    added += 1;
                 }
                 if !full {
                     break;
                 }
             }
+            reads.push_back(added);
+            while reads.len() > KEEP_READS {
+                let old = reads.pop_front().unwrap_or(0);
+                window.drain(..old.min(window.len()));
+            }
+            let over = window.len().saturating_sub(WINDOW);
+            window.drain(..over);
             PortResult::Ok(consent)
         }
         .await;
@@ -215,7 +229,7 @@ pub(crate) async fn start(
     spec: Spec,
 ) -> Result<ReceiverStream<Item>, Status> {
     let standing = timeline
-        .standing(&spec.reader, &spec.patient)
+        .standing(&spec.reader, &spec.patient, spec.purpose)
         .await
         .map_err(|e| status(&e))?;
     let bases = standing.access(&spec.reader, spec.purpose).standing();
