@@ -6,6 +6,14 @@ mod files;
 
 use clap::Parser as _;
 
+/// jemalloc, not the system allocator: a node's load comes in bursts (a projector
+/// catching up, a page of large bodies), and glibc's per-thread arenas keep what a
+/// burst took, so its RSS climbs to the largest burst seen and stays there; jemalloc
+/// returns freed pages after a few seconds (BENCHMARKS.md, "Soak").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();
     // Logs go to stderr; RUST_LOG overrides the default (warnings and errors). Logs
