@@ -316,6 +316,12 @@ impl KafkaLog {
         self.inner.layout.partition_of(chain)
     }
 
+    /// The partition each idle reader is positioned on (`None`: unassigned, holding
+    /// nothing). At most one idle reader is positioned on any partition.
+    pub fn idle_reader_positions(&self) -> Vec<Option<u32>> {
+        self.inner.readers.idle_positions()
+    }
+
     /// The configuration this log runs with.
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config

@@ -8,6 +8,14 @@
 //! re-seek, and a `wait_for` at the end of a partition is a long-poll fetch that wakes as
 //! soon as the broker has a new message (the message it got is kept for the next read).
 //!
+//! At most one idle reader stays positioned on each partition: the one furthest ahead.
+//! A second one appears when a read comes while the partition's reader is still
+//! finishing a cancelled wait; left positioned, it would never be used again (reads
+//! only move forward) yet go on prefetching up to `queued.max.messages.kbytes` behind
+//! its stale offset. With one such reader per partition, that was the projector's RSS
+//! growing for minutes in the soak. The one behind is unassigned and emptied instead,
+//! and re-used first.
+//!
 //! librdkafka's consumer calls block, so every operation on a reader runs on the
 //! blocking thread pool, polling in short slices so that a cancelled wait gives its
 //! reader back promptly.
@@ -213,6 +221,14 @@ impl Readers {
         }
     }
 
+    /// The trait partition each idle reader is positioned on (`None`: unassigned).
+    pub fn idle_positions(&self) -> Vec<Option<u32>> {
+        self.idle
+            .lock()
+            .map(|idle| idle.iter().map(|r| r.at.map(|(p, _)| p)).collect())
+            .unwrap_or_default()
+    }
+
     /// A reader for `partition`, preferably one already positioned at `offset`; waits
     /// while all readers are in use. The reader itself is created or assigned later, on
     /// the blocking pool.
@@ -227,7 +243,8 @@ impl Readers {
         let exact = idle.iter().position(|r| r.at == Some((partition, offset)));
         // Readers in use, this lease included; each holds a permit.
         let leased = self.max - self.permits.available_permits();
-        let reader = match exact {
+        let unpositioned = || idle.iter().position(|r| r.at.is_none());
+        let reader = match exact.or_else(unpositioned) {
             Some(i) => Some(idle.swap_remove(i)),
             // Room for one more (the others' leases may still create theirs): keep the
             // positioned readers positioned.
@@ -258,11 +275,58 @@ pub(crate) struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(mut reader) = self.reader.take() {
-            reader.used = Instant::now();
-            // A poisoned lock only loses the reader, which is then closed.
-            if let Ok(mut idle) = self.readers.idle.lock() {
-                idle.push(reader);
+        let Some(mut reader) = self.reader.take() else {
+            return;
+        };
+        reader.used = Instant::now();
+        // A poisoned lock only loses the reader, which is then closed.
+        let Ok(mut idle) = self.readers.idle.lock() else {
+            return;
+        };
+        let Some((partition, _)) = reader.at else {
+            idle.push(reader);
+            return;
+        };
+        let Some(i) = idle
+            .iter()
+            .position(|r| matches!(r.at, Some((p, _)) if p == partition))
+        else {
+            idle.push(reader);
+            return;
+        };
+        // Two idle readers on one partition: keep the one further ahead (at the same
+        // offset, the one holding a waited-for message).
+        let rank = |r: &Reader| (r.at.map(|(_, o)| o), !r.pending.is_empty());
+        let mut behind = if rank(&reader) >= rank(&idle[i]) {
+            std::mem::replace(&mut idle[i], reader)
+        } else {
+            reader
+        };
+        drop(idle);
+        // Outside the lock: librdkafka calls. A lease is dropped on the blocking pool
+        // (its reader was used there), so blocking briefly is fine.
+        behind.release();
+        if let Ok(mut idle) = self.readers.idle.lock() {
+            idle.push(behind);
+        }
+    }
+}
+
+impl Reader {
+    /// Unassigns the consumer and frees what it had prefetched, so that it holds no
+    /// messages until it is positioned again.
+    fn release(&mut self) {
+        self.at = None;
+        self.pending.clear();
+        if let Err(e) = self.consumer.unassign() {
+            tracing::warn!(error = %e, "unassigning an idle Kafka reader failed");
+        }
+        // `unassign` only marks what was prefetched as outdated; polling is what frees
+        // it (outdated messages are dropped as they are served). Bounded: a queue holds
+        // at most `queued.max.messages.kbytes`, and nothing new arrives once unassigned.
+        for _ in 0..100_000 {
+            if self.consumer.poll(Duration::ZERO).is_none() {
+                break;
             }
         }
     }

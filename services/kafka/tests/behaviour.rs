@@ -1095,6 +1095,68 @@ async fn wait_for_wakes_within_a_second_of_another_process_append() {
     eprintln!("read after wake: {:?}", t.elapsed());
 }
 
+/// Reads of one partition at two places leave at most one idle reader positioned on it,
+/// the one further ahead; the other is unassigned (it would otherwise prefetch behind a
+/// position no read comes back to: the projector's RSS growth in the soak). Reads at
+/// either place still return exactly their messages afterwards.
+#[tokio::test]
+async fn one_idle_reader_stays_positioned_per_partition() {
+    let Some(f) = fixture(1).await else { return };
+    let log = f.open().await;
+    let c = chain(F1);
+    let batch: Vec<_> = (1..=30).map(|s| append(&c, s, s)).collect();
+    log.append(batch).await.expect("append");
+    let offsets = |entries: &[hrx_ports::LogEntry]| -> Vec<u64> {
+        entries.iter().map(|e| e.position.offset).collect()
+    };
+    let positioned = |log: &KafkaLog| {
+        let all = log.idle_reader_positions();
+        (all.iter().filter(|p| p.is_some()).count(), all.len())
+    };
+
+    assert_eq!(
+        offsets(&log.read(0, 0, 5).await.expect("read")),
+        [0, 1, 2, 3, 4]
+    );
+    assert_eq!(positioned(&log), (1, 1));
+    // Another place in the same partition: a second reader, then one positioned.
+    assert_eq!(
+        offsets(&log.read(0, 20, 5).await.expect("read")),
+        [20, 21, 22, 23, 24]
+    );
+    assert_eq!(
+        positioned(&log),
+        (1, 2),
+        "{:?}",
+        log.idle_reader_positions()
+    );
+    // The positioned one continues where it stopped; the unassigned one serves the
+    // place behind (re-used before any new reader is made).
+    assert_eq!(
+        offsets(&log.read(0, 25, 5).await.expect("read")),
+        [25, 26, 27, 28, 29]
+    );
+    assert_eq!(
+        offsets(&log.read(0, 5, 5).await.expect("read")),
+        [5, 6, 7, 8, 9]
+    );
+    assert_eq!(
+        positioned(&log),
+        (1, 2),
+        "{:?}",
+        log.idle_reader_positions()
+    );
+    // Concurrent reads at three places (a reader each, besides the positioned idle
+    // one): still one positioned reader when all are idle.
+    let (a, b, d) = tokio::join!(log.read(0, 10, 3), log.read(0, 0, 3), log.read(0, 27, 3));
+    assert_eq!(offsets(&a.expect("read")), [10, 11, 12]);
+    assert_eq!(offsets(&b.expect("read")), [0, 1, 2]);
+    assert_eq!(offsets(&d.expect("read")), [27, 28, 29]);
+    let (n, total) = positioned(&log);
+    assert_eq!(n, 1, "{:?}", log.idle_reader_positions());
+    assert!(total <= 4, "{:?}", log.idle_reader_positions());
+}
+
 /// Many chains appended concurrently through one log and through a second one: every
 /// append succeeds (interleaving in a partition is not a conflict), each chain's head is
 /// right in both processes, and the log holds each event once. Prints the latencies of
