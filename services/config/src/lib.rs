@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Metadata, Profile, Provider};
 use hrx_domain::consent::ConsentPolicy;
 use hrx_domain::verify::ClockPolicy;
 use serde::{Deserialize, Serialize};
@@ -289,6 +291,56 @@ impl Default for NodeConfig {
     }
 }
 
+/// Whether `key` is one of [`ENV_VARS`] (ASCII case-insensitive). Other `HRX_*`
+/// variables (test harnesses set some) are not configuration.
+fn is_config_var(key: &str) -> bool {
+    ENV_VARS.iter().any(|v| v.eq_ignore_ascii_case(key))
+}
+
+/// The `HRX_*` variables of [`ENV_VARS`] as a figment provider: what figment's `Env`
+/// provider does (each value read as a TOML-like value, else a string; errors name the
+/// variable), except that a value figment's value parser cannot take without panicking
+/// is a plain string. figment 0.10.19 slices a quoted value at a character index as if
+/// it were a byte index, so `"é\n"` panics (found by the `config` fuzz target;
+/// `tests/fuzz/regressions/config/`).
+struct EnvVars {
+    dict: Dict,
+}
+
+impl EnvVars {
+    fn new<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let dict = vars
+            .into_iter()
+            .filter(|(key, _)| is_config_var(key))
+            .map(|(key, value)| (key[4..].to_ascii_lowercase(), env_value(value)))
+            .collect();
+        Self { dict }
+    }
+}
+
+/// One variable's value, as figment's `Env` reads it where its parser is sound.
+fn env_value(raw: &str) -> Value {
+    // The parser unescapes only inside quotes, and mis-indexes only when a multi-byte
+    // character precedes a backslash there.
+    if raw.contains('\\') && !raw.is_ascii() {
+        return Value::from(raw.to_owned());
+    }
+    raw.parse().unwrap_or_else(|_| Value::from(raw.to_owned()))
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`HRX_` environment variable(s)").interpolater(|_, keys| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!("HRX_{}", keys.join("_"))
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
 impl NodeConfig {
     /// Defaults ← `file` (if given) ← `HRX_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
@@ -296,14 +348,21 @@ impl NodeConfig {
         if let Some(file) = file {
             f = f.merge(Toml::file_exact(file));
         }
-        // Only the variables of ENV_VARS: other HRX_* variables (test harnesses set
-        // some) are not configuration.
-        let env = Env::prefixed("HRX_").filter(|key| {
-            ENV_VARS
-                .iter()
-                .any(|v| v[4..].eq_ignore_ascii_case(key.as_str()))
-        });
-        f.merge(env).extract().map_err(Box::new)
+        let mut vars = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let Some(key) = key.to_str().filter(|k| is_config_var(k)).map(str::to_owned) else {
+                continue;
+            };
+            let value = value
+                .into_string()
+                .map_err(|_| Box::new(figment::Error::from(format!("{key} is not valid UTF-8"))))?;
+            vars.push((key, value));
+        }
+        f.merge(EnvVars::new(
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ))
+        .extract()
+        .map_err(Box::new)
     }
 
     /// The roles, parsed.
@@ -365,22 +424,9 @@ impl NodeConfig {
         toml: &str,
         env: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, Box<figment::Error>> {
-        let mut dict = figment::value::Dict::new();
-        for (key, value) in env {
-            if !key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("HRX_")) {
-                continue;
-            }
-            let key = key[4..].to_ascii_lowercase();
-            if ENV_VARS.iter().any(|v| v[4..].eq_ignore_ascii_case(&key)) {
-                // As figment's Env provider reads a value: a TOML-like value, else a
-                // string.
-                let value: figment::value::Value = value.parse().expect("infallible");
-                dict.insert(key, value);
-            }
-        }
         Figment::from(Serialized::defaults(NodeConfig::default()))
             .merge(Toml::string(toml))
-            .merge(Serialized::defaults(dict))
+            .merge(EnvVars::new(env))
             .extract()
             .map_err(Box::new)
     }
@@ -449,6 +495,38 @@ mod tests {
         assert!(NodeConfig::from_sources("max_message_bytes = \"many\"", []).is_err());
         let bad = NodeConfig::from_sources("", [("HRX_ROLES", "bogus")]).unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    /// The `config` fuzz target's crash: figment's value parser panics on a quoted
+    /// value with a backslash after a multi-byte character. Such a value is a string;
+    /// the others still parse as figment's `Env` parses them; an error names the
+    /// variable.
+    #[test]
+    fn env_values_never_panic_and_errors_name_the_variable() {
+        let c = NodeConfig::from_sources(
+            "",
+            [
+                ("HRX_KAFKA_TOPIC_PREFIX", "\"é\\n\""),
+                ("HRX_ROLES", "\"ingest\""),
+                ("HRX_HEARTBEAT_MS", "250"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka_topic_prefix, "\"é\\n\"");
+        assert_eq!(c.roles, "ingest");
+        assert_eq!(c.heartbeat_ms, 250);
+        let e = NodeConfig::from_sources("", [("HRX_HEARTBEAT_MS", "soon")]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("HRX_HEARTBEAT_MS"), "{text}");
+        // The fuzz target's input, whole: no panic (and no configuration).
+        let input = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fuzz/regressions/config/crash-f7023196f9169533a901b54c986e13827db847b4"
+        ))
+        .unwrap();
+        let text = std::str::from_utf8(&input).unwrap();
+        let (toml, env) = text.split_once('\0').unwrap_or((text, ""));
+        let _ = NodeConfig::from_sources(toml, env.lines().filter_map(|l| l.split_once('=')));
     }
 
     #[test]
