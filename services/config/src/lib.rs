@@ -318,14 +318,37 @@ impl EnvVars {
     }
 }
 
+/// Deepest nesting of arrays and tables figment's value parser is given. It recurses
+/// once per level, so `[[[[…` a few thousand deep overflows the stack (found by the
+/// `config` fuzz target); no configuration key is an array or a table at all.
+const MAX_ENV_NESTING: usize = 32;
+
 /// One variable's value, as figment's `Env` reads it where its parser is sound.
 fn env_value(raw: &str) -> Value {
     // The parser unescapes only inside quotes, and mis-indexes only when a multi-byte
     // character precedes a backslash there.
-    if raw.contains('\\') && !raw.is_ascii() {
+    let misindexed = raw.contains('\\') && !raw.is_ascii();
+    if misindexed || nesting(raw) > MAX_ENV_NESTING {
         return Value::from(raw.to_owned());
     }
     raw.parse().unwrap_or_else(|_| Value::from(raw.to_owned()))
+}
+
+/// The deepest run of unclosed `[` and `{` in `raw` (quotes not considered: an
+/// overestimate, which only makes a value a plain string sooner).
+fn nesting(raw: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in raw.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 impl Provider for EnvVars {
@@ -518,15 +541,25 @@ mod tests {
         let e = NodeConfig::from_sources("", [("HRX_HEARTBEAT_MS", "soon")]).unwrap_err();
         let text = e.to_string();
         assert!(text.contains("HRX_HEARTBEAT_MS"), "{text}");
-        // The fuzz target's input, whole: no panic (and no configuration).
-        let input = std::fs::read(concat!(
+        // Nesting deep enough to overflow figment's recursive parser: a string, and an
+        // error for a key that wants a number; an IPv6 address is still an address.
+        let deep = "[".repeat(4000);
+        let c = NodeConfig::from_sources("", [("HRX_ROLES", deep.as_str())]).unwrap();
+        assert_eq!(c.roles, deep);
+        assert!(NodeConfig::from_sources("", [("HRX_HEARTBEAT_MS", deep.as_str())]).is_err());
+        let c = NodeConfig::from_sources("", [("HRX_GRPC_ADDR", "[::1]:50051")]).unwrap();
+        assert_eq!(c.grpc_addr, "[::1]:50051".parse().unwrap());
+        // The fuzz target's inputs, whole: no panic, no overflow.
+        let dir = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fuzz/regressions/config/crash-f7023196f9169533a901b54c986e13827db847b4"
-        ))
-        .unwrap();
-        let text = std::str::from_utf8(&input).unwrap();
-        let (toml, env) = text.split_once('\0').unwrap_or((text, ""));
-        let _ = NodeConfig::from_sources(toml, env.lines().filter_map(|l| l.split_once('=')));
+            "/../../tests/fuzz/regressions/config"
+        );
+        for file in std::fs::read_dir(dir).unwrap() {
+            let input = std::fs::read(file.unwrap().path()).unwrap();
+            let text = std::str::from_utf8(&input).unwrap();
+            let (toml, env) = text.split_once('\0').unwrap_or((text, ""));
+            let _ = NodeConfig::from_sources(toml, env.lines().filter_map(|l| l.split_once('=')));
+        }
     }
 
     #[test]
