@@ -173,6 +173,8 @@ impl Index {
             );
             Pool::builder(manager)
                 .max_size(size)
+                // Warm connections first (see the store's pool in hrx-postgres).
+                .queue_mode(deadpool_postgres::QueueMode::Lifo)
                 .wait_timeout(Some(lock_timeout))
                 .create_timeout(Some(config.connect_timeout))
                 .runtime(Runtime::Tokio1)

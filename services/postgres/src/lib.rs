@@ -161,6 +161,12 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
+            // The most recently returned connection first, not the one idle longest:
+            // each connection's buffers keep the size of the largest message it carried
+            // (a projector batch binds megabytes), so rotating every batch through all
+            // of them grew the projector's RSS for minutes in the soak; a serial caller
+            // now keeps using one warm connection.
+            .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             // tokio-postgres's connect_timeout covers the TCP connect only; this bounds
             // the start-up and authentication too.
